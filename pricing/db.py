@@ -1,0 +1,91 @@
+"""Engine, sessions and the schema check shared by every table in the project.
+
+Alembic owns the schema (`planner db upgrade`); the application never calls create_all. SQLite runs
+in WAL mode with a busy timeout so a cron refresh, `planner serve` and CLI reads can share one file.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaBehind(RuntimeError):
+    """The database is missing or older than this code; the fix is `planner db upgrade`."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    return make_engine(url)
+
+
+def session_factory(url: str) -> sessionmaker:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
+    """Run migrations; return (revision before, revision after)."""
+    from alembic import command
+
+    before = current_revision(url)
+    command.upgrade(alembic_config(url), revision)
+    return before, current_revision(url) or ""
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine_for(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_current_schema(url: str) -> None:
+    """Raise SchemaBehind unless the database is at the newest migration."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        state = "has no schema yet" if current is None else f"is at revision {current}, code expects {head}"
+        raise SchemaBehind(f"the database {state}; run: planner db upgrade")

@@ -1,0 +1,21 @@
+"""The one abstraction every provider module implements; all provider quirks stay in its module."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pricing.offer import Offer
+
+
+class ProviderError(Exception):
+    """A fetch failed (HTTP error, timeout, GraphQL errors, malformed or drifted schema).
+
+    The message is one line, safe to store and print: it never contains an API key.
+    """
+
+
+class Provider(ABC):
+    name: str
+
+    @abstractmethod
+    def fetch(self) -> list[Offer]:
+        """Return every current offer, normalized; raise ProviderError on any failure."""

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import build_tiny_model, write_toy_corpus
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3 embedder in sentence-transformers format (read-only: copy before changing)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    return write_toy_corpus(tmp_path_factory.mktemp("corpus") / "train.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_planner_env(tmp_path, monkeypatch):
+    """Every test gets its own database and config file, and no real keys or provider URLs."""
+    monkeypatch.setenv("PLANNER_DB_URL", f"sqlite:///{tmp_path / 'planner.db'}")
+    monkeypatch.setenv("PLANNER_CONFIG", str(tmp_path / "config.toml"))
+    for var in ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_RUNPOD_URL", "PLANNER_VAST_URL"):
+        monkeypatch.delenv(var, raising=False)
