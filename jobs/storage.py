@@ -1,0 +1,140 @@
+"""Paths and fsspec URIs the same way: atomic writes, done markers, and a local cache of remote inputs.
+
+A job's outputs and checkpoints may live on s3://, gs:// or a local path. Local writes go to a
+temporary name in the same directory and are renamed into place (atomic on POSIX), so a kill at any
+instant leaves the old file or the new one, never a torn one. Remote object stores make each
+object's PUT atomic already; their "rename" is copy + delete, so callers write a marker object last
+and readers trust only what a marker vouches for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    uri = str(uri)
+    return "://" in uri and not uri.startswith("file://")
+
+
+def local_path(uri: str | os.PathLike) -> Path:
+    uri = str(uri)
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def join(uri: str | os.PathLike, *parts: str) -> str:
+    uri = str(uri)
+    return "/".join([uri.rstrip("/"), *parts]) if is_remote(uri) else str(local_path(uri).joinpath(*parts))
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(str(uri))
+        return fs.exists(path)
+    return local_path(uri).exists()
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    with fsspec.open(str(uri), "rb") as handle:
+        return handle.read()
+
+
+def read_json(uri: str | os.PathLike) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
+    """Write the whole object or nothing (temp file + fsync + rename locally; one PUT remotely)."""
+    if is_remote(uri):
+        with fsspec.open(str(uri), "wb") as handle:
+            handle.write(data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(uri: str | os.PathLike, obj: Any) -> None:
+    write_bytes_atomic(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def upload_tree(local_dir: Path, uri: str) -> None:
+    """Copy a finished local directory to `uri` (files first; callers write their marker after)."""
+    if not is_remote(uri):
+        target = local_path(uri)
+        if target.resolve() == Path(local_dir).resolve():
+            return
+        shutil.copytree(local_dir, target, dirs_exist_ok=True)
+        return
+    fs, root = fsspec.core.url_to_fs(uri)
+    for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        fs.put_file(str(file), f"{root.rstrip('/')}/{file.relative_to(local_dir).as_posix()}")
+
+
+def cached_local_copy(uri: str, cache_dir: Path) -> Path:
+    """A local path for `uri`: the path itself when local, else a download cached by URI.
+
+    Files are downloaded to a temporary name and renamed, so an interrupted download is redone,
+    never half-used; a directory is complete when its `.complete` marker exists.
+    """
+    if not is_remote(uri):
+        return local_path(uri)
+    fs, root = fsspec.core.url_to_fs(uri)
+    target = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if fs.isdir(root):
+        marker = target / ".complete"
+        if not marker.exists():
+            for remote in fs.find(root):
+                rel = remote[len(root.rstrip("/")) + 1:]
+                _download(fs, remote, target / rel)
+            marker.touch()
+        return target
+    dest = target / Path(root).name
+    if not dest.exists():
+        _download(fs, root, dest)
+    return dest
+
+
+def _download(fs, remote: str, dest: Path) -> None:
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    fs.get_file(remote, str(tmp))
+    os.replace(tmp, dest)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
