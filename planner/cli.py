@@ -1,0 +1,236 @@
+"""The `planner` command line: thin commands that call library functions and render them.
+
+Every command takes --json for scripts. Exit codes: 0 ok, 1 an operational failure (a provider
+failed, a job failed), 2 bad usage or a fix the user must make (bad flag, schema behind, bad config).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner import pricebook
+from planner.config import ConfigError, Settings, load_settings
+from pricing import db, store
+
+app = typer.Typer(help="GPU cost planner: live RunPod/Vast.ai prices, cheapest-to-finish plans, resumable jobs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+prices_app = typer.Typer(help="The live price book.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(prices_app, name="prices")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr naming the problem and the fix, then exit (2: usage, 1: operational)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def sessions(cfg: Settings):
+    try:
+        return pricebook.sessions_for(cfg)
+    except db.SchemaBehind as exc:
+        fail(str(exc))
+    except Exception as exc:  # unreachable server, bad URL: never echo the URL (it may hold a password)
+        fail(f"cannot open the database ({type(exc).__name__}); check PLANNER_DB_URL", 1)
+
+
+def emit_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- db
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: bool = JsonOpt) -> None:
+    """Create or migrate the database schema to the newest revision."""
+    cfg = settings()
+    try:
+        before, after = db.upgrade(cfg.db_url)
+    except Exception as exc:
+        fail(f"migration failed ({type(exc).__name__}); check PLANNER_DB_URL and that the database is reachable", 1)
+    if as_json:
+        emit_json({"before": before, "after": after})
+    else:
+        out.print(f"database at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+# ------------------------------------------------------------------------------------------ prices
+
+@prices_app.command("refresh")
+def prices_refresh(
+    provider: Optional[str] = typer.Option(None, help="Only this provider: runpod or vast."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Fetch current prices once (for cron; safe to overlap). Exit 1 if a provider failed."""
+    if provider is not None and provider not in pricebook.PROVIDERS:
+        fail(f"unknown provider {provider!r}; use one of: {', '.join(pricebook.PROVIDERS)}")
+    cfg = settings()
+    sessions(cfg)
+    results = pricebook.refresh_book(cfg, provider)
+    if as_json:
+        emit_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            if r.status == "ok":
+                extra = "".join(f", {k}: {v}" for k, v in r.notes.items() if v)
+                out.print(f"[green]{r.provider}[/]: {r.offers} offers in {r.duration_s:.2f}s{extra}")
+            else:
+                out.print(f"[{'red' if r.status == 'failed' else 'yellow'}]{r.provider}[/]: {r.status}: {r.reason}",
+                          highlight=False)
+    raise typer.Exit(1 if any(r.status == "failed" for r in results) else 0)
+
+
+def _price(value: float | None) -> str:
+    return "-" if value is None else f"${value:.3f}"
+
+
+def _age(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes}m" if minutes < 120 else f"{minutes // 60}h"
+
+
+@prices_app.command("show")
+def prices_show(
+    min_vram: Optional[float] = typer.Option(None, "--min-vram", help="Minimum VRAM per GPU, GB."),
+    gpu: Optional[str] = typer.Option(None, help="GPU model or provider name, e.g. H100-SXM or 'RTX 4090'."),
+    provider: Optional[str] = typer.Option(None, help="runpod or vast."),
+    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand prices."),
+    limit: int = typer.Option(20, min=1, help="Rows to show."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Current offers, cheapest per GPU-hour first."""
+    if provider is not None and provider not in pricebook.PROVIDERS:
+        fail(f"unknown provider {provider!r}; use one of: {', '.join(pricebook.PROVIDERS)}")
+    cfg = settings()
+    factory = sessions(cfg)
+    gpu_model = _canonical_gpu(gpu)
+    query = store.OfferQuery(min_vram_gb=min_vram, gpu=gpu_model, provider=provider, spot=spot, limit=limit)
+    with factory() as session:
+        offers = store.current_offers(session, query)
+    stale = pricebook.stale_providers(cfg, factory)
+    if stale:
+        err.print(f"[yellow]warning:[/] prices of {', '.join(stale)} are older than {_age(cfg.max_price_age)} "
+                  "or missing; run: planner prices refresh", highlight=False)
+    now = store.utcnow()
+    if as_json:
+        emit_json([{**o.as_dict(), "price_usd_per_gpu_hour": store.price_of(o, spot),
+                    "age_s": round((now - o.fetched_at).total_seconds())} for o in offers])
+        return
+    table = Table(title=f"{len(offers)} cheapest offers (USD per GPU-hour)")
+    for column in ("provider", "GPU", "VRAM", "GPUs", "tier", "on-demand", "spot", "location", "age"):
+        table.add_column(column, justify="right" if column in ("VRAM", "GPUs", "on-demand", "spot", "age") else "left")
+    for o in offers:
+        table.add_row(o.provider, o.gpu_model if o.known_gpu else f"{o.gpu_model} (?)", f"{o.vram_gb:.0f} GB",
+                      str(o.gpu_count), o.tier, _price(o.on_demand_usd_per_gpu_hour), _price(o.spot_usd_per_gpu_hour),
+                      o.location or "-", _age(now - o.fetched_at))
+    out.print(table)
+
+
+def _canonical_gpu(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from pricing import gpus
+
+    spec = gpus.resolve(name)
+    return spec.model if spec else name
+
+
+@prices_app.command("history")
+def prices_history(
+    gpu: str = typer.Option(..., help="GPU model, e.g. RTX4090 or 'H100 SXM'."),
+    days: int = typer.Option(7, min=1, help="How many days back."),
+    plot: Optional[Path] = typer.Option(None, help="Also draw the history to this PNG file."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Hourly min and median price per provider and tier."""
+    if plot is not None and plot.suffix.lower() != ".png":
+        fail(f"--plot {plot}: give a .png file name")
+    cfg = settings()
+    factory = sessions(cfg)
+    gpu_model = _canonical_gpu(gpu)
+    with factory() as session:
+        rows = store.price_history(session, gpu_model, store.utcnow() - timedelta(days=days))
+    records = [{"hour": r.hour.isoformat(), "provider": r.provider, "tier": r.tier, "spot": r.spot,
+                "min_usd": r.min_usd, "median_usd": r.median_usd, "offers": r.offer_count} for r in rows]
+    if plot is not None:
+        from planner.plots import plot_history
+
+        plot_history(rows, gpu_model, plot)
+    if as_json:
+        emit_json(records)
+        return
+    if not rows:
+        err.print(f"no history for {gpu_model!r} in the last {days} days; check the name with: planner prices show")
+    table = Table(title=f"{gpu_model}: hourly prices, last {days} days (USD per GPU-hour)")
+    for column in ("hour (UTC)", "provider", "tier", "kind", "min", "median", "offers"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.hour.strftime("%Y-%m-%d %H:00"), r.provider, r.tier, "spot" if r.spot else "on-demand",
+                      _price(r.min_usd), _price(r.median_usd), str(r.offer_count))
+    out.print(table)
+    if plot is not None:
+        out.print(f"plot written to {plot}")
+
+
+@prices_app.command("export-skypilot")
+def prices_export_skypilot(
+    directory: Path = typer.Option(Path.home() / ".sky" / "catalogs" / "v8", "--dir",
+                                   help="SkyPilot catalog root (contains runpod/, vast/, common/)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write SkyPilot catalog CSVs from the live book, so SkyPilot's optimizer sees our prices."""
+    from pricing.skypilot_catalog import export_catalog
+
+    cfg = settings()
+    factory = sessions(cfg)
+    with factory() as session:
+        offers = store.current_offers(session)
+    if not offers:
+        fail("the price book is empty; run: planner prices refresh", 1)
+    written = export_catalog(offers, directory)
+    if as_json:
+        emit_json({name: str(path) for name, path in written.items()})
+    else:
+        for name, path in written.items():
+            out.print(f"{name}: {path}")
+
+
+# ------------------------------------------------------------------------------------------- serve
+
+@app.command()
+def serve() -> None:
+    """Run the scheduler: price refresh on PLANNER_REFRESH_CRON (and at start when stale)."""
+    from planner.scheduler import run_scheduler
+
+    cfg = settings()
+    sessions(cfg)
+    try:
+        run_scheduler(cfg)
+    except ValueError as exc:
+        fail(str(exc))

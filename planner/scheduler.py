@@ -1,0 +1,55 @@
+"""`planner serve`: APScheduler runs the price refresh on a cron schedule.
+
+One refresh at a time (max_instances=1), missed runs coalesced into one and still run within a grace
+period, an immediate refresh at start when the book is stale, and a clean stop on SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from planner import pricebook
+from planner.config import Settings
+
+log = logging.getLogger("planner.scheduler")
+MISFIRE_GRACE_S = 15 * 60
+
+
+def refresh_job(settings: Settings) -> None:
+    for result in pricebook.refresh_book(settings):
+        level = logging.INFO if result.status == "ok" else logging.WARNING
+        log.log(level, "refresh %s: %s %s", result.provider, result.status, result.reason or f"{result.offers} offers")
+
+
+def build_scheduler(settings: Settings) -> BackgroundScheduler:
+    try:
+        trigger = CronTrigger.from_crontab(settings.refresh_cron, timezone=timezone.utc)
+    except ValueError as exc:
+        raise ValueError(f"PLANNER_REFRESH_CRON={settings.refresh_cron!r} is not a crontab line ({exc}); "
+                         "use e.g. '0 * * * *'") from None
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    stale = pricebook.stale_providers(settings, pricebook.sessions_for(settings))
+    # next_run_time=None would pause the job, so it is passed only to run a stale book's refresh now
+    first_run = {"next_run_time": datetime.now(timezone.utc)} if stale else {}
+    scheduler.add_job(refresh_job, trigger, args=[settings], id="refresh-prices", coalesce=True, max_instances=1,
+                      misfire_grace_time=MISFIRE_GRACE_S, replace_existing=True, **first_run)
+    return scheduler
+
+
+def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Block until SIGTERM/SIGINT (or `stop` is set), then shut down after the running refresh ends."""
+    stop = stop or threading.Event()
+    scheduler = build_scheduler(settings)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    scheduler.start()
+    log.info("scheduler started: refresh on %r", settings.refresh_cron)
+    stop.wait()
+    log.info("stopping: waiting for a running refresh to finish")
+    scheduler.shutdown(wait=True)

@@ -1,0 +1,114 @@
+"""One refresh: fetch every provider, judge the result, and write each snapshot atomically.
+
+Provider faults are normal weather. A fetch that fails, or whose result is implausible, is recorded
+as a failed snapshot with a one-line reason, and the provider's last good snapshot stays current.
+Overlapping refreshes (cron firing while the previous run is still going, two hosts on one database)
+are serialized per provider by a lease in the database: the second one skips that provider.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy.orm import sessionmaker
+
+from pricing import store
+from pricing.offer import Offer
+from pricing.providers.base import Provider, ProviderError
+
+log = logging.getLogger("pricing.refresh")
+
+MAX_PLAUSIBLE_USD_PER_GPU_HOUR = 100.0
+COLLAPSE_MIN_PREVIOUS = 20  # below this many offers a drop to few is not suspicious
+COLLAPSE_RATIO = 0.1  # fewer than 10 % of the previous count is a broken answer, not a market move
+
+
+@dataclass
+class ProviderResult:
+    provider: str
+    status: str  # "ok" | "failed" | "skipped"
+    offers: int = 0
+    duration_s: float = 0.0
+    reason: str | None = None
+    snapshot_id: int | None = None
+    notes: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"provider": self.provider, "status": self.status, "offers": self.offers,
+                "duration_s": round(self.duration_s, 3), "reason": self.reason,
+                "snapshot_id": self.snapshot_id, "notes": self.notes}
+
+
+def implausibility(offers: list[Offer], previous_count: int) -> str | None:
+    """Why a fetched book must not replace the current one, or None if it is believable."""
+    if not offers and previous_count:
+        return f"implausible: 0 offers where the current snapshot has {previous_count}"
+    if previous_count >= COLLAPSE_MIN_PREVIOUS and len(offers) < COLLAPSE_RATIO * previous_count:
+        return f"implausible: {len(offers)} offers where the current snapshot has {previous_count}"
+    for offer in offers:
+        for price in (offer.on_demand_usd_per_gpu_hour, offer.spot_usd_per_gpu_hour):
+            if price is not None and not 0 < price <= MAX_PLAUSIBLE_USD_PER_GPU_HOUR:
+                return f"implausible price ${price}/GPU-hour for {offer.gpu_name_raw} ({offer.offer_key})"
+        if offer.vram_gb <= 0 or offer.gpu_count < 1:
+            return f"implausible offer {offer.offer_key}: vram {offer.vram_gb} GB x {offer.gpu_count} GPUs"
+    return None
+
+
+def refresh(sessions: sessionmaker, providers: list[Provider], *, retention: timedelta,
+            lease_ttl: timedelta = timedelta(minutes=15), secrets: tuple[str, ...] = ()) -> list[ProviderResult]:
+    """Refresh every provider (fetches run in parallel, writes one by one); never raises for a provider fault."""
+    holder = f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
+    with sessions() as session:
+        leased = [p for p in providers if store.acquire_lease(session, p.name, holder, lease_ttl)]
+    results = {p.name: ProviderResult(p.name, "skipped", reason="another refresh of this provider is running")
+               for p in providers if p not in leased}
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(leased))) as pool:
+            fetched = list(pool.map(lambda p: _fetch(p, secrets), leased))
+        for provider, (started, duration, offers, reason) in zip(leased, fetched):
+            results[provider.name] = _record(sessions, provider, started, duration, offers, reason, retention)
+    finally:
+        with sessions() as session:
+            for provider in leased:
+                store.release_lease(session, provider.name, holder)
+    return [results[p.name] for p in providers]
+
+
+def _fetch(provider: Provider, secrets: tuple[str, ...]):
+    started, clock = store.utcnow(), time.monotonic()
+    try:
+        return started, time.monotonic() - clock, provider.fetch(), None
+    except ProviderError as exc:
+        reason = str(exc)
+    except Exception as exc:  # a bug or an unforeseen library error must not stop the other providers
+        log.exception("unexpected error fetching %s", provider.name)
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+    return started, time.monotonic() - clock, None, redact(reason, secrets)
+
+
+def _record(sessions, provider, started, duration, offers, reason, retention) -> ProviderResult:
+    notes = dict(getattr(provider, "last_report", None) or {})
+    with sessions() as session:
+        if offers is not None:
+            reason = implausibility(offers, store.offers_in_current_book(session, provider.name))
+        if reason is not None:
+            snapshot = store.record_failure(session, provider.name, started, reason)
+            log.warning("%s refresh failed: %s", provider.name, reason)
+            return ProviderResult(provider.name, "failed", 0, duration, reason, snapshot.id, notes)
+        snapshot = store.write_snapshot(session, provider.name, started, offers)
+        store.prune(session, retention)
+    log.info("%s refresh ok: %d offers in %.2fs", provider.name, len(offers), duration)
+    return ProviderResult(provider.name, "ok", len(offers), duration, None, snapshot.id, notes)
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """Replace every secret value in `text` (defence in depth; providers never put keys in messages)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return " ".join(text.split())

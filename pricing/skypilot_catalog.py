@@ -1,0 +1,124 @@
+"""Export the live price book as SkyPilot catalog CSVs (`~/.sky/catalogs/v8/{runpod,vast,common}`).
+
+SkyPilot prices offers from static catalogs that go stale; written by hand (no .meta md5) they count
+as modified and are never overwritten, so its optimizer then sees our current prices. Column orders
+follow SkyPilot's own fetchers (fetch_runpod.py, fetch_vast.py). Prices in a catalog are per
+instance (all its GPUs). On RunPod the catalog SpotPrice is also the bid SkyPilot places.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from pricing.offer import Offer
+
+RUNPOD_COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Region",
+                  "SpotPrice", "Price", "AvailabilityZone", "GpuInfo"]
+VAST_COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "GpuInfo", "Price",
+                "SpotPrice", "Region", "HostingType"]
+# gpuTypes carries no location and SkyPilot requires one; RunPod then places the pod in any region.
+RUNPOD_DEFAULT_REGION = "US"
+
+
+def accelerator_name(offer: Offer) -> str:
+    """SkyPilot-style accelerator name: the canonical model without spaces ("RTX 4090" -> "RTX4090")."""
+    return re.sub(r"\s+", "", offer.gpu_model)
+
+
+def _gpu_info(name: str, count: int, vram_gb: float) -> str:
+    mib = int(round(vram_gb * 1024))
+    return str({"Gpus": [{"Name": name, "Count": count, "MemoryInfo": {"SizeInMiB": mib}}],
+                "TotalGpuMemoryInMiB": mib * count})
+
+
+def _money(value: float | None, count: int) -> str:
+    return "" if value is None else f"{value * count:.4f}"
+
+
+def runpod_rows(offers: list[Offer]) -> list[dict]:
+    rows = []
+    for o in offers:
+        if o.provider != "runpod" or o.on_demand_usd_per_gpu_hour is None:
+            continue
+        name = accelerator_name(o)
+        region = (o.location or RUNPOD_DEFAULT_REGION)[-2:].upper()
+        rows.append({
+            "InstanceType": f"{o.gpu_count}x_{name}_{o.tier.upper()}", "AcceleratorName": name,
+            "AcceleratorCount": float(o.gpu_count), "vCPUs": o.vcpus or 4.0 * o.gpu_count,
+            "MemoryGiB": o.ram_gb or o.vram_gb * o.gpu_count, "Region": region,
+            "SpotPrice": _money(o.spot_usd_per_gpu_hour, o.gpu_count),
+            "Price": _money(o.on_demand_usd_per_gpu_hour, o.gpu_count), "AvailabilityZone": region,
+            "GpuInfo": _gpu_info(name, o.gpu_count, o.vram_gb),
+        })
+    return rows
+
+
+def vast_rows(offers: list[Offer]) -> list[dict]:
+    """One row per SkyPilot Vast instance type and region, at the cheapest price we saw for it."""
+    buckets: dict[tuple[str, str], list[Offer]] = defaultdict(list)
+    for o in offers:
+        if o.provider != "vast" or o.on_demand_usd_per_gpu_hour is None:
+            continue
+        vcpus, ram_mb = int(o.vcpus or 0), int(round((o.ram_gb or 0) * 1024))
+        itype = f"{o.gpu_count}x-{o.gpu_name_raw.replace(' ', '_')}-{vcpus}-{ram_mb}"
+        buckets[(itype, (o.location or "")[-2:].upper())].append(o)
+    rows = []
+    for (itype, region), group in sorted(buckets.items()):
+        o = min(group, key=lambda x: x.on_demand_usd_per_gpu_hour)
+        spots = [x.spot_usd_per_gpu_hour for x in group if x.spot_usd_per_gpu_hour is not None]
+        name = accelerator_name(o)
+        rows.append({
+            "InstanceType": itype, "AcceleratorName": name, "AcceleratorCount": o.gpu_count,
+            "vCPUs": float(o.vcpus or 0), "MemoryGiB": round(o.ram_gb or 0.0, 2),
+            "GpuInfo": _gpu_info(name, o.gpu_count, o.vram_gb),
+            "Price": _money(o.on_demand_usd_per_gpu_hour, o.gpu_count),
+            "SpotPrice": _money(min(spots) if spots else None, o.gpu_count),
+            "Region": region, "HostingType": 0,
+        })
+    return rows
+
+
+def _csv(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_catalog(offers: list[Offer], root: Path) -> dict[str, Path]:
+    """Write runpod/vms.csv, vast/vms.csv, common/accelerators.csv and common/metadata.csv under `root`."""
+    root = Path(root).expanduser()
+    runpod, vast = runpod_rows(offers), vast_rows(offers)
+    clouds: dict[str, set[str]] = defaultdict(set)
+    memory: dict[str, float] = {}
+    for cloud, rows in (("RunPod", runpod), ("Vast", vast)):
+        for row in rows:
+            clouds[row["AcceleratorName"]].add(cloud)
+    for o in offers:
+        memory.setdefault(accelerator_name(o), o.vram_gb)
+    files = {
+        "runpod": (root / "runpod" / "vms.csv", _csv(RUNPOD_COLUMNS, runpod)),
+        "vast": (root / "vast" / "vms.csv", _csv(VAST_COLUMNS, vast)),
+        "accelerators": (root / "common" / "accelerators.csv", _csv(
+            ["AcceleratorName", "Clouds"],
+            [{"AcceleratorName": n, "Clouds": str(sorted(c))} for n, c in sorted(clouds.items())])),
+        "metadata": (root / "common" / "metadata.csv", _csv(
+            ["GPU", "MemoryGB", "Manufacturer"],
+            [{"GPU": n, "MemoryGB": round(memory[n]), "Manufacturer": "NVIDIA" if not n.startswith("MI") else "AMD"}
+             for n in sorted(clouds)])),
+    }
+    for path, text in files.values():
+        _write_atomic(path, text)
+    return {name: path for name, (path, _) in files.items()}
