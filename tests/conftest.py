@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dbs import BACKENDS, fresh_database
 from tests.tiny import build_tiny_model, write_toy_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,3 +31,14 @@ def _isolated_planner_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANNER_CONFIG", str(tmp_path / "config.toml"))
     for var in ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_RUNPOD_URL", "PLANNER_VAST_URL"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path, monkeypatch) -> str:
+    """An upgraded, empty database (SQLite, and PostgreSQL when PLANNER_TEST_PG_URL is set)."""
+    from pricing.db import upgrade
+
+    with fresh_database(request.param, tmp_path) as url:
+        upgrade(url)
+        monkeypatch.setenv("PLANNER_DB_URL", url)
+        yield url
