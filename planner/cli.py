@@ -30,6 +30,7 @@ app.add_typer(prices_app, name="prices")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+DAILY_AFTER_DAYS = 14  # longer histories are shown per day
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -168,14 +169,14 @@ def prices_history(
     plot: Optional[Path] = typer.Option(None, help="Also draw the history to this PNG file."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Hourly min and median price per provider and tier."""
+    """Hourly min and median price per provider and tier (daily rows beyond 14 days)."""
     if plot is not None and plot.suffix.lower() != ".png":
         fail(f"--plot {plot}: give a .png file name")
     cfg = settings()
     factory = sessions(cfg)
     gpu_model = _canonical_gpu(gpu)
     with factory() as session:
-        rows = store.price_history(session, gpu_model, store.utcnow() - timedelta(days=days))
+        rows = store.price_history(session, gpu_model, store.utcnow() - timedelta(days=days), daily=days > DAILY_AFTER_DAYS)
     records = [{"hour": r.hour.isoformat(), "provider": r.provider, "tier": r.tier, "spot": r.spot,
                 "min_usd": r.min_usd, "median_usd": r.median_usd, "offers": r.offer_count} for r in rows]
     if plot is not None:
@@ -187,11 +188,12 @@ def prices_history(
         return
     if not rows:
         err.print(f"no history for {gpu_model!r} in the last {days} days; check the name with: planner prices show")
-    table = Table(title=f"{gpu_model}: hourly prices, last {days} days (USD per GPU-hour)")
-    for column in ("hour (UTC)", "provider", "tier", "kind", "min", "median", "offers"):
+    daily = days > DAILY_AFTER_DAYS
+    table = Table(title=f"{gpu_model}: {'daily' if daily else 'hourly'} prices, last {days} days (USD per GPU-hour)")
+    for column in ("day (UTC)" if daily else "hour (UTC)", "provider", "tier", "kind", "min", "median", "offers"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r.hour.strftime("%Y-%m-%d %H:00"), r.provider, r.tier, "spot" if r.spot else "on-demand",
+        table.add_row(r.hour.strftime("%Y-%m-%d" if daily else "%Y-%m-%d %H:00"), r.provider, r.tier, "spot" if r.spot else "on-demand",
                       _price(r.min_usd), _price(r.median_usd), str(r.offer_count))
     out.print(table)
     if plot is not None:

@@ -278,13 +278,41 @@ def _cheaper_sql():
     return case((sp.is_(None), od), (od.is_(None), sp), (sp < od, sp), else_=od)
 
 
-def price_history(session: Session, gpu_model: str, since: datetime) -> list[PriceHourly]:
-    stmt = (
-        select(PriceHourly)
-        .where(PriceHourly.gpu_model == gpu_model, PriceHourly.hour >= since)
-        .order_by(PriceHourly.hour, PriceHourly.provider, PriceHourly.tier, PriceHourly.spot)
-    )
-    return list(session.scalars(stmt))
+def price_history(session: Session, gpu_model: str, since: datetime, daily: bool = False) -> list:
+    """Aggregates of one GPU model since `since`, oldest first, as light rows (attribute access).
+
+    Hourly rows as stored, or with `daily` one row per UTC day: the day's min, and the mean of its
+    hourly medians (a median of medians is not computable in portable SQL), so a year stays small.
+    """
+    keys = [PriceHourly.provider, PriceHourly.tier, PriceHourly.spot]
+    where = (PriceHourly.gpu_model == gpu_model, PriceHourly.hour >= since)
+    if daily:
+        day = func.date(PriceHourly.hour).label("day")
+        stmt = (select(day, *keys, func.min(PriceHourly.min_usd).label("min_usd"),
+                       func.avg(PriceHourly.median_usd).label("median_usd"),
+                       func.max(PriceHourly.offer_count).label("offer_count"))
+                .where(*where).group_by(day, *keys).order_by(day, *keys))
+        return [_DailyRow(_as_day(r.day), *r[1:]) for r in session.execute(stmt)]
+    stmt = (select(PriceHourly.hour, *keys, PriceHourly.min_usd, PriceHourly.median_usd, PriceHourly.offer_count)
+            .where(*where).order_by(PriceHourly.hour, *keys))
+    return list(session.execute(stmt))
+
+
+@dataclass(frozen=True)
+class _DailyRow:
+    hour: datetime  # midnight UTC of the day
+    provider: str
+    tier: str
+    spot: bool
+    min_usd: float
+    median_usd: float
+    offer_count: int
+
+
+def _as_day(value) -> datetime:
+    """SQLite's date() gives 'YYYY-MM-DD', PostgreSQL's a date: both to midnight UTC."""
+    text_value = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return datetime.fromisoformat(text_value[:10]).replace(tzinfo=timezone.utc)
 
 
 def offers_in_current_book(session: Session, provider: str) -> int:

@@ -169,3 +169,17 @@ def test_schema_check_names_the_fix(tmp_path):
         db.require_current_schema(url)
     db.upgrade(url)
     db.require_current_schema(url)
+
+
+def test_daily_history_rolls_up_hours(db_url):
+    sessions = db.session_factory(db_url)
+    day = store.utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    with sessions() as session:
+        for h, (low, median) in enumerate([(0.3, 0.5), (0.2, 0.7), (0.4, 0.6)]):
+            session.add(store.PriceHourly(provider="vast", gpu_model="RTX4090", tier="verified", spot=False,
+                                          hour=day + timedelta(hours=h), min_usd=low, median_usd=median, offer_count=9))
+        session.commit()
+        [row] = store.price_history(session, "RTX4090", day - timedelta(days=1), daily=True)
+        hourly = store.price_history(session, "RTX4090", day - timedelta(days=1))
+    assert row.hour == day and row.min_usd == pytest.approx(0.2) and row.median_usd == pytest.approx(0.6)
+    assert len(hourly) == 3 and hourly[0].hour == day
