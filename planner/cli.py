@@ -143,14 +143,18 @@ def prices_show(
         emit_json([{**o.as_dict(), "price_usd_per_gpu_hour": store.price_of(o, spot),
                     "age_s": round((now - o.fetched_at).total_seconds())} for o in offers])
         return
-    table = Table(title=f"{len(offers)} cheapest offers (USD per GPU-hour)")
+    out.print(offers_table(offers, now))
+
+
+def offers_table(offers, now, title: str | None = None) -> Table:
+    table = Table(title=title or f"{len(offers)} cheapest offers (USD per GPU-hour)")
     for column in ("provider", "GPU", "VRAM", "GPUs", "tier", "on-demand", "spot", "location", "age"):
         table.add_column(column, justify="right" if column in ("VRAM", "GPUs", "on-demand", "spot", "age") else "left")
     for o in offers:
         table.add_row(o.provider, o.gpu_model if o.known_gpu else f"{o.gpu_model} (?)", f"{o.vram_gb:.0f} GB",
                       str(o.gpu_count), o.tier, _price(o.on_demand_usd_per_gpu_hour), _price(o.spot_usd_per_gpu_hour),
                       o.location or "-", _age(now - o.fetched_at))
-    out.print(table)
+    return table
 
 
 def _canonical_gpu(name: str | None) -> str | None:
@@ -236,3 +240,29 @@ def serve() -> None:
         run_scheduler(cfg)
     except ValueError as exc:
         fail(str(exc))
+
+
+# -------------------------------------------------------------------------------------------- demo
+
+@app.command()
+def demo(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Where to put everything (default: a new folder here)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the product end to end on this machine: no keys, no network."""
+    from planner.demo import default_directory, run_price_book
+
+    directory = (directory or default_directory()).resolve()
+    if directory.exists() and any(directory.iterdir()):
+        fail(f"{directory} is not empty; pass --dir with a new or empty directory")
+    result = run_price_book(directory)
+    if as_json:
+        emit_json({"directory": str(directory), "source": result.source,
+                   "refresh": [r.as_dict() for r in result.refresh], "cheapest": [o.as_dict() for o in result.cheapest]})
+    else:
+        out.print(f"[bold]price book[/]: {result.source}", highlight=False)
+        for r in result.refresh:
+            out.print(f"  {r.provider}: {r.status}, {r.offers} offers" + (f" ({r.reason})" if r.reason else ""))
+        out.print(offers_table(result.cheapest, store.utcnow(), "cheapest offers with at least 3 GB of VRAM"))
+        out.print(f"everything is in {directory}")
+    raise typer.Exit(1 if any(r.status == "failed" for r in result.refresh) else 0)
