@@ -230,14 +230,21 @@ def prices_export_skypilot(
 # ------------------------------------------------------------------------------------------- serve
 
 @app.command()
-def serve() -> None:
-    """Run the scheduler: price refresh on PLANNER_REFRESH_CRON (and at start when stale)."""
-    from planner.scheduler import run_scheduler
+def serve(
+    host: Optional[str] = typer.Option(None, help="Bind address (default PLANNER_API_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default PLANNER_API_PORT, 8377)."),
+    api: bool = typer.Option(True, "--api/--no-api", help="Serve the HTTP API and dashboard."),
+) -> None:
+    """Run the price refresh on PLANNER_REFRESH_CRON (and at start when stale) and the HTTP API."""
+    from planner.api import check_bind
+    from planner.scheduler import serve as run_serve
 
     cfg = settings()
     sessions(cfg)
+    host, port = host or cfg.api_host, port or cfg.api_port
     try:
-        run_scheduler(cfg)
+        check_bind(host, cfg)
+        run_serve(cfg, host, port, api=api)
     except ValueError as exc:
         fail(str(exc))
 
@@ -266,3 +273,7 @@ def demo(
         out.print(offers_table(result.cheapest, store.utcnow(), "cheapest offers with at least 3 GB of VRAM"))
         out.print(f"everything is in {directory}")
     raise typer.Exit(1 if any(r.status == "failed" for r in result.refresh) else 0)
+
+
+if __name__ == "__main__":
+    app()

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=30.0, gt=0)
     vast_disk_gb: float = Field(default=50.0, ge=0, description="disk size priced into Vast offers")
     vast_search_limit: int = Field(default=5000, ge=64)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8377, ge=1, le=65535)
+    api_token: SecretStr | None = None  # required to serve beyond localhost
 
     @field_validator("max_price_age", mode="before")
     @classmethod

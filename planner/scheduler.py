@@ -41,15 +41,27 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     return scheduler
 
 
-def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Block until SIGTERM/SIGINT (or `stop` is set), then shut down after the running refresh ends."""
-    stop = stop or threading.Event()
+def serve(settings: Settings, host: str, port: int, api: bool = True, stop: threading.Event | None = None) -> None:
+    """Run the scheduler, and the HTTP API unless `api` is False, until SIGTERM/SIGINT (or `stop`)."""
     scheduler = build_scheduler(settings)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
     scheduler.start()
     log.info("scheduler started: refresh on %r", settings.refresh_cron)
-    stop.wait()
-    log.info("stopping: waiting for a running refresh to finish")
-    scheduler.shutdown(wait=True)
+    try:
+        if api:
+            import uvicorn
+
+            from planner.api import create_app
+
+            server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
+            if stop is not None:
+                threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True).start()
+            server.run()  # handles SIGTERM/SIGINT itself
+        else:
+            stop = stop or threading.Event()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        log.info("stopping: waiting for a running refresh to finish")
+        scheduler.shutdown(wait=True)

@@ -1,0 +1,75 @@
+"""HTTP API and dashboard of `planner serve` (FastAPI; OpenAPI docs at /docs).
+
+Binds to 127.0.0.1 by default. Serving beyond localhost requires PLANNER_API_TOKEN, and then every
+data endpoint wants `Authorization: Bearer <token>` (the dashboard takes it from its URL fragment,
+`/#token=...`, which browsers never send to the server or put in logs).
+"""
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+from importlib import resources
+from typing import Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+
+from planner import pricebook
+from planner.config import Settings
+from pricing import gpus, store
+
+OPEN_PATHS = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def check_bind(host: str, settings: Settings) -> None:
+    if host not in LOOPBACK and settings.api_token is None:
+        raise ValueError(f"serving on {host} needs a token; set PLANNER_API_TOKEN or bind to 127.0.0.1")
+
+
+def canonical_gpu(name: str) -> str:
+    spec = gpus.resolve(name)
+    return spec.model if spec else name
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(title="planner", description="GPU prices, plans and jobs", version="1")
+    sessions = pricebook.sessions_for(settings)
+
+    def authorize(request: Request) -> None:
+        if settings.api_token is None or request.url.path in OPEN_PATHS:
+            return
+        expected = f"Bearer {settings.api_token.get_secret_value()}"
+        if not hmac.compare_digest(request.headers.get("Authorization", ""), expected):
+            raise HTTPException(401, "missing or wrong bearer token")
+
+    app.router.dependencies.append(Depends(authorize))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> str:
+        return resources.files("planner").joinpath("data", "dashboard.html").read_text()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    @app.get("/prices")
+    def prices(min_vram: Optional[float] = None, gpu: Optional[str] = None, provider: Optional[str] = None,
+               spot: Optional[bool] = None, limit: int = Query(50, ge=1, le=5000)) -> dict:
+        query = store.OfferQuery(min_vram_gb=min_vram, gpu=canonical_gpu(gpu) if gpu else None, provider=provider,
+                                 spot=spot, limit=limit)
+        with sessions() as session:
+            offers = store.current_offers(session, query)
+        return {"stale_providers": pricebook.stale_providers(settings, sessions),
+                "offers": [o.as_dict() | {"price_usd_per_gpu_hour": store.price_of(o, spot)} for o in offers]}
+
+    @app.get("/prices/history")
+    def history(gpu: str, days: int = Query(7, ge=1, le=3660)) -> dict:
+        model = canonical_gpu(gpu)
+        with sessions() as session:
+            rows = store.price_history(session, model, store.utcnow() - timedelta(days=days), daily=days > 14)
+        return {"gpu": model, "bucket": "day" if days > 14 else "hour",
+                "rows": [{"hour": r.hour.isoformat(), "provider": r.provider, "tier": r.tier, "spot": r.spot,
+                          "min_usd": r.min_usd, "median_usd": r.median_usd, "offers": r.offer_count} for r in rows]}
+
+    return app

@@ -1,0 +1,109 @@
+"""`planner serve`: the scheduled refresh, clean shutdown, and the HTTP API with its token rule."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+
+from planner.api import check_bind, create_app
+from planner.config import load_settings
+from planner.replay import recorded_payload
+from planner.scheduler import build_scheduler, serve
+from pricing import db
+
+
+@pytest.fixture
+def fake_providers(httpserver, monkeypatch):
+    monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
+    monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))
+    httpserver.expect_request("/rp/graphql").respond_with_data(recorded_payload("/graphql"),
+                                                               content_type="application/json")
+    httpserver.expect_request("/vast/api/v0/bundles/").respond_with_data(recorded_payload("/api/v0/bundles/"),
+                                                                         content_type="application/json")
+    return httpserver
+
+
+@pytest.fixture
+def upgraded():
+    settings = load_settings()
+    db.upgrade(settings.db_url)
+    return settings
+
+
+def test_stale_book_refreshes_at_start_else_on_cron(upgraded, fake_providers):
+    job = build_scheduler(upgraded).get_job("refresh-prices")
+    assert abs(job.next_run_time - datetime.now(timezone.utc)) < timedelta(seconds=30)
+    from planner.pricebook import refresh_book
+
+    refresh_book(upgraded)
+    job = build_scheduler(upgraded).get_job("refresh-prices")
+    assert job.next_run_time.minute == 0 and job.next_run_time > datetime.now(timezone.utc)
+    assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time > 0
+
+
+def test_bad_cron_is_a_clear_error(upgraded, monkeypatch):
+    monkeypatch.setenv("PLANNER_REFRESH_CRON", "every hour")
+    with pytest.raises(ValueError, match="PLANNER_REFRESH_CRON='every hour' is not a crontab line"):
+        build_scheduler(load_settings())
+
+
+def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, fake_providers):
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(upgraded, "127.0.0.1", 0), kwargs={"api": False, "stop": stop})
+    thread.start()
+    deadline = time.monotonic() + 30
+    client = TestClient(create_app(upgraded))
+    while time.monotonic() < deadline and not client.get("/prices").json()["offers"]:
+        time.sleep(0.2)
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert client.get("/prices").json()["stale_providers"] == []
+
+
+def test_sigterm_stops_serve_with_exit_0(upgraded, fake_providers, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "-v", "serve", "--no-api"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "refresh ok" in line or len(lines) > 200:
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, "".join(lines)
+
+
+def test_api_prices_history_and_dashboard(upgraded, fake_providers):
+    from planner.pricebook import refresh_book
+
+    refresh_book(upgraded)
+    client = TestClient(create_app(upgraded))
+    offers = client.get("/prices", params={"min_vram": 40, "spot": True}).json()["offers"]
+    assert offers and all(o["vram_gb"] >= 40 and o["spot_usd_per_gpu_hour"] is not None for o in offers)
+    history = client.get("/prices/history", params={"gpu": "RTX 4090"}).json()
+    assert history["rows"] and history["bucket"] == "hour"
+    page = client.get("/")
+    assert page.status_code == 200 and "Cheapest offers now" in page.text
+    assert "/prices" in client.get("/openapi.json").json()["paths"]
+
+
+def test_token_required_beyond_localhost(upgraded, monkeypatch):
+    with pytest.raises(ValueError, match="needs a token"):
+        check_bind("0.0.0.0", upgraded)
+    check_bind("127.0.0.1", upgraded)
+    monkeypatch.setenv("PLANNER_API_TOKEN", "s3cret-token")
+    settings = load_settings()
+    check_bind("0.0.0.0", settings)
+    client = TestClient(create_app(settings))
+    assert client.get("/prices").status_code == 401
+    assert client.get("/prices", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/prices", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    assert client.get("/").status_code == 200 and "s3cret-token" not in client.get("/").text
