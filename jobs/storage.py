@@ -19,6 +19,10 @@ from typing import Any
 import fsspec
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def is_remote(uri: str | os.PathLike) -> bool:
     uri = str(uri)
     return "://" in uri and not uri.startswith("file://")
@@ -64,6 +68,7 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
