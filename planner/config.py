@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=30.0, gt=0)
     vast_disk_gb: float = Field(default=50.0, ge=0, description="disk size priced into Vast offers")
     vast_search_limit: int = Field(default=5000, ge=64)
+    vast_min_interval_s: float = Field(default=6.0, ge=0, description="spacing of Vast searches (10 a minute)")
+    http_retries: int = Field(default=5, ge=1, description="attempts per provider request")
+    http_retry_wait_s: float = Field(default=2.0, ge=0, description="first backoff wait, doubling")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8377, ge=1, le=65535)
     api_token: SecretStr | None = None  # required to serve beyond localhost

@@ -32,7 +32,7 @@ def default_directory() -> Path:
 
 def demo_settings(directory: Path, provider_url: str) -> Settings:
     return Settings(db_url=f"sqlite:///{directory / 'planner.db'}", runpod_url=provider_url, vast_url=provider_url,
-                    runpod_api_key=None, vast_api_key=None)
+                    runpod_api_key=None, vast_api_key=None, vast_min_interval_s=0)
 
 
 def run_price_book(directory: Path, min_vram_gb: float = 3, top: int = 10) -> DemoResult:

@@ -14,13 +14,17 @@ PROVIDERS = ("runpod", "vast")
 
 
 def build_providers(settings: Settings, only: str | None = None) -> list[Provider]:
+    from pricing.providers.http import RetryPolicy
     from pricing.providers.runpod import RunPodProvider
     from pricing.providers.vast import VastProvider
 
+    retry = RetryPolicy(attempts=settings.http_retries, initial_wait_s=settings.http_retry_wait_s)
     built = {
-        "runpod": lambda: RunPodProvider(settings.runpod_url, settings.runpod_api_key, timeout=settings.http_timeout),
+        "runpod": lambda: RunPodProvider(settings.runpod_url, settings.runpod_api_key, timeout=settings.http_timeout,
+                                         retry=retry),
         "vast": lambda: VastProvider(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout,
-                                     disk_gb=settings.vast_disk_gb, limit=settings.vast_search_limit),
+                                     disk_gb=settings.vast_disk_gb, limit=settings.vast_search_limit,
+                                     min_interval_s=settings.vast_min_interval_s, retry=retry),
     }
     return [built[name]() for name in PROVIDERS if only in (None, name)]
 

@@ -29,6 +29,8 @@ def _isolated_planner_env(tmp_path, monkeypatch):
     """Every test gets its own database and config file, and no real keys or provider URLs."""
     monkeypatch.setenv("PLANNER_DB_URL", f"sqlite:///{tmp_path / 'planner.db'}")
     monkeypatch.setenv("PLANNER_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("PLANNER_VAST_MIN_INTERVAL_S", "0")  # no 6 s spacing of fake Vast searches
+    monkeypatch.setenv("PLANNER_HTTP_RETRY_WAIT_S", "0.01")
     for var in ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_RUNPOD_URL", "PLANNER_VAST_URL"):
         monkeypatch.delenv(var, raising=False)
 

@@ -1,0 +1,75 @@
+"""The dashboard in a real headless Chromium (Debian's package, driven by Playwright): it loads,
+shows the fake price book, and lists jobs. Skipped where no Chromium is installed."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(httpserver, monkeypatch):
+    """`planner serve`'s API on a free port over a book refreshed from the recorded payloads."""
+    import uvicorn
+
+    from planner.api import create_app
+    from planner.config import load_settings
+    from planner.pricebook import refresh_book
+    from planner.replay import recorded_payload
+    from pricing import db
+
+    monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
+    monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))
+    httpserver.expect_request("/rp/graphql").respond_with_data(recorded_payload("/graphql"),
+                                                               content_type="application/json")
+    httpserver.expect_request("/vast/api/v0/bundles/").respond_with_data(recorded_payload("/api/v0/bundles/"),
+                                                                         content_type="application/json")
+    settings = load_settings()
+    db.upgrade(settings.db_url)
+    refresh_book(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield settings, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_dashboard_shows_book_and_history(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url + "/")
+        page.wait_for_selector("#offers tbody tr")
+        rows = page.locator("#offers tbody tr")
+        assert rows.count() >= 5
+        text = page.locator("#offers").inner_text()
+        assert "vast" in text and "runpod" in text and "RTX" in text
+        page.wait_for_selector("#chart circle")
+        assert page.locator("#legend").inner_text().strip()
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        assert not errors, errors
+        browser.close()
