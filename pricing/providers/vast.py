@@ -118,11 +118,14 @@ class VastProvider(Provider):
         count = int(raw["num_gpus"])
         vram_gb = float(raw["gpu_ram"]) / 1024
         storage = float(raw.get("storage_cost") or 0.0) * self.disk_gb / HOURS_PER_MONTH
-        on_demand = (float(raw["dph_base"]) + storage) / count if has_on_demand else None
+        compute = float(raw["dph_base"]) if has_on_demand else None
         min_bid = (bid or raw).get("min_bid")
-        spot = (float(min_bid) + storage) / count if min_bid else None
+        compute_prices = [p for p in (compute, float(min_bid) if min_bid else None) if p is not None]
+        on_demand = (compute + storage) / count if compute is not None and count > 0 else None
+        spot = (float(min_bid) + storage) / count if min_bid and count > 0 else None
         prices = [p for p in (on_demand, spot) if p is not None]
-        if count < 1 or vram_gb <= 0 or not prices or not all(0 < p <= MAX_USD_PER_GPU_HOUR for p in prices):
+        if (count < 1 or vram_gb <= 0 or not prices or min(compute_prices) <= 0
+                or max(prices) > MAX_USD_PER_GPU_HOUR):
             self.last_report["dropped"] += 1
             log.warning("dropped Vast ask %s: %s x %s, prices %s", raw["id"], count, raw.get("gpu_name"), prices)
             return None
