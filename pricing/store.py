@@ -154,7 +154,7 @@ def write_snapshot(session: Session, provider: str, started_at: datetime, offers
         session.flush()
         if offers:
             rows = [{**_offer_columns(offer), "snapshot_id": snapshot.id} for offer in offers]
-            session.execute(insert(OfferRow), rows)
+            session.execute(OfferRow.__table__.insert(), rows)  # Core executemany: no ORM bookkeeping
         _merge_hourly(session, provider, finished, offers)
         session.commit()
     except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -49,8 +50,8 @@ def request_json(session: requests.Session, method: str, url: str, *, api_key: s
         if not response.ok:
             raise ProviderError(f"HTTP {response.status_code} on {where}")
         try:
-            return response.json()
-        except ValueError:
+            return orjson.loads(response.content)  # several times faster than json on 30 MB Vast answers
+        except orjson.JSONDecodeError:
             kind = response.headers.get("Content-Type", "unknown type").split(";")[0]
             raise ProviderError(f"malformed JSON from {where} ({kind}, {len(response.content)} bytes)") from None
 
