@@ -27,7 +27,7 @@ prices_app = typer.Typer(help="The live price book.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs get full-width tables
 err = Console(stderr=True, soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 DAILY_AFTER_DAYS = 14  # longer histories are shown per day
@@ -148,12 +148,13 @@ def prices_show(
 
 def offers_table(offers, now, title: str | None = None) -> Table:
     table = Table(title=title or f"{len(offers)} cheapest offers (USD per GPU-hour)")
-    for column in ("provider", "GPU", "VRAM", "GPUs", "tier", "on-demand", "spot", "location", "age"):
+    for column in ("provider", "GPU", "VRAM", "GPUs", "tier", "on-demand", "spot", "location", "stock", "age"):
         table.add_column(column, justify="right" if column in ("VRAM", "GPUs", "on-demand", "spot", "age") else "left")
     for o in offers:
         table.add_row(o.provider, o.gpu_model if o.known_gpu else f"{o.gpu_model} (?)", f"{o.vram_gb:.0f} GB",
                       str(o.gpu_count), o.tier, _price(o.on_demand_usd_per_gpu_hour), _price(o.spot_usd_per_gpu_hour),
-                      o.location or "-", _age(now - o.fetched_at))
+                      o.location or "-", (o.stock or "yes") if o.available else "[red]none[/]",
+                      _age(now - o.fetched_at))
     return table
 
 
