@@ -44,3 +44,18 @@ def db_url(request, tmp_path, monkeypatch) -> str:
         upgrade(url)
         monkeypatch.setenv("PLANNER_DB_URL", url)
         yield url
+
+
+@pytest.fixture
+def recorded_providers(httpserver, monkeypatch):
+    """Fake RunPod and Vast on 127.0.0.1 answering with the recorded payloads; PLANNER_*_URL point at them."""
+    from planner.replay import recorded_payload
+
+    monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
+    monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))
+    monkeypatch.setenv("PLANNER_VAST_DISK_GB", "50")
+    httpserver.expect_request("/rp/graphql", method="POST").respond_with_data(
+        recorded_payload("/graphql"), content_type="application/json")
+    httpserver.expect_request("/vast/api/v0/bundles/", method="POST").respond_with_data(
+        recorded_payload("/api/v0/bundles/"), content_type="application/json")
+    return httpserver

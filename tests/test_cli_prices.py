@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
-from planner.replay import recorded_payload
 
 RUNPOD_KEY = "rpa_SECRET_runpod_0123456789"
 VAST_KEY = "vast_SECRET_0123456789abcdef"
@@ -28,25 +27,12 @@ def cli():
     return invoke
 
 
-@pytest.fixture
-def providers(httpserver, monkeypatch):
-    """Fake RunPod and Vast on 127.0.0.1 answering with the recorded payloads."""
-    monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
-    monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))
-    monkeypatch.setenv("PLANNER_VAST_DISK_GB", "50")
-    httpserver.expect_request("/rp/graphql", method="POST").respond_with_data(
-        recorded_payload("/graphql"), content_type="application/json")
-    httpserver.expect_request("/vast/api/v0/bundles/", method="POST").respond_with_data(
-        recorded_payload("/api/v0/bundles/"), content_type="application/json")
-    return httpserver
-
-
 def test_commands_ask_for_upgrade_first(cli):
     result = cli("prices", "show", code=2)
     assert "run: planner db upgrade" in result.stderr
 
 
-def test_refresh_then_show_gives_per_gpu_prices(cli, providers):
+def test_refresh_then_show_gives_per_gpu_prices(cli, recorded_providers):
     cli("db", "upgrade")
     refresh = json.loads(cli("prices", "refresh", "--json").stdout)
     assert {r["provider"]: r["status"] for r in refresh} == {"runpod": "ok", "vast": "ok"}
@@ -68,7 +54,7 @@ def test_refresh_then_show_gives_per_gpu_prices(cli, providers):
     assert prices == sorted(prices)
 
 
-def test_refresh_failure_keeps_book_and_exits_1(cli, providers, httpserver):
+def test_refresh_failure_keeps_book_and_exits_1(cli, recorded_providers, httpserver):
     cli("db", "upgrade")
     cli("prices", "refresh")
     before = json.loads(cli("prices", "show", "--json", "--limit", "100").stdout)
@@ -82,7 +68,7 @@ def test_refresh_failure_keeps_book_and_exits_1(cli, providers, httpserver):
     assert [o["offer_key"] for o in after] == [o["offer_key"] for o in before]
 
 
-def test_show_warns_when_stale(cli, providers, monkeypatch):
+def test_show_warns_when_stale(cli, recorded_providers, monkeypatch):
     cli("db", "upgrade")
     cli("prices", "refresh")
     assert "older than" not in cli("prices", "show").stderr
@@ -90,7 +76,7 @@ def test_show_warns_when_stale(cli, providers, monkeypatch):
     assert "older than" in cli("prices", "show").stderr
 
 
-def test_history_table_json_and_plot(cli, providers, tmp_path):
+def test_history_table_json_and_plot(cli, recorded_providers, tmp_path):
     cli("db", "upgrade")
     cli("prices", "refresh")
     rows = json.loads(cli("prices", "history", "--gpu", "RTX 4090", "--json").stdout)
@@ -100,7 +86,7 @@ def test_history_table_json_and_plot(cli, providers, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
-def test_export_skypilot_catalog(cli, providers, tmp_path):
+def test_export_skypilot_catalog(cli, recorded_providers, tmp_path):
     cli("db", "upgrade")
     cli("prices", "refresh")
     cli("prices", "export-skypilot", "--dir", str(tmp_path / "cat"))
@@ -137,7 +123,7 @@ def test_config_file_with_key_must_be_private(cli, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fault", ["ok", "401", "500", "graphql-error"])
-def test_keys_never_in_output_logs_or_database(cli, providers, httpserver, monkeypatch, caplog, tmp_path, fault):
+def test_keys_never_in_output_logs_or_database(cli, recorded_providers, httpserver, monkeypatch, caplog, tmp_path, fault):
     monkeypatch.setenv("RUNPOD_API_KEY", RUNPOD_KEY)
     monkeypatch.setenv("VAST_API_KEY", VAST_KEY)
     if fault != "ok":

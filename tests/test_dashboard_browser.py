@@ -22,22 +22,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def served(httpserver, monkeypatch):
+def served(recorded_providers):
     """`planner serve`'s API on a free port over a book refreshed from the recorded payloads."""
     import uvicorn
 
     from planner.api import create_app
     from planner.config import load_settings
     from planner.pricebook import refresh_book
-    from planner.replay import recorded_payload
     from pricing import db
 
-    monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
-    monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))
-    httpserver.expect_request("/rp/graphql").respond_with_data(recorded_payload("/graphql"),
-                                                               content_type="application/json")
-    httpserver.expect_request("/vast/api/v0/bundles/").respond_with_data(recorded_payload("/api/v0/bundles/"),
-                                                                         content_type="application/json")
     settings = load_settings()
     db.upgrade(settings.db_url)
     refresh_book(settings)

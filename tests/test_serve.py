@@ -14,31 +14,19 @@ from fastapi.testclient import TestClient
 
 from planner.api import check_bind, create_app
 from planner.config import load_settings
-from planner.replay import recorded_payload
 from planner.scheduler import build_scheduler, serve
 from pricing import db
 
 
 @pytest.fixture
-def fake_providers(httpserver, monkeypatch):
-    monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
-    monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))
-    httpserver.expect_request("/rp/graphql").respond_with_data(recorded_payload("/graphql"),
-                                                               content_type="application/json")
-    httpserver.expect_request("/vast/api/v0/bundles/").respond_with_data(recorded_payload("/api/v0/bundles/"),
-                                                                         content_type="application/json")
-    return httpserver
-
-
-@pytest.fixture
-def upgraded(fake_providers):
+def upgraded(recorded_providers):
     """Settings (pointing at the fake providers) on an upgraded, empty database."""
     settings = load_settings()
     db.upgrade(settings.db_url)
     return settings
 
 
-def test_stale_book_refreshes_at_start_else_on_cron(upgraded, fake_providers):
+def test_stale_book_refreshes_at_start_else_on_cron(upgraded, recorded_providers):
     job = build_scheduler(upgraded).get_job("refresh-prices")
     assert abs(job.next_run_time - datetime.now(timezone.utc)) < timedelta(seconds=30)
     from planner.pricebook import refresh_book
@@ -57,7 +45,7 @@ def test_bad_cron_is_a_clear_error(upgraded, monkeypatch):
         build_scheduler(load_settings())
 
 
-def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, fake_providers):
+def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, recorded_providers):
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(upgraded, "127.0.0.1", 0), kwargs={"api": False, "stop": stop})
     thread.start()
@@ -71,7 +59,7 @@ def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, fake_providers):
     assert client.get("/prices").json()["stale_providers"] == []
 
 
-def test_sigterm_stops_serve_with_exit_0(upgraded, fake_providers, tmp_path):
+def test_sigterm_stops_serve_with_exit_0(upgraded, recorded_providers, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "-v", "serve", "--no-api"], env=env,
                             stderr=subprocess.PIPE, text=True)
@@ -84,7 +72,7 @@ def test_sigterm_stops_serve_with_exit_0(upgraded, fake_providers, tmp_path):
     assert proc.wait(30) == 0, "".join(lines)
 
 
-def test_api_prices_history_and_dashboard(upgraded, fake_providers):
+def test_api_prices_history_and_dashboard(upgraded, recorded_providers):
     from planner.pricebook import refresh_book
 
     refresh_book(upgraded)
