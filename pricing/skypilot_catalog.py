@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from pricing import gpus
 from pricing.offer import Offer
 
 RUNPOD_COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Region",
@@ -103,11 +104,14 @@ def export_catalog(offers: list[Offer], root: Path) -> dict[str, Path]:
     runpod, vast = runpod_rows(offers), vast_rows(offers)
     clouds: dict[str, set[str]] = defaultdict(set)
     memory: dict[str, float] = {}
+    vendor: dict[str, str] = {}
     for cloud, rows in (("RunPod", runpod), ("Vast", vast)):
         for row in rows:
             clouds[row["AcceleratorName"]].add(cloud)
     for o in offers:
         memory.setdefault(accelerator_name(o), o.vram_gb)
+        spec = gpus.by_model(o.gpu_model)
+        vendor.setdefault(accelerator_name(o), spec.vendor if spec else "NVIDIA")
     files = {
         "runpod": (root / "runpod" / "vms.csv", _csv(RUNPOD_COLUMNS, runpod)),
         "vast": (root / "vast" / "vms.csv", _csv(VAST_COLUMNS, vast)),
@@ -116,8 +120,7 @@ def export_catalog(offers: list[Offer], root: Path) -> dict[str, Path]:
             [{"AcceleratorName": n, "Clouds": str(sorted(c))} for n, c in sorted(clouds.items())])),
         "metadata": (root / "common" / "metadata.csv", _csv(
             ["GPU", "MemoryGB", "Manufacturer"],
-            [{"GPU": n, "MemoryGB": round(memory[n]), "Manufacturer": "NVIDIA" if not n.startswith("MI") else "AMD"}
-             for n in sorted(clouds)])),
+            [{"GPU": n, "MemoryGB": round(memory[n]), "Manufacturer": vendor[n]} for n in sorted(clouds)])),
     }
     for path, text in files.values():
         _write_atomic(path, text)
