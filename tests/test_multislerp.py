@@ -73,8 +73,9 @@ def test_merging_identical_tensors_returns_the_tensor(seed, shape, weights):
 def test_order_of_model_weight_pairs_does_not_matter(seed, shape, base, weights, data):
     tensors, origin = random_tensors(seed, len(weights), shape, base)
     order = data.draw(st.permutations(range(len(weights))))
+    # Both sides are float32 sums taken in different orders, so allow a few float32 ulps more.
     assert_close(multislerp([tensors[i] for i in order], [weights[i] for i in order], origin),
-                 multislerp(tensors, weights, origin).double())
+                 multislerp(tensors, weights, origin).double(), tolerance=2e-5)
 
 
 @settings(max_examples=30, deadline=None)
