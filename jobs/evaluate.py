@@ -1,13 +1,15 @@
 """Retrieval evaluation of an embedder on a held-out JSONL set: nDCG@10, recall@10 and MRR@10.
 
-    python -m jobs.evaluate --model M --data URI [--output FILE.json] [--batch-size N] [--max-length N]
+    python -m jobs.evaluate --model M --data URI [--output DIR] [--batch-size N] [--max-length N]
 
 The data has the training format (query, positive, optional negatives, task, instruction). The
 candidate pool of a task is every distinct positive and negative text of that task; each query has
 exactly one relevant document, its positive, and is encoded with its task's instruction prompt.
 With one relevant document, nDCG@10 = 1/log2(rank+1) and recall@10 = [rank <= 10]. Metrics are
 averaged over a task's queries, and the overall figure is the mean over tasks (every task counts
-the same, as in MTEB). Exit 2 on bad input, 0 with the metrics printed and written as JSON.
+the same, as in MTEB). Exit 2 on bad input, 0 with the metrics printed; with --output DIR (a path
+or fsspec URI) they are also written to DIR/metrics.json, then a DONE marker, and a rerun with
+DONE present exits 0 at once.
 """
 from __future__ import annotations
 
@@ -18,27 +20,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from jobs import storage
+from jobs.data import BadData, Record, read_corpus
+
 K = 10
-
-
-def load_records(uri: str) -> list[dict]:
-    from jobs.storage import read_bytes
-
-    records = []
-    for number, line in enumerate(read_bytes(uri).decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{uri}:{number}: not JSON ({exc.msg})") from None
-        for name in ("query", "positive"):
-            if not isinstance(record.get(name), str) or not record[name].strip():
-                raise ValueError(f"{uri}:{number}: '{name}' must be a non-empty string")
-        records.append(record)
-    if not records:
-        raise ValueError(f"{uri}: no records; give a JSONL file with query/positive lines")
-    return records
 
 
 def rank_metrics(rank: int | None) -> dict[str, float]:
@@ -48,7 +33,7 @@ def rank_metrics(rank: int | None) -> dict[str, float]:
     return {"ndcg@10": 1.0 / math.log2(rank + 1), "recall@10": 1.0, "mrr@10": 1.0 / rank}
 
 
-def evaluate(model: str, records: list[dict], batch_size: int = 32, max_length: int = 512) -> dict:
+def evaluate(model: str, records: list[Record], batch_size: int = 32, max_length: int = 512) -> dict:
     import torch
 
     from jobs.embedder import embed, format_query, load_model, load_tokenizer, pick_device_dtype, tokenize
@@ -65,19 +50,19 @@ def evaluate(model: str, records: list[dict], batch_size: int = 32, max_length: 
                 chunks.append(embed(net, batch).cpu())
         return torch.cat(chunks)
 
-    by_task: dict[str, list[dict]] = defaultdict(list)
+    by_task: dict[str, list[Record]] = defaultdict(list)
     for record in records:
-        by_task[record.get("task") or "default"].append(record)
+        by_task[record.task].append(record)
     per_task = {}
     for task, items in sorted(by_task.items()):
-        pool = sorted({r["positive"] for r in items} | {n for r in items for n in r.get("negatives") or []})
+        pool = sorted({r.positive for r in items} | {n for r in items for n in r.negatives})
         index = {text: i for i, text in enumerate(pool)}
         docs = encode(pool)
-        queries = encode([format_query(r["query"], r.get("instruction")) for r in items])
+        queries = encode([format_query(r.query, r.instruction) for r in items])
         scores = queries @ docs.T
         totals = defaultdict(float)
         for row, record in zip(scores, items):
-            target = index[record["positive"]]
+            target = index[record.positive]
             rank = int((row > row[target]).sum()) + 1  # ties resolve in the relevant document's favour
             for name, value in rank_metrics(rank).items():
                 totals[name] += value
@@ -92,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory (sentence-transformers layout)")
     parser.add_argument("--data", required=True, help="held-out JSONL: query, positive, negatives, task, instruction")
-    parser.add_argument("--output", type=Path, help="also write the metrics here as JSON")
+    parser.add_argument("--output", help="also write DIR/metrics.json and DIR/DONE (path or fsspec URI)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args(argv)
@@ -101,16 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.model).joinpath("config.json").exists():
         print(f"error: {args.model} has no config.json; give a model directory", file=sys.stderr)
         return 2
+    if args.output and storage.exists(storage.join(args.output, "DONE")):
+        print(f"{args.output} is already evaluated", file=sys.stderr)
+        return 0
     try:
-        records = load_records(args.data)
-    except (OSError, ValueError) as exc:
+        records = read_corpus(args.data)
+    except (OSError, BadData) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     metrics = evaluate(args.model, records, args.batch_size, args.max_length)
     if args.output:
-        from jobs.storage import write_json_atomic
-
-        write_json_atomic(args.output, metrics)
+        storage.write_json_atomic(storage.join(args.output, "metrics.json"), metrics)
+        storage.write_bytes_atomic(storage.join(args.output, "DONE"), b"")
     print(json.dumps(metrics, indent=2))
     return 0
 

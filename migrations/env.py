@@ -1,6 +1,7 @@
 """Alembic environment: the URL comes from the caller's config, else from planner settings."""
 from alembic import context
 
+import planner.records  # noqa: F401  (registers the job tables on Base.metadata)
 import pricing.store  # noqa: F401  (registers the price-book tables on Base.metadata)
 from pricing.db import Base, make_engine
 

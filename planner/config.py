@@ -35,6 +35,10 @@ def default_db_url() -> str:
     return f"sqlite:///{Path(platformdirs.user_data_dir(APP)) / 'planner.db'}"
 
 
+def default_runs_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP)) / "runs"
+
+
 def parse_duration(value: Any) -> timedelta:
     """'2h', '90m', '7200', 7200 or a timedelta -> timedelta."""
     if isinstance(value, timedelta):
@@ -71,8 +75,15 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8377, ge=1, le=65535)
     api_token: SecretStr | None = None  # required to serve beyond localhost
+    runs_dir: Path = Field(default_factory=default_runs_dir, description="local backend: logs and scratch")
+    local_usd_per_hour: float = Field(default=0.0, ge=0, description="what an hour of this machine costs")
+    poll_interval_s: float = Field(default=30.0, gt=0, description="supervisor tick while jobs run")
+    preempted_cooldown: timedelta = timedelta(hours=1)  # an interrupted offer sits out this long
+    max_failures: int = Field(default=3, ge=1, description="non-resumable failures before a job fails")
+    job_image: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+    jobs_install: str = Field(default="", description="pip requirement for the jobs extra on the GPU box")
 
-    @field_validator("max_price_age", mode="before")
+    @field_validator("max_price_age", "preempted_cooldown", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
         return parse_duration(value)

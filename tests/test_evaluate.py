@@ -20,9 +20,10 @@ def test_rank_metrics(rank, expected):
 
 
 def test_evaluate_end_to_end(tiny_model_dir, toy_corpus, tmp_path):
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "eval"
     assert evaluate.main(["--model", str(tiny_model_dir), "--data", str(toy_corpus), "--output", str(out)]) == 0
-    metrics = json.loads(out.read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "DONE").exists()
     assert set(metrics["tasks"]) == {"animals", "food", "cities"}
     for task in metrics["tasks"].values():
         assert 0.0 <= task["ndcg@10"] <= task["recall@10"] <= 1.0 and task["queries"] == 24
@@ -34,7 +35,9 @@ def test_perfect_model_scores_one(monkeypatch):
     """With an oracle encoder (a query and its positive share a one-hot direction) every metric is 1."""
     import torch
 
-    records = [{"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}"], "task": "t"} for i in range(12)]
+    from jobs.data import Record
+
+    records = [Record(f"q{i}", f"p{i}", (f"n{i}",), "t") for i in range(12)]
     direction = {f"p{i}": i for i in range(12)} | {f"n{i}": 12 + i for i in range(12)}
 
     class Batch(list):
@@ -58,7 +61,7 @@ def test_perfect_model_scores_one(monkeypatch):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("not json\n", ":1: not JSON"),
+    ("not json\n", ":1: not valid JSON"),
     ('{"query": "a"}\n', "'positive' must be a non-empty string"),
     ("", "no records"),
 ])

@@ -1,0 +1,184 @@
+"""The local backend: the job as a subprocess on this machine (a lab's own GPU box, the demo, the tests).
+
+Each attempt gets a run directory under Settings.runs_dir named by its label, holding the log, the
+process id and, once the job ends, its exit code (written by planner.backends.local_wrapper, so a
+restarted supervisor that is not the job's parent still learns how it ended). The job runs in its own
+session, so cancel and preemption reach the whole process group.
+
+`preempt(handle, grace_s=5)` is the test and demo hook for an interruption as RunPod delivers one:
+SIGTERM to the group, then SIGKILL after the grace period.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from planner.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.backends.markers import done_marker_exists
+from pricing.offer import Offer
+from pricing.store import utcnow
+
+SPEC_ENV = "PLANNER_JOB_SPEC"
+LOCAL_OFFER_KEY = "local"
+
+
+def local_offer(usd_per_hour: float = 0.0) -> Offer:
+    """This machine as an offer: its GPU when nvidia-smi sees one, else the CPU (VRAM 0)."""
+    name, vram_gb, count = _local_gpu()
+    return Offer(provider="local", offer_key=LOCAL_OFFER_KEY, gpu_model=name, gpu_name_raw=name, vram_gb=vram_gb,
+                 gpu_count=count, on_demand_usd_per_gpu_hour=usd_per_hour / max(count, 1),
+                 spot_usd_per_gpu_hour=None, tier="local", location="localhost", available=True,
+                 fetched_at=utcnow(), known_gpu=count > 0)
+
+
+def _local_gpu() -> tuple[str, float, int]:
+    if shutil.which("nvidia-smi") is None:
+        return "CPU", 0.0, 1
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "CPU", 0.0, 1
+    rows = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
+    if not rows:
+        return "CPU", 0.0, 1
+    return rows[0][0].strip(), float(rows[0][1]) / 1024, len(rows)
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, runs_dir: Path, *, python: str = sys.executable, extra_env: dict[str, str] | None = None):
+        self.runs_dir = Path(runs_dir)
+        self.python = python
+        self.extra_env = dict(extra_env or {})
+
+    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
+        env = {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
+        return LaunchPlan(backend=self.name, job_id=spec.job_id, attempt=attempt, spot=spot,
+                          usd_per_hour=usd_per_hour, command=(self.python, "-m", "jobs.run"), env=env,
+                          offer=offer, request={"output_uri": spec.output_uri})
+
+    def launch(self, plan: LaunchPlan) -> Handle:
+        run_dir = self.runs_dir / plan.label
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("exit", "preempted", "cancelled"):
+            (run_dir / stale).unlink(missing_ok=True)
+        env = {**os.environ, **self.extra_env, **plan.env}
+        for secret in ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_API_TOKEN"):
+            env.pop(secret, None)  # the job needs none of them
+        with open(run_dir / "log", "ab") as log:
+            try:
+                process = subprocess.Popen(
+                    [self.python, "-m", "planner.backends.local_wrapper", str(run_dir / "exit"), "--", *plan.command],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, cwd=run_dir)
+            except OSError as exc:
+                raise BackendError(f"cannot start the job: {exc.strerror}; check that {self.python} runs") from None
+        data = {"pid": process.pid, "started": _start_time(process.pid), "run_dir": str(run_dir),
+                "output_uri": plan.request["output_uri"]}
+        (run_dir / "handle.json").write_text(json.dumps({**data, "label": plan.label}))
+        # The process is reaped in the background so it never lingers as a zombie in a long-lived supervisor.
+        threading.Thread(target=process.wait, daemon=True).start()
+        return Handle(backend=self.name, instance_id=f"pid-{process.pid}", label=plan.label, data=data)
+
+    def poll(self, handle: Handle) -> PollResult:
+        run_dir = Path(handle.data["run_dir"])
+        exit_file = run_dir / "exit"
+        if _alive(handle):
+            return PollResult(Status.RUNNING)
+        preempted = (run_dir / "preempted").exists()
+        if not exit_file.exists():
+            if preempted:
+                return PollResult(Status.PREEMPTED, detail="interrupted (SIGTERM, then SIGKILL)")
+            return PollResult(Status.LOST, detail="the job process vanished without an exit code")
+        code = int(exit_file.read_text().strip() or -1)
+        if code == 0 and done_marker_exists(handle.data["output_uri"]):
+            return PollResult(Status.SUCCEEDED, exit_code=0)
+        if preempted:
+            return PollResult(Status.PREEMPTED, exit_code=code, detail="interrupted (SIGTERM)")
+        if code == 0:
+            return PollResult(Status.FAILED, exit_code=0, detail="exited 0 but wrote no DONE marker")
+        return PollResult(Status.FAILED, exit_code=code, detail=f"exited {code}")
+
+    def cancel(self, handle: Handle) -> None:
+        (Path(handle.data["run_dir"]) / "cancelled").touch()
+        self._signal_then_kill(handle, grace_s=10.0)
+
+    def preempt(self, handle: Handle, grace_s: float = 5.0, *, wait: bool = False) -> None:
+        """Interrupt the attempt as a spot provider would: SIGTERM, SIGKILL after `grace_s`."""
+        (Path(handle.data["run_dir"]) / "preempted").touch()
+        if wait:
+            self._signal_then_kill(handle, grace_s)
+        else:
+            threading.Thread(target=self._signal_then_kill, args=(handle, grace_s), daemon=True).start()
+
+    def logs(self, handle: Handle, tail: int = 200) -> str:
+        log = Path(handle.data["run_dir"]) / "log"
+        if not log.exists():
+            return ""
+        lines = log.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+    def list_labeled(self) -> list[Handle]:
+        handles = []
+        for record in sorted(self.runs_dir.glob("*/handle.json")) if self.runs_dir.exists() else []:
+            data = json.loads(record.read_text())
+            label = data.pop("label")
+            handle = Handle(backend=self.name, instance_id=f"pid-{data['pid']}", label=label, data=data)
+            if job_of_label(label) and _alive(handle):
+                handles.append(handle)
+        return handles
+
+    def _signal_then_kill(self, handle: Handle, grace_s: float) -> None:
+        if not _alive(handle):
+            return
+        _killpg(handle, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not _alive(handle):
+                return
+            time.sleep(0.05)
+        _killpg(handle, signal.SIGKILL)
+
+
+def _killpg(handle: Handle, sig: int) -> None:
+    try:
+        os.killpg(handle.data["pid"], sig)  # the wrapper leads its own session, so its pid is the group id
+    except ProcessLookupError:
+        pass
+
+
+def _alive(handle: Handle) -> bool:
+    """The wrapper process of this handle still runs (not a later process that reused its pid)."""
+    pid = handle.data["pid"]
+    if not os.path.isdir("/proc"):  # no process start times to compare: trust the pid
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    started = _start_time(pid)
+    if started is None or started != handle.data.get("started"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux /proc), which tells pids apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

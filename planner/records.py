@@ -1,0 +1,103 @@
+"""Job, attempt and campaign tables: the supervisor's state, and the history the planner learns from.
+
+campaigns  a group of jobs with one budget (the five bags, their merge, encode, evaluation)
+jobs       one unit of work with a stable id across attempts; its JobSpec JSON is what the runner gets
+attempts   one launch of a job on one offer: where, at what price, how it ended, what it cost
+
+Job states: pending -> launching -> running -> (preempted -> launching ...) -> succeeded | failed |
+cancelled | stopped-by-budget. Attempt outcomes: running, preempted, lost, succeeded, failed,
+cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
+only one supervisor process can hold, so a restarted or doubled supervisor never launches twice.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pricing.db import Base
+from pricing.store import UTCDateTime, utcnow
+
+JOB_STATES = ("pending", "launching", "running", "preempted", "succeeded", "failed", "cancelled",
+              "stopped-by-budget")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped-by-budget")
+ATTEMPT_OUTCOMES = ("launching", "running", "preempted", "lost", "succeeded", "failed", "cancelled",
+                    "stopped-by-budget")
+LIVE_ATTEMPT = ("launching", "running")
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "bagging" | "incremental"
+    params: Mapped[str] = mapped_column(Text)  # JSON: fractions, weights, URIs
+    budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state", "state"), Index("ix_jobs_campaign", "campaign_id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    campaign_id: Mapped[str | None] = mapped_column(ForeignKey("campaigns.id"), nullable=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # train-bag | merge | encode | evaluate
+    spec: Mapped[str] = mapped_column(Text)  # jobs.spec.JobSpec JSON
+    depends_on: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of job ids
+    state: Mapped[str] = mapped_column(String(24), default="pending")
+    backend: Mapped[str] = mapped_column(String(16), default="auto")
+    spot: Mapped[str] = mapped_column(String(16), default="any")  # spot | on-demand | any
+    max_price_per_hour: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    requirements: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the planner's estimate
+    max_failures: Mapped[int] = mapped_column(Integer, default=3)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def dependencies(self) -> list[str]:
+        return json.loads(self.depends_on or "[]")
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),
+        Index("ix_attempts_outcome", "outcome"),
+        Index("ix_attempts_gpu", "gpu_model"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per job
+    backend: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(32))  # runpod | vast | local
+    offer_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    gpu_count: Mapped[int] = mapped_column(Integer, default=1)
+    tier: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    location: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    usd_per_hour: Mapped[float] = mapped_column(Float, default=0.0)  # whole instance; the bid for spot
+    billing_seconds: Mapped[int] = mapped_column(Integer, default=1)  # the provider's billing granularity
+    instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    handle: Mapped[str] = mapped_column(Text, default="{}")  # JSON, backend-specific
+    outcome: Mapped[str] = mapped_column(String(24), default="launching")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    launched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    poll_failures: Mapped[int] = mapped_column(Integer, default=0)
+    dollars: Mapped[float] = mapped_column(Float, default=0.0)  # settled when the attempt ends
+    progress: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the runner's progress.json
+    measured_tflops: Mapped[float | None] = mapped_column(Float, nullable=True)  # achieved, per GPU
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it ended; log tail on failure

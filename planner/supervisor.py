@@ -1,0 +1,412 @@
+"""The supervisor: sees every job through launches, interruptions and failures to an end, inside its budget.
+
+All state lives in the database (planner.records), so the supervisor can be killed and restarted at
+any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
+
+  cancel requested        terminate the live attempt, settle it, the job is cancelled
+  live attempt            poll it (provider faults: retry next tick) and read the runner's progress;
+                          past the budget -> terminate, stopped-by-budget
+      SUCCEEDED           (the DONE marker exists) settle, the job succeeded
+      PREEMPTED / LOST    settle, the offer sits out a cool-down, relaunch from the checkpoint
+      FAILED exit 75      the runner checkpointed and asked to be resumed: relaunch
+      FAILED otherwise    relaunch up to max_failures, then failed with the log tail
+  no live attempt         dependencies done -> claim the job (a lease: only one supervisor launches
+                          it), place it on the best offer now, reserve the worst case, launch
+
+Every attempt row is written before its instance is created, so a supervisor killed mid-launch
+finds the instance again by its label on restart (adopted, not duplicated). The reaper terminates
+labelled instances that no live attempt owns. An attempt costs its price per hour times its
+elapsed time rounded up to the provider's billing granularity.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.spec import JobSpec
+from jobs.storage import join, read_json
+from planner.backends.base import (
+    RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
+)
+from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Job
+from pricing.offer import Offer
+from pricing.providers.base import ProviderError
+from pricing.store import utcnow
+
+log = logging.getLogger(__name__)
+
+LAUNCH_LEASE = timedelta(minutes=10)  # a claim on a job that a crashed supervisor left behind expires
+ADOPT_AFTER = timedelta(minutes=2)  # an attempt row without an instance id this old was cut off mid-launch
+MAX_POLL_FAILURES = 20  # consecutive failed polls (provider down) before the attempt counts as lost
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the next attempt runs: the planner's winner, or why there is none."""
+
+    backend: str
+    offer: Offer | None
+    spot: bool
+    usd_per_hour: float  # whole instance
+    worst_case_usd: float  # reserved against the budget before launch
+    expected_usd: float = 0.0
+    billing_seconds: int = 1
+
+
+@dataclass(frozen=True)
+class NoPlacement:
+    reason: str
+    over_budget: bool = False
+
+
+Placer = Callable[[Session, Job, "PlacementContext"], "Placement | NoPlacement"]
+
+
+@dataclass(frozen=True)
+class PlacementContext:
+    excluded_offer_keys: frozenset[str]  # offers in their post-interruption cool-down
+    remaining_fraction: float  # of the job's work, from the runner's progress
+    spent_usd: float  # settled over the job's attempts so far
+    now: datetime
+
+
+@dataclass
+class TickReport:
+    launched: list[str] = field(default_factory=list)
+    finished: list[tuple[str, str]] = field(default_factory=list)  # (job id, state)
+    relaunching: list[str] = field(default_factory=list)
+    reaped: list[str] = field(default_factory=list)  # labels
+
+
+class Supervisor:
+    def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: Placer, *,
+                 budget=None, clock: Callable[[], datetime] = utcnow, poll_interval_s: float = 30.0,
+                 cooldown: timedelta = timedelta(hours=1), owner: str | None = None):
+        self.sessions = sessions
+        self.backends = backends
+        self.place = place
+        self.budget = budget  # planner.budget ledger (reserve/settle/release), or None for no global caps
+        self.clock = clock
+        self.poll_interval_s = poll_interval_s
+        self.cooldown = cooldown
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    # ------------------------------------------------------------------ the loop
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        with self.sessions() as session:
+            job_ids = session.scalars(select(Job.id).where(Job.state.not_in(FINAL_STATES)).order_by(Job.created_at)).all()
+        for job_id in job_ids:
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                if job is not None and job.state not in FINAL_STATES:
+                    self._step(session, job, report)
+        report.reaped = self.reap()
+        return report
+
+    def open_jobs(self) -> int:
+        with self.sessions() as session:
+            return session.scalar(select(func.count()).select_from(Job).where(Job.state.not_in(FINAL_STATES)))
+
+    def _step(self, session: Session, job: Job, report: TickReport) -> None:
+        attempt = self._live_attempt(session, job)
+        if job.cancel_requested:
+            if attempt is not None:
+                self._end_attempt(session, job, attempt, "cancelled", PollResult(Status.FAILED, detail="cancelled"))
+            self._finish(session, job, "cancelled", "cancelled by the user", report)
+            return
+        if attempt is not None:
+            if attempt.instance_id is None:
+                self._recover_cut_off_launch(session, job, attempt)
+            else:
+                self._watch(session, job, attempt, report)
+            return
+        blocked = self._dependency_problem(session, job)
+        if blocked == "wait":
+            return
+        if blocked:
+            self._finish(session, job, "failed", blocked, report)
+            return
+        self._launch(session, job, report)
+
+    # ------------------------------------------------------------------ launching
+
+    def _launch(self, session: Session, job: Job, report: TickReport) -> None:
+        now = self.clock()
+        claimed = session.execute(
+            update(Job).where(Job.id == job.id, Job.state.in_(("pending", "preempted")),
+                              or_(Job.lease_owner.is_(None), Job.lease_until < now, Job.lease_owner == self.owner))
+            .values(lease_owner=self.owner, lease_until=now + LAUNCH_LEASE)
+        ).rowcount
+        session.commit()
+        if claimed != 1:
+            return
+        session.refresh(job)
+        context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
+                                   self._spent(session, job), now)
+        placement = self.place(session, job, context)
+        if isinstance(placement, NoPlacement):
+            if placement.over_budget:
+                self._finish(session, job, "stopped-by-budget", placement.reason, report)
+            else:
+                self._release_claim(session, job, error=placement.reason)  # prices may change: try next tick
+            return
+        if self.budget is not None:
+            refusal = self.budget.reserve(session, job, placement.worst_case_usd)
+            if refusal:
+                self._finish(session, job, "stopped-by-budget", refusal, report)
+                return
+        backend = self.backends[placement.backend]
+        number = (session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)) or 0) + 1
+        offer = placement.offer
+        attempt = Attempt(job_id=job.id, number=number, backend=backend.name, provider=offer.provider if offer else backend.name,
+                          offer_key=offer.offer_key if offer else None, gpu_model=offer.gpu_model if offer else None,
+                          gpu_count=offer.gpu_count if offer else 1, tier=offer.tier if offer else None,
+                          location=offer.location if offer else None, spot=placement.spot,
+                          usd_per_hour=placement.usd_per_hour, billing_seconds=placement.billing_seconds,
+                          outcome="launching", launched_at=now)
+        session.add(attempt)
+        job.state, job.updated_at, job.error = "launching", now, None
+        session.commit()  # the attempt exists before the instance does: a crash from here on is recoverable
+        spec = JobSpec.from_json(job.spec)
+        try:
+            plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour)
+            handle = backend.launch(plan)
+        except (BackendError, ProviderError) as exc:
+            attempt.outcome, attempt.ended_at, attempt.detail = "failed", self.clock(), f"launch failed: {exc}"
+            self._settle(session, job, attempt)
+            self._after_failure(session, job, attempt, report)
+            return
+        attempt.usd_per_hour = plan.usd_per_hour  # a bid refreshed at launch is what is paid
+        attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
+        job.state, job.lease_owner, job.lease_until, job.updated_at = "running", None, None, self.clock()
+        session.commit()
+        report.launched.append(job.id)
+        log.info("job %s attempt %d launched on %s (%s, $%.3f/h)", job.id, number, backend.name,
+                 attempt.gpu_model, attempt.usd_per_hour)
+
+    def _recover_cut_off_launch(self, session: Session, job: Job, attempt: Attempt) -> None:
+        """An attempt row with no instance id: a launch in flight, or one a dead supervisor cut off."""
+        if self.clock() - attempt.launched_at < ADOPT_AFTER:
+            return
+        backend = self.backends.get(attempt.backend)
+        label = instance_label(job.id, attempt.number)
+        found = [h for h in backend.list_labeled() if h.label == label] if backend else []
+        if found:
+            attempt.instance_id, attempt.handle, attempt.outcome = found[0].instance_id, _handle_json(found[0]), "running"
+            job.state = "running"
+        else:
+            attempt.outcome, attempt.ended_at, attempt.detail = "lost", self.clock(), "launch cut off before the instance existed"
+            job.state = "preempted"
+        job.lease_owner = job.lease_until = None
+        session.commit()
+
+    # ------------------------------------------------------------------ watching
+
+    def _watch(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
+        backend = self.backends[attempt.backend]
+        handle = _handle_of(attempt)
+        try:
+            result = backend.poll(handle)
+            attempt.poll_failures = 0
+        except (BackendError, ProviderError) as exc:
+            attempt.poll_failures += 1
+            attempt.detail = f"poll failed: {exc}"
+            if attempt.poll_failures < MAX_POLL_FAILURES:
+                session.commit()
+                return
+            result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
+        attempt.polled_at = self.clock()
+        self._read_progress(job, attempt)
+        if result.status in (Status.RUNNING, Status.PENDING):
+            over = self._over_budget(session, job, attempt)
+            if over:
+                self._end_attempt(session, job, attempt, "stopped-by-budget", PollResult(Status.FAILED, detail=over))
+                self._finish(session, job, "stopped-by-budget", over, report)
+            else:
+                session.commit()
+            return
+        if result.status is Status.SUCCEEDED:
+            self._end_attempt(session, job, attempt, "succeeded", result)
+            self._finish(session, job, "succeeded", None, report)
+        elif result.status in (Status.PREEMPTED, Status.LOST):
+            self._end_attempt(session, job, attempt, result.status.value, result)
+            job.state = "preempted"
+            session.commit()
+            report.relaunching.append(job.id)
+        elif result.exit_code == RESUMABLE_EXIT:
+            self._end_attempt(session, job, attempt, "preempted", result)
+            job.state = "preempted"
+            session.commit()
+            report.relaunching.append(job.id)
+        else:
+            attempt.detail = f"{result.detail or 'failed'}; log tail:\n{_tail(backend, handle)}"
+            self._end_attempt(session, job, attempt, "failed", result)
+            self._after_failure(session, job, attempt, report)
+
+    def _after_failure(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
+        failures = session.scalar(select(func.count()).select_from(Attempt)
+                                  .where(Attempt.job_id == job.id, Attempt.outcome == "failed"))
+        if failures >= job.max_failures:
+            self._finish(session, job, "failed", f"{failures} attempts failed; last: {attempt.detail}", report)
+        else:
+            job.state, job.lease_owner, job.lease_until = "pending", None, None
+            session.commit()
+            report.relaunching.append(job.id)
+
+    def _end_attempt(self, session: Session, job: Job, attempt: Attempt, outcome: str, result: PollResult) -> None:
+        """Record how the attempt ended, make sure its instance is gone (a stopped pod still bills disk), settle."""
+        backend = self.backends.get(attempt.backend)
+        if backend is not None and attempt.instance_id:
+            try:
+                backend.cancel(_handle_of(attempt))
+            except (BackendError, ProviderError) as exc:
+                log.warning("job %s attempt %d: terminate failed (%s); the reaper will retry", job.id, attempt.number, exc)
+        attempt.outcome, attempt.exit_code = outcome, result.exit_code
+        attempt.ended_at = self.clock()
+        if outcome != "failed" or not attempt.detail:  # a failure keeps the detail with its log tail
+            attempt.detail = result.detail or attempt.detail
+        self._settle(session, job, attempt)
+
+    def _settle(self, session: Session, job: Job, attempt: Attempt) -> None:
+        attempt.dollars = attempt_cost(attempt, attempt.ended_at or self.clock())
+        if self.budget is not None:
+            self.budget.settle(session, job, attempt)
+        session.commit()
+
+    def _finish(self, session: Session, job: Job, state: str, error: str | None, report: TickReport) -> None:
+        job.state, job.error = state, error
+        job.finished_at = job.updated_at = self.clock()
+        job.lease_owner = job.lease_until = None
+        if self.budget is not None:
+            self.budget.release(session, job)
+        session.commit()
+        report.finished.append((job.id, state))
+        log.info("job %s %s%s", job.id, state, f": {error}" if error else "")
+
+    def _release_claim(self, session: Session, job: Job, error: str) -> None:
+        job.lease_owner = job.lease_until = None
+        job.error, job.updated_at = error, self.clock()
+        session.commit()
+
+    # ------------------------------------------------------------------ money and progress
+
+    def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
+        """Stop before the spend would pass the job's budget by the next poll."""
+        if job.budget_usd is None:
+            return None
+        now = self.clock()
+        ahead = now + timedelta(seconds=self.poll_interval_s)
+        projected = self._spent(session, job) + attempt_cost(attempt, ahead)
+        if projected > job.budget_usd:
+            return (f"spend would reach ${projected:.2f} by the next check, over the job budget of "
+                    f"${job.budget_usd:.2f}; raise it with --budget to go on")
+        return None
+
+    def _spent(self, session: Session, job: Job) -> float:
+        return session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0))
+                              .where(Attempt.job_id == job.id, Attempt.outcome.not_in(LIVE_ATTEMPT)))
+
+    def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
+        rows = session.scalars(select(Attempt.offer_key).where(
+            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost")),
+            Attempt.ended_at > now - self.cooldown, Attempt.offer_key.is_not(None))).all()
+        return frozenset(rows)
+
+    def _remaining_fraction(self, session: Session, job: Job) -> float:
+        latest = session.scalars(select(Attempt.progress).where(Attempt.job_id == job.id)
+                                 .order_by(Attempt.number.desc()).limit(1)).first()
+        progress = json.loads(latest or "{}")
+        total, step = progress.get("total_steps"), progress.get("step")
+        if not total or step is None:
+            return 1.0
+        return max(0.0, 1.0 - step / total)
+
+    def _read_progress(self, job: Job, attempt: Attempt) -> None:
+        checkpoint = JobSpec.from_json(job.spec).checkpoint_uri
+        if not checkpoint:
+            return
+        try:
+            attempt.progress = json.dumps(read_json(join(checkpoint, "progress.json")))
+        except (OSError, ValueError):
+            pass  # no checkpoint yet, or a remote store that is briefly unreachable
+
+    def _dependency_problem(self, session: Session, job: Job) -> str | None:
+        """None when every dependency succeeded, "wait" while some still run, else why this job cannot."""
+        if not job.dependencies:
+            return None
+        states = dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(job.dependencies))).all())
+        for dependency in job.dependencies:
+            state = states.get(dependency)
+            if state is None or (state in FINAL_STATES and state != "succeeded"):
+                return f"dependency {dependency} {state or 'does not exist'}"
+        return None if all(states[d] == "succeeded" for d in job.dependencies) else "wait"
+
+    def _live_attempt(self, session: Session, job: Job) -> Attempt | None:
+        return session.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.outcome.in_(LIVE_ATTEMPT))
+                               .order_by(Attempt.number.desc())).first()
+
+    # ------------------------------------------------------------------ orphans
+
+    def reap(self) -> list[str]:
+        """Terminate every labelled instance that no live attempt owns; returns their labels."""
+        reaped = []
+        with self.sessions() as session:
+            live = {(a.job_id, a.number): a.instance_id for a in
+                    session.scalars(select(Attempt).where(Attempt.outcome.in_(LIVE_ATTEMPT)))}
+        for backend in self.backends.values():
+            try:
+                handles = backend.list_labeled()
+            except (BackendError, ProviderError) as exc:
+                log.warning("reaper: cannot list %s instances (%s); next tick", backend.name, exc)
+                continue
+            for handle in handles:
+                owner = job_of_label(handle.label)
+                if owner is None:
+                    continue
+                if owner in live and live[owner] in (None, handle.instance_id):
+                    continue  # owned, or mid-launch (the row exists before the instance id is known)
+                try:
+                    backend.cancel(handle)
+                    reaped.append(handle.label)
+                    log.warning("reaper: terminated orphan %s (%s)", handle.label, handle.instance_id)
+                except (BackendError, ProviderError) as exc:
+                    log.warning("reaper: cannot terminate %s (%s); next tick", handle.label, exc)
+        return reaped
+
+
+def attempt_cost(attempt: Attempt, until: datetime) -> float:
+    """Price per hour x elapsed time, rounded up to the provider's billing granularity."""
+    seconds = max(0.0, (until - attempt.launched_at).total_seconds())
+    granularity = max(1, attempt.billing_seconds)
+    billed = math.ceil(seconds / granularity) * granularity
+    return attempt.usd_per_hour * billed / 3600
+
+
+def _handle_json(handle: Handle) -> str:
+    return json.dumps({"backend": handle.backend, "instance_id": handle.instance_id, "label": handle.label,
+                       "data": handle.data})
+
+
+def _handle_of(attempt: Attempt) -> Handle:
+    raw = json.loads(attempt.handle or "{}")
+    return Handle(backend=raw.get("backend", attempt.backend), instance_id=raw.get("instance_id", attempt.instance_id),
+                  label=raw.get("label", ""), data=raw.get("data", {}))
+
+
+def _tail(backend: Backend, handle: Handle, lines: int = 30) -> str:
+    try:
+        return backend.logs(handle, tail=lines)
+    except (BackendError, ProviderError) as exc:
+        return f"(no log: {exc})"
