@@ -101,3 +101,23 @@ class Attempt(Base):
     progress: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the runner's progress.json
     measured_tflops: Mapped[float | None] = mapped_column(Float, nullable=True)  # achieved, per GPU
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it ended; log tail on failure
+
+
+class Budget(Base):
+    """Spending caps. The "monthly" row always exists (its usd may be NULL: no cap): reservations lock it."""
+
+    __tablename__ = "budgets"
+
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Reservation(Base):
+    """A job's hold on the budget: what it has spent so far plus the worst case of its live attempt."""
+
+    __tablename__ = "reservations"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    usd: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

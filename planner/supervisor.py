@@ -95,7 +95,7 @@ class Supervisor:
         self.sessions = sessions
         self.backends = backends
         self.place = place
-        self.budget = budget  # planner.budget ledger (reserve/settle/release), or None for no global caps
+        self.budget = budget  # planner.budget.Ledger (reserve/release), or None for no global caps
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.cooldown = cooldown
@@ -281,9 +281,7 @@ class Supervisor:
 
     def _settle(self, session: Session, job: Job, attempt: Attempt) -> None:
         attempt.dollars = attempt_cost(attempt, attempt.ended_at or self.clock())
-        if self.budget is not None:
-            self.budget.settle(session, job, attempt)
-        session.commit()
+        session.commit()  # the ledger derives spend from these settled dollars
 
     def _finish(self, session: Session, job: Job, state: str, error: str | None, report: TickReport) -> None:
         job.state, job.error = state, error

@@ -1,0 +1,92 @@
+"""Budgets that hold under concurrency: a per-job budget and a global monthly one.
+
+Before launching, a job reserves its spend so far plus the worst case of the attempt it is about to
+start; committed money is what this month's finished attempts cost plus, for every job still holding
+a reservation, the part of it not yet spent. A reservation succeeds only if committed + it stays
+within the monthly budget. The check and the write happen while holding a write lock on the
+"monthly" budget row (an UPDATE first: SQLite takes its database write lock, PostgreSQL locks the
+row), so concurrent launches from threads or processes on one database serialize and never overspend.
+Spend itself is never stored twice: it is the sum of the attempts' settled dollars.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from planner.records import Attempt, Budget, Job, Reservation
+from pricing.store import utcnow
+
+MONTHLY = "monthly"
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def job_spent(session: Session, job_id: str) -> float:
+    return session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0)).where(Attempt.job_id == job_id))
+
+
+def committed(session: Session, now: datetime | None = None) -> float:
+    """This month's settled spend plus the unspent part of every open reservation."""
+    now = now or utcnow()
+    spent = session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0))
+                           .where(Attempt.ended_at >= month_start(now)))
+    held = 0.0
+    for job_id, usd in session.execute(select(Reservation.job_id, Reservation.usd)).all():
+        held += max(0.0, usd - job_spent(session, job_id))
+    return spent + held
+
+
+def monthly_budget(session: Session) -> float | None:
+    return session.scalar(select(Budget.usd).where(Budget.scope == MONTHLY))
+
+
+def set_monthly_budget(session: Session, usd: float | None) -> None:
+    if usd is not None and usd <= 0:
+        raise ValueError("the monthly budget must be a positive number of dollars (or none)")
+    session.execute(update(Budget).where(Budget.scope == MONTHLY).values(usd=usd, updated_at=utcnow()))
+    session.commit()
+
+
+def left_this_month(session: Session, now: datetime | None = None) -> float | None:
+    cap = monthly_budget(session)
+    return None if cap is None else cap - committed(session, now)
+
+
+class Ledger:
+    """The supervisor's view of the budgets: reserve before a launch, release when a job ends."""
+
+    def __init__(self, clock=utcnow):
+        self.clock = clock
+
+    def reserve(self, session: Session, job: Job, worst_case_usd: float) -> str | None:
+        """Hold spend-so-far + `worst_case_usd` for `job`; None when held, else why not (nothing held)."""
+        session.commit()  # start a fresh transaction whose first statement takes the lock
+        session.execute(update(Budget).where(Budget.scope == MONTHLY).values(updated_at=self.clock()))
+        spent = job_spent(session, job.id)
+        wanted = spent + worst_case_usd
+        if job.budget_usd is not None and spent >= job.budget_usd:
+            session.rollback()
+            return f"job budget of ${job.budget_usd:.2f} is spent (${spent:.2f}); raise it to go on"
+        existing = session.get(Reservation, job.id)
+        cap = monthly_budget(session)
+        if cap is not None:
+            others = committed(session, self.clock()) - (max(0.0, existing.usd - spent) if existing else 0.0)
+            if others + worst_case_usd > cap:
+                session.rollback()
+                return (f"monthly budget: ${others:.2f} of ${cap:.2f} committed, this attempt may cost up to "
+                        f"${worst_case_usd:.2f}; raise it with `planner budget set --monthly USD`")
+        if existing:
+            existing.usd = wanted
+        else:
+            session.add(Reservation(job_id=job.id, usd=wanted, created_at=self.clock()))
+        session.commit()
+        return None
+
+    def release(self, session: Session, job: Job) -> None:
+        reservation = session.get(Reservation, job.id)
+        if reservation is not None:
+            session.delete(reservation)

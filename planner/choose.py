@@ -1,0 +1,224 @@
+"""Which offer finishes a job cheapest: hard limits first, then the expected dollars to finish.
+
+For an offer at p $/h (whole instance) on which the job takes h hours of work:
+
+    expected = p * (h + startup) + [spot] p * rate * h * (lost + restart)
+
+startup is the image pull and model download before the first step; for a spot offer, `rate`
+interruptions per hour each lose on average half a checkpoint interval of work (`lost`) plus a
+restart. Rates start from a prior per provider and tier (PRIOR_RATE, per hour) and are updated by
+our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
+(prior hours + hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
+expected cost: the supervisor stops a job before it passes its own budget, so that bound holds.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from planner.estimate import Needs, suggestions
+from pricing import gpus
+from pricing.offer import Offer
+
+PRIOR_RATE = {  # interruptions per hour of a running instance
+    ("runpod", True): 0.05, ("vast", True): 0.10, ("runpod", False): 0.002, ("vast", False): 0.01,
+}
+PRIOR_HOURS = 20.0  # weight of the prior, in instance-hours
+UNVERIFIED_EXTRA_RATE = 0.02  # Vast hosts without datacentre verification fail more often
+STARTUP_HOURS = 0.15  # image pull, dependency install, model download
+RESTART_HOURS = 0.15
+WORST_CASE_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    spot: str = "any"  # "spot" | "on-demand" | "any"
+    max_usd_per_hour: float | None = None
+    budget_left_usd: float | None = None
+    max_price_age: timedelta = timedelta(hours=2)
+    allow_stale: bool = False
+    providers: frozenset[str] | None = None  # only these
+    exclude_providers: frozenset[str] = frozenset()
+    tiers: frozenset[str] | None = None
+    regions: tuple[str, ...] = ()  # location substrings
+    exclude_offer_keys: frozenset[str] = frozenset()
+    checkpoint_hours: float = 0.25  # work lost per interruption is half of this on average
+
+
+@dataclass(frozen=True)
+class Candidate:
+    offer: Offer
+    spot: bool
+    usd_per_hour: float  # whole instance
+    hours: float  # of work, before interruptions
+    interruption_rate: float  # per hour
+    expected_usd: float
+    worst_case_usd: float
+    breakdown: dict[str, float]
+    expected_hours: float  # to finish: work, startup and rework
+    why_lost: str = ""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    offer: Offer
+    spot: bool | None
+    reason: str
+
+
+@dataclass
+class Choice:
+    needs: Needs
+    ranked: list[Candidate]
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def winner(self) -> Candidate | None:
+        return self.ranked[0] if self.ranked else None
+
+    def explain_empty(self) -> str:
+        """Why nothing qualified, with what would fit."""
+        if not self.rejected:
+            return "the price book is empty: run `planner prices refresh`"
+        counts: dict[str, int] = {}
+        for item in self.rejected:
+            key = item.reason.split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+        summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        largest = max(r.offer.vram_gb for r in self.rejected)
+        if largest < self.needs.vram_gb:
+            short = self.needs.vram_gb - largest
+            return (f"no GPU offered fits: the job needs {self.needs.vram_gb:.1f} GB of VRAM per GPU, "
+                    f"{short:.1f} GB more than the largest offered; try " + "; or ".join(suggestions(self.needs, largest)))
+        return f"no offer qualifies ({summary})"
+
+
+def interruption_rates(session: Session | None) -> dict[tuple[str, str, bool], tuple[float, float]]:
+    """(provider, tier, spot) -> (interruptions, hours) observed in our own attempts."""
+    if session is None:
+        return {}
+    from planner.records import Attempt
+
+    rows = session.execute(
+        select(Attempt.provider, Attempt.tier, Attempt.spot, Attempt.outcome, Attempt.launched_at, Attempt.ended_at)
+        .where(Attempt.ended_at.is_not(None), Attempt.provider.in_(("runpod", "vast")))).all()
+    observed: dict[tuple[str, str, bool], list[float]] = {}
+    for provider, tier, spot, outcome, start, end in rows:
+        events, hours = observed.setdefault((provider, tier or "", bool(spot)), [0.0, 0.0])
+        observed[(provider, tier or "", bool(spot))] = [events + (outcome in ("preempted", "lost")),
+                                                       hours + max((end - start).total_seconds(), 0) / 3600]
+    return {key: (e, h) for key, (e, h) in observed.items()}
+
+
+def learned_efficiency(session: Session | None, kind: str, gpu_model: str, prior: float) -> float:
+    """The median efficiency measured by finished attempts of this kind on this GPU model, else the prior."""
+    if session is None:
+        return prior
+    from planner.records import Attempt, Job
+
+    spec = gpus.by_model(gpu_model)
+    if spec is None:
+        return prior
+    values = sorted(session.scalars(
+        select(Attempt.measured_tflops).join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.gpu_model == gpu_model, Attempt.measured_tflops.is_not(None), Job.kind == kind)).all())
+    if not values:
+        return prior
+    return min(1.0, values[len(values) // 2] / spec.bf16_tflops)
+
+
+def rate_for(offer: Offer, spot: bool, observed: dict) -> float:
+    prior = PRIOR_RATE.get((offer.provider, spot), 0.0)
+    if offer.provider == "vast" and offer.tier == "unverified":
+        prior += UNVERIFIED_EXTRA_RATE
+    events, hours = observed.get((offer.provider, offer.tier, spot), (0.0, 0.0))
+    return (prior * PRIOR_HOURS + events) / (PRIOR_HOURS + hours)
+
+
+def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, now: datetime,
+           session: Session | None = None, efficiency_prior: float = 0.3) -> Choice:
+    observed = interruption_rates(session)
+    ranked: list[Candidate] = []
+    rejected: list[Rejected] = []
+    efficiency_cache: dict[str, float] = {}
+    for offer in offers:
+        reason = _offer_problem(offer, needs, limits, now)
+        if reason:
+            rejected.append(Rejected(offer, None, reason))
+            continue
+        spec = gpus.by_model(offer.gpu_model)
+        if spec is None and needs.kind != "merge" and offer.provider != "local":
+            rejected.append(Rejected(offer, None, f"unknown GPU speed: {offer.gpu_name_raw} is not in the GPU table"))
+            continue
+        if offer.gpu_model not in efficiency_cache:
+            efficiency_cache[offer.gpu_model] = learned_efficiency(session, needs.kind, offer.gpu_model,
+                                                                   efficiency_prior)
+        peak = spec.bf16_tflops if spec else 0.5  # a CPU box: about half a TFLOP/s of fp32
+        hours = needs.hours_on(peak, efficiency_cache[offer.gpu_model])
+        for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, offer.spot_usd_per_gpu_hour)):
+            if per_gpu is None or (limits.spot == "spot" and not spot) or (limits.spot == "on-demand" and spot):
+                continue
+            price = per_gpu * offer.gpu_count
+            if limits.max_usd_per_hour is not None and price > limits.max_usd_per_hour:
+                rejected.append(Rejected(offer, spot, f"over the price cap: ${price:.3f}/h > "
+                                                      f"${limits.max_usd_per_hour:.3f}/h"))
+                continue
+            rate = rate_for(offer, spot, observed) if offer.provider != "local" else 0.0
+            interruptions = rate * hours
+            rework_hours = interruptions * (limits.checkpoint_hours / 2 + RESTART_HOURS)
+            breakdown = {"work": price * hours, "startup": price * STARTUP_HOURS, "expected rework": price * rework_hours}
+            expected = sum(breakdown.values())
+            worst = WORST_CASE_FACTOR * expected
+            if limits.budget_left_usd is not None and worst > limits.budget_left_usd:
+                rejected.append(Rejected(offer, spot, f"over the budget: worst case ${worst:.2f} > "
+                                                      f"${limits.budget_left_usd:.2f} left"))
+                continue
+            ranked.append(Candidate(offer, spot, price, hours, rate, expected, worst, breakdown,
+                                    hours + STARTUP_HOURS + rework_hours))
+    ranked.sort(key=lambda c: (c.expected_usd, c.hours, c.offer.provider, c.offer.offer_key, c.spot))
+    if ranked:
+        best = ranked[0]
+        ranked = [best] + [_with_reason(c, best) for c in ranked[1:]]
+    return Choice(needs, ranked, rejected)
+
+
+def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) -> str | None:
+    if not offer.available:
+        return "not available: out of stock"
+    if offer.vram_gb < needs.vram_gb and offer.provider != "local":
+        return f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
+    if offer.gpu_count < needs.gpu_count:
+        return f"too few GPUs: {offer.gpu_count} < {needs.gpu_count}"
+    if offer.disk_gb is not None and offer.disk_gb and offer.disk_gb < needs.disk_gb:
+        return f"too little disk: {offer.disk_gb:.0f} GB < {needs.disk_gb:.0f} GB"
+    if limits.providers is not None and offer.provider not in limits.providers:
+        return f"provider excluded: {offer.provider}"
+    if offer.provider in limits.exclude_providers:
+        return f"provider excluded: {offer.provider}"
+    if limits.tiers is not None and offer.tier not in limits.tiers:
+        return f"tier excluded: {offer.tier}"
+    if limits.regions and not any(r.lower() in (offer.location or "").lower() for r in limits.regions):
+        return f"region excluded: {offer.location}"
+    if offer.offer_key in limits.exclude_offer_keys:
+        return "cooling down: interrupted recently"
+    age = now - offer.fetched_at
+    if age > limits.max_price_age and not limits.allow_stale and offer.provider != "local":
+        return f"stale price: {age.total_seconds() / 3600:.1f} h old (refresh, or --allow-stale)"
+    return None
+
+
+def _with_reason(candidate: Candidate, best: Candidate) -> Candidate:
+    more = candidate.expected_usd - best.expected_usd
+    rework = candidate.breakdown["expected rework"]
+    if candidate.spot and rework > best.breakdown["expected rework"] and candidate.hours <= best.hours * 1.01:
+        why = (f"${more:.2f} more: {candidate.interruption_rate:.2f} interruptions/h cost ${rework:.2f} of rework, "
+               "more than the spot discount saves")
+    elif candidate.usd_per_hour < best.usd_per_hour:
+        why = f"${more:.2f} more: cheaper per hour but {candidate.hours:.2f} h of work vs {best.hours:.2f} h"
+    else:
+        why = f"${more:.2f} more: ${candidate.usd_per_hour:.3f}/h vs ${best.usd_per_hour:.3f}/h"
+    return Candidate(**{**candidate.__dict__, "why_lost": why})

@@ -1,0 +1,110 @@
+"""From a job to a placement: its needs (planner.estimate), the offers, the limits, the choice.
+
+Shared by `planner plan` (every offer in the book, nothing launched), `planner launch` and the
+supervisor's relaunches (only offers a configured backend can start).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from jobs.spec import JobSpec
+from planner import budget
+from planner.choose import Choice, Limits, choose
+from planner.config import Settings
+from planner.estimate import (
+    EFFICIENCY_PRIOR, CorpusStats, EstimateError, Needs, corpus_stats, encode_needs, merge_needs, model_shape,
+    train_needs,
+)
+from planner.records import Job
+from planner.supervisor import NoPlacement, Placement, PlacementContext
+from pricing import store
+from pricing.offer import Offer
+
+
+def needs_for(spec: JobSpec, remaining_fraction: float = 1.0) -> Needs:
+    """The estimate for a spec's parameters (the same names as the job's flags), scaled to the work left."""
+    p = spec.params
+    if spec.kind == "train-bag":
+        needs = train_needs(model_shape(p["model"]), corpus_stats(p.get("data")), fraction=float(p["fraction"]),
+                            method=p.get("method", "full"), epochs=int(p.get("epochs", 1)),
+                            batch_size=int(p.get("batch_size", 32)), query_max_len=int(p.get("query_max_len", 512)),
+                            doc_max_len=int(p.get("doc_max_len", 512)), max_steps=p.get("max_steps"))
+    elif spec.kind in ("encode", "evaluate"):
+        stats = _text_stats(p.get("input") or p.get("data"))
+        needs = encode_needs(model_shape(p["model"]), stats.records, stats.mean_tokens,
+                             dtype=p.get("dtype", "bfloat16"), batch_tokens=int(p.get("batch_tokens", 32768)))
+    elif spec.kind == "merge":
+        models = p["models"] if isinstance(p["models"], list) else str(p["models"]).split(",")
+        needs = merge_needs(model_shape(models[0]), len(models))
+    else:
+        raise EstimateError(f"no estimate for job kind {spec.kind}")
+    if remaining_fraction < 1.0:
+        needs = Needs(**{**needs.__dict__, "flops": needs.flops * remaining_fraction,
+                         "io_bytes": needs.io_bytes * remaining_fraction})
+    return needs
+
+
+def _text_stats(uri: str | None) -> CorpusStats:
+    stats = corpus_stats(uri) if uri and uri.endswith((".jsonl", ".ndjson")) else None
+    if stats is not None and stats.measured:
+        return stats
+    return CorpusStats(1_000_000, 256.0, 0.0, measured=False)
+
+
+def efficiency_prior(needs: Needs) -> float:
+    return EFFICIENCY_PRIOR.get(needs.kind, 0.3)
+
+
+def limits_for(job: Job, settings: Settings, session: Session, *, excluded: frozenset[str] = frozenset(),
+               spent_usd: float = 0.0, allow_stale: bool = False) -> Limits:
+    left = [v for v in (budget.left_this_month(session),
+                        None if job.budget_usd is None else job.budget_usd - spent_usd) if v is not None]
+    return Limits(spot=job.spot, max_usd_per_hour=job.max_price_per_hour, budget_left_usd=min(left) if left else None,
+                  max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded)
+
+
+def plan_job(session: Session, spec: JobSpec, limits: Limits, offers: list[Offer], now: datetime,
+             remaining_fraction: float = 1.0) -> Choice:
+    needs = needs_for(spec, remaining_fraction)
+    return choose(needs, offers, limits, now=now, session=session, efficiency_prior=efficiency_prior(needs))
+
+
+def book_offers(session: Session) -> list[Offer]:
+    return store.current_offers(session, store.OfferQuery(limit=None))
+
+
+class Placer:
+    """The supervisor's `place`: the best offer that one of `backends` can launch, now."""
+
+    def __init__(self, settings: Settings, backends: dict, local_offer: Offer | None = None):
+        self.settings = settings
+        self.backends = backends
+        self.local_offer = local_offer
+
+    def __call__(self, session: Session, job: Job, context: PlacementContext) -> Placement | NoPlacement:
+        spec = JobSpec.from_json(job.spec)
+        offers = []
+        if "local" in self.backends and job.backend in ("auto", "local") and self.local_offer is not None:
+            offers.append(self.local_offer)
+        if job.backend != "local":
+            offers += [o for o in book_offers(session) if o.provider in self.backends
+                       and job.backend in ("auto", o.provider)]
+        limits = limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
+                            spent_usd=context.spent_usd)
+        try:
+            choice = plan_job(session, spec, limits, offers, context.now, context.remaining_fraction)
+        except EstimateError as exc:
+            return NoPlacement(str(exc))
+        winner = choice.winner
+        if winner is None:
+            reason = choice.explain_empty()
+            return NoPlacement(reason, over_budget="over the budget" in reason)
+        job.requirements = json.dumps({"vram_gb": choice.needs.vram_gb, "disk_gb": choice.needs.disk_gb,
+                                       "hours": winner.hours, "expected_usd": winner.expected_usd})
+        backend = self.backends[winner.offer.provider]
+        return Placement(backend=backend.name, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
+                         worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
+                         billing_seconds=backend.billing_seconds)
