@@ -214,7 +214,8 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
 def _with_reason(candidate: Candidate, best: Candidate) -> Candidate:
     more = candidate.expected_usd - best.expected_usd
     rework = candidate.breakdown["expected rework"]
-    if candidate.spot and rework > best.breakdown["expected rework"] and candidate.hours <= best.hours * 1.01:
+    if (candidate.spot and candidate.interruption_rate > best.interruption_rate
+            and rework > best.breakdown["expected rework"] and candidate.hours <= best.hours * 1.01):
         why = (f"${more:.2f} more: {candidate.interruption_rate:.2f} interruptions/h cost ${rework:.2f} of rework, "
                "more than the spot discount saves")
     elif candidate.usd_per_hour < best.usd_per_hour:

@@ -276,5 +276,7 @@ def demo(
     raise typer.Exit(1 if any(r.status == "failed" for r in result.refresh) else 0)
 
 
+from planner import jobs_cli  # noqa: E402,F401  (registers plan, launch, jobs and budget on `app`)
+
 if __name__ == "__main__":
     app()

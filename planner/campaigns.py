@@ -1,0 +1,76 @@
+"""The BOOM recipe as job graphs: five bags then their merge (then encode / evaluate), and the
+incremental stage (new data plus replayed old data, merged with the previous model)."""
+from __future__ import annotations
+
+from jobs.spec import JobSpec
+from planner.config import Settings
+from planner.launching import CampaignPlan, NewJob, job_dirs, new_id
+
+FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
+INCREMENTAL_WEIGHTS = (2.8, 4.3)
+
+
+def train_bag_job(settings: Settings, *, model: str, data: str, fraction: float, seed: int, method: str,
+                  extra: dict | None = None, output: str | None = None, checkpoint: str | None = None,
+                  job_id: str | None = None) -> NewJob:
+    job_id = job_id or new_id(f"bag{round(fraction * 100)}")
+    output, checkpoint = job_dirs(settings, job_id, output, checkpoint)
+    params = {"model": model, "data": data, "fraction": fraction, "seed": seed, "method": method, **(extra or {})}
+    return NewJob(f"train-bag {fraction:g}", JobSpec(job_id, "train-bag", output, params, checkpoint))
+
+
+def merge_job(settings: Settings, models: list[str], weights: list[float], depends_on: tuple[str, ...],
+              output: str | None = None) -> NewJob:
+    job_id = new_id("merge")
+    output, _ = job_dirs(settings, job_id, output, None)
+    return NewJob("merge", JobSpec(job_id, "merge", output, {"models": models, "weights": weights}), depends_on)
+
+
+def encode_job(settings: Settings, model: str, corpus: str, depends_on: tuple[str, ...]) -> NewJob:
+    job_id = new_id("encode")
+    output, _ = job_dirs(settings, job_id, None, None)
+    return NewJob("encode", JobSpec(job_id, "encode", output, {"model": model, "input": corpus}), depends_on)
+
+
+def evaluate_job(settings: Settings, name: str, model: str, data: str, depends_on: tuple[str, ...]) -> NewJob:
+    job_id = new_id("eval")
+    output, _ = job_dirs(settings, job_id, None, None)
+    return NewJob(f"evaluate {name}", JobSpec(job_id, "evaluate", output, {"model": model, "data": data}), depends_on)
+
+
+def bagging(settings: Settings, *, model: str, data: str, fractions=FRACTIONS, weights=WEIGHTS, method: str = "full",
+            seed: int = 0, encode: str | None = None, evaluate: str | None = None,
+            train_extra: dict | None = None) -> CampaignPlan:
+    if len(fractions) != len(weights):
+        raise ValueError(f"{len(fractions)} fractions but {len(weights)} weights; give one weight per bag")
+    if not all(0 < f <= 1 for f in fractions) or not all(w > 0 for w in weights):
+        raise ValueError("fractions must be in (0, 1] and weights positive")
+    bags = [train_bag_job(settings, model=model, data=data, fraction=f, seed=seed, method=method, extra=train_extra)
+            for f in fractions]
+    bag_ids = tuple(b.spec.job_id for b in bags)
+    merged = merge_job(settings, [b.spec.output_uri for b in bags], list(weights), bag_ids)
+    plan = CampaignPlan("bagging", {"model": model, "data": data, "fractions": list(fractions),
+                                    "weights": list(weights), "method": method, "seed": seed,
+                                    "encode": encode, "evaluate": evaluate}, [*bags, merged])
+    if encode:
+        plan.jobs.append(encode_job(settings, merged.spec.output_uri, encode, (merged.spec.job_id,)))
+    if evaluate:
+        for bag in bags:
+            plan.jobs.append(evaluate_job(settings, bag.name.removeprefix("train-"), bag.spec.output_uri, evaluate,
+                                          (bag.spec.job_id,)))
+        plan.jobs.append(evaluate_job(settings, "merged", merged.spec.output_uri, evaluate, (merged.spec.job_id,)))
+    return plan
+
+
+def incremental(settings: Settings, *, previous: str, new_data: str, replay_data: str, replay_fraction: float = 0.4,
+                weights=INCREMENTAL_WEIGHTS, method: str = "full", seed: int = 0,
+                train_extra: dict | None = None) -> CampaignPlan:
+    if len(weights) != 2:
+        raise ValueError("the incremental merge takes two weights: the previous model's and the update's")
+    update = train_bag_job(settings, model=previous, data=new_data, fraction=1.0, seed=seed, method=method,
+                           extra={"replay_data": replay_data, "replay_fraction": replay_fraction, **(train_extra or {})})
+    merged = merge_job(settings, [previous, update.spec.output_uri], list(weights), (update.spec.job_id,))
+    return CampaignPlan("incremental", {"previous": previous, "new_data": new_data, "replay_data": replay_data,
+                                        "replay_fraction": replay_fraction, "weights": list(weights)},
+                        [update, merged])

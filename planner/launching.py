@@ -1,0 +1,125 @@
+"""Creating jobs and campaigns in the database, and running the supervisor over them.
+
+The CLI (`planner launch`, `planner jobs`), `planner serve` and `planner demo` all go through here:
+a job is a row holding its JobSpec; the supervisor (planner.supervisor) does everything after that.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.spec import JobSpec
+from planner.backends.local import LocalBackend, local_offer
+from planner.budget import Ledger
+from planner.config import Settings
+from planner.plans import Placer
+from planner.records import FINAL_STATES, Attempt, Campaign, Job
+from planner.supervisor import Supervisor, TickReport
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job may run: where, how it may be interrupted, what it may cost."""
+
+    backend: str = "auto"  # auto | local | runpod | vast
+    spot: str = "any"  # spot | on-demand | any
+    max_price_per_hour: float | None = None
+    budget_usd: float | None = None
+    max_failures: int = 3
+
+
+@dataclass(frozen=True)
+class NewJob:
+    name: str
+    spec: JobSpec
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass
+class CampaignPlan:
+    kind: str
+    params: dict
+    jobs: list[NewJob] = field(default_factory=list)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def job_dirs(settings: Settings, job_id: str, output: str | None, checkpoint: str | None) -> tuple[str, str]:
+    """Default output and checkpoint locations for a job: under the runs directory, named by the job id."""
+    base = Path(settings.runs_dir) / "outputs" / job_id
+    return output or str(base / "output"), checkpoint or str(base / "checkpoints")
+
+
+def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, campaign: Campaign | None = None) -> list[Job]:
+    if campaign is not None:
+        session.add(campaign)
+        session.flush()
+    rows = []
+    for item in new_jobs:
+        row = Job(id=item.spec.job_id, campaign_id=campaign.id if campaign else None, name=item.name,
+                  kind=item.spec.kind, spec=item.spec.to_json(), depends_on=json.dumps(list(item.depends_on)),
+                  state="pending", backend=options.backend, spot=options.spot,
+                  max_price_per_hour=options.max_price_per_hour, budget_usd=options.budget_usd,
+                  max_failures=options.max_failures)
+        session.add(row)
+        rows.append(row)
+    session.commit()
+    return rows
+
+
+def build_backends(settings: Settings) -> dict:
+    """The backends this build can launch on. Cloud backends are not part of this build yet (see README)."""
+    return {"local": LocalBackend(settings.runs_dir)}
+
+
+def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict | None = None) -> Supervisor:
+    backends = backends or build_backends(settings)
+    placer = Placer(settings, backends, local_offer(settings.local_usd_per_hour) if "local" in backends else None)
+    return Supervisor(sessions, backends, placer, budget=Ledger(), poll_interval_s=settings.poll_interval_s,
+                      cooldown=settings.preempted_cooldown)
+
+
+def run_until_final(supervisor: Supervisor, job_ids: list[str], *, interval_s: float,
+                    on_tick: Callable[[TickReport], None] | None = None, timeout_s: float | None = None) -> dict[str, str]:
+    """Tick until every job in `job_ids` is final; returns their states."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        report = supervisor.tick()
+        if on_tick is not None:
+            on_tick(report)
+        with supervisor.sessions() as session:
+            states = dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(job_ids))).all())
+        if all(state in FINAL_STATES for state in states.values()):
+            return states
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"jobs still running after {timeout_s:.0f} s: "
+                               + ", ".join(j for j, s in states.items() if s not in FINAL_STATES))
+        time.sleep(interval_s)
+
+
+def find_jobs(session: Session, ident: str) -> tuple[Campaign | None, list[Job]]:
+    """A job by id, or every job of a campaign by the campaign's id."""
+    job = session.get(Job, ident)
+    if job is not None:
+        return None, [job]
+    campaign = session.get(Campaign, ident)
+    if campaign is None:
+        return None, []
+    return campaign, list(session.scalars(select(Job).where(Job.campaign_id == ident).order_by(Job.created_at, Job.id)))
+
+
+def attempts_of(session: Session, job_id: str) -> list[Attempt]:
+    return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
+
+
+def job_dollars(session: Session, job_id: str) -> float:
+    return sum(a.dollars for a in attempts_of(session, job_id))
