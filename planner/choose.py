@@ -89,8 +89,8 @@ class Choice:
             key = item.reason.split(":")[0]
             counts[key] = counts.get(key, 0) + 1
         summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        largest = max(r.offer.vram_gb for r in self.rejected)
-        if largest < self.needs.vram_gb:
+        if all(r.reason.startswith("too little VRAM") for r in self.rejected):
+            largest = max(r.offer.vram_gb for r in self.rejected)
             short = self.needs.vram_gb - largest
             return (f"no GPU offered fits: the job needs {self.needs.vram_gb:.1f} GB of VRAM per GPU, "
                     f"{short:.1f} GB more than the largest offered; try " + "; or ".join(suggestions(self.needs, largest)))
@@ -203,7 +203,7 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
         return f"tier excluded: {offer.tier}"
     if limits.regions and not any(r.lower() in (offer.location or "").lower() for r in limits.regions):
         return f"region excluded: {offer.location}"
-    if offer.offer_key in limits.exclude_offer_keys:
+    if offer.offer_key in limits.exclude_offer_keys and offer.provider != "local":  # our own box has no market
         return "cooling down: interrupted recently"
     age = now - offer.fetched_at
     if age > limits.max_price_age and not limits.allow_stale and offer.provider != "local":

@@ -97,7 +97,7 @@ class Placer:
         try:
             choice = plan_job(session, spec, limits, offers, context.now, context.remaining_fraction)
         except EstimateError as exc:
-            return NoPlacement(str(exc))
+            return NoPlacement(str(exc), impossible=True)
         winner = choice.winner
         if winner is None:
             reason = choice.explain_empty()

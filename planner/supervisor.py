@@ -67,6 +67,7 @@ class Placement:
 class NoPlacement:
     reason: str
     over_budget: bool = False
+    impossible: bool = False  # the job can never be placed (cannot be sized): fail it instead of retrying
 
 
 Placer = Callable[[Session, Job, "PlacementContext"], "Placement | NoPlacement"]
@@ -159,6 +160,8 @@ class Supervisor:
         if isinstance(placement, NoPlacement):
             if placement.over_budget:
                 self._finish(session, job, "stopped-by-budget", placement.reason, report)
+            elif placement.impossible:
+                self._finish(session, job, "failed", placement.reason, report)
             else:
                 self._release_claim(session, job, error=placement.reason)  # prices may change: try next tick
             return
