@@ -13,6 +13,7 @@ from typing import Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
 
 from planner import pricebook
 from planner.config import Settings
@@ -72,4 +73,63 @@ def create_app(settings: Settings) -> FastAPI:
                 "rows": [{"hour": r.hour.isoformat(), "provider": r.provider, "tier": r.tier, "spot": r.spot,
                           "min_usd": r.min_usd, "median_usd": r.median_usd, "offers": r.offer_count} for r in rows]}
 
+    @app.get("/jobs")
+    def jobs(limit: int = Query(100, ge=1, le=1000)) -> dict:
+        """Jobs newest first, with attempts and dollars, and the monthly budget."""
+        from sqlalchemy import select
+
+        from planner import budget
+        from planner.launching import job_summary
+        from planner.records import Job
+
+        with sessions() as session:
+            rows = [job_summary(session, job) for job in
+                    session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit))]
+            cap, committed = budget.monthly_budget(session), budget.committed(session)
+        text = (f"monthly budget ${cap:.2f}: ${committed:.2f} committed, ${cap - committed:.2f} left" if cap is not None
+                else f"no monthly budget; ${committed:.2f} committed this month")
+        return {"jobs": rows, "budget": text, "monthly_usd": cap, "committed_usd": committed}
+
+    @app.get("/jobs/{ident}")
+    def job(ident: str) -> dict:
+        """A job, or every job of a campaign, with attempts and dollars."""
+        from planner.launching import attempt_summary, attempts_of, find_jobs, job_summary
+
+        with sessions() as session:
+            campaign, found = find_jobs(session, ident)
+            if not found:
+                raise HTTPException(404, f"no job or campaign {ident}")
+            return {"campaign": campaign.id if campaign else None,
+                    "jobs": [job_summary(session, j) | {"attempts": [attempt_summary(a) for a in attempts_of(session, j.id)]}
+                             for j in found]}
+
+    @app.post("/plan")
+    def plan(request: PlanRequest) -> dict:
+        """The ranked offers for a job (kind and its parameters, as the job's flags with underscores)."""
+        from jobs.spec import JobSpec, SpecError
+        from planner.choose import Limits
+        from planner.estimate import EstimateError
+        from planner.plans import book_offers, choice_summary, plan_job
+
+        try:
+            spec = JobSpec("plan", request.kind, "plan-only", request.params)
+            limits = Limits(spot=request.spot, max_usd_per_hour=request.max_price_per_hour,
+                            budget_left_usd=request.budget_usd, max_price_age=settings.max_price_age,
+                            allow_stale=request.allow_stale)
+            with sessions() as session:
+                choice = plan_job(session, spec, limits, book_offers(session), store.utcnow())
+        except (SpecError, EstimateError, KeyError) as exc:
+            raise HTTPException(422, f"cannot plan this job: {exc}")
+        return choice_summary(spec, request.kind, choice, request.top)
+
     return app
+
+
+class PlanRequest(BaseModel):
+    kind: str = Field(description="train-bag | merge | encode | evaluate")
+    params: dict = Field(description="the job's parameters, e.g. {model, data, fraction, method}")
+    spot: str = Field("any", pattern="^(any|spot|on-demand)$")
+    max_price_per_hour: Optional[float] = Field(None, gt=0)
+    budget_usd: Optional[float] = Field(None, gt=0)
+    allow_stale: bool = False
+    top: int = Field(5, ge=1, le=100)

@@ -14,9 +14,10 @@ from planner.choose import Choice
 from planner.cli import JsonOpt, app, emit_json, err, fail, out, sessions, settings
 from planner.estimate import EstimateError
 from planner.launching import (
-    CampaignPlan, JobOptions, NewJob, add_jobs, attempts_of, build_supervisor, find_jobs, job_dollars, run_until_final,
+    CampaignPlan, JobOptions, NewJob, add_jobs, attempt_summary, attempts_of, build_supervisor, find_jobs, job_summary,
+    run_until_final,
 )
-from planner.plans import book_offers, limits_for, plan_job
+from planner.plans import book_offers, choice_summary, limits_for, plan_job
 from planner.records import FINAL_STATES, Campaign, Job
 from pricing.store import utcnow
 
@@ -78,22 +79,6 @@ def _plans(plan: CampaignPlan, options: JobOptions, allow_stale: bool) -> list[t
     return results
 
 
-def _choice_json(item: NewJob, choice: Choice, top: int) -> dict:
-    def candidate(c):
-        return {"provider": c.offer.provider, "offer_key": c.offer.offer_key, "gpu": c.offer.gpu_model,
-                "gpu_count": c.offer.gpu_count, "vram_gb": c.offer.vram_gb, "spot": c.spot,
-                "usd_per_hour": c.usd_per_hour, "work_hours": c.hours, "expected_hours": c.expected_hours,
-                "expected_usd": c.expected_usd, "worst_case_usd": c.worst_case_usd, "breakdown": c.breakdown,
-                "interruptions_per_hour": c.interruption_rate, "why_lost": c.why_lost or None}
-
-    needs = choice.needs
-    return {"job_id": item.spec.job_id, "name": item.name, "kind": item.spec.kind, "params": item.spec.params,
-            "needs": {"vram_gb": needs.vram_gb, "disk_gb": needs.disk_gb, "ram_gb": needs.ram_gb,
-                      "tflop": needs.flops / 1e12, "breakdown_gb": needs.breakdown, "notes": list(needs.notes)},
-            "ranked": [candidate(c) for c in choice.ranked[:top]],
-            "no_offer": None if choice.winner else choice.explain_empty()}
-
-
 def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
     total = 0.0
     for item, choice in plans:
@@ -126,7 +111,7 @@ def _show_plan(plan: CampaignPlan, options: JobOptions, top: int, allow_stale: b
     plans = _plans(plan, options, allow_stale)
     if as_json:
         expected = sum(c.winner.expected_usd for _, c in plans if c.winner)
-        emit_json({"kind": plan.kind, "jobs": [_choice_json(i, c, top) for i, c in plans],
+        emit_json({"kind": plan.kind, "jobs": [choice_summary(i.spec, i.name, c, top) for i, c in plans],
                    "expected_total_usd": expected})
         return
     total = _render_plan(plans, top)
@@ -331,14 +316,6 @@ def _dispatch(planning: bool, plan: CampaignPlan, options: JobOptions, top: int,
 
 # ------------------------------------------------------------------------------------ jobs
 
-def _job_row(session, job: Job) -> dict:
-    attempts = attempts_of(session, job.id)
-    return {"id": job.id, "name": job.name, "kind": job.kind, "state": job.state, "campaign": job.campaign_id,
-            "depends_on": job.dependencies, "attempts": len(attempts), "dollars": round(sum(a.dollars for a in attempts), 4),
-            "created_at": job.created_at.isoformat(), "finished_at": job.finished_at and job.finished_at.isoformat(),
-            "error": job.error}
-
-
 @jobs_app.command("list")
 def jobs_list(all_jobs: bool = typer.Option(False, "--all", help="Include finished jobs."),
               limit: int = typer.Option(50, "--limit"), as_json: bool = JsonOpt) -> None:
@@ -347,7 +324,7 @@ def jobs_list(all_jobs: bool = typer.Option(False, "--all", help="Include finish
         query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
         if not all_jobs:
             query = query.where(Job.state.not_in(FINAL_STATES))
-        rows = [_job_row(session, job) for job in session.scalars(query)]
+        rows = [job_summary(session, job) for job in session.scalars(query)]
     if as_json:
         emit_json(rows)
         return
@@ -369,7 +346,7 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
             fail(f"no job or campaign {ident}; `planner jobs list --all` lists them")
         data = {"campaign": campaign.id if campaign else None,
                 "budget_usd": campaign.budget_usd if campaign else jobs[0].budget_usd,
-                "jobs": [_job_row(session, job) | {"attempts": [_attempt_row(a) for a in attempts_of(session, job.id)]}
+                "jobs": [job_summary(session, job) | {"attempts": [attempt_summary(a) for a in attempts_of(session, job.id)]}
                          for job in jobs]}
     data["dollars"] = round(sum(a["dollars"] for j in data["jobs"] for a in j["attempts"]), 4)
     if as_json:
@@ -386,13 +363,6 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
                       + f", ${a['dollars']:.4f}", highlight=False)
     out.print(f"[bold]total[/]: ${data['dollars']:.4f}" + (f" of a ${data['budget_usd']:.2f} budget"
                                                            if data["budget_usd"] else ""), highlight=False)
-
-
-def _attempt_row(a) -> dict:
-    return {"number": a.number, "backend": a.backend, "provider": a.provider, "gpu": a.gpu_model, "spot": a.spot,
-            "usd_per_hour": a.usd_per_hour, "outcome": a.outcome, "exit_code": a.exit_code,
-            "launched_at": a.launched_at.isoformat(), "ended_at": a.ended_at and a.ended_at.isoformat(),
-            "dollars": round(a.dollars, 6), "detail": a.detail}
 
 
 @jobs_app.command("logs")

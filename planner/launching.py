@@ -123,3 +123,19 @@ def attempts_of(session: Session, job_id: str) -> list[Attempt]:
 
 def job_dollars(session: Session, job_id: str) -> float:
     return sum(a.dollars for a in attempts_of(session, job_id))
+
+
+def job_summary(session: Session, job: Job) -> dict:
+    attempts = attempts_of(session, job.id)
+    return {"id": job.id, "name": job.name, "kind": job.kind, "state": job.state, "campaign": job.campaign_id,
+            "depends_on": job.dependencies, "attempts": len(attempts), "dollars": round(sum(a.dollars for a in attempts), 4),
+            "created_at": job.created_at.isoformat(), "finished_at": job.finished_at and job.finished_at.isoformat(),
+            "error": job.error,
+            "where": f"{attempts[-1].provider} {attempts[-1].gpu_model or ''}".strip() if attempts else ""}
+
+
+def attempt_summary(a: Attempt) -> dict:
+    return {"number": a.number, "backend": a.backend, "provider": a.provider, "gpu": a.gpu_model, "spot": a.spot,
+            "usd_per_hour": a.usd_per_hour, "outcome": a.outcome, "exit_code": a.exit_code,
+            "launched_at": a.launched_at.isoformat(), "ended_at": a.ended_at and a.ended_at.isoformat(),
+            "dollars": round(a.dollars, 6), "detail": a.detail}

@@ -108,3 +108,20 @@ class Placer:
         return Placement(backend=backend.name, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
                          worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
                          billing_seconds=backend.billing_seconds)
+
+
+def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
+    """A plan as JSON: what the job needs and the ranked offers with their numbers and reasons."""
+    def candidate(c):
+        return {"provider": c.offer.provider, "offer_key": c.offer.offer_key, "gpu": c.offer.gpu_model,
+                "gpu_count": c.offer.gpu_count, "vram_gb": c.offer.vram_gb, "spot": c.spot,
+                "usd_per_hour": c.usd_per_hour, "work_hours": c.hours, "expected_hours": c.expected_hours,
+                "expected_usd": c.expected_usd, "worst_case_usd": c.worst_case_usd, "breakdown": c.breakdown,
+                "interruptions_per_hour": c.interruption_rate, "why_lost": c.why_lost or None}
+
+    needs = choice.needs
+    return {"job_id": spec.job_id, "name": name, "kind": spec.kind, "params": spec.params,
+            "needs": {"vram_gb": needs.vram_gb, "disk_gb": needs.disk_gb, "ram_gb": needs.ram_gb,
+                      "tflop": needs.flops / 1e12, "breakdown_gb": needs.breakdown, "notes": list(needs.notes)},
+            "ranked": [candidate(c) for c in choice.ranked[:top]],
+            "no_offer": None if choice.winner else choice.explain_empty()}

@@ -1,4 +1,4 @@
-"""`planner serve`: APScheduler runs the price refresh on a cron schedule.
+"""`planner serve`: APScheduler runs the price refresh on a cron schedule and the supervisor's tick.
 
 One refresh at a time (max_instances=1), missed runs coalesced into one and still run within a grace
 period, an immediate refresh at start when the book is stale, and a clean stop on SIGTERM/SIGINT.
@@ -26,6 +26,16 @@ def refresh_job(settings: Settings) -> None:
         log.log(level, "refresh %s: %s %s", result.provider, result.status, result.reason or f"{result.offers} offers")
 
 
+def supervise_job(supervisor) -> None:
+    report = supervisor.tick()
+    for job_id in report.launched:
+        log.info("launched %s", job_id)
+    for job_id, state in report.finished:
+        log.info("%s %s", job_id, state)
+    for label in report.reaped:
+        log.warning("reaped orphan instance %s", label)
+
+
 def build_scheduler(settings: Settings) -> BackgroundScheduler:
     try:
         trigger = CronTrigger.from_crontab(settings.refresh_cron, timezone=timezone.utc)
@@ -38,6 +48,11 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     first_run = {"next_run_time": datetime.now(timezone.utc)} if stale else {}
     scheduler.add_job(refresh_job, trigger, args=[settings], id="refresh-prices", coalesce=True, max_instances=1,
                       misfire_grace_time=MISFIRE_GRACE_S, replace_existing=True, **first_run)
+    from planner.launching import build_supervisor
+
+    supervisor = build_supervisor(settings, pricebook.sessions_for(settings))
+    scheduler.add_job(supervise_job, "interval", args=[supervisor], seconds=settings.poll_interval_s, id="supervise",
+                      coalesce=True, max_instances=1, next_run_time=datetime.now(timezone.utc), replace_existing=True)
     return scheduler
 
 

@@ -2,7 +2,6 @@
 and budgets under concurrency."""
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timedelta
 
@@ -31,7 +30,6 @@ def test_qwen3_4b_parameter_count_matches_the_published_size():
 
 
 def test_shape_is_read_from_a_local_config(tiny_model_dir):
-    import torch
     from safetensors.torch import load_file
 
     shape = model_shape(str(tiny_model_dir))

@@ -98,3 +98,34 @@ def test_token_required_beyond_localhost(upgraded, monkeypatch):
     assert client.get("/prices", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/prices", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
     assert client.get("/").status_code == 200 and "s3cret-token" not in client.get("/").text
+
+
+def test_supervisor_ticks_beside_the_refresh(upgraded):
+    job = build_scheduler(upgraded).get_job("supervise")
+    assert job.max_instances == 1 and job.coalesce
+    assert job.trigger.interval == timedelta(seconds=upgraded.poll_interval_s)
+
+
+def test_api_plan_and_jobs(upgraded, recorded_providers, tiny_model_dir, toy_corpus):
+    from planner import campaigns
+    from planner.launching import JobOptions, add_jobs
+    from planner.pricebook import refresh_book, sessions_for
+
+    refresh_book(upgraded)
+    client = TestClient(create_app(upgraded))
+    plan = client.post("/plan", json={"kind": "train-bag", "params": {"model": "Qwen/Qwen3-4B", "data": str(toy_corpus),
+                                                                     "fraction": 0.4, "method": "lora"},
+                                      "allow_stale": True, "top": 3}).json()
+    assert plan["needs"]["vram_gb"] > 3 and 1 <= len(plan["ranked"]) <= 3
+    costs = [c["expected_usd"] for c in plan["ranked"]]
+    assert costs == sorted(costs) and all(c["vram_gb"] >= plan["needs"]["vram_gb"] for c in plan["ranked"])
+    assert client.post("/plan", json={"kind": "train-bag", "params": {"model": "nope"}}).status_code == 422
+
+    job = campaigns.train_bag_job(upgraded, model=str(tiny_model_dir), data=str(toy_corpus), fraction=0.5, seed=0,
+                                  method="full")
+    with sessions_for(upgraded)() as session:
+        add_jobs(session, [job], JobOptions(backend="local"))
+    listing = client.get("/jobs").json()
+    assert [j["id"] for j in listing["jobs"]] == [job.spec.job_id] and "no monthly budget" in listing["budget"]
+    assert client.get(f"/jobs/{job.spec.job_id}").json()["jobs"][0]["attempts"] == []
+    assert client.get("/jobs/missing").status_code == 404

@@ -196,7 +196,7 @@ def test_an_orphan_instance_is_reaped(world):
     spec = JobSpec("ghost", "evaluate", "/tmp/none", {})
     plan = backend.plan(spec, None, attempt=1, spot=False, usd_per_hour=0)
     plan = type(plan)(**{**plan.__dict__, "command": (sys.executable, "-c", "import time; time.sleep(60)")})
-    handle = backend.launch(plan)
+    backend.launch(plan)
     reaped = build_supervisor(settings, sessions).reap()
     assert reaped == [instance_label("ghost", 1)]
     wait_until(lambda: backend.list_labeled() == [], timeout=20)
