@@ -65,6 +65,7 @@ def _options(backend: str, spot: bool | None, max_price: float | None, budget_us
 def _plans(plan: CampaignPlan, options: JobOptions, allow_stale: bool) -> list[tuple[NewJob, Choice | str]]:
     cfg = settings()
     results = []
+    shapes = plan.model_shapes()
     with sessions(cfg)() as session:
         offers = book_offers(session)
         for item in plan.jobs:
@@ -72,7 +73,7 @@ def _plans(plan: CampaignPlan, options: JobOptions, allow_stale: bool) -> list[t
                         budget_usd=options.budget_usd)
             try:
                 choice = plan_job(session, item.spec, limits_for(probe, cfg, session, allow_stale=allow_stale), offers,
-                                  utcnow())
+                                  utcnow(), shapes=shapes)
             except EstimateError as exc:
                 fail(str(exc))
             results.append((item, choice))
@@ -369,7 +370,7 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
 def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "--tail")) -> None:
     """The log of a job's latest attempt."""
     from planner.launching import build_backends
-    from planner.supervisor import _handle_of
+    from planner.supervisor import handle_of
 
     cfg = settings()
     with sessions(cfg)() as session:
@@ -379,7 +380,7 @@ def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "
     backend = build_backends(cfg).get(attempts[-1].backend)
     if backend is None:
         fail(f"the {attempts[-1].backend} backend is not available in this build")
-    out.print(backend.logs(_handle_of(attempts[-1]), tail=tail), highlight=False, markup=False)
+    out.print(backend.logs(handle_of(attempts[-1]), tail=tail), highlight=False, markup=False)
 
 
 @jobs_app.command("cancel")

@@ -48,6 +48,18 @@ class CampaignPlan:
     params: dict
     jobs: list[NewJob] = field(default_factory=list)
 
+    def model_shapes(self) -> dict[str, str]:
+        """Each model this plan will produce -> an existing model with its architecture (a bag: its base;
+        a merge: its first input), so later jobs can be sized before their inputs exist."""
+        shapes: dict[str, str] = {}
+        for item in self.jobs:
+            p = item.spec.params
+            source = p.get("model") if item.spec.kind == "train-bag" else \
+                (p["models"][0] if item.spec.kind == "merge" else None)
+            if source is not None:
+                shapes[item.spec.output_uri] = shapes.get(source, source)
+        return shapes
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

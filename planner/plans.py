@@ -24,21 +24,26 @@ from pricing import store
 from pricing.offer import Offer
 
 
-def needs_for(spec: JobSpec, remaining_fraction: float = 1.0) -> Needs:
-    """The estimate for a spec's parameters (the same names as the job's flags), scaled to the work left."""
+def needs_for(spec: JobSpec, remaining_fraction: float = 1.0, shapes: dict[str, str] | None = None) -> Needs:
+    """The estimate for a spec's parameters (the same names as the job's flags), scaled to the work left.
+    `shapes` maps models that do not exist yet to one with their architecture (CampaignPlan.model_shapes)."""
     p = spec.params
+
+    def shape(model: str):
+        return model_shape((shapes or {}).get(model, model))
+
     if spec.kind == "train-bag":
-        needs = train_needs(model_shape(p["model"]), corpus_stats(p.get("data")), fraction=float(p["fraction"]),
+        needs = train_needs(shape(p["model"]), corpus_stats(p.get("data")), fraction=float(p["fraction"]),
                             method=p.get("method", "full"), epochs=int(p.get("epochs", 1)),
                             batch_size=int(p.get("batch_size", 32)), query_max_len=int(p.get("query_max_len", 512)),
                             doc_max_len=int(p.get("doc_max_len", 512)), max_steps=p.get("max_steps"))
     elif spec.kind in ("encode", "evaluate"):
         stats = _text_stats(p.get("input") or p.get("data"))
-        needs = encode_needs(model_shape(p["model"]), stats.records, stats.mean_tokens,
+        needs = encode_needs(shape(p["model"]), stats.records, stats.mean_tokens,
                              dtype=p.get("dtype", "bfloat16"), batch_tokens=int(p.get("batch_tokens", 32768)))
     elif spec.kind == "merge":
         models = p["models"] if isinstance(p["models"], list) else str(p["models"]).split(",")
-        needs = merge_needs(model_shape(models[0]), len(models))
+        needs = merge_needs(shape(models[0]), len(models))
     else:
         raise EstimateError(f"no estimate for job kind {spec.kind}")
     if remaining_fraction < 1.0:
@@ -67,8 +72,8 @@ def limits_for(job: Job, settings: Settings, session: Session, *, excluded: froz
 
 
 def plan_job(session: Session, spec: JobSpec, limits: Limits, offers: list[Offer], now: datetime,
-             remaining_fraction: float = 1.0) -> Choice:
-    needs = needs_for(spec, remaining_fraction)
+             remaining_fraction: float = 1.0, shapes: dict[str, str] | None = None) -> Choice:
+    needs = needs_for(spec, remaining_fraction, shapes)
     return choose(needs, offers, limits, now=now, session=session, efficiency_prior=efficiency_prior(needs))
 
 

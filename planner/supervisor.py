@@ -219,7 +219,7 @@ class Supervisor:
 
     def _watch(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         backend = self.backends[attempt.backend]
-        handle = _handle_of(attempt)
+        handle = handle_of(attempt)
         try:
             result = backend.poll(handle)
             attempt.poll_failures = 0
@@ -273,7 +273,7 @@ class Supervisor:
         backend = self.backends.get(attempt.backend)
         if backend is not None and attempt.instance_id:
             try:
-                backend.cancel(_handle_of(attempt))
+                backend.cancel(handle_of(attempt))
             except (BackendError, ProviderError) as exc:
                 log.warning("job %s attempt %d: terminate failed (%s); the reaper will retry", job.id, attempt.number, exc)
         attempt.outcome, attempt.exit_code = outcome, result.exit_code
@@ -400,7 +400,7 @@ def _handle_json(handle: Handle) -> str:
                        "data": handle.data})
 
 
-def _handle_of(attempt: Attempt) -> Handle:
+def handle_of(attempt: Attempt) -> Handle:
     raw = json.loads(attempt.handle or "{}")
     return Handle(backend=raw.get("backend", attempt.backend), instance_id=raw.get("instance_id", attempt.instance_id),
                   label=raw.get("label", ""), data=raw.get("data", {}))

@@ -23,7 +23,7 @@ from planner.launching import (
 )
 from planner import campaigns
 from planner.records import Attempt, Job
-from planner.supervisor import attempt_cost, _handle_of
+from planner.supervisor import attempt_cost, handle_of
 from pricing.db import session_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_an_interruption_is_resumed_to_the_same_weights(world, tiny_model_dir, t
     wait_until(checkpoint.exists)
     with sessions() as session:
         [attempt] = attempts_of(session, spec.job_id)
-        handle = _handle_of(attempt)
+        handle = handle_of(attempt)
     supervisor.backends["local"].preempt(handle, grace_s=5, wait=True)  # SIGTERM, SIGKILL after 5 s
     states = run_until_final(supervisor, [spec.job_id], interval_s=0.1, timeout_s=300)
     assert states == {spec.job_id: "succeeded"}
@@ -88,7 +88,7 @@ def test_an_interruption_is_resumed_to_the_same_weights(world, tiny_model_dir, t
         first, second = attempts_of(session, spec.job_id)
         assert first.outcome == "preempted" and second.outcome == "succeeded"
         assert first.dollars > 0 and second.dollars > 0
-    assert "resuming from step" in supervisor.backends["local"].logs(_handle_of(second))
+    assert "resuming from step" in supervisor.backends["local"].logs(handle_of(second))
     mine, ref = load_file(f"{spec.output_uri}/model.safetensors"), load_file(str(reference / "model.safetensors"))
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
 
@@ -112,7 +112,7 @@ def test_cancel_terminates_the_instance(world, tiny_model_dir, toy_corpus):
     supervisor = build_supervisor(settings, sessions)
     supervisor.tick()
     with sessions() as session:
-        handle = _handle_of(attempts_of(session, spec.job_id)[0])
+        handle = handle_of(attempts_of(session, spec.job_id)[0])
         session.get(Job, spec.job_id).cancel_requested = True
         session.commit()
     report = supervisor.tick()
@@ -211,7 +211,7 @@ def test_keys_never_reach_the_job_or_the_database(world, tiny_model_dir, toy_cor
     supervisor = build_supervisor(load_settings(db_url=db_url, runs_dir=settings.runs_dir), sessions)
     supervisor.tick()
     with sessions() as session:
-        handle = _handle_of(attempts_of(session, spec.job_id)[0])
+        handle = handle_of(attempts_of(session, spec.job_id)[0])
     wrapper = handle.data["pid"]
     children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
     for pid in [wrapper, *map(int, children)]:
