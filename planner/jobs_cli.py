@@ -14,8 +14,8 @@ from planner.choose import Choice
 from planner.cli import JsonOpt, app, emit_json, err, fail, out, sessions, settings
 from planner.estimate import EstimateError
 from planner.launching import (
-    CampaignPlan, JobOptions, NewJob, add_jobs, attempt_summary, attempts_of, build_supervisor, find_jobs, job_summary,
-    run_until_final,
+    CampaignPlan, JobOptions, NewJob, add_jobs, attempt_summary, attempts_of, build_backends, build_supervisor,
+    cloud_problem, find_jobs, job_summary, run_until_final,
 )
 from planner.plans import book_offers, choice_summary, limits_for, plan_job
 from planner.records import FINAL_STATES, Campaign, Job
@@ -51,9 +51,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _options(backend: str, spot: bool | None, max_price: float | None, budget_usd: float | None) -> JobOptions:
-    if backend not in ("auto", "local"):
-        fail(f"--backend {backend}: this build launches on auto or local; RunPod and Vast.ai launching is not "
-             "built yet (their prices are planned with all the same)")
+    if backend not in ("auto", "local", "runpod", "vast"):
+        fail(f"--backend {backend}: choose auto, local, runpod or vast")
     if max_price is not None and max_price <= 0 or budget_usd is not None and budget_usd <= 0:
         fail("--max-price-per-hour and --budget must be positive")
     return JobOptions(backend=backend, spot="any" if spot is None else ("spot" if spot else "on-demand"),
@@ -128,15 +127,19 @@ def _submit(plan: CampaignPlan, options: JobOptions, *, top: int, allow_stale: b
         _show_plan(plan, options, top, allow_stale, as_json)
     if dry_run:
         return
+    cfg = settings()
+    problem = cloud_problem(cfg, options.backend, [item.spec for item in plan.jobs])
+    if problem:
+        fail(problem)
     if not as_json:
-        out.print(f"runs on: {options.backend}" + (" (local: the only launch backend in this build)"
-                                                  if options.backend == "auto" else ""), highlight=False)
+        usable = sorted(b for b in build_backends(cfg) if b == options.backend or options.backend == "auto")
+        out.print(f"runs on: {', '.join(usable)}" + (" (the cheapest to finish, re-chosen at each relaunch)"
+                                                    if len(usable) > 1 else ""), highlight=False)
     if not yes:
         if not sys.stdin.isatty():
             fail("not a terminal: pass --yes to launch without the confirmation prompt")
         if not typer.confirm(f"launch {len(plan.jobs)} job(s)?"):
             raise typer.Exit(1)
-    cfg = settings()
     sessionmaker = sessions(cfg)
     with sessionmaker() as session:
         campaign = None
@@ -191,7 +194,8 @@ def _define_commands(target: typer.Typer, planning: bool) -> None:
     wait_opt = typer.Option(False, "--wait", help="Supervise until the jobs end (exit 1 if one fails).",
                             hidden=planning)
     dry_opt = typer.Option(False, "--dry-run", help="Show the plan and stop.", hidden=planning)
-    backend_opt = typer.Option("auto", "--backend", help="auto | local (cloud launching: see the README).",
+    backend_opt = typer.Option("auto", "--backend", help="auto | local | runpod | vast (cloud: needs its key, "
+                               "PLANNER_JOBS_INSTALL and PLANNER_STORAGE_URI).",
                                hidden=planning)
 
     @target.command("train-bag")

@@ -15,13 +15,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import storage
 from jobs.spec import JobSpec
 from planner.backends.local import LocalBackend, local_offer
+from planner.backends.runpod import RunPodBackend
+from planner.backends.vast import VastBackend
 from planner.budget import Ledger
 from planner.config import Settings
 from planner.plans import Placer
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.supervisor import Supervisor, TickReport
+from pricing.providers.http import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,11 @@ def new_id(prefix: str) -> str:
 
 
 def job_dirs(settings: Settings, job_id: str, output: str | None, checkpoint: str | None) -> tuple[str, str]:
-    """Default output and checkpoint locations for a job: under the runs directory, named by the job id."""
-    base = Path(settings.runs_dir) / "outputs" / job_id
-    return output or str(base / "output"), checkpoint or str(base / "checkpoints")
+    """Default output and checkpoint locations for a job, named by the job id: under PLANNER_STORAGE_URI
+    when set (a cloud box can reach it), else under the local runs directory."""
+    base = storage.join(settings.storage_uri, job_id) if settings.storage_uri else \
+        str(Path(settings.runs_dir) / "outputs" / job_id)
+    return output or storage.join(base, "output"), checkpoint or storage.join(base, "checkpoints")
 
 
 def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, campaign: Campaign | None = None) -> list[Job]:
@@ -89,8 +95,32 @@ def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, camp
 
 
 def build_backends(settings: Settings) -> dict:
-    """The backends this build can launch on. Cloud backends are not part of this build yet (see README)."""
-    return {"local": LocalBackend(settings.runs_dir)}
+    """Local always; RunPod and Vast.ai where their API key is configured."""
+    backends = {"local": LocalBackend(settings.runs_dir)}
+    common = {"image": settings.job_image, "jobs_install": settings.jobs_install, "timeout": settings.http_timeout,
+              "retry": RetryPolicy(settings.http_retries, settings.http_retry_wait_s)}
+    if settings.runpod_api_key is not None:
+        backends["runpod"] = RunPodBackend(settings.runpod_url, settings.runpod_api_key, **common)
+    if settings.vast_api_key is not None:
+        backends["vast"] = VastBackend(settings.vast_url, settings.vast_api_key, disk_gb=settings.vast_disk_gb, **common)
+    return backends
+
+
+def cloud_problem(settings: Settings, backend: str, specs: list[JobSpec]) -> str | None:
+    """Why jobs cannot launch on a cloud backend as configured (None: they can)."""
+    key = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}.get(backend)
+    if key is None:
+        return None
+    if backend not in build_backends(settings):
+        return f"--backend {backend} needs {key} in the environment or the config file"
+    if not settings.jobs_install:
+        return ("cloud boxes install this project's jobs extra: set PLANNER_JOBS_INSTALL to its pip requirement, "
+                "e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
+    local = [s.job_id for s in specs if not storage.is_remote(s.output_uri)]
+    if local:
+        return ("a cloud box cannot reach this machine's disk: set PLANNER_STORAGE_URI (e.g. s3://bucket/planner) "
+                "or pass s3://... URIs for --output and --checkpoint")
+    return None
 
 
 def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict | None = None) -> Supervisor:

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from jobs import storage
 from jobs.spec import JobSpec
 from planner import budget
 from planner.choose import Choice, Limits, choose
@@ -94,7 +95,7 @@ class Placer:
         offers = []
         if "local" in self.backends and job.backend in ("auto", "local") and self.local_offer is not None:
             offers.append(self.local_offer)
-        if job.backend != "local":
+        if job.backend != "local" and storage.is_remote(spec.output_uri):  # a cloud box cannot see our disk
             offers += [o for o in book_offers(session) if o.provider in self.backends
                        and job.backend in ("auto", o.provider)]
         limits = limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,

@@ -191,7 +191,7 @@ class Supervisor:
             self._settle(session, job, attempt)
             self._after_failure(session, job, attempt, report)
             return
-        attempt.usd_per_hour = plan.usd_per_hour  # a bid refreshed at launch is what is paid
+        attempt.usd_per_hour = handle.data.get("usd_per_hour", plan.usd_per_hour)  # a bid read at launch is paid
         attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
         job.state, job.lease_owner, job.lease_until, job.updated_at = "running", None, None, self.clock()
         session.commit()

@@ -65,8 +65,9 @@ class LaunchPlan:
         return instance_label(self.job_id, self.attempt)
 
     def shell_script(self) -> str:
-        """The setup lines and the command as one `sh -c` script for container start commands."""
-        return " && ".join([*self.setup, shlex.join(self.command)])
+        """The setup lines, then `exec` of the command (so it receives the container's signals), as one
+        `sh -c` script for container start commands."""
+        return " && ".join([*self.setup, "exec " + shlex.join(self.command)])
 
 
 @dataclass(frozen=True)

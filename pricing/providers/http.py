@@ -29,8 +29,9 @@ class RetryPolicy:
 
 
 def request_json(session: requests.Session, method: str, url: str, *, api_key: str | None, json_body=None,
-                 timeout: float, retry: RetryPolicy, auth_hint: str):
-    """Send one request (retrying transient faults) and return the decoded JSON body."""
+                 timeout: float, retry: RetryPolicy, auth_hint: str, missing_ok: bool = False):
+    """Send one request (retrying transient faults) and return the decoded JSON body (None for a 404
+    when `missing_ok`: the thing asked about does not exist)."""
     where = urlsplit(url).path or "/"
     headers = {"Accept": "application/json"}
     if api_key:
@@ -45,6 +46,8 @@ def request_json(session: requests.Session, method: str, url: str, *, api_key: s
             raise TransientError(f"connection error on {where} ({type(exc).__name__})") from None
         if response.status_code in (401, 403):
             raise ProviderError(f"authentication failed (HTTP {response.status_code}) on {where}: check {auth_hint}")
+        if response.status_code == 404 and missing_ok:
+            return None
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(f"HTTP {response.status_code} on {where}")
         if not response.ok:

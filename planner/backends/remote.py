@@ -1,0 +1,78 @@
+"""What every cloud backend shares: the box's start script, and how an attempt ended.
+
+A cloud attempt runs in a stock PyTorch image. Its start script installs this project's `jobs`
+extra (PLANNER_JOBS_INSTALL, a pip requirement pinned to the launching version), then execs
+`python -m jobs.run --report REPORT --hold` with the spec in the environment. REPORT sits next to
+the job's output (`OUTPUT/.attempts/LABEL.json`), so the job's outputs and how each attempt ended
+live in the same durable store (s3://, gs://, ...) that every provider's boxes and the supervisor
+can reach. The provider's status only says whether the box is still there.
+"""
+from __future__ import annotations
+
+import shlex
+
+from jobs import storage
+from planner.backends.base import RESUMABLE_EXIT, BackendError, LaunchPlan, PollResult, Status, instance_label
+from planner.backends.markers import done_marker_exists
+
+SPEC_ENV = "PLANNER_JOB_SPEC"
+
+
+def report_uri(output_uri: str, label: str) -> str:
+    return storage.join(output_uri, ".attempts", f"{label}.json")
+
+
+def require_remote_output(spec) -> None:
+    """Cloud boxes cannot see this machine's disk: outputs and checkpoints must be fsspec URIs."""
+    for what, uri in (("output", spec.output_uri), ("checkpoint", spec.checkpoint_uri)):
+        if uri and not storage.is_remote(uri):
+            raise BackendError(f"job {spec.job_id}: its {what} {uri} is a local path a cloud box cannot reach; "
+                               "set PLANNER_STORAGE_URI (e.g. s3://bucket/planner) or pass an s3://... URI")
+
+
+def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hour: float, image: str,
+             jobs_install: str, disk_gb: float, request: dict | None = None) -> LaunchPlan:
+    """The attempt as a start script for a stock image (pure; the provider request is the caller's)."""
+    require_remote_output(spec)
+    if not jobs_install:
+        raise BackendError("PLANNER_JOBS_INSTALL is not set: give the pip requirement that installs this "
+                           "project's jobs extra on the box, e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
+    label = instance_label(spec.job_id, attempt)
+    env = {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
+    setup = (f"pip install --quiet --no-cache-dir {shlex.quote(jobs_install)}",)
+    command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label), "--hold")
+    return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
+                      command=command, env=env, offer=offer, image=image, setup=setup, disk_gb=disk_gb,
+                      request={"output_uri": spec.output_uri, **(request or {})})
+
+
+def ended(output_uri: str, label: str) -> PollResult | None:
+    """How the attempt ended, from its report; None while there is none."""
+    try:
+        report = storage.read_json(report_uri(output_uri, label))
+    except (OSError, ValueError):
+        return None
+    code = report.get("exit_code")
+    if code == 0 and done_marker_exists(output_uri):
+        return PollResult(Status.SUCCEEDED, exit_code=0)
+    if code == RESUMABLE_EXIT:
+        return PollResult(Status.FAILED, exit_code=code, detail="interrupted; resumable from its checkpoint")
+    detail = "exited 0 but wrote no DONE marker" if code == 0 else f"exited {code}"
+    return PollResult(Status.FAILED, exit_code=code, detail=detail)
+
+
+def report_tail(output_uri: str, label: str) -> str:
+    try:
+        return storage.read_json(report_uri(output_uri, label)).get("log_tail", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def vanished(output_uri: str, label: str, spot: bool, why: str) -> PollResult:
+    """The box is gone or stopped: a report says how the job ended; without one, a spot box was taken."""
+    result = ended(output_uri, label)
+    if result is not None:
+        return result
+    if done_marker_exists(output_uri):
+        return PollResult(Status.SUCCEEDED, exit_code=0)
+    return PollResult(Status.PREEMPTED if spot else Status.LOST, detail=why)
