@@ -66,3 +66,31 @@ def test_dashboard_shows_book_and_history(served, tmp_path):
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         assert not errors, errors
         browser.close()
+
+
+def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_model_dir, toy_corpus, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from planner import campaigns
+    from planner.launching import JobOptions, add_jobs, build_supervisor, run_until_final
+    from pricing.db import session_factory
+
+    settings, url = served
+    settings = settings.model_copy(update={"runs_dir": tmp_path / "runs", "local_usd_per_hour": 3.6})
+    sessions = session_factory(settings.db_url)
+    job = campaigns.evaluate_job(settings, "tiny", str(tiny_model_dir), str(toy_corpus), ())
+    with sessions() as session:
+        add_jobs(session, [job], JobOptions(backend="local"))
+    states = run_until_final(build_supervisor(settings, sessions), [job.spec.job_id], interval_s=0.2, timeout_s=300)
+    assert states == {job.spec.job_id: "succeeded"}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url + "/")
+        row = page.locator("#jobs tbody tr", has_text=job.spec.job_id)
+        row.wait_for()
+        cells = [c.strip() for c in row.locator("td").all_inner_texts()]
+        assert cells[1] == "evaluate" and cells[2] == "succeeded" and cells[3] == "1"
+        assert cells[4].startswith("$") and float(cells[4].lstrip("$")) > 0 and cells[5].startswith("local")
+        assert "committed" in page.locator("#budget").inner_text()
+        browser.close()
