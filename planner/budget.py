@@ -86,6 +86,11 @@ class Ledger:
         session.commit()
         return None
 
+    def held_by_others(self, session: Session, job: Job) -> float:
+        """The unspent part of other jobs' reservations: money that comes back as they settle."""
+        rows = session.execute(select(Reservation.job_id, Reservation.usd).where(Reservation.job_id != job.id)).all()
+        return sum(max(0.0, usd - job_spent(session, job_id)) for job_id, usd in rows)
+
     def release(self, session: Session, job: Job) -> None:
         reservation = session.get(Reservation, job.id)
         if reservation is not None:

@@ -140,8 +140,12 @@ def rate_for(offer: Offer, spot: bool, observed: dict) -> float:
 
 
 def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, now: datetime,
-           session: Session | None = None, efficiency_prior: float = 0.3) -> Choice:
-    observed = interruption_rates(session)
+           session: Session | None = None, efficiency_prior: float = 0.3,
+           observed: dict[tuple[str, str, bool], tuple[float, float]] | None = None) -> Choice:
+    """Rank the offers by expected dollars to finish. Interruption rates learn from `observed`
+    ((provider, tier, spot) -> (interruptions, hours)), by default our attempts in `session`."""
+    if observed is None:
+        observed = interruption_rates(session)
     ranked: list[Candidate] = []
     rejected: list[Rejected] = []
     efficiency_cache: dict[str, float] = {}

@@ -158,7 +158,9 @@ class Supervisor:
                                    self._spent(session, job), now)
         placement = self.place(session, job, context)
         if isinstance(placement, NoPlacement):
-            if placement.over_budget:
+            if placement.over_budget and (wait := self._budget_wait(session, job)):
+                self._release_claim(session, job, error=wait)
+            elif placement.over_budget:
                 self._finish(session, job, "stopped-by-budget", placement.reason, report)
             elif placement.impossible:
                 self._finish(session, job, "failed", placement.reason, report)
@@ -167,6 +169,9 @@ class Supervisor:
             return
         if self.budget is not None:
             refusal = self.budget.reserve(session, job, placement.worst_case_usd)
+            if refusal and refusal.startswith("monthly") and (wait := self._budget_wait(session, job)):
+                self._release_claim(session, job, error=wait)
+                return
             if refusal:
                 self._finish(session, job, "stopped-by-budget", refusal, report)
                 return
@@ -314,6 +319,14 @@ class Supervisor:
             return (f"spend would reach ${projected:.2f} by the next check, over the job budget of "
                     f"${job.budget_usd:.2f}; raise it with --budget to go on")
         return None
+
+    def _budget_wait(self, session: Session, job: Job) -> str | None:
+        """Other jobs' reservations hold part of the budget: wait for them to settle instead of stopping,
+        so a campaign's parallel jobs do not stop each other with worst cases that will not be spent."""
+        held = self.budget.held_by_others(session, job) if self.budget is not None else 0.0
+        if held <= 0:
+            return None
+        return f"waiting: running jobs hold ${held:.2f} of the budget in reservations until they settle"
 
     def _spent(self, session: Session, job: Job) -> float:
         return session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0))

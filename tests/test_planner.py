@@ -3,7 +3,7 @@ and budgets under concurrency."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -212,3 +212,58 @@ def test_release_frees_the_unspent_part(db_url):
         session.commit()
         assert budget.committed(session) == pytest.approx(3.0)
         assert budget.left_this_month(session) == pytest.approx(7.0)
+
+
+def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle(db_url):
+    """Parallel jobs must not stop each other with worst cases they will not spend: the second waits."""
+    from jobs.spec import JobSpec
+    from planner.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
+    from planner.records import Job
+    from planner.supervisor import Placement, Supervisor
+    from pricing.db import session_factory
+
+    class Stub(Backend):
+        name = "stub"
+        finished: set[str] = set()
+
+        def plan(self, spec, offer, *, attempt, spot, usd_per_hour):
+            return LaunchPlan("stub", spec.job_id, attempt, spot, usd_per_hour, ("true",), {})
+
+        def launch(self, plan):
+            return Handle("stub", plan.job_id, plan.label)
+
+        def poll(self, handle):
+            return PollResult(Status.SUCCEEDED if handle.instance_id in self.finished else Status.RUNNING)
+
+        def cancel(self, handle):
+            pass
+
+        def logs(self, handle, tail=200):
+            return ""
+
+        def list_labeled(self):
+            return []
+
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        budget.set_monthly_budget(session, 100.0)
+        for name in ("a", "b"):
+            session.add(Job(id=name, name=name, kind="merge", backend="stub",
+                            spec=JobSpec(name, "merge", f"/tmp/{name}", {"models": ["x"], "weights": [1]}).to_json()))
+        session.commit()
+    clock = [NOW.replace(tzinfo=timezone.utc)]
+    stub = Stub()
+    supervisor = Supervisor(sessions, {"stub": stub}, lambda session, job, context: Placement(
+        "stub", None, False, usd_per_hour=1.0, worst_case_usd=60.0), budget=budget.Ledger(clock=lambda: clock[0]),
+        clock=lambda: clock[0])
+    assert supervisor.tick().launched == ["a"]
+    with sessions() as session:
+        waiting = session.get(Job, "b")
+        assert waiting.state == "pending" and waiting.error.startswith("waiting: running jobs hold $60.00")
+    stub.finished.add("a")
+    clock[0] += timedelta(hours=2)
+    report = supervisor.tick()
+    assert report.finished == [("a", "succeeded")]
+    assert report.launched == ["b"]  # a spent $2 of its $60 and released the rest: b's worst case fits now
+    with sessions() as session:
+        assert budget.committed(session, clock[0]) == pytest.approx(2.0 + 60.0)
