@@ -11,11 +11,37 @@ from __future__ import annotations
 
 import shlex
 
+import requests
+from pydantic import SecretStr
+
 from jobs import storage
-from planner.backends.base import RESUMABLE_EXIT, BackendError, LaunchPlan, PollResult, Status, instance_label
+from planner.backends.base import (
+    RESUMABLE_EXIT, Backend, BackendError, Handle, LaunchPlan, PollResult, Status, instance_label,
+)
 from planner.backends.markers import done_marker_exists
+from pricing.providers.http import RetryPolicy
 
 SPEC_ENV = "PLANNER_JOB_SPEC"
+
+
+class CloudBackend(Backend):
+    """A provider API reached over HTTP with a key; boxes start from `image` and install `jobs_install`."""
+
+    logs_hint = "the job's log tail arrives with its report when it ends"
+
+    def __init__(self, base_url: str, api_key: SecretStr | None, *, image: str, jobs_install: str,
+                 timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(), session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.image = image
+        self.jobs_install = jobs_install
+        self.timeout = timeout
+        self.retry = retry
+        self.session = session or requests.Session()
+
+    def logs(self, handle: Handle, tail: int = 200) -> str:
+        text = report_tail(handle.data["output_uri"], handle.label)
+        return "\n".join(text.splitlines()[-tail:]) if text else f"({self.logs_hint})"
 
 
 def report_uri(output_uri: str, label: str) -> str:

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import shlex
 
-import requests
-from pydantic import SecretStr
-
-from planner.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import box_plan, ended, report_tail, vanished
+from planner.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.backends.remote import CloudBackend, box_plan, ended, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy, request_json
@@ -37,19 +34,10 @@ BID_MARGIN = 0.05
 BID_CAP_OVER_PLAN = 1.2
 
 
-class RunPodBackend(Backend):
+class RunPodBackend(CloudBackend):
     name = "runpod"
     billing_seconds = 1  # per-second billing
-
-    def __init__(self, base_url: str, api_key: SecretStr | None, *, image: str, jobs_install: str,
-                 timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(), session: requests.Session | None = None):
-        self.url = base_url.rstrip("/") + "/graphql"
-        self.api_key = api_key
-        self.image = image
-        self.jobs_install = jobs_install
-        self.timeout = timeout
-        self.retry = retry
-        self.session = session or requests.Session()
+    logs_hint = "RunPod serves no pod logs through its API; the job's log tail arrives with its report when it ends"
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
         if offer is None or offer.provider != "runpod":
@@ -109,12 +97,6 @@ class RunPodBackend(Backend):
             if "not found" not in str(exc).lower():
                 raise
 
-    def logs(self, handle: Handle, tail: int = 200) -> str:
-        text = report_tail(handle.data["output_uri"], handle.label)
-        if not text:
-            return "(RunPod serves no pod logs through its API; the job's log tail arrives with its report when it ends)"
-        return "\n".join(text.splitlines()[-tail:])
-
     def list_labeled(self) -> list[Handle]:
         pods = (self._graphql(PODS, {}).get("myself") or {}).get("pods") or []
         return [Handle(backend=self.name, instance_id=p["id"], label=p["name"], data={})
@@ -136,7 +118,7 @@ class RunPodBackend(Backend):
 
     def _graphql(self, query: str, variables: dict, *, retry: bool = True) -> dict:
         try:
-            body = request_json(self.session, "POST", self.url, json_body={"query": query, "variables": variables},
+            body = request_json(self.session, "POST", self.base_url + "/graphql", json_body={"query": query, "variables": variables},
                                 api_key=self.api_key.get_secret_value() if self.api_key else None,
                                 timeout=self.timeout, retry=self.retry if retry else RetryPolicy(attempts=1),
                                 auth_hint="RUNPOD_API_KEY")

@@ -12,11 +12,10 @@ instance's label is ours. Creates are sent once (a retried create could rent twi
 """
 from __future__ import annotations
 
-import requests
 from pydantic import SecretStr
 
-from planner.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import box_plan, ended, report_tail, vanished
+from planner.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.backends.remote import CloudBackend, box_plan, ended, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy, request_json
@@ -27,21 +26,14 @@ BID_CAP_OVER_PLAN = 1.2
 GONE = ("exited", "unknown", "offline")
 
 
-class VastBackend(Backend):
+class VastBackend(CloudBackend):
     name = "vast"
     billing_seconds = 1
+    logs_hint = "the job's log tail arrives with its report when it ends; live logs: vastai logs INSTANCE_ID"
 
-    def __init__(self, base_url: str, api_key: SecretStr | None, *, image: str, jobs_install: str,
-                 disk_gb: float = 50.0, timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(),
-                 session: requests.Session | None = None):
-        self.base = base_url.rstrip("/") + "/api/v0"
-        self.api_key = api_key
-        self.image = image
-        self.jobs_install = jobs_install
+    def __init__(self, base_url: str, api_key: SecretStr | None, *, disk_gb: float = 50.0, **common):
+        super().__init__(base_url, api_key, **common)
         self.disk_gb = disk_gb
-        self.timeout = timeout
-        self.retry = retry
-        self.session = session or requests.Session()
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
         if offer is None or offer.provider != "vast":
@@ -98,12 +90,6 @@ class VastBackend(Backend):
         if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") != "no_such_instance":
             raise BackendError(f"Vast.ai did not destroy instance {handle.instance_id}: {answer.get('error')}")
 
-    def logs(self, handle: Handle, tail: int = 200) -> str:
-        text = report_tail(handle.data["output_uri"], handle.label)
-        if not text:
-            return "(the job's log tail arrives with its report when it ends; live logs: vastai logs INSTANCE_ID)"
-        return "\n".join(text.splitlines()[-tail:])
-
     def list_labeled(self) -> list[Handle]:
         answer = self._call("GET", "/instances/?owner=me")
         instances = answer.get("instances") if isinstance(answer, dict) else None
@@ -130,7 +116,7 @@ class VastBackend(Backend):
     def _call(self, method: str, path: str, body: dict | None = None, *, retry: bool = True,
               missing_ok: bool = False):
         try:
-            return request_json(self.session, method, self.base + path, json_body=body,
+            return request_json(self.session, method, f"{self.base_url}/api/v0{path}", json_body=body,
                                 api_key=self.api_key.get_secret_value() if self.api_key else None,
                                 timeout=self.timeout, retry=self.retry if retry else RetryPolicy(attempts=1),
                                 auth_hint="VAST_API_KEY", missing_ok=missing_ok) or {}
