@@ -66,6 +66,8 @@ def build(url: str) -> None:
                 aggregates.clear()
         if aggregates:
             conn.execute(insert(store.PriceHourly), aggregates)
+    with db.session_factory(url)() as session:
+        store.rebuild_daily(session)  # refreshes keep it in step; rows inserted directly need a roll-up
 
 
 def timed(fn, repeat: int) -> float:

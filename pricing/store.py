@@ -100,6 +100,25 @@ class PriceHourly(Base):
     offer_count: Mapped[int] = mapped_column(Integer)
 
 
+class PriceDaily(Base):
+    """price_hourly rolled up per UTC day, kept in step by _merge_hourly, so a year of history is 365
+    rows per series to read instead of 8,760 to group. The day's median is median_sum / hours: the
+    mean of its hourly medians (a median of medians is not computable in portable SQL)."""
+
+    __tablename__ = "price_daily"
+    __table_args__ = (Index("ix_price_daily_gpu_day", "gpu_model", "day"),)
+
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    gpu_model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(32), primary_key=True)
+    spot: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    min_usd: Mapped[float] = mapped_column(Float)
+    median_sum: Mapped[float] = mapped_column(Float)
+    hours: Mapped[int] = mapped_column(Integer)
+    offer_count: Mapped[int] = mapped_column(Integer)  # the day's largest hourly count
+
+
 class RefreshLease(Base):
     __tablename__ = "refresh_leases"
 
@@ -181,14 +200,40 @@ def _merge_hourly(session: Session, provider: str, at: datetime, offers: list[Of
         for row in session.scalars(select(PriceHourly).where(PriceHourly.provider == provider,
                                                              PriceHourly.hour == hour))
     }
+    day = hour.replace(hour=0)
+    days = {(row.gpu_model, row.tier, row.spot): row
+            for row in session.scalars(select(PriceDaily).where(PriceDaily.provider == provider, PriceDaily.day == day))}
     for (gpu_model, tier, spot), values in prices.items():
         row = existing.get((gpu_model, tier, spot))
         low, median = min(values), statistics.median(values)
+        daily = days.get((gpu_model, tier, spot))
+        if daily is None:
+            daily = PriceDaily(provider=provider, gpu_model=gpu_model, tier=tier, spot=spot, day=day, min_usd=low,
+                               median_sum=0.0, hours=0, offer_count=0)
+            session.add(daily)
+        daily.min_usd = min(daily.min_usd, low)
+        daily.offer_count = max(daily.offer_count, len(values))
         if row is None:
             session.add(PriceHourly(provider=provider, gpu_model=gpu_model, tier=tier, spot=spot, hour=hour,
                                     min_usd=low, median_usd=median, offer_count=len(values)))
+            daily.median_sum, daily.hours = daily.median_sum + median, daily.hours + 1
         else:
+            daily.median_sum += median - row.median_usd  # the hour's median is replaced by the latest
             row.min_usd, row.median_usd, row.offer_count = min(row.min_usd, low), median, len(values)
+
+
+def rebuild_daily(session: Session) -> int:
+    """Recompute price_daily from price_hourly (after hourly rows were written by other means)."""
+    keys = (PriceHourly.provider, PriceHourly.gpu_model, PriceHourly.tier, PriceHourly.spot)
+    day = func.date(PriceHourly.hour).label("day")
+    rows = session.execute(select(*keys, day, func.min(PriceHourly.min_usd), func.sum(PriceHourly.median_usd),
+                                  func.count(), func.max(PriceHourly.offer_count)).group_by(*keys, day)).all()
+    session.execute(delete(PriceDaily))
+    session.execute(insert(PriceDaily), [
+        dict(provider=p, gpu_model=g, tier=t, spot=s, day=_as_day(d), min_usd=low, median_sum=total, hours=n,
+             offer_count=count) for p, g, t, s, d, low, total, n, count in rows])
+    session.commit()
+    return len(rows)
 
 
 def prune(session: Session, retention: timedelta) -> int:
@@ -284,15 +329,14 @@ def price_history(session: Session, gpu_model: str, since: datetime, daily: bool
     Hourly rows as stored, or with `daily` one row per UTC day: the day's min, and the mean of its
     hourly medians (a median of medians is not computable in portable SQL), so a year stays small.
     """
+    if daily:
+        stmt = (select(PriceDaily).where(PriceDaily.gpu_model == gpu_model,
+                                         PriceDaily.day >= since.replace(hour=0, minute=0, second=0, microsecond=0))
+                .order_by(PriceDaily.day, PriceDaily.provider, PriceDaily.tier, PriceDaily.spot))
+        return [_DailyRow(r.day, r.provider, r.tier, r.spot, r.min_usd, r.median_sum / r.hours, r.offer_count)
+                for r in session.scalars(stmt)]
     keys = [PriceHourly.provider, PriceHourly.tier, PriceHourly.spot]
     where = (PriceHourly.gpu_model == gpu_model, PriceHourly.hour >= since)
-    if daily:
-        day = func.date(PriceHourly.hour).label("day")
-        stmt = (select(day, *keys, func.min(PriceHourly.min_usd).label("min_usd"),
-                       func.avg(PriceHourly.median_usd).label("median_usd"),
-                       func.max(PriceHourly.offer_count).label("offer_count"))
-                .where(*where).group_by(day, *keys).order_by(day, *keys))
-        return [_DailyRow(_as_day(r.day), *r[1:]) for r in session.execute(stmt)]
     stmt = (select(PriceHourly.hour, *keys, PriceHourly.min_usd, PriceHourly.median_usd, PriceHourly.offer_count)
             .where(*where).order_by(PriceHourly.hour, *keys))
     return list(session.execute(stmt))

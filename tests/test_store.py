@@ -179,7 +179,33 @@ def test_daily_history_rolls_up_hours(db_url):
             session.add(store.PriceHourly(provider="vast", gpu_model="RTX4090", tier="verified", spot=False,
                                           hour=day + timedelta(hours=h), min_usd=low, median_usd=median, offer_count=9))
         session.commit()
+        assert store.rebuild_daily(session) == 1  # hourly rows written directly: roll them up
         [row] = store.price_history(session, "RTX4090", day - timedelta(days=1), daily=True)
         hourly = store.price_history(session, "RTX4090", day - timedelta(days=1))
     assert row.hour == day and row.min_usd == pytest.approx(0.2) and row.median_usd == pytest.approx(0.6)
     assert len(hourly) == 3 and hourly[0].hour == day
+
+
+def test_refreshes_keep_the_daily_rollup_equal_to_a_rebuild(db_url, monkeypatch):
+    """write_snapshot folds each snapshot into its hour and its day; a rebuild from the hours agrees."""
+    sessions = db.session_factory(db_url)
+    start = store.utcnow().replace(hour=22, minute=10, second=0, microsecond=0) - timedelta(days=1)
+    with sessions() as session:
+        for n, price in enumerate([0.50, 0.40, 0.45, 0.70, 0.30]):  # two in one hour, then hourly, across midnight
+            at = start + timedelta(minutes=20 * (n > 0) + 60 * max(0, n - 1))
+            offers = [Offer(provider="vast", offer_key=str(i), gpu_model="RTX4090", gpu_name_raw="RTX 4090",
+                            vram_gb=24, gpu_count=1, on_demand_usd_per_gpu_hour=price + 0.1 * i,
+                            spot_usd_per_gpu_hour=None, tier="verified", location="US", available=True,
+                            fetched_at=at) for i in range(3)]
+            monkeypatch.setattr(store, "utcnow", lambda: at)  # the snapshot finishes at `at`
+            store.write_snapshot(session, "vast", at, offers)
+        since = start - timedelta(days=1)
+        incremental = store.price_history(session, "RTX4090", since, daily=True)
+        store.rebuild_daily(session)
+        rebuilt = store.price_history(session, "RTX4090", since, daily=True)
+    assert len(incremental) == 2  # the snapshots span midnight
+    for ours, theirs in zip(incremental, rebuilt, strict=True):
+        assert (ours.hour, ours.min_usd, ours.offer_count) == (theirs.hour, theirs.min_usd, theirs.offer_count)
+        assert ours.median_usd == pytest.approx(theirs.median_usd)
+    # day one: the 22:00 hour's median is its latest snapshot's (0.5), then 23:00 (0.55); min over both hours
+    assert incremental[0].min_usd == pytest.approx(0.40) and incremental[0].median_usd == pytest.approx(0.525)
