@@ -1,4 +1,5 @@
-"""Budgets that hold under concurrency: a per-job budget and a global monthly one.
+"""Budgets that hold under concurrency: a per-job budget, a campaign's budget shared by its jobs, and a
+global monthly one.
 
 Before launching, a job reserves its spend so far plus the worst case of the attempt it is about to
 start; committed money is what this month's finished attempts cost plus, for every job still holding
@@ -15,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from planner.records import Attempt, Budget, Job, Reservation
+from planner.records import Attempt, Budget, Campaign, Job, Reservation
 from pricing.store import utcnow
 
 MONTHLY = "monthly"
@@ -56,6 +57,24 @@ def left_this_month(session: Session, now: datetime | None = None) -> float | No
     return None if cap is None else cap - committed(session, now)
 
 
+def campaign_committed(session: Session, campaign_id: str, *, excluding: str | None = None) -> float:
+    """What a campaign's jobs have spent plus the unspent part of their reservations."""
+    total = 0.0
+    for job_id in session.scalars(select(Job.id).where(Job.campaign_id == campaign_id, Job.id != (excluding or ""))):
+        spent = job_spent(session, job_id)
+        reservation = session.get(Reservation, job_id)
+        total += spent + (max(0.0, reservation.usd - spent) if reservation else 0.0)
+    return total
+
+
+def campaign_left(session: Session, job: Job) -> float | None:
+    """The campaign's budget left to this job: the cap less what the other jobs committed and it spent."""
+    campaign = session.get(Campaign, job.campaign_id) if job.campaign_id else None
+    if campaign is None or campaign.budget_usd is None:
+        return None
+    return campaign.budget_usd - campaign_committed(session, campaign.id, excluding=job.id) - job_spent(session, job.id)
+
+
 class Ledger:
     """The supervisor's view of the budgets: reserve before a launch, release when a job ends."""
 
@@ -71,6 +90,11 @@ class Ledger:
         if job.budget_usd is not None and spent >= job.budget_usd:
             session.rollback()
             return f"job budget of ${job.budget_usd:.2f} is spent (${spent:.2f}); raise it to go on"
+        campaign_room = campaign_left(session, job)
+        if campaign_room is not None and worst_case_usd > campaign_room:
+            session.rollback()
+            return (f"campaign budget: ${max(campaign_room, 0.0):.2f} left to this job, this attempt may cost up to "
+                    f"${worst_case_usd:.2f}; raise the campaign's --budget to go on")
         existing = session.get(Reservation, job.id)
         cap = monthly_budget(session)
         if cap is not None:

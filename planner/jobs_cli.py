@@ -35,7 +35,7 @@ app.add_typer(budget_app, name="budget")
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
 SpotOpt = typer.Option(None, "--spot/--no-spot", help="Only spot, or only on-demand (default: either).")
 MaxPriceOpt = typer.Option(None, "--max-price-per-hour", help="Cap in USD per instance-hour.")
-BudgetOpt = typer.Option(None, "--budget", help="Budget in USD for this job (campaign: per job).")
+BudgetOpt = typer.Option(None, "--budget", help="Budget in USD for this job (a campaign: for all its jobs).")
 TopOpt = typer.Option(5, "--top", help="Offers to show per job.")
 StaleOpt = typer.Option(False, "--allow-stale", help="Plan with prices older than PLANNER_MAX_PRICE_AGE.")
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Base model: directory, fsspec URI or hub id.")

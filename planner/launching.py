@@ -86,7 +86,8 @@ def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, camp
         row = Job(id=item.spec.job_id, campaign_id=campaign.id if campaign else None, name=item.name,
                   kind=item.spec.kind, spec=item.spec.to_json(), depends_on=json.dumps(list(item.depends_on)),
                   state="pending", backend=options.backend, spot=options.spot,
-                  max_price_per_hour=options.max_price_per_hour, budget_usd=options.budget_usd,
+                  max_price_per_hour=options.max_price_per_hour,
+                  budget_usd=None if campaign is not None else options.budget_usd,  # a campaign's is shared
                   max_failures=options.max_failures)
         session.add(row)
         rows.append(row)

@@ -66,7 +66,7 @@ def efficiency_prior(needs: Needs) -> float:
 
 def limits_for(job: Job, settings: Settings, session: Session, *, excluded: frozenset[str] = frozenset(),
                spent_usd: float = 0.0, allow_stale: bool = False) -> Limits:
-    left = [v for v in (budget.left_this_month(session),
+    left = [v for v in (budget.left_this_month(session), budget.campaign_left(session, job),
                         None if job.budget_usd is None else job.budget_usd - spent_usd) if v is not None]
     return Limits(spot=job.spot, max_usd_per_hour=job.max_price_per_hour, budget_left_usd=min(left) if left else None,
                   max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded)

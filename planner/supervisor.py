@@ -38,7 +38,7 @@ from jobs.storage import join, read_json
 from planner.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
 )
-from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Job
+from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.store import utcnow
@@ -169,7 +169,7 @@ class Supervisor:
             return
         if self.budget is not None:
             refusal = self.budget.reserve(session, job, placement.worst_case_usd)
-            if refusal and refusal.startswith("monthly") and (wait := self._budget_wait(session, job)):
+            if refusal and refusal.startswith(("monthly", "campaign")) and (wait := self._budget_wait(session, job)):
                 self._release_claim(session, job, error=wait)
                 return
             if refusal:
@@ -309,15 +309,20 @@ class Supervisor:
     # ------------------------------------------------------------------ money and progress
 
     def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
-        """Stop before the spend would pass the job's budget by the next poll."""
-        if job.budget_usd is None:
-            return None
-        now = self.clock()
-        ahead = now + timedelta(seconds=self.poll_interval_s)
+        """Stop before the spend would pass the job's (or its campaign's) budget by the next poll."""
+        ahead = self.clock() + timedelta(seconds=self.poll_interval_s)
         projected = self._spent(session, job) + attempt_cost(attempt, ahead)
-        if projected > job.budget_usd:
+        if job.budget_usd is not None and projected > job.budget_usd:
             return (f"spend would reach ${projected:.2f} by the next check, over the job budget of "
                     f"${job.budget_usd:.2f}; raise it with --budget to go on")
+        campaign = session.get(Campaign, job.campaign_id) if job.campaign_id else None
+        if campaign is not None and campaign.budget_usd is not None:
+            others = sum(self._spent(session, other) + sum(attempt_cost(a, ahead) for a in session.scalars(
+                select(Attempt).where(Attempt.job_id == other.id, Attempt.outcome.in_(LIVE_ATTEMPT))))
+                for other in session.scalars(select(Job).where(Job.campaign_id == job.campaign_id, Job.id != job.id)))
+            if others + projected > campaign.budget_usd:
+                return (f"the campaign's spend would reach ${others + projected:.2f} by the next check, over its "
+                        f"budget of ${campaign.budget_usd:.2f}; raise it to go on")
         return None
 
     def _budget_wait(self, session: Session, job: Job) -> str | None:

@@ -6,6 +6,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import select
 
 from planner import budget, estimate
 from planner.choose import Limits, choose
@@ -214,11 +215,13 @@ def test_release_frees_the_unspent_part(db_url):
         assert budget.left_this_month(session) == pytest.approx(7.0)
 
 
-def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle(db_url):
-    """Parallel jobs must not stop each other with worst cases they will not spend: the second waits."""
+@pytest.mark.parametrize("scope", ["monthly", "campaign"])
+def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle(db_url, scope):
+    """Parallel jobs must not stop each other with worst cases they will not spend: the second waits,
+    whether the cap is the monthly budget or the campaign's one budget."""
     from jobs.spec import JobSpec
     from planner.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
-    from planner.records import Job
+    from planner.records import Campaign, Job
     from planner.supervisor import Placement, Supervisor
     from pricing.db import session_factory
 
@@ -246,9 +249,12 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
 
     sessions = session_factory(db_url)
     with sessions() as session:
-        budget.set_monthly_budget(session, 100.0)
+        if scope == "monthly":
+            budget.set_monthly_budget(session, 100.0)
+        else:
+            session.add(Campaign(id="c1", kind="bagging", params="{}", budget_usd=100.0))
         for name in ("a", "b"):
-            session.add(Job(id=name, name=name, kind="merge", backend="stub",
+            session.add(Job(id=name, name=name, kind="merge", backend="stub", campaign_id="c1" if scope != "monthly" else None,
                             spec=JobSpec(name, "merge", f"/tmp/{name}", {"models": ["x"], "weights": [1]}).to_json()))
         session.commit()
     clock = [NOW.replace(tzinfo=timezone.utc)]
@@ -267,3 +273,33 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
     assert report.launched == ["b"]  # a spent $2 of its $60 and released the rest: b's worst case fits now
     with sessions() as session:
         assert budget.committed(session, clock[0]) == pytest.approx(2.0 + 60.0)
+        if scope == "campaign":
+            assert budget.campaign_committed(session, "c1") == pytest.approx(62.0)
+            third = Job(id="c", name="c", kind="merge", backend="stub", campaign_id="c1", spec="{}")
+            session.add(third)
+            session.commit()
+            assert "campaign budget: $38.00 left" in budget.Ledger(clock=lambda: clock[0]).reserve(session, third, 40.0)
+
+
+def test_a_running_campaign_job_is_stopped_before_the_campaign_passes_its_budget(db_url):
+    from planner.records import Attempt, Campaign, Job
+    from planner.supervisor import Supervisor
+    from pricing.db import session_factory
+
+    sessions = session_factory(db_url)
+    start = NOW.replace(tzinfo=timezone.utc)
+    with sessions() as session:
+        session.add(Campaign(id="c1", kind="bagging", params="{}", budget_usd=10.0))
+        for name in ("a", "b"):
+            session.add(Job(id=name, name=name, kind="merge", backend="stub", campaign_id="c1", spec="{}",
+                            state="running"))
+            session.flush()
+            session.add(Attempt(job_id=name, number=1, backend="stub", provider="stub", spot=False, usd_per_hour=2.0,
+                                billing_seconds=1, outcome="running", launched_at=start, instance_id=name))
+        session.commit()
+        supervisor = Supervisor(sessions, {}, None, clock=lambda: start + timedelta(hours=2.4), poll_interval_s=1800)
+        job, attempt = session.get(Job, "a"), session.scalars(select(Attempt).where(Attempt.job_id == "a")).one()
+        # by the next check (2.9 h) the two attempts will have cost 2 x $5.80 > $10
+        assert "over its budget of $10.00" in supervisor._over_budget(session, job, attempt)
+        assert Supervisor(sessions, {}, None, clock=lambda: start + timedelta(hours=1),
+                          poll_interval_s=1800)._over_budget(session, job, attempt) is None
