@@ -28,8 +28,13 @@ AutoModel.from_pretrained(path) (safetensors); LoRA runs also keep the adapter i
 marker (JSON: steps, tokens, final loss, wall time, tokens/s, peak memory, bag hash) is written last;
 a rerun with DONE present exits 0 at once.
 
-Exit codes: 0 done, 2 bad input, 75 interrupted (resumable). Multi-GPU data parallelism (torchrun)
-is not implemented: the job uses one device.
+Several GPUs: `torchrun --nproc_per_node N -m jobs.train_bag` with the same flags. Each rank encodes
+its share of every batch, the embeddings are gathered so the loss still spans the whole batch, and
+gradients are summed (jobs.distributed); rank 0 writes checkpoints (with every rank's RNG state)
+and the output. The result equals a single-process run up to float summation order.
+
+Exit codes: 0 done, 2 bad input, 75 interrupted (resumable); under torchrun the launcher reports
+the ranks' failure as its own exit code (rerun the same command to resume).
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from pathlib import Path
 
 from jobs import storage
 from jobs.data import BadData, Record, content_hash, epoch_batches, read_corpus, stratified_sample
+from jobs.distributed import Group
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 75
 DONE = "DONE"
@@ -194,26 +200,39 @@ def trainable_tensors(net) -> dict:
     return {name: p for name, p in net.named_parameters() if p.requires_grad}
 
 
-def info_nce(net, tokenizer, batch: list[Record], config: Config, device):
-    """Mean InfoNCE loss of one task-homogeneous batch, and how many real tokens it encoded."""
+def info_nce(net, tokenizer, batch: list[Record], config: Config, device, group: Group):
+    """Mean InfoNCE loss of one task-homogeneous batch, and how many real tokens this rank encoded.
+
+    Under torchrun each rank encodes every world-th record of the batch (its queries, positives and
+    negatives); the embeddings of all ranks are gathered, so every query still sees every document of
+    the batch, and each rank back-propagates the same full loss through its own rows only: summing
+    the ranks' gradients gives the single-process gradient."""
     import torch
     import torch.nn.functional as F
 
     from jobs.embedder import embed, format_query, tokenize
 
-    queries = tokenize(tokenizer, [format_query(r.query, r.instruction) for r in batch], config.query_max_len)
-    docs = tokenize(tokenizer, [r.positive for r in batch] + [n for r in batch for n in r.negatives],
-                    config.doc_max_len)
-    q = embed(net, queries.to(device))
-    d = embed(net, docs.to(device))
-    logits = q @ d.T / config.temperature
-    loss = F.cross_entropy(logits, torch.arange(len(batch), device=device))
-    return loss, int(queries["attention_mask"].sum() + docs["attention_mask"].sum())
+    mine = batch[group.rank::group.world]
+    if mine:
+        queries = tokenize(tokenizer, [format_query(r.query, r.instruction) for r in mine], config.query_max_len)
+        docs = tokenize(tokenizer, [r.positive for r in mine] + [n for r in mine for n in r.negatives],
+                        config.doc_max_len)
+        q, d = embed(net, queries.to(device)), embed(net, docs.to(device))
+        tokens = int(queries["attention_mask"].sum() + docs["attention_mask"].sum())
+    else:  # a batch smaller than the world: this rank only contributes to the collectives
+        q = d = torch.zeros((0, net.config.hidden_size), device=device)
+        tokens = 0
+    q, query_counts = group.gather_rows(q)
+    d, doc_counts = group.gather_rows(d)
+    starts = [sum(doc_counts[:r]) for r in range(group.world)]  # each rank's documents begin with its positives
+    labels = torch.cat([torch.arange(n, device=device) + start for n, start in zip(query_counts, starts)])
+    loss = F.cross_entropy(q @ d.T / config.temperature, labels)
+    return loss, tokens
 
 
 # --- the run ------------------------------------------------------------------------------------
 
-def train(config: Config, stop: StopRequest) -> int:
+def train(config: Config, stop: StopRequest, group: Group) -> int:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
@@ -222,7 +241,8 @@ def train(config: Config, stop: StopRequest) -> int:
 
     check_config(config)
     if storage.exists(storage.join(config.output, DONE)):
-        print(f"{config.output} is already trained", file=sys.stderr)
+        if group.is_main:
+            print(f"{config.output} is already trained", file=sys.stderr)
         return 0
     if not storage.exists(config.model) and not _looks_like_hub_id(config.model):
         raise BadInput(f"model {config.model} not found; give a model directory, fsspec URI or hub id")
@@ -232,9 +252,14 @@ def train(config: Config, stop: StopRequest) -> int:
         raise BadInput(str(exc)) from None
     per_epoch, total_steps = schedule(bag, config)
     identity = config.identity() | {"bag_records": len(bag), "bag_sha256": content_hash(bag)}
-    print(f"bag: {len(bag)} records (sha256 {identity['bag_sha256'][:12]}), {total_steps} steps", file=sys.stderr)
+    if group.world > 1:
+        identity["world_size"] = group.world  # the batch is split across ranks: a different float summation
+    log = print if group.is_main else (lambda *args, **kwargs: None)
+    log(f"bag: {len(bag)} records (sha256 {identity['bag_sha256'][:12]}), {total_steps} steps"
+        + (f", {group.world} ranks" if group.world > 1 else ""), file=sys.stderr)
 
-    store = CheckpointStore(config.checkpoint_uri, Path(config.cache_dir))
+    cache_dir = Path(config.cache_dir) / (f"rank{group.rank}" if group.world > 1 else "")
+    store = CheckpointStore(config.checkpoint_uri, cache_dir)
     checkpoint = store.load()
     if checkpoint is not None and checkpoint.identity != identity:
         changed = sorted(k for k in identity if checkpoint.identity.get(k) != identity[k])
@@ -242,7 +267,7 @@ def train(config: Config, stop: StopRequest) -> int:
                        "differ); rerun the same command or choose a new --checkpoint/--output")
 
     torch.manual_seed(config.seed)
-    device, dtype = pick_device_dtype()
+    device, dtype = pick_device_dtype(group.device_name())
     tokenizer, net = load_trainable(config, device, dtype)
     params = trainable_tensors(net)
     optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=0.01)
@@ -254,10 +279,10 @@ def train(config: Config, stop: StopRequest) -> int:
                 params[name].copy_(tensor)
         optimizer.load_state_dict(checkpoint.optimizer)
         scheduler.load_state_dict(checkpoint.state["scheduler"])
-        set_rng_state(checkpoint.state["rng"])
+        set_rng_state(checkpoint.state["rng_ranks"][group.rank] if group.world > 1 else checkpoint.state["rng"])
         step, tokens_seen = checkpoint.step, checkpoint.state["tokens_seen"]
         loss_value, wall_before = checkpoint.state["loss"], checkpoint.state["wall_s"]
-        print(f"resuming from step {step} of {total_steps}", file=sys.stderr)
+        log(f"resuming from step {step} of {total_steps}", file=sys.stderr)
     del checkpoint
 
     started = time.monotonic()
@@ -265,16 +290,22 @@ def train(config: Config, stop: StopRequest) -> int:
     tokens_this_run, cache = 0, {}
 
     def save() -> None:
+        """Every rank's RNG state goes in (dropout masks differ per rank); rank 0 writes, the others wait."""
         nonlocal last_save_time, save_seconds
         t0 = time.monotonic()
         wall = wall_before + t0 - started
-        size = store.save(step, params, optimizer.state_dict(),
-                          {"scheduler": scheduler.state_dict(), "rng": rng_state(), "tokens_seen": tokens_seen,
-                           "loss": loss_value, "wall_s": wall}, identity,
-                          {"step": step, "total_steps": total_steps, "tokens_seen": tokens_seen, "loss": loss_value,
-                           "wall": wall})
+        state = {"scheduler": scheduler.state_dict(), "rng": rng_state(), "tokens_seen": tokens_seen,
+                 "loss": loss_value, "wall_s": wall}
+        if group.world > 1:
+            state["rng_ranks"] = group.gather_objects(state["rng"])
+        if group.is_main:
+            size = store.save(step, params, optimizer.state_dict(), state, identity,
+                              {"step": step, "total_steps": total_steps, "tokens_seen": tokens_seen,
+                               "loss": loss_value, "wall": wall})
+            log(f"checkpoint at step {step}: {size / 1e6:.1f} MB in {time.monotonic() - t0:.2f} s", file=sys.stderr,
+                flush=True)
+        group.barrier()
         last_save_time, save_seconds = time.monotonic(), time.monotonic() - t0
-        print(f"checkpoint at step {step}: {size / 1e6:.1f} MB in {save_seconds:.2f} s", file=sys.stderr, flush=True)
 
     def save_fits() -> bool:
         estimate = save_seconds if save_seconds is not None else sum(
@@ -285,30 +316,35 @@ def train(config: Config, stop: StopRequest) -> int:
         batches = step_batches(bag, config, step, per_epoch, cache)
         step_loss = 0.0
         for batch in batches:
-            if stop.signal:  # mid-step: the partial gradient is worthless, the last checkpoint stands
+            if stop.signal and group.world == 1:  # mid-step: the partial gradient is worthless, the last checkpoint stands
                 raise Interrupted(stop.signal)
-            loss, tokens = info_nce(net, tokenizer, batch, config, device)
+            loss, tokens = info_nce(net, tokenizer, batch, config, device, group)
             (loss / len(batches)).backward()
             step_loss += loss.item() / len(batches)
+            tokens = int(group.total(tokens))
             tokens_this_run += tokens
             tokens_seen += tokens
+        group.sum_gradients(params.values())
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, loss_value = step + 1, step_loss
         elapsed = time.monotonic() - started
-        print(f"step {step}/{total_steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-              f"{tokens_this_run / max(elapsed, 1e-9):,.0f} tok/s", file=sys.stderr, flush=True)
-        if stop.signal:
-            if step < total_steps and save_fits():
+        log(f"step {step}/{total_steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+            f"{tokens_this_run / max(elapsed, 1e-9):,.0f} tok/s", file=sys.stderr, flush=True)
+        if group.any(stop.signal is not None):  # every rank stops at the same step
+            if step < total_steps and group.any(group.is_main and save_fits()):
                 save()
-            raise Interrupted(stop.signal)
-        if step < total_steps and (step % config.save_every_steps == 0
-                                   or time.monotonic() - last_save_time >= 60 * config.save_every_minutes):
+            raise Interrupted(stop.signal or "SIGTERM (another rank)")
+        if step < total_steps and (step % config.save_every_steps == 0 or group.any(  # ranks' clocks differ
+                time.monotonic() - last_save_time >= 60 * config.save_every_minutes)):
             save()
 
     wall = wall_before + time.monotonic() - started
+    if not group.is_main:
+        group.barrier()  # rank 0 writes the output and DONE
+        return 0
     write_output(config, net, tokenizer)
     store.flush()
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
@@ -321,6 +357,7 @@ def train(config: Config, stop: StopRequest) -> int:
     if config.checkpoint is None:
         store.remove()  # the default checkpoints live inside the output and are no use once it is final
     print(json.dumps(done), flush=True)
+    group.barrier()
     return 0
 
 
@@ -397,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         os.makedirs(config.cache_dir, exist_ok=True)
-        return train(config, stop)
+        group = Group()
+        try:
+            return train(config, stop, group)
+        finally:
+            group.close()
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -269,3 +269,46 @@ def test_a_torn_checkpoint_is_never_used(tmp_path):
     store.save(6, {"w": torch.full((1,), 6.0)}, {}, {}, {}, {})
     assert store.load().tensors["w"].item() == 6.0
     assert not list((tmp_path / "ckpt").glob(".step-*"))
+
+
+# --- torchrun data parallelism ------------------------------------------------------------------
+
+def torchrun(args: list[str], log: Path) -> subprocess.Popen:
+    handle = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(29500 + os.getpid() % 1000), "-m", "jobs.train_bag", *args],
+                            cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_model_dir, toy_corpus, tmp_path_factory) -> Path:
+    """An uninterrupted run on two ranks (CPU, gloo)."""
+    work = tmp_path_factory.mktemp("two-ranks")
+    process = torchrun(flags(tiny_model_dir, toy_corpus, work / "bag"), work / "log")
+    assert process.wait(timeout=300) == 0, (work / "log").read_text()[-3000:]
+    return work / "bag"
+
+
+def test_two_ranks_under_torchrun_train_what_one_process_trains(two_ranks, reference):
+    done, ref_done = json.loads((two_ranks / "DONE").read_text()), json.loads((reference / "DONE").read_text())
+    assert done["tokens_seen"] == ref_done["tokens_seen"] and done["steps"] == ref_done["steps"]
+    assert done["config"]["world_size"] == 2
+    assert done["final_loss"] == pytest.approx(ref_done["final_loss"], abs=1e-5)
+    mine, ref = weights(two_ranks), weights(reference)
+    # the same gradient summed in another order: equal up to float rounding, not bitwise
+    assert max((mine[k] - ref[k]).abs().max().item() for k in ref) < 1e-4
+
+
+def test_two_ranks_interrupted_resume_to_the_same_bits(two_ranks, tiny_model_dir, toy_corpus, tmp_path):
+    output, log = tmp_path / "bag", tmp_path / "log"
+    args = flags(tiny_model_dir, toy_corpus, output)
+    process = torchrun(args, log)
+    wait_for(log, "checkpoint at step 4", process, timeout=300)
+    os.killpg(process.pid, signal.SIGTERM)  # what a container stop delivers to the whole process group
+    assert process.wait(timeout=120) != 0 and not (output / "DONE").exists()
+    rerun = torchrun(args, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert "resuming from step" in (tmp_path / "rerun.log").read_text()
+    mine, ref = weights(output), weights(two_ranks)
+    assert all(torch.equal(mine[k], ref[k]) for k in ref)
