@@ -5,8 +5,8 @@ jobs       one unit of work with a stable id across attempts; its JobSpec JSON i
 attempts   one launch of a job on one offer: where, at what price, how it ended, what it cost
 
 Job states: pending -> launching -> running -> (preempted -> launching ...) -> succeeded | failed |
-cancelled | stopped-by-budget. Attempt outcomes: running, preempted, lost, succeeded, failed,
-cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
+cancelled | stopped-by-budget. Attempt outcomes: launching, running, preempted, lost, succeeded, failed,
+launch-failed (the provider refused or failed the launch), cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
 only one supervisor process can hold, so a restarted or doubled supervisor never launches twice.
 """
 from __future__ import annotations

@@ -5,7 +5,6 @@ the real provider code parses a recorded book. It binds to 127.0.0.1 on a free p
 """
 from __future__ import annotations
 
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 LAUNCH_LEASE = timedelta(minutes=10)  # a claim on a job that a crashed supervisor left behind expires
 ADOPT_AFTER = timedelta(minutes=2)  # an attempt row without an instance id this old was cut off mid-launch
+MAX_LAUNCH_FAILURES = 8  # launches failing in a row (nothing started between them) before the job fails
 MAX_POLL_FAILURES = 20  # consecutive failed polls (provider down) before the attempt counts as lost
 
 
@@ -191,10 +192,10 @@ class Supervisor:
         try:
             plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour)
             handle = backend.launch(plan)
-        except (BackendError, ProviderError) as exc:
-            attempt.outcome, attempt.ended_at, attempt.detail = "failed", self.clock(), f"launch failed: {exc}"
-            self._settle(session, job, attempt)
-            self._after_failure(session, job, attempt, report)
+        except (BackendError, ProviderError) as exc:  # provider weather, not the job's fault: re-plan next tick
+            attempt.outcome, attempt.ended_at, attempt.detail = "launch-failed", self.clock(), f"launch failed: {exc}"
+            attempt.dollars = 0.0  # nothing started, nothing billed
+            self._after_launch_failure(session, job, attempt, report)
             return
         attempt.usd_per_hour = handle.data.get("usd_per_hour", plan.usd_per_hour)  # a bid read at launch is paid
         attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
@@ -262,6 +263,19 @@ class Supervisor:
             attempt.detail = f"{result.detail or 'failed'}; log tail:\n{_tail(backend, handle)}"
             self._end_attempt(session, job, attempt, "failed", result)
             self._after_failure(session, job, attempt, report)
+
+    def _after_launch_failure(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
+        """The offer sits out its cool-down and the job is placed again; only a run of launch failures
+        with nothing started in between (a spec no box can run, a revoked key) fails the job."""
+        recent = session.scalars(select(Attempt.outcome).where(Attempt.job_id == job.id)
+                                 .order_by(Attempt.number.desc()).limit(MAX_LAUNCH_FAILURES)).all()
+        if len(recent) == MAX_LAUNCH_FAILURES and all(outcome == "launch-failed" for outcome in recent):
+            self._finish(session, job, "failed", f"{MAX_LAUNCH_FAILURES} launches failed in a row; last: "
+                                                 f"{attempt.detail}", report)
+        else:
+            job.state, job.lease_owner, job.lease_until = "pending", None, None
+            session.commit()
+            report.relaunching.append(job.id)
 
     def _after_failure(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         failures = session.scalar(select(func.count()).select_from(Attempt)
@@ -339,7 +353,7 @@ class Supervisor:
 
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
         rows = session.scalars(select(Attempt.offer_key).where(
-            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost")),
+            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed")),
             Attempt.ended_at > now - self.cooldown, Attempt.offer_key.is_not(None))).all()
         return frozenset(rows)
 

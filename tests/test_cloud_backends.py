@@ -78,9 +78,13 @@ class FakeRunPod(FakeAPI):
         super().__init__(RUNPOD_KEY)
         self.pods: dict[str, dict] = {}
         self.minimum_bid = {"NVIDIA GeForce RTX 4090": 0.20, "NVIDIA RTX A6000": 0.25}
+        self.failing_deploys = 0
 
     def route(self, method, path, body):
         query, variables = body["query"], body.get("variables") or {}
+        if ("podRentInterruptable" in query or "podFindAndDeployOnDemand" in query) and self.failing_deploys:
+            self.failing_deploys -= 1
+            return 503, {"error": "upstream unavailable"}
         if "podRentInterruptable" in query or "podFindAndDeployOnDemand" in query:
             pod_input = variables["input"]
             pod = {"id": f"pod{len(self.pods) + 1}", "name": pod_input["name"], "desiredStatus": "RUNNING",
@@ -293,3 +297,19 @@ def test_the_box_runner_reports_the_exit_code_and_log_tail(tmp_path):
     written = json.loads(report.read_text())
     assert written["exit_code"] == 2 and "has no config.json" in written["log_tail"]
     assert "has no config.json" in result.stderr  # passed through to the provider's log too
+
+
+def test_a_failed_launch_is_provider_weather_not_a_job_failure(cloud, toy_corpus):
+    settings, sessions, runpod, _ = cloud
+    spec = submit(cloud, toy_corpus, "runpod")
+    runpod.failing_deploys = 1  # HTTP 503 on the deploy mutation, sent once (a retry could rent twice)
+    supervisor = build_supervisor(settings, sessions)
+    supervisor.tick()
+    assert not runpod.pods
+    assert supervisor.tick().launched == [spec.job_id]
+    [pod] = runpod.pods.values()
+    assert pod["input"]["gpuTypeId"] == "NVIDIA RTX A6000"  # the offer that failed sits out its cool-down
+    with sessions() as session:
+        first, second = attempts_of(session, spec.job_id)
+        assert first.outcome == "launch-failed" and "HTTP 503" in first.detail and first.dollars == 0
+        assert second.outcome == "running" and session.get(Job, spec.job_id).state == "running"
