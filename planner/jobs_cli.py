@@ -51,8 +51,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _options(backend: str, spot: bool | None, max_price: float | None, budget_usd: float | None) -> JobOptions:
-    if backend not in ("auto", "local", "runpod", "vast"):
-        fail(f"--backend {backend}: choose auto, local, runpod or vast")
+    if backend not in ("auto", "local", "runpod", "vast", "skypilot"):
+        fail(f"--backend {backend}: choose auto, local, runpod, vast or skypilot")
     if max_price is not None and max_price <= 0 or budget_usd is not None and budget_usd <= 0:
         fail("--max-price-per-hour and --budget must be positive")
     return JobOptions(backend=backend, spot="any" if spot is None else ("spot" if spot else "on-demand"),
@@ -194,8 +194,8 @@ def _define_commands(target: typer.Typer, planning: bool) -> None:
     wait_opt = typer.Option(False, "--wait", help="Supervise until the jobs end (exit 1 if one fails).",
                             hidden=planning)
     dry_opt = typer.Option(False, "--dry-run", help="Show the plan and stop.", hidden=planning)
-    backend_opt = typer.Option("auto", "--backend", help="auto | local | runpod | vast (cloud: needs its key, "
-                               "PLANNER_JOBS_INSTALL and PLANNER_STORAGE_URI).",
+    backend_opt = typer.Option("auto", "--backend", help="auto | local | runpod | vast | skypilot (cloud: needs "
+                               "its key or extra, PLANNER_JOBS_INSTALL and PLANNER_STORAGE_URI).",
                                hidden=planning)
 
     @target.command("train-bag")

@@ -5,6 +5,7 @@ a job is a row holding its JobSpec; the supervisor (planner.supervisor) does eve
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ from jobs import storage
 from jobs.spec import JobSpec
 from planner.backends.local import LocalBackend, local_offer
 from planner.backends.runpod import RunPodBackend
+from planner.backends.skypilot import SkyPilotBackend
 from planner.backends.vast import VastBackend
 from planner.budget import Ledger
 from planner.config import Settings
@@ -104,16 +106,29 @@ def build_backends(settings: Settings) -> dict:
         backends["runpod"] = RunPodBackend(settings.runpod_url, settings.runpod_api_key, **common)
     if settings.vast_api_key is not None:
         backends["vast"] = VastBackend(settings.vast_url, settings.vast_api_key, disk_gb=settings.vast_disk_gb, **common)
+    if importlib.util.find_spec("sky") is not None:  # the optional cloud extra; SkyPilot keeps its own credentials
+        backends["skypilot"] = SkyPilotBackend(image=settings.job_image, jobs_install=settings.jobs_install,
+                                               catalog_offers=lambda: _book(settings))
     return backends
+
+
+def _book(settings: Settings) -> list:
+    from planner.plans import book_offers
+    from pricing.db import session_factory
+
+    with session_factory(settings.db_url)() as session:
+        return book_offers(session)
 
 
 def cloud_problem(settings: Settings, backend: str, specs: list[JobSpec]) -> str | None:
     """Why jobs cannot launch on a cloud backend as configured (None: they can)."""
-    key = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}.get(backend)
-    if key is None:
+    need = {"runpod": "RUNPOD_API_KEY in the environment or the config file",
+            "vast": "VAST_API_KEY in the environment or the config file",
+            "skypilot": "the cloud extra (pip install 'planner[cloud]') and SkyPilot's own credentials"}.get(backend)
+    if need is None:
         return None
     if backend not in build_backends(settings):
-        return f"--backend {backend} needs {key} in the environment or the config file"
+        return f"--backend {backend} needs {need}"
     if not settings.jobs_install:
         return ("cloud boxes install this project's jobs extra: set PLANNER_JOBS_INSTALL to its pip requirement, "
                 "e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")

@@ -95,9 +95,10 @@ class Placer:
         offers = []
         if "local" in self.backends and job.backend in ("auto", "local") and self.local_offer is not None:
             offers.append(self.local_offer)
+        via_skypilot = job.backend == "skypilot" and "skypilot" in self.backends
         if job.backend != "local" and storage.is_remote(spec.output_uri):  # a cloud box cannot see our disk
-            offers += [o for o in book_offers(session) if o.provider in self.backends
-                       and job.backend in ("auto", o.provider)]
+            offers += [o for o in book_offers(session) if (o.provider in self.backends
+                       and job.backend in ("auto", o.provider)) or (via_skypilot and o.provider in ("runpod", "vast"))]
         limits = limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
                             spent_usd=context.spent_usd)
         try:
@@ -110,7 +111,8 @@ class Placer:
             return NoPlacement(reason, over_budget="over the budget" in reason)
         job.requirements = json.dumps({"vram_gb": choice.needs.vram_gb, "disk_gb": choice.needs.disk_gb,
                                        "hours": winner.hours, "expected_usd": winner.expected_usd})
-        backend = self.backends[winner.offer.provider]
+        backend = self.backends["skypilot" if via_skypilot and winner.offer.provider != "local"
+                                else winner.offer.provider]
         return Placement(backend=backend.name, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
                          worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
                          billing_seconds=backend.billing_seconds)

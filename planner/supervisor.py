@@ -239,6 +239,8 @@ class Supervisor:
         attempt.polled_at = self.clock()
         self._read_progress(job, attempt)
         if result.status in (Status.RUNNING, Status.PENDING):
+            if result.detail:  # e.g. SkyPilot recovering the attempt from a preemption on its own
+                attempt.detail = result.detail
             over = self._over_budget(session, job, attempt)
             if over:
                 self._end_attempt(session, job, attempt, "stopped-by-budget", PollResult(Status.FAILED, detail=over))

@@ -30,6 +30,19 @@ def accelerator_name(offer: Offer) -> str:
     return re.sub(r"\s+", "", offer.gpu_model)
 
 
+def instance_type(offer: Offer) -> str:
+    """SkyPilot's instance type for an offer: RunPod `{n}x_{GPU}_{TIER}`, Vast `{n}x-{gpu}-{cpus}-{ram MB}`."""
+    if offer.provider == "runpod":
+        return f"{offer.gpu_count}x_{accelerator_name(offer)}_{offer.tier.upper()}"
+    return f"{offer.gpu_count}x-{offer.gpu_name_raw.replace(' ', '_')}-{int(offer.vcpus or 0)}-" \
+           f"{int(round((offer.ram_gb or 0) * 1024))}"
+
+
+def region_of(offer: Offer) -> str:
+    default = RUNPOD_DEFAULT_REGION if offer.provider == "runpod" else ""
+    return (offer.location or default)[-2:].upper()
+
+
 def _gpu_info(name: str, count: int, vram_gb: float) -> str:
     mib = int(round(vram_gb * 1024))
     return str({"Gpus": [{"Name": name, "Count": count, "MemoryInfo": {"SizeInMiB": mib}}],
@@ -45,10 +58,9 @@ def runpod_rows(offers: list[Offer]) -> list[dict]:
     for o in offers:
         if o.provider != "runpod" or o.on_demand_usd_per_gpu_hour is None:
             continue
-        name = accelerator_name(o)
-        region = (o.location or RUNPOD_DEFAULT_REGION)[-2:].upper()
+        name, region = accelerator_name(o), region_of(o)
         rows.append({
-            "InstanceType": f"{o.gpu_count}x_{name}_{o.tier.upper()}", "AcceleratorName": name,
+            "InstanceType": instance_type(o), "AcceleratorName": name,
             "AcceleratorCount": float(o.gpu_count), "vCPUs": o.vcpus or 4.0 * o.gpu_count,
             "MemoryGiB": o.ram_gb or o.vram_gb * o.gpu_count, "Region": region,
             "SpotPrice": _money(o.spot_usd_per_gpu_hour, o.gpu_count),
@@ -64,9 +76,7 @@ def vast_rows(offers: list[Offer]) -> list[dict]:
     for o in offers:
         if o.provider != "vast" or o.on_demand_usd_per_gpu_hour is None:
             continue
-        vcpus, ram_mb = int(o.vcpus or 0), int(round((o.ram_gb or 0) * 1024))
-        itype = f"{o.gpu_count}x-{o.gpu_name_raw.replace(' ', '_')}-{vcpus}-{ram_mb}"
-        buckets[(itype, (o.location or "")[-2:].upper())].append(o)
+        buckets[(instance_type(o), region_of(o))].append(o)
     rows = []
     for (itype, region), group in sorted(buckets.items()):
         o = min(group, key=lambda x: x.on_demand_usd_per_gpu_hour)

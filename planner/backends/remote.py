@@ -57,8 +57,9 @@ def require_remote_output(spec) -> None:
 
 
 def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hour: float, image: str,
-             jobs_install: str, disk_gb: float, request: dict | None = None) -> LaunchPlan:
-    """The attempt as a start script for a stock image (pure; the provider request is the caller's)."""
+             jobs_install: str, disk_gb: float, request: dict | None = None, hold: bool = True) -> LaunchPlan:
+    """The attempt as a start script for a stock image (pure; the provider request is the caller's).
+    `hold` keeps the container alive after the job, for providers that restart exited containers."""
     require_remote_output(spec)
     if not jobs_install:
         raise BackendError("PLANNER_JOBS_INSTALL is not set: give the pip requirement that installs this "
@@ -66,7 +67,7 @@ def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hou
     label = instance_label(spec.job_id, attempt)
     env = {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
     setup = (f"pip install --quiet --no-cache-dir {shlex.quote(jobs_install)}",)
-    command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label), "--hold")
+    command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label)) + (("--hold",) if hold else ())
     return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                       command=command, env=env, offer=offer, image=image, setup=setup, disk_gb=disk_gb,
                       request={"output_uri": spec.output_uri, **(request or {})})
