@@ -47,7 +47,6 @@ import io
 import json
 import os
 import queue
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import storage
+from jobs.lifecycle import BadInput, StopRequest, run_job
 
 JOB = ".encode/job.json"
 MARKERS = ".encode"
@@ -63,38 +63,8 @@ MANIFEST = "manifest.json"
 DTYPES = ("bfloat16", "float16", "float32", "int8", "nf4")
 QUANTIZED = {"int8": "load_in_8bit", "nf4": "load_in_4bit"}
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "text"}
-EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 75
 PREFETCH_BATCHES = 8
 BATCH_TOKENS = {"cuda": 32768, "cpu": 2048}  # CPU caches favour small batches, GPUs wide ones (bench/)
-
-
-class BadInput(ValueError):
-    """A problem with what the user gave us: reported in one line, exit 2, nothing written."""
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT: finished shards are safe, the rest is redone by a rerun."""
-
-
-class StopRequest:
-    """A signal handler that turns SIGTERM/SIGINT into Interrupted at the next safe point.
-
-    Raising from the handler wherever the main thread happens to be could leave the lock of the
-    tokenizer thread's queue held and hang the exit, so the first signal is only noted and `check()`
-    raises it between batches; a second signal raises at once.
-    """
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-
-    def __call__(self, signum, frame) -> None:
-        if self.received:
-            raise Interrupted(signal.Signals(signum).name)
-        self.received = signal.Signals(signum).name
-
-    def check(self) -> None:
-        if self.received:
-            raise Interrupted(self.received)
 
 
 # --- the corpus: every record read and checked before any model work ----------------------------
@@ -644,19 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.instruction is not None and not args.instruction.strip():
         parser.error("--instruction must not be empty")
 
-    stop = StopRequest()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return run(args, stop)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Interrupted as exc:
-        print(f"interrupted by {exc}; finished shards are kept, rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_job(lambda stop: run(args, stop), "finished shards are kept, rerun the same command to resume",
+                   repeat_raises=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jobs import storage
+from jobs.lifecycle import BadInput
 
 METHOD = "multislerp"
 INDEX = "model.safetensors.index.json"
@@ -51,10 +52,6 @@ DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # output dtyp
 CONFIG_KEYS = {"models", "merge_method", "base_model", "dtype", "out_dtype", "parameters"}
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-class BadInput(ValueError):
-    """A problem with what the user gave us: reported in one line, exit 2, nothing written."""
 
 
 # --- the recipe: what to merge, as data -------------------------------------------------------

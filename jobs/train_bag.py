@@ -43,7 +43,6 @@ import json
 import math
 import os
 import resource
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -52,34 +51,14 @@ from pathlib import Path
 from jobs import storage
 from jobs.data import BadData, Record, content_hash, epoch_batches, read_corpus, stratified_sample
 from jobs.distributed import Group
+from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
 
-EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 75
 DONE = "DONE"
 WARMUP_FRACTION = 0.05
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}
 DISK_BYTES_PER_SECOND = 200e6  # save-time guess before the first measured save
-
-
-class BadInput(ValueError):
-    """A problem with what the user gave us: one line, exit 2, nothing written."""
-
-
-class Interrupted(Exception):
-    """SIGTERM/SIGINT: the newest checkpoint is safe; rerun the same command to resume."""
-
-
-class StopRequest:
-    """Notes SIGTERM/SIGINT and when it came; the loop acts on it at the next batch boundary."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self.at = 0.0
-
-    def __call__(self, signum, frame) -> None:
-        if self.signal is None:
-            self.signal, self.at = signal.Signals(signum).name, time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -429,9 +408,7 @@ def parse_args(argv: list[str] | None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop = StopRequest()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    def body(stop: StopRequest) -> int:
         config = parse_args(argv)
         os.makedirs(config.cache_dir, exist_ok=True)
         group = Group()
@@ -439,15 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             return train(config, stop, group)
         finally:
             group.close()
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Interrupted as exc:
-        print(f"interrupted by {exc}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    return run_job(body, "rerun the same command to resume from the last checkpoint")
 
 
 if __name__ == "__main__":

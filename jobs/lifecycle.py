@@ -1,0 +1,64 @@
+"""How every job starts and ends: exit codes, bad input, and SIGTERM turned into a clean stop.
+
+A job's body raises BadInput for anything the user must fix (one line, exit 2, nothing written) and
+polls its StopRequest at safe points; `run_job` maps both to the exit codes the planner's supervisor
+reads: 0 done, 2 bad input, 75 interrupted and resumable.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 75
+
+
+class BadInput(ValueError):
+    """A problem with what the user gave us: reported in one line, exit 2, nothing written."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: what the job finished is safe; rerun the same command to resume."""
+
+
+class StopRequest:
+    """A signal handler that only notes SIGTERM/SIGINT and when it came; the job acts on it at its next
+    safe point (`check()` raises Interrupted there). Raising from the handler wherever the main thread
+    happens to be could tear a write or leave a worker queue's lock held. With `repeat_raises` a second
+    signal raises at once (a user pressing Ctrl-C twice); without it, repeats are ignored (torchrun and
+    a container stop may both deliver SIGTERM to a rank that is inside a collective)."""
+
+    def __init__(self, repeat_raises: bool = False) -> None:
+        self.repeat_raises = repeat_raises
+        self.signal: str | None = None
+        self.at = 0.0
+
+    def __call__(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            if self.repeat_raises:
+                raise Interrupted(name)
+            return
+        self.signal, self.at = name, time.monotonic()
+
+    def check(self) -> None:
+        if self.signal is not None:
+            raise Interrupted(self.signal)
+
+
+def run_job(body: Callable[[StopRequest], int], resume_hint: str, *, repeat_raises: bool = False) -> int:
+    """Run `body` with SIGTERM/SIGINT noted in a StopRequest; BadInput -> 2, Interrupted -> 75."""
+    stop = StopRequest(repeat_raises)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return body(stop)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        print(f"interrupted by {exc}; {resume_hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
