@@ -22,6 +22,8 @@ from planner.backends.markers import done_marker_exists
 from pricing.providers.http import RetryPolicy
 
 SPEC_ENV = "PLANNER_JOB_SPEC"
+BID_MARGIN = 0.05  # over the current minimum bid, read just before launch
+BID_CAP_OVER_PLAN = 1.2  # a bid may exceed the planned spot price by this much, so the reserved budget holds
 
 
 class CloudBackend(Backend):
@@ -42,6 +44,22 @@ class CloudBackend(Backend):
     def logs(self, handle: Handle, tail: int = 200) -> str:
         text = report_tail(handle.data["output_uri"], handle.label)
         return "\n".join(text.splitlines()[-tail:]) if text else f"({self.logs_hint})"
+
+
+def bid_cap(offer, usd_per_hour: float) -> float:
+    """The most a spot attempt may bid per instance-hour: the lower of the offer's on-demand price and
+    120 % of the planned price (unrounded; callers round in their provider's unit)."""
+    on_demand = offer.on_demand_usd_per_gpu_hour
+    return min([usd_per_hour * BID_CAP_OVER_PLAN] + ([on_demand * offer.gpu_count] if on_demand else []))
+
+
+def spot_bid(minimum: float, cap: float, what: str) -> float:
+    """min(cap, current minimum + 5 %); a BackendError (re-plan) when the minimum has risen above the cap."""
+    bid = round(min(cap, minimum * (1 + BID_MARGIN)), 4)
+    if bid < minimum:
+        raise BackendError(f"the minimum bid for {what} rose to ${minimum:.3f}, above our cap ${cap:.3f}; "
+                           "re-planning")
+    return bid
 
 
 def report_uri(output_uri: str, label: str) -> str:

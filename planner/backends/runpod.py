@@ -15,7 +15,7 @@ from __future__ import annotations
 import shlex
 
 from planner.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import CloudBackend, box_plan, ended, vanished
+from planner.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy, request_json
@@ -30,8 +30,6 @@ BID = ("query Bid($id: String!, $count: Int!) { gpuTypes(input: {id: $id}) { id 
 POD = f"query Pod($id: String!) {{ pod(input: {{podId: $id}}) {{ {POD_FIELDS} runtime {{ uptimeInSeconds }} }} }}"
 TERMINATE = "mutation Terminate($id: String!) { podTerminate(input: {podId: $id}) }"
 PODS = f"query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}"
-BID_MARGIN = 0.05
-BID_CAP_OVER_PLAN = 1.2
 
 
 class RunPodBackend(CloudBackend):
@@ -52,10 +50,7 @@ class RunPodBackend(CloudBackend):
                "env": [{"key": k, "value": v} for k, v in sorted(plan.env.items())]}
         request = {"input": pod}
         if spot:
-            planned = usd_per_hour / offer.gpu_count
-            caps = [planned * BID_CAP_OVER_PLAN] + ([offer.on_demand_usd_per_gpu_hour]
-                                                     if offer.on_demand_usd_per_gpu_hour else [])
-            request["bid_cap_per_gpu"] = round(min(caps), 4)
+            request["bid_cap_per_gpu"] = round(bid_cap(offer, usd_per_hour) / offer.gpu_count, 4)
         return LaunchPlan(**{**plan.__dict__, "request": {**plan.request, **request}})
 
     def launch(self, plan: LaunchPlan) -> Handle:
@@ -110,11 +105,7 @@ class RunPodBackend(CloudBackend):
         minimum = lowest.get("minimumBidPrice")
         if not minimum:
             raise BackendError(f"RunPod offers no spot {gpu_type} now (no minimum bid); re-planning")
-        bid = round(min(cap, minimum * (1 + BID_MARGIN)), 4)
-        if bid < minimum:
-            raise BackendError(f"the minimum bid for {gpu_type} rose to ${minimum:.3f}/GPU-h, above our cap "
-                               f"${cap:.3f}; re-planning")
-        return bid
+        return spot_bid(minimum, cap, f"{gpu_type} (per GPU-hour)")
 
     def _graphql(self, query: str, variables: dict, *, retry: bool = True) -> dict:
         try:

@@ -15,14 +15,12 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from planner.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import CloudBackend, box_plan, ended, vanished
+from planner.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy, request_json
 
 HOURS_PER_MONTH = 720
-BID_MARGIN = 0.05
-BID_CAP_OVER_PLAN = 1.2
 GONE = ("exited", "unknown", "offline")
 
 
@@ -45,9 +43,7 @@ class VastBackend(CloudBackend):
                 "cancel_unavail": True}
         request = {"ask_id": int(offer.offer_key), "body": body}
         if spot:
-            caps = [usd_per_hour * BID_CAP_OVER_PLAN] + ([offer.on_demand_usd_per_gpu_hour * offer.gpu_count]
-                                                         if offer.on_demand_usd_per_gpu_hour else [])
-            request["bid_cap"] = round(min(caps), 4)
+            request["bid_cap"] = round(bid_cap(offer, usd_per_hour), 4)
         return LaunchPlan(**{**plan.__dict__, "request": {**plan.request, **request}})
 
     def launch(self, plan: LaunchPlan) -> Handle:
@@ -107,11 +103,7 @@ class VastBackend(CloudBackend):
             raise BackendError(f"Vast.ai offer {ask} is no longer available as interruptible; re-planning")
         minimum = float(offers[0]["min_bid"])
         storage = float(offers[0].get("storage_cost") or 0.0) * self.disk_gb / HOURS_PER_MONTH
-        bid = round(min(cap - storage, minimum * (1 + BID_MARGIN)), 4)
-        if bid < minimum:
-            raise BackendError(f"the minimum bid for Vast.ai offer {ask} rose to ${minimum:.3f}/h, above our cap "
-                               f"${cap:.3f}; re-planning")
-        return bid, storage
+        return spot_bid(minimum, cap - storage, f"Vast.ai offer {ask} (per hour, storage aside)"), storage
 
     def _call(self, method: str, path: str, body: dict | None = None, *, retry: bool = True,
               missing_ok: bool = False):
