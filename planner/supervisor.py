@@ -38,6 +38,7 @@ from jobs.storage import join, read_json
 from planner.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
 )
+from planner.budget import job_spent
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
@@ -156,7 +157,7 @@ class Supervisor:
             return
         session.refresh(job)
         context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
-                                   self._spent(session, job), now)
+                                   job_spent(session, job.id), now)
         placement = self.place(session, job, context)
         if isinstance(placement, NoPlacement):
             if placement.over_budget and (wait := self._budget_wait(session, job)):
@@ -327,15 +328,14 @@ class Supervisor:
     def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
         """Stop before the spend would pass the job's (or its campaign's) budget by the next poll."""
         ahead = self.clock() + timedelta(seconds=self.poll_interval_s)
-        projected = self._spent(session, job) + attempt_cost(attempt, ahead)
+        projected = job_spent(session, job.id) + attempt_cost(attempt, ahead)
         if job.budget_usd is not None and projected > job.budget_usd:
             return (f"spend would reach ${projected:.2f} by the next check, over the job budget of "
                     f"${job.budget_usd:.2f}; raise it with --budget to go on")
         campaign = session.get(Campaign, job.campaign_id) if job.campaign_id else None
         if campaign is not None and campaign.budget_usd is not None:
-            others = sum(self._spent(session, other) + sum(attempt_cost(a, ahead) for a in session.scalars(
-                select(Attempt).where(Attempt.job_id == other.id, Attempt.outcome.in_(LIVE_ATTEMPT))))
-                for other in session.scalars(select(Job).where(Job.campaign_id == job.campaign_id, Job.id != job.id)))
+            others = sum(self._projected(session, other, ahead) for other in session.scalars(
+                select(Job).where(Job.campaign_id == job.campaign_id, Job.id != job.id)))
             if others + projected > campaign.budget_usd:
                 return (f"the campaign's spend would reach ${others + projected:.2f} by the next check, over its "
                         f"budget of ${campaign.budget_usd:.2f}; raise it to go on")
@@ -349,9 +349,10 @@ class Supervisor:
             return None
         return f"waiting: running jobs hold ${held:.2f} of the budget in reservations until they settle"
 
-    def _spent(self, session: Session, job: Job) -> float:
-        return session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0))
-                              .where(Attempt.job_id == job.id, Attempt.outcome.not_in(LIVE_ATTEMPT)))
+    def _projected(self, session: Session, job: Job, until: datetime) -> float:
+        """The job's settled spend plus what its live attempt will have cost by `until`."""
+        live = self._live_attempt(session, job)
+        return job_spent(session, job.id) + (attempt_cost(live, until) if live is not None else 0.0)
 
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
         rows = session.scalars(select(Attempt.offer_key).where(
