@@ -30,15 +30,19 @@ def job_spent(session: Session, job_id: str) -> float:
     return session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0)).where(Attempt.job_id == job_id))
 
 
-def committed(session: Session, now: datetime | None = None) -> float:
-    """This month's settled spend plus the unspent part of every open reservation."""
+def unspent_reservations(session: Session, *, except_job: str | None = None) -> float:
+    """The part of open reservations not yet spent: held for running attempts, it comes back as they settle."""
+    rows = session.execute(select(Reservation.job_id, Reservation.usd)
+                           .where(Reservation.job_id != (except_job or ""))).all()
+    return sum(max(0.0, usd - job_spent(session, job_id)) for job_id, usd in rows)
+
+
+def committed(session: Session, now: datetime | None = None, *, except_job: str | None = None) -> float:
+    """This month's settled spend plus the unspent part of every open reservation (but `except_job`'s)."""
     now = now or utcnow()
     spent = session.scalar(select(func.coalesce(func.sum(Attempt.dollars), 0.0))
                            .where(Attempt.ended_at >= month_start(now)))
-    held = 0.0
-    for job_id, usd in session.execute(select(Reservation.job_id, Reservation.usd)).all():
-        held += max(0.0, usd - job_spent(session, job_id))
-    return spent + held
+    return spent + unspent_reservations(session, except_job=except_job)
 
 
 def monthly_budget(session: Session) -> float | None:
@@ -98,7 +102,7 @@ class Ledger:
         existing = session.get(Reservation, job.id)
         cap = monthly_budget(session)
         if cap is not None:
-            others = committed(session, self.clock()) - (max(0.0, existing.usd - spent) if existing else 0.0)
+            others = committed(session, self.clock(), except_job=job.id)
             if others + worst_case_usd > cap:
                 session.rollback()
                 return (f"monthly budget: ${others:.2f} of ${cap:.2f} committed, this attempt may cost up to "
@@ -112,8 +116,7 @@ class Ledger:
 
     def held_by_others(self, session: Session, job: Job) -> float:
         """The unspent part of other jobs' reservations: money that comes back as they settle."""
-        rows = session.execute(select(Reservation.job_id, Reservation.usd).where(Reservation.job_id != job.id)).all()
-        return sum(max(0.0, usd - job_spent(session, job_id)) for job_id, usd in rows)
+        return unspent_reservations(session, except_job=job.id)
 
     def release(self, session: Session, job: Job) -> None:
         reservation = session.get(Reservation, job.id)
