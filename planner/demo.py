@@ -102,8 +102,9 @@ def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda messa
     with sessions() as session:
         offers = book_offers(session)
         now = max(o.fetched_at for o in offers)  # the recorded book's own time: its prices are "fresh" then
+        shapes = plan.model_shapes()
         for item in plan.jobs:
-            winner = plan_job(session, item.spec, Limits(), offers, now, shapes=plan.model_shapes()).winner
+            winner = plan_job(session, item.spec, Limits(), offers, now, shapes=shapes).winner
             rows.append({"job": item.spec.job_id, "name": item.name, "provider": winner.offer.provider,
                          "gpu": winner.offer.gpu_model, "spot": winner.spot, "usd_per_hour": winner.usd_per_hour,
                          "expected_usd": winner.expected_usd})
@@ -118,12 +119,8 @@ def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda messa
     interrupted: list[str] = []
 
     def on_tick(report) -> None:
-        for job_id in report.launched:
-            on_event(f"launched {job_id}")
-        for job_id in report.relaunching:
-            on_event(f"{job_id} was interrupted: relaunching from its checkpoint")
-        for job_id, state in report.finished:
-            on_event(f"{job_id} {state}")
+        for line in report.lines():
+            on_event(line)
         if interrupted:
             return
         victim = bags[len(bags) // 2]

@@ -169,12 +169,8 @@ def _supervise(cfg, sessionmaker, ids: list[str], quiet: bool = False) -> dict[s
     def on_tick(report) -> None:
         if quiet:
             return
-        for job_id in report.launched:
-            err.print(f"launched {job_id}", highlight=False)
-        for job_id in report.relaunching:
-            err.print(f"{job_id}: interrupted, relaunching from its checkpoint", highlight=False)
-        for job_id, state in report.finished:
-            err.print(f"{job_id}: {state}", highlight=False)
+        for line in report.lines():
+            err.print(line, highlight=False)
 
     try:
         return run_until_final(supervisor, ids, interval_s=min(cfg.poll_interval_s, 2.0), on_tick=on_tick)
@@ -418,9 +414,8 @@ def jobs_tick(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json(data)
     else:
-        for key, values in data.items():
-            if values:
-                out.print(f"{key}: {values}", highlight=False)
+        for line in report.lines():
+            out.print(line, highlight=False)
 
 
 # ------------------------------------------------------------------------------------ budget

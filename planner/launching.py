@@ -98,7 +98,7 @@ def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, camp
 
 
 def build_backends(settings: Settings) -> dict:
-    """Local always; RunPod and Vast.ai where their API key is configured."""
+    """Local always; RunPod and Vast.ai where their API key is configured; SkyPilot where its extra is installed."""
     backends = {"local": LocalBackend(settings.runs_dir)}
     common = {"image": settings.job_image, "jobs_install": settings.jobs_install, "timeout": settings.http_timeout,
               "retry": RetryPolicy(settings.http_retries, settings.http_retry_wait_s)}
@@ -132,8 +132,7 @@ def cloud_problem(settings: Settings, backend: str, specs: list[JobSpec]) -> str
     if not settings.jobs_install:
         return ("cloud boxes install this project's jobs extra: set PLANNER_JOBS_INSTALL to its pip requirement, "
                 "e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
-    local = [s.job_id for s in specs if not storage.is_remote(s.output_uri)]
-    if local:
+    if any(not storage.is_remote(s.output_uri) for s in specs):
         return ("a cloud box cannot reach this machine's disk: set PLANNER_STORAGE_URI (e.g. s3://bucket/planner) "
                 "or pass s3://... URIs for --output and --checkpoint")
     return None

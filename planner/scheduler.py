@@ -27,13 +27,8 @@ def refresh_job(settings: Settings) -> None:
 
 
 def supervise_job(supervisor) -> None:
-    report = supervisor.tick()
-    for job_id in report.launched:
-        log.info("launched %s", job_id)
-    for job_id, state in report.finished:
-        log.info("%s %s", job_id, state)
-    for label in report.reaped:
-        log.warning("reaped orphan instance %s", label)
+    for line in supervisor.tick().lines():  # the reaper logs its own warnings
+        log.info("%s", line)
 
 
 def build_scheduler(settings: Settings) -> BackgroundScheduler:

@@ -90,6 +90,13 @@ class TickReport:
     relaunching: list[str] = field(default_factory=list)
     reaped: list[str] = field(default_factory=list)  # labels
 
+    def lines(self) -> list[str]:
+        """What happened in this tick, one line per event, for people watching."""
+        return ([f"launched {job_id}" for job_id in self.launched]
+                + [f"{job_id}: attempt ended early; relaunching from its checkpoint" for job_id in self.relaunching]
+                + [f"{job_id}: {state}" for job_id, state in self.finished]
+                + [f"reaped orphan {label}" for label in self.reaped])
+
 
 class Supervisor:
     def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: Placer, *,
