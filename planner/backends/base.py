@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.spec import SPEC_ENV
 from pricing.offer import Offer
 
 LABEL_PREFIX = "planner-"
@@ -76,6 +77,11 @@ class Handle:
     instance_id: str
     label: str
     data: dict[str, Any] = field(default_factory=dict)  # JSON-serializable, stored with the attempt
+
+
+def attempt_env(spec, attempt: int) -> dict[str, str]:
+    """What every attempt's process gets in its environment: the spec (jobs.run reads it), no secrets."""
+    return {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
 
 
 def instance_label(job_id: str, attempt: int) -> str:

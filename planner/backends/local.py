@@ -20,12 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-from planner.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.backends.base import (
+    Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, job_of_label,
+)
 from planner.backends.markers import done_marker_exists
 from pricing.offer import Offer
 from pricing.store import utcnow
 
-SPEC_ENV = "PLANNER_JOB_SPEC"
 LOCAL_OFFER_KEY = "local"
 
 
@@ -61,7 +62,7 @@ class LocalBackend(Backend):
         self.extra_env = dict(extra_env or {})
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
-        env = {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
+        env = attempt_env(spec, attempt)
         return LaunchPlan(backend=self.name, job_id=spec.job_id, attempt=attempt, spot=spot,
                           usd_per_hour=usd_per_hour, command=(self.python, "-m", "jobs.run"), env=env,
                           offer=offer, request={"output_uri": spec.output_uri})

@@ -16,12 +16,11 @@ from pydantic import SecretStr
 
 from jobs import storage
 from planner.backends.base import (
-    RESUMABLE_EXIT, Backend, BackendError, Handle, LaunchPlan, PollResult, Status, instance_label,
+    RESUMABLE_EXIT, Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
 )
 from planner.backends.markers import done_marker_exists
 from pricing.providers.http import RetryPolicy
 
-SPEC_ENV = "PLANNER_JOB_SPEC"
 BID_MARGIN = 0.05  # over the current minimum bid, read just before launch
 BID_CAP_OVER_PLAN = 1.2  # a bid may exceed the planned spot price by this much, so the reserved budget holds
 
@@ -83,7 +82,7 @@ def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hou
         raise BackendError("PLANNER_JOBS_INSTALL is not set: give the pip requirement that installs this "
                            "project's jobs extra on the box, e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
     label = instance_label(spec.job_id, attempt)
-    env = {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
+    env = attempt_env(spec, attempt)
     setup = (f"pip install --quiet --no-cache-dir {shlex.quote(jobs_install)}",)
     command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label)) + (("--hold",) if hold else ())
     return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
