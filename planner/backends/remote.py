@@ -41,8 +41,7 @@ class CloudBackend(Backend):
         self.session = session or requests.Session()
 
     def logs(self, handle: Handle, tail: int = 200) -> str:
-        text = report_tail(handle.data["output_uri"], handle.label)
-        return "\n".join(text.splitlines()[-tail:]) if text else f"({self.logs_hint})"
+        return report_logs(handle, tail, self.logs_hint)
 
 
 def bid_cap(offer, usd_per_hour: float) -> float:
@@ -105,11 +104,13 @@ def ended(output_uri: str, label: str) -> PollResult | None:
     return PollResult(Status.FAILED, exit_code=code, detail=detail)
 
 
-def report_tail(output_uri: str, label: str) -> str:
+def report_logs(handle: Handle, tail: int, hint: str) -> str:
+    """The last `tail` lines of the log the attempt's report carries, or `hint` while there is none."""
     try:
-        return storage.read_json(report_uri(output_uri, label)).get("log_tail", "")
+        text = storage.read_json(report_uri(handle.data["output_uri"], handle.label)).get("log_tail", "")
     except (OSError, ValueError):
-        return ""
+        text = ""
+    return "\n".join(text.splitlines()[-tail:]) if text else f"({hint})"
 
 
 def vanished(output_uri: str, label: str, spot: bool, why: str) -> PollResult:

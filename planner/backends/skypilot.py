@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from planner.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import box_plan, ended, report_tail, vanished
+from planner.backends.remote import box_plan, ended, report_logs, vanished
 from pricing.offer import Offer
 from pricing.skypilot_catalog import accelerator_name, export_catalog, instance_type, region_of
 
@@ -135,9 +135,8 @@ class SkyPilotBackend(Backend):
         self._call(self.client.cancel, handle.instance_id)
 
     def logs(self, handle: Handle, tail: int = 200) -> str:
-        text = report_tail(handle.data["output_uri"], handle.label)
-        return "\n".join(text.splitlines()[-tail:]) if text else \
-            f"(the log tail arrives with the job's report; live: sky jobs logs {handle.instance_id})"
+        return report_logs(handle, tail, f"the log tail arrives with the job's report; live: sky jobs logs "
+                                         f"{handle.instance_id}")
 
     def list_labeled(self) -> list[Handle]:
         return [Handle(backend=self.name, instance_id=str(r["job_id"]), label=r["job_name"], data={})
