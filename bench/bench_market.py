@@ -4,7 +4,7 @@
 
 Strategies, each seeing the same price traces and drawing from the same fates (one seeded stream per
 run, per offer and per attempt, shared by all strategies):
-  ours       planner.choose.choose (expected dollars to finish: speed from the GPU table and the prior
+  ours       planner.plan.choose.choose (expected dollars to finish: speed from the GPU table and the prior
              efficiency, startup, expected rework at interruption rates that start from our prior and
              learn from the campaign's own attempts), the interrupted offer cooling down for an hour,
              and the budget ledger's rule: each attempt reserves its worst case before launch and is
@@ -46,8 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose  # noqa: E402
-from planner.estimate import EFFICIENCY_PRIOR, QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
+from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose  # noqa: E402
+from planner.plan.estimate import EFFICIENCY_PRIOR, QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
 from pricing import gpus  # noqa: E402
 from pricing.offer import Offer  # noqa: E402
 
@@ -74,8 +74,8 @@ SYNTHETIC_PRICES = {  # on-demand $/GPU-hour, roughly the market's list prices
 # --- the markets ---------------------------------------------------------------------------------
 
 def recorded_book() -> list[Offer]:
-    from planner import pricebook
-    from planner.demo import demo_settings, run_price_book
+    from planner.run import pricebook
+    from planner.run.demo import demo_settings, run_price_book
     from pricing import store
 
     directory = Path(tempfile.mkdtemp(prefix="bench-market-")) / "book"

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import func, insert, select
 
 from planner.config import Settings
-from planner.pricebook import stale_providers
+from planner.run.pricebook import stale_providers
 from pricing import db, store
 
 OFFERS_PER_HOUR = 5000

@@ -33,13 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner import campaigns  # noqa: E402
-from planner.backends.base import BackendError  # noqa: E402
-from planner.backends.local import LocalBackend  # noqa: E402
+from planner.plan import campaigns  # noqa: E402
+from planner.run.backends.base import BackendError  # noqa: E402
+from planner.run.backends.local import LocalBackend  # noqa: E402
 from planner.config import load_settings  # noqa: E402
-from planner.launching import JobOptions, add_jobs, attempts_of, build_supervisor  # noqa: E402
+from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor  # noqa: E402
 from planner.records import FINAL_STATES, Job  # noqa: E402
-from planner.supervisor import ADOPT_AFTER, handle_of  # noqa: E402
+from planner.run.supervisor import ADOPT_AFTER, handle_of  # noqa: E402
 from pricing.db import session_factory, upgrade  # noqa: E402
 from pricing.store import utcnow  # noqa: E402
 

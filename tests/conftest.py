@@ -55,7 +55,7 @@ def db_url(request, tmp_path, monkeypatch) -> str:
 @pytest.fixture
 def recorded_providers(httpserver, monkeypatch):
     """Fake RunPod and Vast on 127.0.0.1 answering with the recorded payloads; PLANNER_*_URL point at them."""
-    from planner.replay import recorded_payload
+    from planner.run.replay import recorded_payload
 
     monkeypatch.setenv("PLANNER_RUNPOD_URL", httpserver.url_for("/rp"))
     monkeypatch.setenv("PLANNER_VAST_URL", httpserver.url_for("/vast"))

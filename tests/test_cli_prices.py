@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from planner.interface.cli import app
 
 RUNPOD_KEY = "rpa_SECRET_runpod_0123456789"
 VAST_KEY = "vast_SECRET_0123456789abcdef"

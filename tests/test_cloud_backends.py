@@ -17,10 +17,10 @@ from sqlalchemy import text
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner import campaigns
-from planner.backends.remote import report_uri
+from planner.plan import campaigns
+from planner.run.backends.remote import report_uri
 from planner.config import load_settings
-from planner.launching import JobOptions, add_jobs, attempts_of, build_supervisor, cloud_problem
+from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, cloud_problem
 from planner.records import Job
 from pricing import store
 from pricing.db import session_factory

@@ -26,9 +26,9 @@ def served(recorded_providers):
     """`planner serve`'s API on a free port over a book refreshed from the recorded payloads."""
     import uvicorn
 
-    from planner.api import create_app
+    from planner.interface.web import create_app
     from planner.config import load_settings
-    from planner.pricebook import refresh_book
+    from planner.run.pricebook import refresh_book
     from pricing import db
 
     settings = load_settings()
@@ -71,8 +71,8 @@ def test_dashboard_shows_book_and_history(served, tmp_path):
 def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_model_dir, toy_corpus, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from planner import campaigns
-    from planner.launching import JobOptions, add_jobs, build_supervisor, run_until_final
+    from planner.plan import campaigns
+    from planner.run.launching import JobOptions, add_jobs, build_supervisor, run_until_final
     from pricing.db import session_factory
 
     settings, url = served

@@ -11,7 +11,7 @@ def test_demo_runs_offline_in_its_own_directory(tmp_path):
     target = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PLANNER_RUNPOD_URL"] = env["PLANNER_VAST_URL"] = "http://127.0.0.1:9"  # must not be used
-    result = subprocess.run([sys.executable, "-m", "planner.cli", "demo", "--dir", str(target), "--json"],
+    result = subprocess.run([sys.executable, "-m", "planner", "demo", "--dir", str(target), "--json"],
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -41,7 +41,7 @@ def test_demo_runs_offline_in_its_own_directory(tmp_path):
 
 def test_demo_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    result = subprocess.run([sys.executable, "-m", "planner.cli", "demo", "--dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "planner", "demo", "--dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"

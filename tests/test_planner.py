@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from planner import budget, estimate
-from planner.choose import Limits, choose
-from planner.estimate import GB, CorpusStats, ModelShape, model_shape, train_needs
+from planner.plan import budget, estimate
+from planner.plan.choose import Limits, choose
+from planner.plan.estimate import GB, CorpusStats, ModelShape, model_shape, train_needs
 from pricing.offer import Offer
 
 NOW = datetime(2026, 11, 25, 12, 0, 0)
@@ -184,7 +184,7 @@ def test_reservations_across_processes_never_overspend(tmp_path):
     _jobs(sessions, 8)
     with sessions() as session:
         budget.set_monthly_budget(session, 50.0)
-    script = ("import sys; from pricing.db import session_factory; from planner.budget import Ledger; "
+    script = ("import sys; from pricing.db import session_factory; from planner.plan.budget import Ledger; "
               "from planner.records import Job; s = session_factory(sys.argv[1])(); "
               "print(Ledger().reserve(s, s.get(Job, sys.argv[2]), 20.0) is None)")
     procs = [subprocess.Popen([sys.executable, "-c", script, url, f"j{i}"], stdout=subprocess.PIPE, text=True)
@@ -220,9 +220,10 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
     """Parallel jobs must not stop each other with worst cases they will not spend: the second waits,
     whether the cap is the monthly budget or the campaign's one budget."""
     from jobs.spec import JobSpec
-    from planner.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
+    from planner.run.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
     from planner.records import Campaign, Job
-    from planner.supervisor import Placement, Supervisor
+    from planner.plan.placement import Placement
+    from planner.run.supervisor import Supervisor
     from pricing.db import session_factory
 
     class Stub(Backend):
@@ -283,7 +284,7 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
 
 def test_a_running_campaign_job_is_stopped_before_the_campaign_passes_its_budget(db_url):
     from planner.records import Attempt, Campaign, Job
-    from planner.supervisor import Supervisor
+    from planner.run.supervisor import Supervisor
     from pricing.db import session_factory
 
     sessions = session_factory(db_url)

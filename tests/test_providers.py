@@ -16,7 +16,7 @@ from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy
 from pricing.providers.runpod import RunPodProvider, parse_gpu_types
 from pricing.providers.vast import VastProvider
-from planner.replay import recorded_payload
+from planner.run.replay import recorded_payload
 
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.01)
 KEY = "SECRET-key-should-never-leak-42"

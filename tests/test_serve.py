@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from planner.api import check_bind, create_app
+from planner.interface.web import check_bind, create_app
 from planner.config import load_settings
-from planner.scheduler import build_scheduler, serve
+from planner.run.scheduler import build_scheduler, serve
 from pricing import db
 
 
@@ -29,7 +29,7 @@ def upgraded(recorded_providers):
 def test_stale_book_refreshes_at_start_else_on_cron(upgraded, recorded_providers):
     job = build_scheduler(upgraded).get_job("refresh-prices")
     assert abs(job.next_run_time - datetime.now(timezone.utc)) < timedelta(seconds=30)
-    from planner.pricebook import refresh_book
+    from planner.run.pricebook import refresh_book
 
     refresh_book(upgraded)
     job = build_scheduler(upgraded).get_job("refresh-prices")
@@ -61,7 +61,7 @@ def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, recorded_provide
 
 def test_sigterm_stops_serve_with_exit_0(upgraded, recorded_providers, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "-v", "serve", "--no-api"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "planner", "-v", "serve", "--no-api"], env=env,
                             stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stderr:
@@ -73,7 +73,7 @@ def test_sigterm_stops_serve_with_exit_0(upgraded, recorded_providers, tmp_path)
 
 
 def test_api_prices_history_and_dashboard(upgraded, recorded_providers):
-    from planner.pricebook import refresh_book
+    from planner.run.pricebook import refresh_book
 
     refresh_book(upgraded)
     client = TestClient(create_app(upgraded))
@@ -107,9 +107,9 @@ def test_supervisor_ticks_beside_the_refresh(upgraded):
 
 
 def test_api_plan_and_jobs(upgraded, recorded_providers, tiny_model_dir, toy_corpus):
-    from planner import campaigns
-    from planner.launching import JobOptions, add_jobs
-    from planner.pricebook import refresh_book, sessions_for
+    from planner.plan import campaigns
+    from planner.run.launching import JobOptions, add_jobs
+    from planner.run.pricebook import refresh_book, sessions_for
 
     refresh_book(upgraded)
     client = TestClient(create_app(upgraded))

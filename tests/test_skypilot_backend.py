@@ -10,12 +10,12 @@ import pytest
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner import campaigns
-from planner.backends.base import Status
-from planner.backends.remote import report_uri
-from planner.backends.skypilot import SkyPilotBackend
+from planner.plan import campaigns
+from planner.run.backends.base import Status
+from planner.run.backends.remote import report_uri
+from planner.run.backends.skypilot import SkyPilotBackend
 from planner.config import load_settings
-from planner.launching import JobOptions, add_jobs, attempts_of, build_supervisor
+from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor
 from pricing import store
 from pricing.db import session_factory
 from pricing.offer import Offer

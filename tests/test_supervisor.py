@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-from planner.backends.base import instance_label
+from planner.run.backends.base import instance_label
 from planner.config import load_settings
-from planner.launching import (
+from planner.run.launching import (
     JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final,
 )
-from planner import campaigns
+from planner.plan import campaigns
 from planner.records import Attempt, Job
-from planner.supervisor import attempt_cost, handle_of
+from planner.run.supervisor import attempt_cost, handle_of
 from pricing.db import session_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_an_unaffordable_job_is_never_launched(world, tiny_model_dir, toy_corpus
 def test_dependencies_wait_and_a_failed_dependency_fails_the_rest(world):
     settings, sessions = world
     from jobs.spec import JobSpec
-    from planner.launching import NewJob
+    from planner.plan.campaigns import NewJob
 
     a = NewJob("a", JobSpec("dep-a", "evaluate", "/nonexistent/out", {"model": "/nonexistent", "data": "x"}))
     b = NewJob("b", JobSpec("dep-b", "evaluate", "/nonexistent/out2", {"model": "/nonexistent", "data": "x"}),
@@ -190,7 +190,7 @@ def test_a_launch_cut_off_by_a_dead_supervisor_is_adopted_not_duplicated(world, 
 def test_an_orphan_instance_is_reaped(world):
     settings, sessions = world
     from jobs.spec import JobSpec
-    from planner.backends.local import LocalBackend
+    from planner.run.backends.local import LocalBackend
 
     backend = LocalBackend(settings.runs_dir)
     spec = JobSpec("ghost", "evaluate", "/tmp/none", {})

@@ -1,4 +1,4 @@
-"""Budgets and reservations (planner.budget); the monthly row exists from the start so reservations can lock it.
+"""Budgets and reservations (planner.plan.budget); the monthly row exists from the start so reservations can lock it.
 
 Revision ID: 0003
 Revises: 0002

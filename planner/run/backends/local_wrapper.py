@@ -1,6 +1,6 @@
 """Run a job command and write its exit code to a file, so a supervisor that is not its parent can read it.
 
-    python -m planner.backends.local_wrapper EXIT_FILE -- COMMAND...
+    python -m planner.run.backends.local_wrapper EXIT_FILE -- COMMAND...
 
 SIGTERM is passed on to the command (the job checkpoints and exits 75); when the whole process
 group is SIGKILLed, as a preemption does, no exit file appears and the supervisor sees the attempt
@@ -17,7 +17,7 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m planner.backends.local_wrapper EXIT_FILE -- COMMAND...", file=sys.stderr)
+        print("usage: python -m planner.run.backends.local_wrapper EXIT_FILE -- COMMAND...", file=sys.stderr)
         return 2
     exit_file = Path(argv[0])
     child = subprocess.Popen(argv[2:])

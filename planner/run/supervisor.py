@@ -35,12 +35,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.spec import JobSpec
 from jobs.storage import join, read_json
-from planner.backends.base import (
+from planner.run.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
 )
-from planner.budget import job_spent
+from planner.plan.budget import job_spent
+from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
-from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.store import utcnow
 
@@ -50,37 +50,6 @@ LAUNCH_LEASE = timedelta(minutes=10)  # a claim on a job that a crashed supervis
 ADOPT_AFTER = timedelta(minutes=2)  # an attempt row without an instance id this old was cut off mid-launch
 MAX_LAUNCH_FAILURES = 8  # launches failing in a row (nothing started between them) before the job fails
 MAX_POLL_FAILURES = 20  # consecutive failed polls (provider down) before the attempt counts as lost
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where the next attempt runs: the planner's winner, or why there is none."""
-
-    backend: str
-    offer: Offer | None
-    spot: bool
-    usd_per_hour: float  # whole instance
-    worst_case_usd: float  # reserved against the budget before launch
-    expected_usd: float = 0.0
-    billing_seconds: int = 1
-
-
-@dataclass(frozen=True)
-class NoPlacement:
-    reason: str
-    over_budget: bool = False
-    impossible: bool = False  # the job can never be placed (cannot be sized): fail it instead of retrying
-
-
-Placer = Callable[[Session, Job, "PlacementContext"], "Placement | NoPlacement"]
-
-
-@dataclass(frozen=True)
-class PlacementContext:
-    excluded_offer_keys: frozenset[str]  # offers in their post-interruption cool-down
-    remaining_fraction: float  # of the job's work, from the runner's progress
-    spent_usd: float  # settled over the job's attempts so far
-    now: datetime
 
 
 @dataclass
@@ -99,13 +68,13 @@ class TickReport:
 
 
 class Supervisor:
-    def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: Placer, *,
+    def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: PlaceFn, *,
                  budget=None, clock: Callable[[], datetime] = utcnow, poll_interval_s: float = 30.0,
                  cooldown: timedelta = timedelta(hours=1), owner: str | None = None):
         self.sessions = sessions
         self.backends = backends
         self.place = place
-        self.budget = budget  # planner.budget.Ledger (reserve/release), or None for no global caps
+        self.budget = budget  # planner.plan.budget.Ledger (reserve/release), or None for no global caps
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.cooldown = cooldown

@@ -1,5 +1,5 @@
 """`planner plan`, `planner launch`, `planner jobs` and `planner budget`: thin commands over
-planner.plans, planner.launching, planner.campaigns and planner.budget."""
+planner.plan.plans, planner.run.launching, planner.plan.campaigns and planner.plan.budget."""
 from __future__ import annotations
 
 import sys
@@ -9,15 +9,16 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
-from planner import budget, campaigns
-from planner.choose import Choice
-from planner.cli import JsonOpt, app, emit_json, err, fail, out, sessions, settings
-from planner.estimate import EstimateError
-from planner.launching import (
-    CampaignPlan, JobOptions, NewJob, add_jobs, attempt_summary, attempts_of, build_backends, build_supervisor,
-    cloud_problem, find_jobs, job_summary, run_until_final,
+from planner.plan import budget, campaigns
+from planner.plan.choose import Choice
+from planner.interface.cli.common import JsonOpt, app, emit_json, err, fail, out, sessions, settings
+from planner.plan.estimate import EstimateError
+from planner.interface import views
+from planner.plan.campaigns import CampaignPlan, NewJob
+from planner.run.launching import (
+    JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem, find_jobs, run_until_final,
 )
-from planner.plans import book_offers, choice_summary, limits_for, plan_job
+from planner.plan.plans import book_offers, choice_summary, limits_for, plan_job
 from planner.records import FINAL_STATES, Campaign, Job
 from pricing.store import utcnow
 
@@ -325,7 +326,7 @@ def jobs_list(all_jobs: bool = typer.Option(False, "--all", help="Include finish
         query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
         if not all_jobs:
             query = query.where(Job.state.not_in(FINAL_STATES))
-        rows = [job_summary(session, job) for job in session.scalars(query)]
+        rows = [views.job_summary(session, job) for job in session.scalars(query)]
     if as_json:
         emit_json(rows)
         return
@@ -342,14 +343,9 @@ def jobs_list(all_jobs: bool = typer.Option(False, "--all", help="Include finish
 def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."), as_json: bool = JsonOpt) -> None:
     """A job (or every job of a campaign) with its attempts and dollars."""
     with sessions(settings())() as session:
-        campaign, jobs = find_jobs(session, ident)
-        if not jobs:
-            fail(f"no job or campaign {ident}; `planner jobs list --all` lists them")
-        data = {"campaign": campaign.id if campaign else None,
-                "budget_usd": campaign.budget_usd if campaign else jobs[0].budget_usd,
-                "jobs": [job_summary(session, job) | {"attempts": [attempt_summary(a) for a in attempts_of(session, job.id)]}
-                         for job in jobs]}
-    data["dollars"] = round(sum(a["dollars"] for j in data["jobs"] for a in j["attempts"]), 4)
+        data = views.jobs_view(session, ident)
+    if data is None:
+        fail(f"no job or campaign {ident}; `planner jobs list --all` lists them")
     if as_json:
         emit_json(data)
         return
@@ -369,8 +365,8 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
 @jobs_app.command("logs")
 def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "--tail")) -> None:
     """The log of a job's latest attempt."""
-    from planner.launching import build_backends
-    from planner.supervisor import handle_of
+    from planner.run.launching import build_backends
+    from planner.run.supervisor import handle_of
 
     cfg = settings()
     with sessions(cfg)() as session:

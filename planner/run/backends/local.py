@@ -1,7 +1,7 @@
 """The local backend: the job as a subprocess on this machine (a lab's own GPU box, the demo, the tests).
 
 Each attempt gets a run directory under Settings.runs_dir named by its label, holding the log, the
-process id and, once the job ends, its exit code (written by planner.backends.local_wrapper, so a
+process id and, once the job ends, its exit code (written by planner.run.backends.local_wrapper, so a
 restarted supervisor that is not the job's parent still learns how it ended). The job runs in its own
 session, so cancel and preemption reach the whole process group.
 
@@ -20,10 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-from planner.backends.base import (
+from planner.run.backends.base import (
     Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, job_of_label,
 )
-from planner.backends.markers import done_marker_exists
+from planner.run.backends.markers import done_marker_exists
 from pricing.offer import Offer
 from pricing.store import utcnow
 
@@ -78,7 +78,7 @@ class LocalBackend(Backend):
         with open(run_dir / "log", "ab") as log:
             try:
                 process = subprocess.Popen(
-                    [self.python, "-m", "planner.backends.local_wrapper", str(run_dir / "exit"), "--", *plan.command],
+                    [self.python, "-m", "planner.run.backends.local_wrapper", str(run_dir / "exit"), "--", *plan.command],
                     env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True, cwd=run_dir)
             except OSError as exc:

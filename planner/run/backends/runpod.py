@@ -5,7 +5,7 @@ before launch as min(cap, current minimum bid + 5 %), because the bid is what is
 lower of the on-demand price and 120 % of the planned spot price, so the planned budget holds.
 Every string goes in as a GraphQL variable, never interpolated into the query text. The pod's name
 is our label. An interrupted spot pod shows `desiredStatus: EXITED`; so does a pod whose container
-exited, which is why the attempt's report (planner.backends.remote) decides how it ended.
+exited, which is why the attempt's report (planner.run.backends.remote) decides how it ended.
 
 Deploy mutations are sent once (no retry on a timeout: a retry could rent a second pod); a pod
 that was created anyway carries our label, so the supervisor adopts or reaps it.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import shlex
 
-from planner.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
+from planner.run.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.run.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy, request_json

@@ -2,13 +2,55 @@
 incremental stage (new data plus replayed old data, merged with the previous model)."""
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs import storage
 from jobs.spec import JobSpec
 from planner.config import Settings
-from planner.launching import CampaignPlan, NewJob, job_dirs, new_id
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
 INCREMENTAL_WEIGHTS = (2.8, 4.3)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    name: str
+    spec: JobSpec
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass
+class CampaignPlan:
+    kind: str
+    params: dict
+    jobs: list[NewJob] = field(default_factory=list)
+
+    def model_shapes(self) -> dict[str, str]:
+        """Each model this plan will produce -> an existing model with its architecture (a bag: its base;
+        a merge: its first input), so later jobs can be sized before their inputs exist."""
+        shapes: dict[str, str] = {}
+        for item in self.jobs:
+            p = item.spec.params
+            source = p.get("model") if item.spec.kind == "train-bag" else \
+                (p["models"][0] if item.spec.kind == "merge" else None)
+            if source is not None:
+                shapes[item.spec.output_uri] = shapes.get(source, source)
+        return shapes
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def job_dirs(settings: Settings, job_id: str, output: str | None, checkpoint: str | None) -> tuple[str, str]:
+    """Default output and checkpoint locations for a job, named by the job id: under PLANNER_STORAGE_URI
+    when set (a cloud box can reach it), else under the local runs directory."""
+    base = storage.join(settings.storage_uri, job_id) if settings.storage_uri else \
+        str(Path(settings.runs_dir) / "outputs" / job_id)
+    return output or storage.join(base, "output"), checkpoint or storage.join(base, "checkpoints")
 
 
 def train_bag_job(settings: Settings, *, model: str, data: str, fraction: float, seed: int, method: str,

@@ -15,10 +15,10 @@ import requests
 from pydantic import SecretStr
 
 from jobs import storage
-from planner.backends.base import (
+from planner.run.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
 )
-from planner.backends.markers import done_marker_exists
+from planner.run.backends.markers import done_marker_exists
 from pricing.providers.http import RetryPolicy
 
 BID_MARGIN = 0.05  # over the current minimum bid, read just before launch

@@ -1,32 +1,31 @@
 """Creating jobs and campaigns in the database, and running the supervisor over them.
 
 The CLI (`planner launch`, `planner jobs`), `planner serve` and `planner demo` all go through here:
-a job is a row holding its JobSpec; the supervisor (planner.supervisor) does everything after that.
+a job is a row holding its JobSpec; the supervisor (planner.run.supervisor) does everything after that.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner.backends.local import LocalBackend, local_offer
-from planner.backends.runpod import RunPodBackend
-from planner.backends.skypilot import SkyPilotBackend
-from planner.backends.vast import VastBackend
-from planner.budget import Ledger
+from planner.run.backends.local import LocalBackend, local_offer
+from planner.run.backends.runpod import RunPodBackend
+from planner.run.backends.skypilot import SkyPilotBackend
+from planner.run.backends.vast import VastBackend
+from planner.plan.budget import Ledger
+from planner.plan.campaigns import NewJob
 from planner.config import Settings
-from planner.plans import Placer
+from planner.plan.plans import Placer
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
-from planner.supervisor import Supervisor, TickReport
+from planner.run.supervisor import Supervisor, TickReport
 from pricing.providers.http import RetryPolicy
 
 
@@ -39,44 +38,6 @@ class JobOptions:
     max_price_per_hour: float | None = None
     budget_usd: float | None = None
     max_failures: int = 3
-
-
-@dataclass(frozen=True)
-class NewJob:
-    name: str
-    spec: JobSpec
-    depends_on: tuple[str, ...] = ()
-
-
-@dataclass
-class CampaignPlan:
-    kind: str
-    params: dict
-    jobs: list[NewJob] = field(default_factory=list)
-
-    def model_shapes(self) -> dict[str, str]:
-        """Each model this plan will produce -> an existing model with its architecture (a bag: its base;
-        a merge: its first input), so later jobs can be sized before their inputs exist."""
-        shapes: dict[str, str] = {}
-        for item in self.jobs:
-            p = item.spec.params
-            source = p.get("model") if item.spec.kind == "train-bag" else \
-                (p["models"][0] if item.spec.kind == "merge" else None)
-            if source is not None:
-                shapes[item.spec.output_uri] = shapes.get(source, source)
-        return shapes
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def job_dirs(settings: Settings, job_id: str, output: str | None, checkpoint: str | None) -> tuple[str, str]:
-    """Default output and checkpoint locations for a job, named by the job id: under PLANNER_STORAGE_URI
-    when set (a cloud box can reach it), else under the local runs directory."""
-    base = storage.join(settings.storage_uri, job_id) if settings.storage_uri else \
-        str(Path(settings.runs_dir) / "outputs" / job_id)
-    return output or storage.join(base, "output"), checkpoint or storage.join(base, "checkpoints")
 
 
 def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, campaign: Campaign | None = None) -> list[Job]:
@@ -113,7 +74,7 @@ def build_backends(settings: Settings) -> dict:
 
 
 def _book(settings: Settings) -> list:
-    from planner.plans import book_offers
+    from planner.plan.plans import book_offers
     from pricing.db import session_factory
 
     with session_factory(settings.db_url)() as session:
@@ -176,23 +137,3 @@ def find_jobs(session: Session, ident: str) -> tuple[Campaign | None, list[Job]]
 
 def attempts_of(session: Session, job_id: str) -> list[Attempt]:
     return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
-
-
-def job_dollars(session: Session, job_id: str) -> float:
-    return sum(a.dollars for a in attempts_of(session, job_id))
-
-
-def job_summary(session: Session, job: Job) -> dict:
-    attempts = attempts_of(session, job.id)
-    return {"id": job.id, "name": job.name, "kind": job.kind, "state": job.state, "campaign": job.campaign_id,
-            "depends_on": job.dependencies, "attempts": len(attempts), "dollars": round(sum(a.dollars for a in attempts), 4),
-            "created_at": job.created_at.isoformat(), "finished_at": job.finished_at and job.finished_at.isoformat(),
-            "error": job.error,
-            "where": f"{attempts[-1].provider} {attempts[-1].gpu_model or ''}".strip() if attempts else ""}
-
-
-def attempt_summary(a: Attempt) -> dict:
-    return {"number": a.number, "backend": a.backend, "provider": a.provider, "gpu": a.gpu_model, "spot": a.spot,
-            "usd_per_hour": a.usd_per_hour, "outcome": a.outcome, "exit_code": a.exit_code,
-            "launched_at": a.launched_at.isoformat(), "ended_at": a.ended_at and a.ended_at.isoformat(),
-            "dollars": round(a.dollars, 6), "detail": a.detail}

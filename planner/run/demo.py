@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from planner import pricebook
+from planner.run import pricebook
 from planner.config import Settings
-from planner.replay import RECORDED_LABEL, ReplayServer
+from planner.run.replay import RECORDED_LABEL, ReplayServer
 from pricing import db, store
 from pricing.offer import Offer
 from pricing.refresh import ProviderResult
@@ -78,12 +78,12 @@ class PipelineResult:
 def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda message: None) -> PipelineResult:
     """The campaign on the local backend, supervised, with one injected interruption (after run_price_book)."""
     from jobs.toy import WORDS, build_tiny_model, write_toy_corpus
-    from planner import campaigns
-    from planner.choose import Limits
-    from planner.launching import JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final
-    from planner.plans import book_offers, plan_job
+    from planner.plan import campaigns
+    from planner.plan.choose import Limits
+    from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final
+    from planner.plan.plans import book_offers, plan_job
     from planner.records import Campaign, Job
-    from planner.supervisor import handle_of
+    from planner.run.supervisor import handle_of
 
     settings = demo_settings(directory, "http://127.0.0.1:9").model_copy(
         update={"runs_dir": directory / "runs", "poll_interval_s": 0.5})

@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from planner import pricebook
+from planner.run import pricebook
 from planner.config import Settings
 
-log = logging.getLogger("planner.scheduler")
+log = logging.getLogger("planner.run.scheduler")
 MISFIRE_GRACE_S = 15 * 60
 
 
@@ -43,7 +43,7 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     first_run = {"next_run_time": datetime.now(timezone.utc)} if stale else {}
     scheduler.add_job(refresh_job, trigger, args=[settings], id="refresh-prices", coalesce=True, max_instances=1,
                       misfire_grace_time=MISFIRE_GRACE_S, replace_existing=True, **first_run)
-    from planner.launching import build_supervisor
+    from planner.run.launching import build_supervisor
 
     supervisor = build_supervisor(settings, pricebook.sessions_for(settings))
     scheduler.add_job(supervise_job, "interval", args=[supervisor], seconds=settings.poll_interval_s, id="supervise",
@@ -60,7 +60,7 @@ def serve(settings: Settings, host: str, port: int, api: bool = True, stop: thre
         if api:
             import uvicorn
 
-            from planner.api import create_app
+            from planner.interface.web import create_app
 
             server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
             if stop is not None:

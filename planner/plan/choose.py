@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from planner.estimate import Needs, suggestions
+from planner.plan.estimate import Needs, suggestions
 from pricing import gpus
 from pricing.offer import Offer
 

@@ -15,9 +15,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from planner import pricebook
 from planner.config import Settings
-from pricing import gpus, store
+from planner.interface import views
+from planner.run import pricebook
+from pricing import store
 
 OPEN_PATHS = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -26,11 +27,6 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def check_bind(host: str, settings: Settings) -> None:
     if host not in LOOPBACK and settings.api_token is None:
         raise ValueError(f"serving on {host} needs a token; set PLANNER_API_TOKEN or bind to 127.0.0.1")
-
-
-def canonical_gpu(name: str) -> str:
-    spec = gpus.resolve(name)
-    return spec.model if spec else name
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -48,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:
-        return resources.files("planner").joinpath("data", "dashboard.html").read_text()
+        return resources.files("planner.interface").joinpath("data", "dashboard.html").read_text()
 
     @app.get("/health")
     def health() -> dict:
@@ -57,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/prices")
     def prices(min_vram: Optional[float] = None, gpu: Optional[str] = None, provider: Optional[str] = None,
                spot: Optional[bool] = None, limit: int = Query(50, ge=1, le=5000)) -> dict:
-        query = store.OfferQuery(min_vram_gb=min_vram, gpu=canonical_gpu(gpu) if gpu else None, provider=provider,
+        query = store.OfferQuery(min_vram_gb=min_vram, gpu=views.canonical_gpu(gpu), provider=provider,
                                  spot=spot, limit=limit)
         with sessions() as session:
             offers = store.current_offers(session, query)
@@ -66,24 +62,22 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/prices/history")
     def history(gpu: str, days: int = Query(7, ge=1, le=3660)) -> dict:
-        model = canonical_gpu(gpu)
+        model = views.canonical_gpu(gpu)
+        daily = days > views.DAILY_AFTER_DAYS
         with sessions() as session:
-            rows = store.price_history(session, model, store.utcnow() - timedelta(days=days), daily=days > 14)
-        return {"gpu": model, "bucket": "day" if days > 14 else "hour",
-                "rows": [{"hour": r.hour.isoformat(), "provider": r.provider, "tier": r.tier, "spot": r.spot,
-                          "min_usd": r.min_usd, "median_usd": r.median_usd, "offers": r.offer_count} for r in rows]}
+            rows = store.price_history(session, model, store.utcnow() - timedelta(days=days), daily=daily)
+        return {"gpu": model, "bucket": "day" if daily else "hour", "rows": views.history_rows(rows)}
 
     @app.get("/jobs")
     def jobs(limit: int = Query(100, ge=1, le=1000)) -> dict:
         """Jobs newest first, with attempts and dollars, and the monthly budget."""
         from sqlalchemy import select
 
-        from planner import budget
-        from planner.launching import job_summary
+        from planner.plan import budget
         from planner.records import Job
 
         with sessions() as session:
-            rows = [job_summary(session, job) for job in
+            rows = [views.job_summary(session, job) for job in
                     session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit))]
             cap, committed = budget.monthly_budget(session), budget.committed(session)
         text = (f"monthly budget ${cap:.2f}: ${committed:.2f} committed, ${cap - committed:.2f} left" if cap is not None
@@ -93,23 +87,19 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/jobs/{ident}")
     def job(ident: str) -> dict:
         """A job, or every job of a campaign, with attempts and dollars."""
-        from planner.launching import attempt_summary, attempts_of, find_jobs, job_summary
-
         with sessions() as session:
-            campaign, found = find_jobs(session, ident)
-            if not found:
-                raise HTTPException(404, f"no job or campaign {ident}")
-            return {"campaign": campaign.id if campaign else None,
-                    "jobs": [job_summary(session, j) | {"attempts": [attempt_summary(a) for a in attempts_of(session, j.id)]}
-                             for j in found]}
+            data = views.jobs_view(session, ident)
+        if data is None:
+            raise HTTPException(404, f"no job or campaign {ident}")
+        return data
 
     @app.post("/plan")
     def plan(request: PlanRequest) -> dict:
         """The ranked offers for a job (kind and its parameters, as the job's flags with underscores)."""
         from jobs.spec import JobSpec, SpecError
-        from planner.choose import Limits
-        from planner.estimate import EstimateError
-        from planner.plans import book_offers, choice_summary, plan_job
+        from planner.plan.choose import Limits
+        from planner.plan.estimate import EstimateError
+        from planner.plan.plans import book_offers, choice_summary, plan_job
 
         try:
             spec = JobSpec("plan", request.kind, "plan-only", request.params)

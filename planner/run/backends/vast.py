@@ -7,15 +7,15 @@ offer: min(cap, current `min_bid` + 5 %), the cap being the lower of the offer's
 because that is what is paid. The answer's instance id is `new_contract`; an error that still
 carries one means an instance exists (Vast creates a losing bid stopped) and it is destroyed at once.
 An outbid instance is `stopped` (cur_state, intended and next state), not destroyed; like an exited or
-vanished one, the attempt's report (planner.backends.remote) then tells how the job ended. The
+vanished one, the attempt's report (planner.run.backends.remote) then tells how the job ended. The
 instance's label is ours. Creates are sent once (a retried create could rent twice).
 """
 from __future__ import annotations
 
 from pydantic import SecretStr
 
-from planner.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
+from planner.run.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.run.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy, request_json

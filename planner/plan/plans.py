@@ -1,4 +1,4 @@
-"""From a job to a placement: its needs (planner.estimate), the offers, the limits, the choice.
+"""From a job to a placement: its needs (planner.plan.estimate), the offers, the limits, the choice.
 
 Shared by `planner plan` (every offer in the book, nothing launched), `planner launch` and the
 supervisor's relaunches (only offers a configured backend can start).
@@ -12,15 +12,15 @@ from sqlalchemy.orm import Session
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner import budget
-from planner.choose import Choice, Limits, choose
+from planner.plan import budget
+from planner.plan.choose import Choice, Limits, choose
 from planner.config import Settings
-from planner.estimate import (
+from planner.plan.estimate import (
     EFFICIENCY_PRIOR, CorpusStats, EstimateError, Needs, corpus_stats, encode_needs, merge_needs, model_shape,
     train_needs,
 )
 from planner.records import Job
-from planner.supervisor import NoPlacement, Placement, PlacementContext
+from planner.plan.placement import NoPlacement, Placement, PlacementContext
 from pricing import store
 from pricing.offer import Offer
 

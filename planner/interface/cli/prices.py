@@ -1,68 +1,23 @@
-"""The `planner` command line: thin commands that call library functions and render them.
-
-Every command takes --json for scripts. Exit codes: 0 ok, 1 an operational failure (a provider
-failed, a job failed), 2 bad usage or a fix the user must make (bad flag, schema behind, bad config).
-"""
+"""`planner db`, `planner prices`, `planner serve` and `planner demo`: thin commands over the price
+book (planner.run.pricebook, pricing.store), the scheduler and the demo."""
 from __future__ import annotations
 
-import json
-import logging
-import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from planner import pricebook
-from planner.config import ConfigError, Settings, load_settings
+from planner.interface import views
+from planner.interface.cli.common import JsonOpt, app, emit_json, err, fail, out, sessions, settings
+from planner.run import pricebook
 from pricing import db, store
 
-app = typer.Typer(help="GPU cost planner: live RunPod/Vast.ai prices, cheapest-to-finish plans, resumable jobs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 prices_app = typer.Typer(help="The live price book.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
-
-out = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs get full-width tables
-err = Console(stderr=True, soft_wrap=True)
-JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
-DAILY_AFTER_DAYS = 14  # longer histories are shown per day
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr naming the problem and the fix, then exit (2: usage, 1: operational)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def sessions(cfg: Settings):
-    try:
-        return pricebook.sessions_for(cfg)
-    except db.SchemaBehind as exc:
-        fail(str(exc))
-    except Exception as exc:  # unreachable server, bad URL: never echo the URL (it may hold a password)
-        fail(f"cannot open the database ({type(exc).__name__}); check PLANNER_DB_URL", 1)
-
-
-def emit_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
-
-
-@app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- db
@@ -130,7 +85,7 @@ def prices_show(
         fail(f"unknown provider {provider!r}; use one of: {', '.join(pricebook.PROVIDERS)}")
     cfg = settings()
     factory = sessions(cfg)
-    gpu_model = _canonical_gpu(gpu)
+    gpu_model = views.canonical_gpu(gpu)
     query = store.OfferQuery(min_vram_gb=min_vram, gpu=gpu_model, provider=provider, spot=spot, limit=limit)
     with factory() as session:
         offers = store.current_offers(session, query)
@@ -158,15 +113,6 @@ def offers_table(offers, now, title: str | None = None) -> Table:
     return table
 
 
-def _canonical_gpu(name: str | None) -> str | None:
-    if name is None:
-        return None
-    from pricing import gpus
-
-    spec = gpus.resolve(name)
-    return spec.model if spec else name
-
-
 @prices_app.command("history")
 def prices_history(
     gpu: str = typer.Option(..., help="GPU model, e.g. RTX4090 or 'H100 SXM'."),
@@ -179,13 +125,13 @@ def prices_history(
         fail(f"--plot {plot}: give a .png file name")
     cfg = settings()
     factory = sessions(cfg)
-    gpu_model = _canonical_gpu(gpu)
+    gpu_model = views.canonical_gpu(gpu)
+    daily = days > views.DAILY_AFTER_DAYS
     with factory() as session:
-        rows = store.price_history(session, gpu_model, store.utcnow() - timedelta(days=days), daily=days > DAILY_AFTER_DAYS)
-    records = [{"hour": r.hour.isoformat(), "provider": r.provider, "tier": r.tier, "spot": r.spot,
-                "min_usd": r.min_usd, "median_usd": r.median_usd, "offers": r.offer_count} for r in rows]
+        rows = store.price_history(session, gpu_model, store.utcnow() - timedelta(days=days), daily=daily)
+    records = views.history_rows(rows)
     if plot is not None:
-        from planner.plots import plot_history
+        from planner.interface.plots import plot_history
 
         plot_history(rows, gpu_model, plot)
     if as_json:
@@ -193,7 +139,6 @@ def prices_history(
         return
     if not rows:
         err.print(f"no history for {gpu_model!r} in the last {days} days; check the name with: planner prices show")
-    daily = days > DAILY_AFTER_DAYS
     table = Table(title=f"{gpu_model}: {'daily' if daily else 'hourly'} prices, last {days} days (USD per GPU-hour)")
     for column in ("day (UTC)" if daily else "hour (UTC)", "provider", "tier", "kind", "min", "median", "offers"):
         table.add_column(column)
@@ -237,8 +182,8 @@ def serve(
     api: bool = typer.Option(True, "--api/--no-api", help="Serve the HTTP API and dashboard."),
 ) -> None:
     """Run the price refresh on PLANNER_REFRESH_CRON (and at start when stale) and the HTTP API."""
-    from planner.api import check_bind
-    from planner.scheduler import serve as run_serve
+    from planner.interface.web import check_bind
+    from planner.run.scheduler import serve as run_serve
 
     cfg = settings()
     sessions(cfg)
@@ -261,7 +206,7 @@ def demo(
 
     A recorded price book, the plan for a BOOM campaign of a tiny model, the campaign itself on the
     local backend with one injected spot interruption, the evaluation table and the bill."""
-    from planner.demo import default_directory, run_pipeline, run_price_book
+    from planner.run.demo import default_directory, run_pipeline, run_price_book
 
     directory = (directory or default_directory()).resolve()
     if directory.exists() and any(directory.iterdir()):
@@ -314,9 +259,3 @@ def _render_demo(result) -> None:
     out.print(f"campaign {result.campaign}: {states}; interrupted and resumed: {result.interrupted or 'none'}; "
               f"{result.encoded} documents encoded by the merged model; total as-if ${result.total_usd:.4f}",
               highlight=False)
-
-
-from planner import jobs_cli  # noqa: E402,F401  (registers plan, launch, jobs and budget on `app`)
-
-if __name__ == "__main__":
-    app()

@@ -2,7 +2,7 @@
 
 `plan` is pure and needs no SkyPilot: the task as SkyPilot's YAML config, pinned to the planner's
 chosen cloud, region, instance type and spot choice, running the same box script as our own
-backends (planner.backends.remote). `launch` first exports our live prices as SkyPilot's catalog,
+backends (planner.run.backends.remote). `launch` first exports our live prices as SkyPilot's catalog,
 so its optimizer sees today's prices and, on RunPod, bids our spot price (SkyPilot bids the catalog's
 SpotPrice); then it submits a managed job named after our label.
 
@@ -18,8 +18,8 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from planner.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.backends.remote import box_plan, ended, report_logs, vanished
+from planner.run.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
+from planner.run.backends.remote import box_plan, ended, report_logs, vanished
 from pricing.offer import Offer
 from pricing.skypilot_catalog import accelerator_name, export_catalog, instance_type, region_of
 

@@ -13,7 +13,7 @@ Memory per GPU (bytes), with P parameters, h hidden size, L layers, T tokens in 
 Work: train 6*P*tokens (8*P*tokens with checkpointing's second forward), LoRA 4*P*tokens (6 with
 checkpointing: no weight gradients for the frozen base), encode 2*P*tokens, merge: bytes read and
 written. Hours on a GPU = FLOPs / (peak bf16 FLOP/s x efficiency); efficiency is a prior per kind
-until finished attempts measure it (planner.choose).
+until finished attempts measure it (planner.plan.choose).
 """
 from __future__ import annotations
 

@@ -1,0 +1,4 @@
+"""`python -m planner ...` runs the command line."""
+from planner.interface.cli import app
+
+app()

@@ -1,0 +1,42 @@
+"""What the planner hands the supervisor: where the next attempt runs, or why it cannot run yet."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from planner.records import Job
+from pricing.offer import Offer
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the next attempt runs: the planner's winner, or why there is none."""
+
+    backend: str
+    offer: Offer | None
+    spot: bool
+    usd_per_hour: float  # whole instance
+    worst_case_usd: float  # reserved against the budget before launch
+    expected_usd: float = 0.0
+    billing_seconds: int = 1
+
+
+@dataclass(frozen=True)
+class NoPlacement:
+    reason: str
+    over_budget: bool = False
+    impossible: bool = False  # the job can never be placed (cannot be sized): fail it instead of retrying
+
+
+PlaceFn = Callable[[Session, Job, "PlacementContext"], "Placement | NoPlacement"]  # e.g. plans.Placer
+
+
+@dataclass(frozen=True)
+class PlacementContext:
+    excluded_offer_keys: frozenset[str]  # offers in their post-interruption cool-down
+    remaining_fraction: float  # of the job's work, from the runner's progress
+    spent_usd: float  # settled over the job's attempts so far
+    now: datetime
