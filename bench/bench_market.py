@@ -85,7 +85,7 @@ def recorded_book() -> list[Offer]:
 
 
 def synthetic_book(seed: int) -> list[Offer]:
-    from pricing.store import utcnow
+    from pricing.db import utcnow
 
     rng = random.Random(seed)
     now, offers = utcnow(), []

@@ -41,7 +41,7 @@ from planner.run.launching import JobOptions, add_jobs, attempts_of, build_super
 from planner.records import FINAL_STATES, Job  # noqa: E402
 from planner.run.supervisor import ADOPT_AFTER, handle_of  # noqa: E402
 from pricing.db import session_factory, upgrade  # noqa: E402
-from pricing.store import utcnow  # noqa: E402
+from pricing.db import utcnow  # noqa: E402
 
 TRAIN = {"batch_size": 6, "epochs": 2, "lr": 1e-3, "save_every_steps": 2}
 USD_PER_HOUR = 3.6

@@ -18,7 +18,7 @@ from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text,
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pricing.db import Base
-from pricing.store import UTCDateTime, utcnow
+from pricing.db import UTCDateTime, utcnow
 
 JOB_STATES = ("pending", "launching", "running", "preempted", "succeeded", "failed", "cancelled",
               "stopped-by-budget")

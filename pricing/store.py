@@ -15,33 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
-    Boolean, DateTime, case, Float, ForeignKey, Index, Integer, String, Text, delete, func, insert, select, update,
+    Boolean, case, Float, ForeignKey, Index, Integer, String, Text, delete, func, insert, select, update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-from pricing.db import Base
+from pricing.db import Base, UTCDateTime, utcnow
 from pricing.offer import Offer
-
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value, dialect):
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Snapshot(Base):

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from planner.records import Attempt, Budget, Campaign, Job, Reservation
-from pricing.store import utcnow
+from pricing.db import utcnow
 
 MONTHLY = "monthly"
 

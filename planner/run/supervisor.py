@@ -42,7 +42,7 @@ from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from pricing.providers.base import ProviderError
-from pricing.store import utcnow
+from pricing.db import utcnow
 
 log = logging.getLogger(__name__)
 

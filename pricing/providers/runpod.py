@@ -89,7 +89,7 @@ def _spot_field_rejected(body: dict) -> str | None:
 
 def parse_gpu_types(types: list[dict]) -> tuple[list[Offer], set[str]]:
     """Offers (one per GPU type and tier with an on-demand price) and the GPU ids our table lacks."""
-    from pricing.store import utcnow
+    from pricing.db import utcnow
 
     now = utcnow()
     offers, unknown = [], set()

@@ -100,7 +100,7 @@ class VastProvider(Provider):
         return offers
 
     def _merge(self, on_demand: dict[int, dict], interruptible: dict[int, dict]) -> list[Offer]:
-        from pricing.store import utcnow
+        from pricing.db import utcnow
 
         now = utcnow()
         offers = []

@@ -20,7 +20,7 @@ from planner.run.launching import (
 )
 from planner.plan.plans import book_offers, choice_summary, limits_for, plan_job
 from planner.records import FINAL_STATES, Campaign, Job
-from pricing.store import utcnow
+from pricing.db import utcnow
 
 plan_app = typer.Typer(help="What a job needs and which offer finishes it cheapest; launches nothing.",
                        no_args_is_help=True)

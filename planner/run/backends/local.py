@@ -25,7 +25,7 @@ from planner.run.backends.base import (
 )
 from planner.run.backends.markers import done_marker_exists
 from pricing.offer import Offer
-from pricing.store import utcnow
+from pricing.db import utcnow
 
 LOCAL_OFFER_KEY = "local"
 
