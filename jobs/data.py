@@ -1,25 +1,52 @@
-"""The multi-task training corpus: reading and checking it, drawing a bag, and ordering the batches.
+"""The multi-task training corpus: reading and checking it, drawing a bag, ordering batches, picking groups.
 
-Format: JSONL, one record per line with `query` and `positive` (non-empty strings), optional
-`negatives` (a list of non-empty strings), `task` (a name; default "default") and `instruction`
-(the task's query instruction). Every line is checked before anything else happens.
+Formats, one JSON object a line (both may be mixed in one file); every line is checked first:
+  ours          `query`, `positive` (non-empty strings), optional `negatives` (list of non-empty
+                strings), `task` (a name; default "default"), `instruction` (the query instruction).
+  FlagEmbedding `query`, `pos` (non-empty list of texts), `neg` (list of texts), optional
+                `pos_scores`/`neg_scores` (teacher scores, one number per text), `prompt` (the
+                query instruction), `type` (FlagEmbedding's data type: `only_1neg` trains groups of
+                2, `symmetric_class` groups of at most len(neg)+1, `symmetric_sts` and
+                `symmetric_clustering` put the query instruction on the documents too), and our
+                optional `task`. bge-full-data is in this format. FlagEmbedding batches by source
+                file; one file here has no source, so a record's task is its `task`, else its
+                `prompt` (each bge-full-data dataset has its own), else "default". A task named
+                `...no_in_batch_neg` is scored within each query's own group only, FlagEmbedding's
+                convention for such directories (classification, clustering).
+
+Scale: a corpus is never held in memory. `open_corpus` scans the file once (a remote URI is first
+copied to a local cache by jobs.storage), checks every line and keeps, per record, only the byte
+offset of its line and its task (about 12 bytes); records are parsed again when a batch needs
+them. A bag is a list of indices into one or two such indices, and its hash is computed by
+streaming its records. A 2.8 M-record corpus therefore costs tens of MB, not tens of GB
+(bench/bench_corpus.py). `sample_stats` estimates a corpus's size and token lengths from a few
+thousand lines read at spread-out offsets, without reading the whole file (for the planner).
 
 Determinism: every random choice here comes from `random.Random` seeded with a string built from
 the user's seed (Python seeds string keys through SHA-512, the same on every platform and version),
-never from global RNG state, so the same (data, fraction, seed) gives the same bag and batch order
-on any machine, and a resumed run recomputes exactly the order it was following.
+never from global RNG state, so the same (data, fraction, seed) gives the same bag, batch order and
+groups on any machine, and a resumed run recomputes exactly the order it was following. The bag
+and batch order are the same as when the corpus was read whole (tests pin them).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
+from array import array
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from jobs import storage
 
 DEFAULT_TASK = "default"
+NO_IN_BATCH_NEG = "no_in_batch_neg"
+SYMMETRIC_WITH_PROMPT = ("symmetric_sts", "symmetric_clustering")
+CHARS_PER_TOKEN = 4.0  # sample_stats' token estimate (the planner's planning figure too)
+BLOCK = 1 << 24
 
 
 class BadData(ValueError):
@@ -33,10 +60,53 @@ class Record:
     negatives: tuple[str, ...] = ()
     task: str = DEFAULT_TASK
     instruction: str | None = None
+    more_positives: tuple[str, ...] = ()  # FlagEmbedding's `pos` beyond the first
+    positive_scores: tuple[float, ...] | None = None  # one per positive (`positive` first)
+    negative_scores: tuple[float, ...] | None = None  # one per negative
+    kind: str | None = None  # FlagEmbedding's `type`
+
+    @property
+    def positives(self) -> tuple[str, ...]:
+        return (self.positive, *self.more_positives)
+
+    @property
+    def has_teacher_scores(self) -> bool:
+        return self.positive_scores is not None and self.negative_scores is not None
 
     def canonical(self) -> str:
-        return json.dumps([self.query, self.positive, list(self.negatives), self.task, self.instruction],
-                          ensure_ascii=False)
+        """The record's identity for hashing; unchanged for records of our format (old hashes hold)."""
+        fields = [self.query, self.positive, list(self.negatives), self.task, self.instruction]
+        extra = [list(self.more_positives), self.positive_scores, self.negative_scores, self.kind]
+        if any(extra):
+            fields += [list(e) if isinstance(e, tuple) else e for e in extra]
+        return json.dumps(fields, ensure_ascii=False)
+
+
+def _texts(raw: dict, name: str, where: str, *, required: bool) -> list[str]:
+    value = raw.get(name)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value) or (
+            required and not value):
+        raise BadData(f"{where}: '{name}' must be a {'non-empty ' if required else ''}list of non-empty strings")
+    return value
+
+
+def _scores(raw: dict, name: str, count: int, where: str) -> tuple[float, ...] | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != count
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in value)):
+        raise BadData(f"{where}: '{name}' must be a list of {count} numbers, one per text")
+    return tuple(float(s) for s in value)
+
+
+def _optional_name(raw: dict, name: str, where: str) -> str | None:
+    value = raw.get(name)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise BadData(f"{where}: '{name}' must be a non-empty string when given")
+    return value
 
 
 def parse_record(line: str, where: str) -> Record:
@@ -45,45 +115,172 @@ def parse_record(line: str, where: str) -> Record:
     except json.JSONDecodeError as exc:
         raise BadData(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
-        raise BadData(f"{where}: expected a JSON object with 'query' and 'positive'")
-    for name in ("query", "positive"):
-        if not isinstance(raw.get(name), str) or not raw[name].strip():
-            raise BadData(f"{where}: '{name}' must be a non-empty string")
+        raise BadData(f"{where}: expected a JSON object with 'query' and 'positive' (or FlagEmbedding's 'pos')")
+    if not isinstance(raw.get("query"), str) or not raw["query"].strip():
+        raise BadData(f"{where}: 'query' must be a non-empty string")
+    if "pos" in raw and "positive" not in raw:
+        positives = _texts(raw, "pos", where, required=True)
+        negatives = _texts(raw, "neg", where, required=False)
+        instruction = _optional_name(raw, "prompt", where)
+        kind = _optional_name(raw, "type", where)
+        task = _optional_name(raw, "task", where) or instruction or DEFAULT_TASK
+        return Record(raw["query"], positives[0], tuple(negatives), task, instruction, tuple(positives[1:]),
+                      _scores(raw, "pos_scores", len(positives), where),
+                      _scores(raw, "neg_scores", len(negatives), where), kind)
+    if not isinstance(raw.get("positive"), str) or not raw["positive"].strip():
+        raise BadData(f"{where}: 'positive' must be a non-empty string")
     negatives = raw.get("negatives") or []
     if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
         raise BadData(f"{where}: 'negatives' must be a list of non-empty strings")
     task = raw.get("task", DEFAULT_TASK)
     if not isinstance(task, str) or not task.strip():
         raise BadData(f"{where}: 'task' must be a non-empty string")
-    instruction = raw.get("instruction")
-    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
-        raise BadData(f"{where}: 'instruction' must be a non-empty string when given")
+    instruction = _optional_name(raw, "instruction", where)
     return Record(raw["query"], raw["positive"], tuple(negatives), task, instruction)
+
+
+# --- the corpus: a line-offset index over one JSONL file ------------------------------------------
+
+class CorpusIndex(Sequence):
+    """Every record of a JSONL file, checked once, kept as (line offset, task); records re-read on access."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = Path(path), name
+        self.offsets = array("q")
+        self.lines = array("q")  # 1-based line numbers, for messages
+        self._task_ids = array("i")
+        self._task_names: list[str] = []
+        self._handle = None
+        self._scan()
+
+    def _scan(self) -> None:
+        task_index: dict[str, int] = {}
+        position, number, carry = 0, 0, b""
+        with open(self.path, "rb") as handle:
+            while block := handle.read(BLOCK):
+                parts = (carry + block).split(b"\n")
+                carry = parts.pop()
+                for part in parts:
+                    number += 1
+                    start, position = position, position + len(part) + 1
+                    self._add(part, start, number, task_index)
+        if carry:  # last line without a final newline
+            self._add(carry, position, number + 1, task_index)
+        if not self.offsets:
+            raise BadData(f"{self.name}: no records; expected JSONL lines with 'query' and 'positive' (or 'pos')")
+
+    def _add(self, raw: bytes, start: int, number: int, task_index: dict[str, int]) -> None:
+        if not raw.strip():
+            return
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadData(f"{self.name}: not UTF-8 text (byte {start + exc.start})") from None
+        record = parse_record(line, f"{self.name}:{number}")
+        task = task_index.setdefault(record.task, len(task_index))
+        if task == len(self._task_names):
+            self._task_names.append(record.task)
+        self.offsets.append(start)
+        self.lines.append(number)
+        self._task_ids.append(task)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def task(self, i: int) -> str:
+        return self._task_names[self._task_ids[i]]
+
+    @property
+    def tasks(self) -> list[str]:
+        names = self._task_names
+        return [names[t] for t in self._task_ids]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._handle is None:
+            self._handle = open(self.path, "rb")
+        self._handle.seek(self.offsets[i])
+        return parse_record(self._handle.readline().decode("utf-8"), f"{self.name}:{self.lines[i]}")
+
+    def __iter__(self) -> Iterator[Record]:
+        with open(self.path, "rb") as handle:
+            for offset, number in zip(self.offsets, self.lines):
+                handle.seek(offset)
+                yield parse_record(handle.readline().decode("utf-8"), f"{self.name}:{number}")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_handle"} | {"_handle": None}
+
+
+def open_corpus(uri: str, cache_dir: Path | None = None) -> CorpusIndex:
+    """Index a JSONL corpus at a local path or fsspec URI (a remote one is cached locally first)."""
+    if not storage.exists(uri):
+        raise BadData(f"{uri}: not found; give a JSONL file (local path or fsspec URI)")
+    cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "planner-jobs"
+    path = storage.cached_local_copy(uri, cache / "data") if storage.is_remote(uri) else storage.local_path(uri)
+    return CorpusIndex(path, uri)
 
 
 def read_corpus(uri: str) -> list[Record]:
     """Every record of a JSONL corpus (local path or fsspec URI), all checked; blank lines are skipped."""
-    if not storage.exists(uri):
-        raise BadData(f"{uri}: not found; give a JSONL file (local path or fsspec URI)")
-    try:
-        text = storage.read_bytes(uri).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadData(f"{uri}: not UTF-8 text (byte {exc.start})") from None
-    records = [parse_record(line, f"{uri}:{number}")
-               for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not records:
-        raise BadData(f"{uri}: no records; expected JSONL lines with 'query' and 'positive'")
-    return records
+    return list(open_corpus(uri))
 
 
-def by_task(records: list[Record], indices: list[int] | None = None) -> dict[str, list[int]]:
+class Bag(Sequence):
+    """Chosen records of one or more corpus indices, in order; reads a record when it is asked for."""
+
+    def __init__(self, parts: list[tuple[CorpusIndex, list[int]]]):
+        self.parts = [(corpus, array("q", indices)) for corpus, indices in parts]
+        self._starts = []
+        total = 0
+        for _, indices in self.parts:
+            self._starts.append(total)
+            total += len(indices)
+        self._len = total
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _locate(self, i: int) -> tuple[CorpusIndex, int]:
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        part = max(p for p, start in enumerate(self._starts) if start <= i)
+        corpus, indices = self.parts[part]
+        return corpus, indices[i - self._starts[part]]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        corpus, index = self._locate(i)
+        return corpus[index]
+
+    def __iter__(self) -> Iterator[Record]:
+        for corpus, indices in self.parts:
+            for index in indices:
+                yield corpus[index]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [corpus.task(i) for corpus, indices in self.parts for i in indices]
+
+
+def _tasks_of(records) -> list[str]:
+    tasks = getattr(records, "tasks", None)
+    return list(tasks) if tasks is not None else [r.task for r in records]
+
+
+def by_task(records, indices: list[int] | None = None) -> dict[str, list[int]]:
+    tasks = _tasks_of(records)
     groups: dict[str, list[int]] = defaultdict(list)
-    for i in range(len(records)) if indices is None else indices:
-        groups[records[i].task].append(i)
+    for i in range(len(tasks)) if indices is None else indices:
+        groups[tasks[i]].append(i)
     return dict(sorted(groups.items()))
 
 
-def stratified_sample(records: list[Record], fraction: float, seed: int, *, salt: str = "bag") -> list[int]:
+def stratified_sample(records, fraction: float, seed: int, *, salt: str = "bag") -> list[int]:
     """Indices of a sample without replacement of `fraction` of each task (at least one record per task)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -94,7 +291,8 @@ def stratified_sample(records: list[Record], fraction: float, seed: int, *, salt
     return sorted(chosen)
 
 
-def content_hash(records: list[Record]) -> str:
+def content_hash(records) -> str:
+    """sha256 over the records' canonical lines, streamed (a Bag is read record by record)."""
     digest = hashlib.sha256()
     for record in records:
         digest.update(record.canonical().encode())
@@ -102,12 +300,12 @@ def content_hash(records: list[Record]) -> str:
     return digest.hexdigest()
 
 
-def epoch_batches(records: list[Record], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(records, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch's batches: each from a single task (in-batch negatives stay meaningful), shuffled across tasks.
 
     Records are shuffled within their task, cut into batches of `batch_size`; a task's remainder of
     fewer than two records joins its previous batch (a lone query has no in-batch negative). The order
-    of all batches is then shuffled. Depends only on (records, batch_size, seed, epoch).
+    of all batches is then shuffled. Depends only on (records' tasks, batch_size, seed, epoch).
     """
     batches: list[list[int]] = []
     for task, members in by_task(records).items():
@@ -120,3 +318,117 @@ def epoch_batches(records: list[Record], batch_size: int, seed: int, epoch: int)
         batches += chunks
     random.Random(f"batches:{seed}:{epoch}").shuffle(batches)
     return batches
+
+
+# --- a query's group: one positive and up to group_size - 1 hard negatives -----------------------
+
+@dataclass(frozen=True)
+class Group:
+    query: str  # with its instruction prompt applied later by the trainer
+    instruction: str | None
+    documents: tuple[str, ...]  # the positive first, then the negatives
+    teacher_scores: tuple[float, ...] | None  # one per document, when the record has them
+    prompt_documents: bool  # FlagEmbedding's symmetric_sts/_clustering: documents carry the query prompt
+
+
+def group_size_for(record: Record, group_size: int) -> int:
+    """FlagEmbedding's _get_train_group_size: `only_1neg` -> 2, `symmetric_class` -> min(len(neg)+1, G)."""
+    if record.kind == "only_1neg":
+        return 2
+    if record.kind == "symmetric_class":
+        return min(len(record.negatives) + 1, group_size)
+    return group_size
+
+
+def make_group(record: Record, group_size: int, key: str) -> Group:
+    """The record's group for one epoch: a positive (drawn when there are several) and up to
+    group_size - 1 negatives (a seeded sample without replacement when there are more; all of them,
+    in file order, otherwise; FlagEmbedding would repeat negatives to fill the group, we do not).
+    `key` names the draw (seed, epoch, position in the bag) so it is reproducible."""
+    size = group_size_for(record, group_size)
+    positives, negatives = record.positives, record.negatives
+    rng = random.Random(key) if len(positives) > 1 or len(negatives) > size - 1 else None
+    p = rng.randrange(len(positives)) if len(positives) > 1 else 0
+    chosen = rng.sample(range(len(negatives)), size - 1) if len(negatives) > size - 1 else list(range(len(negatives)))
+    scores = None
+    if record.has_teacher_scores:
+        scores = (record.positive_scores[p], *(record.negative_scores[j] for j in chosen))
+    return Group(record.query, record.instruction, (positives[p], *(negatives[j] for j in chosen)), scores,
+                 record.kind in SYMMETRIC_WITH_PROMPT)
+
+
+def in_batch_negatives(task: str) -> bool:
+    return not task.endswith(NO_IN_BATCH_NEG)
+
+
+# --- a cheap estimate for the planner ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleStats:
+    records: int  # estimated (exact when `exact`)
+    exact: bool  # the whole file was read
+    file_bytes: int
+    sampled_records: int
+    mean_record_bytes: float
+    mean_query_tokens: float  # instruction prompt included, truncated at query_max_len
+    mean_doc_tokens: float  # per document of a group, truncated at doc_max_len
+    mean_group_docs: float  # documents per query: 1 positive + min(negatives, group_size - 1)
+    mean_tokens_per_record: float  # query + its group's documents: what one record costs to train on
+    teacher_scores: float  # share of sampled records carrying pos_scores and neg_scores
+    tasks_seen: int
+
+
+def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, group_size: int = 8,
+                 query_max_len: int = 512, doc_max_len: int = 512) -> SampleStats:
+    """Estimate a corpus's record count and token lengths from about `sample_records` lines read at
+    `probes` evenly spread offsets (local path or fsspec URI; only those bytes are read) plus the
+    file's size. Tokens are estimated as characters / 4 (no tokenizer); the query counts its
+    instruction prompt (`Instruct: ...\\nQuery:`, jobs.embedder). Raises BadData if no line parses."""
+    import fsspec
+
+    if not storage.exists(uri):
+        raise BadData(f"{uri}: not found; give a JSONL file (local path or fsspec URI)")
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    size = fs.size(path)
+    per_probe = max(1, math.ceil(sample_records / probes))
+    lines: list[bytes] = []
+    read_bytes = 0
+    exact = False
+    with fs.open(path, "rb") as handle:
+        if size <= 64 * 1024 * 1024 and size <= sample_records * 4096:
+            data = handle.read()
+            lines, exact = [line for line in data.split(b"\n") if line.strip()], True
+        else:
+            for k in range(probes):
+                handle.seek(size * k // probes)
+                if k:
+                    handle.readline()  # finish the line the offset fell into
+                for _ in range(per_probe):
+                    line = handle.readline()
+                    if not line:
+                        break
+                    if line.strip():
+                        lines.append(line)
+                        read_bytes += len(line)
+    records, query_tokens, doc_tokens, group_docs, scored, tasks = 0, 0.0, 0.0, 0.0, 0, set()
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = parse_record(line.decode("utf-8", errors="replace"), f"{uri}:sample {number}")
+        except BadData:
+            continue
+        records += 1
+        prompt = f"Instruct: {record.instruction or 'Given a web search query, retrieve relevant passages'}\nQuery:"
+        query_tokens += min(query_max_len, (len(prompt) + len(record.query)) / CHARS_PER_TOKEN + 1)
+        docs = [record.positive, *record.negatives[:group_size_for(record, group_size) - 1]]
+        doc_tokens += sum(min(doc_max_len, len(d) / CHARS_PER_TOKEN + 1) for d in docs) / len(docs)
+        group_docs += len(docs)
+        scored += record.has_teacher_scores
+        tasks.add(record.task)
+    if not records:
+        raise BadData(f"{uri}: no parsable records in the sample")
+    mean_bytes = (sum(len(line) + 1 for line in lines) / len(lines)) if exact else read_bytes / len(lines)
+    count = records if exact else max(records, round(size / mean_bytes))
+    mean_query, mean_doc, mean_docs = query_tokens / records, doc_tokens / records, group_docs / records
+    return SampleStats(count, exact, size, records, mean_bytes, mean_query, mean_doc, mean_docs,
+                       mean_query + mean_doc * mean_docs, scored / records, len(tasks))
+

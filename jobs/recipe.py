@@ -1,0 +1,65 @@
+"""The BOOM training recipe as data, and the FLOP count of a training step: pure Python, no torch.
+
+The planner may import this module (it imports neither torch nor anything outside the standard
+library), so the job and the planner agree on the defaults and on how achieved TFLOP/s are counted.
+
+Sources (repository hengran/Bagging-Based-Model-Merging, FlagEmbedding-based, commit aabd1b55):
+  LORA_RECIPE  Training/examples/finetune/embedder/decoder_only/base_same_dataset.sh (Qwen3-4B):
+               --use_lora True --lora_rank 32 --lora_alpha 32 --target_modules q k v o gate down up,
+               --learning_rate 5e-5 --warmup_ratio 0.1 --num_train_epochs 1, 8 GPUs x
+               --per_device_train_batch_size 16 = 128 queries per optimizer step with
+               --negatives_cross_device (the loss spans all 128), --train_group_size 8,
+               --same_dataset_within_batch True, --temperature 0.02, --query_max_len 512
+               --passage_max_len 512, --gradient_checkpointing, --knowledge_distillation True
+               --kd_loss_type m3_kd_loss, last-token pooling, normalized embeddings.
+  FULL_RECIPE  Training/base_same_0.6B.sh (Qwen3-0.6B): the same with --use_lora False,
+               per-device batch 32 x 8 GPUs = 256 queries, --knowledge_distillation False.
+  Not set by either script, so transformers' TrainingArguments defaults: weight decay 0.0, linear
+  decay after warmup (lr_scheduler_type "linear"), max_grad_norm 1.0, AdamW betas (0.9, 0.999), eps 1e-8.
+  FlagEmbedding's decoder-only model arguments default lora_dropout to 0.1
+  (FlagEmbedding/finetune/embedder/decoder_only/base/arguments.py).
+The scripts train in fp16 under DeepSpeed; we train in bf16 with compensated updates (jobs.optim).
+"""
+from __future__ import annotations
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+COMMON = {"lr": 5e-5, "warmup_ratio": 0.1, "epochs": 1, "group_size": 8, "temperature": 0.02,
+          "query_max_len": 512, "doc_max_len": 512, "weight_decay": 0.0, "max_grad_norm": 1.0,
+          "gradient_checkpointing": True}
+LORA_RECIPE = COMMON | {"method": "lora", "batch_size": 128, "kd_loss": "m3",
+                        "source": "hengran/Bagging-Based-Model-Merging Training/examples/finetune/embedder/"
+                                  "decoder_only/base_same_dataset.sh"}
+FULL_RECIPE = COMMON | {"method": "full", "batch_size": 256, "kd_loss": "none",
+                        "source": "hengran/Bagging-Based-Model-Merging Training/base_same_0.6B.sh"}
+LORA = {"r": 32, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": list(LORA_TARGETS)}
+LORA_FROM_PARAMS = 1.0e9  # BOOM fine-tunes the 4B with LoRA and the 0.6B fully; the line is drawn between
+
+
+def recipe_for(params: int) -> dict:
+    """The BOOM recipe for a base model of `params` parameters: LoRA from 1 B up, full fine-tuning below."""
+    return dict(LORA_RECIPE if params >= LORA_FROM_PARAMS else FULL_RECIPE)
+
+
+def parameter_count(config: dict) -> int:
+    """Parameters of a Qwen3-style decoder (no LM head) from its config.json; the planner's ModelShape.params."""
+    config = config.get("text_config", config)
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads", heads)
+    head_dim = config.get("head_dim") or hidden // heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads) + 2 * head_dim
+    mlp = 3 * hidden * config["intermediate_size"]
+    return config["vocab_size"] * hidden + config["num_hidden_layers"] * (attention + mlp + 2 * hidden) + hidden
+
+
+def train_flops_per_token(params: int, method: str, *, gradient_checkpointing: bool = True,
+                          cached_passes: bool = False) -> float:
+    """FLOPs the planner counts per trained token (planner/plan/estimate.py train_needs, duplicated here).
+
+    full: 6 P (forward 2P, backward 4P) plus 2P for checkpointing's second forward = 8P;
+    lora: 4 P (forward 2P, activation gradients 2P, no weight gradients for the frozen base) + 2P = 6P.
+    `cached_passes` (gradient caching, --mini-batch-size smaller than the batch) adds the first,
+    graph-free forward: + 2P. P counts every parameter of the embedder, embeddings included, as
+    the planner does; achieved TFLOP/s = this x tokens/s, so it compares with the planner's estimate.
+    """
+    base = 6 if method == "full" else 4
+    return float((base + (2 if gradient_checkpointing else 0) + (2 if cached_passes else 0)) * params)
