@@ -34,11 +34,11 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.spec import JobSpec
-from jobs.storage import join, read_json
 from planner.run.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
 )
 from planner.plan.budget import job_spent
+from planner.run import progress
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from pricing.providers.base import ProviderError
@@ -339,20 +339,12 @@ class Supervisor:
     def _remaining_fraction(self, session: Session, job: Job) -> float:
         latest = session.scalars(select(Attempt.progress).where(Attempt.job_id == job.id)
                                  .order_by(Attempt.number.desc()).limit(1)).first()
-        progress = json.loads(latest or "{}")
-        total, step = progress.get("total_steps"), progress.get("step")
-        if not total or step is None:
-            return 1.0
-        return max(0.0, 1.0 - step / total)
+        return progress.remaining_fraction(progress.load(latest))
 
     def _read_progress(self, job: Job, attempt: Attempt) -> None:
-        checkpoint = JobSpec.from_json(job.spec).checkpoint_uri
-        if not checkpoint:
-            return
-        try:
-            attempt.progress = json.dumps(read_json(join(checkpoint, "progress.json")))
-        except (OSError, ValueError):
-            pass  # no checkpoint yet, or a remote store that is briefly unreachable
+        raw = progress.read(job.spec)
+        if raw is not None:  # else no checkpoint yet, or a remote store that is briefly unreachable
+            attempt.progress = json.dumps(raw)
 
     def _dependency_problem(self, session: Session, job: Job) -> str | None:
         """None when every dependency succeeded, "wait" while some still run, else why this job cannot."""
