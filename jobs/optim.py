@@ -12,7 +12,9 @@ cannot hold), fp32 moments m, v and step t (the AdamW of Loshchilov & Hutter, to
     g = grad (fp32);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
     u = -lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) - lr wd (p + c)
     y = u + c;  p' = bf16(p + y);  c' = bf16(y - (p' - p))          (Kahan summation, in fp32)
-so p + c tracks the fp32 trajectory to about 16 significant bits. Float32 parameters (LoRA adapters,
+so p + c tracks the fp32 trajectory; c is itself bf16 and is rounded by up to 2^-9 of itself each
+step, so the tracking is not exact: fed the same gradients for 200 steps at lr 1e-5, the weight
+change of p + c is 0.5 % (relative L2) off fp32 AdamW's, plain bf16 AdamW's 99.6 % (tests). Float32 parameters (LoRA adapters,
 a float32 run) take the same update with no compensation, i.e. plain AdamW. Only deterministic
 torch ops, no RNG: a resumed run is bitwise the same. Memory per bf16 parameter: weight 2 + gradient
 2 + compensation 2 + moments 8 = 14 bytes (fp32 master weights with bf16 autocast: 16 bytes and a
