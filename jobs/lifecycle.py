@@ -6,6 +6,7 @@ reads: 0 done, 2 bad input, 75 interrupted and resumable.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -47,8 +48,25 @@ class StopRequest:
             raise Interrupted(self.signal)
 
 
+def quiet_progress_bars(stream=None) -> bool:
+    """When the job's output is not a terminal (a log file, a provider's log), turn off progress bars
+    (tqdm, huggingface_hub, transformers) so the log gets lines, not carriage-return redraws. Returns
+    whether it did. The job's own log lines (step, loss, tok/s, ETA) carry the progress instead."""
+    stream = sys.stderr if stream is None else stream
+    if getattr(stream, "isatty", lambda: False)():
+        return False
+    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm >= 4.66 reads its defaults from TQDM_*
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows huggingface_hub's switch
+    for module, switch in (("huggingface_hub.utils", "disable_progress_bars"),
+                           ("transformers.utils.logging", "disable_progress_bar")):
+        if module in sys.modules:  # already imported: its switch was read at import time
+            getattr(sys.modules[module], switch)()
+    return True
+
+
 def run_job(body: Callable[[StopRequest], int], resume_hint: str, *, repeat_raises: bool = False) -> int:
     """Run `body` with SIGTERM/SIGINT noted in a StopRequest; BadInput -> 2, Interrupted -> 75."""
+    quiet_progress_bars()
     stop = StopRequest(repeat_raises)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -137,3 +137,19 @@ def find_jobs(session: Session, ident: str) -> tuple[Campaign | None, list[Job]]
 
 def attempts_of(session: Session, job_id: str) -> list[Attempt]:
     return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
+
+
+def cancel_jobs(settings: Settings, sessions: sessionmaker, ident: str,
+                backends: dict | None = None) -> list[str] | None:
+    """Cancel a job or every open job of a campaign: mark them, then one supervisor tick terminates
+    their live instances and settles them. Returns the ids cancelled (None: no such job or campaign)."""
+    with sessions() as session:
+        _, jobs = find_jobs(session, ident)
+        if not jobs:
+            return None
+        for job in jobs:
+            if job.state not in FINAL_STATES:
+                job.cancel_requested = True
+        session.commit()
+    report = build_supervisor(settings, sessions, backends).tick()
+    return [job_id for job_id, state in report.finished if state == "cancelled"]

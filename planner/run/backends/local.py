@@ -10,6 +10,7 @@ SIGTERM to the group, then SIGKILL after the grace period.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from planner.run.backends.base import (
@@ -28,6 +30,9 @@ from pricing.offer import Offer
 from pricing.db import utcnow
 
 LOCAL_OFFER_KEY = "local"
+# A job's output goes to a log file: progress bars (tqdm, huggingface_hub and transformers, which follows
+# huggingface_hub's switch) would fill it with carriage-return redraws. jobs.lifecycle does the same on a box.
+QUIET_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def local_offer(usd_per_hour: float = 0.0) -> Offer:
@@ -72,7 +77,7 @@ class LocalBackend(Backend):
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("exit", "preempted", "cancelled"):
             (run_dir / stale).unlink(missing_ok=True)
-        env = {**os.environ, **self.extra_env, **plan.env}
+        env = {**os.environ, **QUIET_PROGRESS_BARS, **self.extra_env, **plan.env}  # the log is no terminal
         for secret in ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_API_TOKEN"):
             env.pop(secret, None)  # the job needs none of them
         with open(run_dir / "log", "ab") as log:
@@ -127,6 +132,33 @@ class LocalBackend(Backend):
             return ""
         lines = log.read_text(errors="replace").splitlines()
         return "\n".join(lines[-tail:])
+
+    def follow_logs(self, handle: Handle, stop: threading.Event, tail: int = 100,
+                    poll_s: float = 0.2) -> Iterator[str]:
+        """The last `tail` lines of the attempt's log, then each new line as it is written, until
+        `stop` is set (what was written by then is still yielded). Lines come without their newline."""
+        log = Path(handle.data["run_dir"]) / "log"
+        while not log.exists():
+            if stop.wait(poll_s):
+                return
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end mid-character
+        with open(log, "rb") as stream:
+            lines = decoder.decode(stream.read()).split("\n")
+            partial = lines.pop()  # after the last newline: a line still being written
+            yield from lines[-tail:] if tail > 0 else []
+            while True:
+                stopping = stop.is_set()
+                chunk = stream.read()
+                if chunk:
+                    lines = (partial + decoder.decode(chunk)).split("\n")
+                    partial = lines.pop()
+                    yield from lines
+                elif stopping:
+                    if partial:
+                        yield partial
+                    return
+                else:
+                    stop.wait(poll_s)
 
     def list_labeled(self) -> list[Handle]:
         handles = []
