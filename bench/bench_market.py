@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose  # noqa: E402
-from planner.plan.estimate import EFFICIENCY_PRIOR, QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
+from planner.plan.kinds import efficiency_prior  # noqa: E402
+from planner.plan.estimate import QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
 from pricing import gpus  # noqa: E402
 from pricing.offer import Offer  # noqa: E402
 
@@ -169,7 +170,7 @@ def pick_ours(needs, book, t, state) -> Pick | None:
     limits = Limits(budget_left_usd=state.budget - state.committed(), checkpoint_hours=CHECKPOINT_HOURS,
                     exclude_offer_keys=frozenset(k for k, until in state.cooling.items() if until > t))
     winner = choose(needs, book, limits, now=book[0].fetched_at, observed=state.observed,
-                    efficiency_prior=EFFICIENCY_PRIOR[needs.kind]).winner
+                    efficiency_prior=efficiency_prior(needs.kind.partition("/")[0], needs.kind)).winner
     if winner is None:
         return None
     return Pick(winner.offer, winner.spot, winner.usd_per_hour, winner.worst_case_usd)
@@ -215,7 +216,7 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
     pick = STRATEGIES[strategy]
     traces = Traces(seed)
     fate = random.Random(f"{seed}/efficiency")
-    efficiency = {m: EFFICIENCY_PRIOR["train-bag/lora"] * fate.lognormvariate(0, 0.25)
+    efficiency = {m: efficiency_prior("train-bag", "train-bag/lora") * fate.lognormvariate(0, 0.25)
                   for m in sorted({o.gpu_model for o in offers})}
     state = RunState(budget)
     merge_job = len(needs_list)
@@ -291,7 +292,7 @@ def on_demand_budget(offers, needs_list, merge) -> float:
     total = 0.0
     for needs in (*needs_list, merge):
         winner = choose(needs, offers, Limits(spot="on-demand", checkpoint_hours=CHECKPOINT_HOURS),
-                        now=offers[0].fetched_at, efficiency_prior=EFFICIENCY_PRIOR[needs.kind]).winner
+                        now=offers[0].fetched_at, efficiency_prior=efficiency_prior(needs.kind.partition("/")[0], needs.kind)).winner
         total += winner.expected_usd
     return 1.25 * total
 

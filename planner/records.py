@@ -15,17 +15,22 @@ import json
 from datetime import datetime
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from pricing.db import Base
-from pricing.db import UTCDateTime, utcnow
+from pricing.db import Base, UTCDateTime, utcnow
 
 JOB_STATES = ("pending", "launching", "running", "preempted", "succeeded", "failed", "cancelled",
               "stopped-by-budget")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped-by-budget")
-ATTEMPT_OUTCOMES = ("launching", "running", "preempted", "lost", "succeeded", "failed", "cancelled",
-                    "stopped-by-budget")
+ATTEMPT_OUTCOMES = ("launching", "launch-failed", "running", "preempted", "lost", "succeeded", "failed",
+                    "cancelled", "stopped-by-budget")
 LIVE_ATTEMPT = ("launching", "running")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; one of {', '.join(allowed)}")
+    return value
 
 
 class Campaign(Base):
@@ -67,6 +72,10 @@ class Job(Base):
     def dependencies(self) -> list[str]:
         return json.loads(self.depends_on or "[]")
 
+    @validates("state")
+    def _known_state(self, _key: str, state: str) -> str:
+        return _one_of(state, JOB_STATES, "job state")
+
 
 class Attempt(Base):
     __tablename__ = "attempts"
@@ -101,6 +110,10 @@ class Attempt(Base):
     progress: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the runner's progress.json
     measured_tflops: Mapped[float | None] = mapped_column(Float, nullable=True)  # achieved, per GPU
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it ended; log tail on failure
+
+    @validates("outcome")
+    def _known_outcome(self, _key: str, outcome: str) -> str:
+        return _one_of(outcome, ATTEMPT_OUTCOMES, "attempt outcome")
 
 
 class Budget(Base):

@@ -9,6 +9,7 @@ from pathlib import Path
 from jobs import storage
 from jobs.spec import JobSpec
 from planner.config import Settings
+from planner.plan import kinds
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -33,9 +34,7 @@ class CampaignPlan:
         a merge: its first input), so later jobs can be sized before their inputs exist."""
         shapes: dict[str, str] = {}
         for item in self.jobs:
-            p = item.spec.params
-            source = p.get("model") if item.spec.kind == "train-bag" else \
-                (p["models"][0] if item.spec.kind == "merge" else None)
+            source = kinds.kind_plan(item.spec.kind).shape_source(item.spec.params)
             if source is not None:
                 shapes[item.spec.output_uri] = shapes.get(source, source)
         return shapes

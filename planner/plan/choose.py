@@ -14,7 +14,7 @@ expected cost: the supervisor stops a job before it passes its own budget, so th
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -226,4 +226,4 @@ def _with_reason(candidate: Candidate, best: Candidate) -> Candidate:
         why = f"${more:.2f} more: cheaper per hour but {candidate.hours:.2f} h of work vs {best.hours:.2f} h"
     else:
         why = f"${more:.2f} more: ${candidate.usd_per_hour:.3f}/h vs ${best.usd_per_hour:.3f}/h"
-    return Candidate(**{**candidate.__dict__, "why_lost": why})
+    return replace(candidate, why_lost=why)

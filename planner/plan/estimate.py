@@ -13,7 +13,7 @@ Memory per GPU (bytes), with P parameters, h hidden size, L layers, T tokens in 
 Work: train 6*P*tokens (8*P*tokens with checkpointing's second forward), LoRA 4*P*tokens (6 with
 checkpointing: no weight gradients for the frozen base), encode 2*P*tokens, merge: bytes read and
 written. Hours on a GPU = FLOPs / (peak bf16 FLOP/s x efficiency); efficiency is a prior per kind
-until finished attempts measure it (planner.plan.choose).
+(planner.plan.kinds) until finished attempts measure it (planner.plan.choose).
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ WORKSPACE_GB = 1.5
 ACT_PER_TOKEN_LAYER = 34  # bytes per token per hidden unit for one bf16 decoder layer's saved activations
 ENCODE_ACT = 12  # inference keeps ~a few hidden-sized tensors per token alive at once
 CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length (no tokenizer in the planner)
-EFFICIENCY_PRIOR = {"train-bag/full": 0.35, "train-bag/lora": 0.25, "encode": 0.30, "merge": 1.0,
-                    "evaluate": 0.20}
 DISK_GBPS = 0.5  # sustained read+write of a rented box's local disk, for the merge
 
 
@@ -132,10 +130,6 @@ class Needs:
     gpu_count: int = 1
     breakdown: dict[str, float] = field(default_factory=dict)  # GB per component
     notes: tuple[str, ...] = ()
-
-    @property
-    def efficiency_key(self) -> str:
-        return self.kind
 
     def hours_on(self, peak_tflops: float, efficiency: float) -> float:
         if self.kind == "merge":

@@ -6,21 +6,19 @@ supervisor's relaunches (only offers a configured backend can start).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner.plan import budget
-from planner.plan.choose import Choice, Limits, choose
 from planner.config import Settings
-from planner.plan.estimate import (
-    EFFICIENCY_PRIOR, CorpusStats, EstimateError, Needs, corpus_stats, encode_needs, merge_needs, model_shape,
-    train_needs,
-)
-from planner.records import Job
+from planner.plan import budget, kinds
+from planner.plan.choose import Choice, Limits, choose
+from planner.plan.estimate import EstimateError, Needs
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
+from planner.records import Job
 from pricing import store
 from pricing.offer import Offer
 
@@ -28,40 +26,10 @@ from pricing.offer import Offer
 def needs_for(spec: JobSpec, remaining_fraction: float = 1.0, shapes: dict[str, str] | None = None) -> Needs:
     """The estimate for a spec's parameters (the same names as the job's flags), scaled to the work left.
     `shapes` maps models that do not exist yet to one with their architecture (CampaignPlan.model_shapes)."""
-    p = spec.params
-
-    def shape(model: str):
-        return model_shape((shapes or {}).get(model, model))
-
-    if spec.kind == "train-bag":
-        needs = train_needs(shape(p["model"]), corpus_stats(p.get("data")), fraction=float(p["fraction"]),
-                            method=p.get("method", "full"), epochs=int(p.get("epochs", 1)),
-                            batch_size=int(p.get("batch_size", 32)), query_max_len=int(p.get("query_max_len", 512)),
-                            doc_max_len=int(p.get("doc_max_len", 512)), max_steps=p.get("max_steps"))
-    elif spec.kind in ("encode", "evaluate"):
-        stats = _text_stats(p.get("input") or p.get("data"))
-        needs = encode_needs(shape(p["model"]), stats.records, stats.mean_tokens,
-                             dtype=p.get("dtype", "bfloat16"), batch_tokens=int(p.get("batch_tokens", 32768)))
-    elif spec.kind == "merge":
-        models = p["models"] if isinstance(p["models"], list) else str(p["models"]).split(",")
-        needs = merge_needs(shape(models[0]), len(models))
-    else:
-        raise EstimateError(f"no estimate for job kind {spec.kind}")
+    needs = kinds.size(spec.kind, spec.params, shapes)
     if remaining_fraction < 1.0:
-        needs = Needs(**{**needs.__dict__, "flops": needs.flops * remaining_fraction,
-                         "io_bytes": needs.io_bytes * remaining_fraction})
+        needs = replace(needs, flops=needs.flops * remaining_fraction, io_bytes=needs.io_bytes * remaining_fraction)
     return needs
-
-
-def _text_stats(uri: str | None) -> CorpusStats:
-    stats = corpus_stats(uri) if uri and uri.endswith((".jsonl", ".ndjson")) else None
-    if stats is not None and stats.measured:
-        return stats
-    return CorpusStats(1_000_000, 256.0, 0.0, measured=False)
-
-
-def efficiency_prior(needs: Needs) -> float:
-    return EFFICIENCY_PRIOR.get(needs.kind, 0.3)
 
 
 def limits_for(job: Job, settings: Settings, session: Session, *, excluded: frozenset[str] = frozenset(),
@@ -75,7 +43,8 @@ def limits_for(job: Job, settings: Settings, session: Session, *, excluded: froz
 def plan_job(session: Session, spec: JobSpec, limits: Limits, offers: list[Offer], now: datetime,
              remaining_fraction: float = 1.0, shapes: dict[str, str] | None = None) -> Choice:
     needs = needs_for(spec, remaining_fraction, shapes)
-    return choose(needs, offers, limits, now=now, session=session, efficiency_prior=efficiency_prior(needs))
+    return choose(needs, offers, limits, now=now, session=session,
+                  efficiency_prior=kinds.efficiency_prior(spec.kind, needs.kind))
 
 
 def book_offers(session: Session) -> list[Offer]:

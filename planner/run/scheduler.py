@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -51,18 +53,18 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     return scheduler
 
 
-def serve(settings: Settings, host: str, port: int, api: bool = True, stop: threading.Event | None = None) -> None:
-    """Run the scheduler, and the HTTP API unless `api` is False, until SIGTERM/SIGINT (or `stop`)."""
+def serve(settings: Settings, host: str, port: int, app_factory: Callable[[Settings], Any] | None = None,
+          stop: threading.Event | None = None) -> None:
+    """Run the scheduler, and the ASGI app `app_factory(settings)` makes (the interface's HTTP API; None:
+    no API), until SIGTERM/SIGINT (or `stop`)."""
     scheduler = build_scheduler(settings)
     scheduler.start()
     log.info("scheduler started: refresh on %r", settings.refresh_cron)
     try:
-        if api:
+        if app_factory is not None:
             import uvicorn
 
-            from planner.interface.web import create_app
-
-            server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
+            server = uvicorn.Server(uvicorn.Config(app_factory(settings), host=host, port=port, log_level="warning"))
             if stop is not None:
                 threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True).start()
             server.run()  # handles SIGTERM/SIGINT itself

@@ -182,7 +182,7 @@ def serve(
     api: bool = typer.Option(True, "--api/--no-api", help="Serve the HTTP API and dashboard."),
 ) -> None:
     """Run the price refresh on PLANNER_REFRESH_CRON (and at start when stale) and the HTTP API."""
-    from planner.interface.web import check_bind
+    from planner.interface.web import check_bind, create_app
     from planner.run.scheduler import serve as run_serve
 
     cfg = settings()
@@ -190,7 +190,7 @@ def serve(
     host, port = host or cfg.api_host, port or cfg.api_port
     try:
         check_bind(host, cfg)
-        run_serve(cfg, host, port, api=api)
+        run_serve(cfg, host, port, create_app if api else None)
     except ValueError as exc:
         fail(str(exc))
 
