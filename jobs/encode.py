@@ -518,9 +518,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         raise BadInput(f"input {args.input} not found")
     input_path = storage.cached_local_copy(args.input, args.cache_dir)
     corpus = read_corpus(input_path, args.input, text_field=args.text_field, id_field=args.id_field)
-    if not storage.exists(args.model):
-        raise BadInput(f"model {args.model} not found; give a model directory or an fsspec URI")
-    model = inspect_model(storage.cached_local_copy(args.model, args.cache_dir), args.model)
+    model = inspect_model(storage.resolve_model(args.model, args.cache_dir), args.model)
     if args.dim is not None and args.dim > model.hidden_size:
         raise BadInput(f"--dim {args.dim} exceeds the model's {model.hidden_size} dimensions")
     identity = {
@@ -590,7 +588,7 @@ def encode_shards(output: str, model: ModelInfo, corpus: Corpus, todo: list[Shar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.encode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model directory or fsspec URI (sentence-transformers layout)")
+    parser.add_argument("--model", required=True, help="model directory, fsspec URI or hub id (sentence-transformers layout)")
     parser.add_argument("--input", required=True, help=".jsonl, .parquet or .txt file, local or fsspec URI")
     parser.add_argument("--output", required=True, help="output directory or fsspec URI")
     parser.add_argument("--text-field", default="text", help="the text's field or column (JSONL, Parquet)")

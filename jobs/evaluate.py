@@ -22,6 +22,7 @@ from pathlib import Path
 
 from jobs import storage
 from jobs.data import BadData, Record, read_corpus
+from jobs.lifecycle import BadInput
 
 K = 10
 
@@ -75,15 +76,23 @@ def evaluate(model: str, records: list[Record], batch_size: int = 32, max_length
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model directory (sentence-transformers layout)")
+    parser.add_argument("--model", required=True, help="model directory, fsspec URI or hub id (sentence-transformers "
+                        "layout)")
     parser.add_argument("--data", required=True, help="held-out JSONL: query, positive, negatives, task, instruction")
     parser.add_argument("--output", help="also write DIR/metrics.json and DIR/DONE (path or fsspec URI)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "planner-jobs",
+                        help="where a remote model is copied once")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_length < 8:
         parser.error("--batch-size must be >= 1 and --max-length >= 8")
-    if not Path(args.model).joinpath("config.json").exists():
+    try:
+        model = storage.resolve_model(args.model, args.cache_dir)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not model.joinpath("config.json").exists():
         print(f"error: {args.model} has no config.json; give a model directory", file=sys.stderr)
         return 2
     if args.output and storage.exists(storage.join(args.output, "DONE")):
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, BadData) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    metrics = evaluate(args.model, records, args.batch_size, args.max_length)
+    metrics = evaluate(str(model), records, args.batch_size, args.max_length) | {"model": args.model}
     if args.output:
         storage.write_json_atomic(storage.join(args.output, "metrics.json"), metrics)
         storage.write_bytes_atomic(storage.join(args.output, "DONE"), b"")

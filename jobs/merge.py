@@ -182,9 +182,7 @@ class InputModel:
 def open_model(uri: str, cache_dir: Path) -> InputModel:
     from safetensors import SafetensorError, safe_open
 
-    if not storage.exists(uri):
-        raise BadInput(f"model {uri} not found; give a local directory or an fsspec URI of a safetensors model")
-    path = storage.cached_local_copy(uri, cache_dir)
+    path = storage.resolve_model(uri, cache_dir)  # a directory, an fsspec URI or a hub id
     if not path.is_dir():
         raise BadInput(f"model {uri} is not a directory with config.json and safetensors weights")
     if (path / INDEX).exists():

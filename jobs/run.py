@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import storage
+from jobs import boxenv, storage
 from jobs.spec import SPEC_ENV, JobSpec, SpecError
 
 LOG_TAIL_LINES = 200
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", metavar="URI", help="run the job as a child and write its exit report here")
     parser.add_argument("--hold", action="store_true", help="after --report, wait until terminated")
     args = parser.parse_args(argv)
+    boxenv.restore()  # entries a provider's length limit split, and a GCS key passed by value
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import fsspec
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -143,3 +145,38 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """`org/name` (or a bare legacy `name`) that is not a local path: a Hugging Face hub id."""
+    return bool(_HUB_ID.match(model)) and not is_remote(model) and not local_path(model).exists()
+
+
+def resolve_model(model: str, cache_dir: str | os.PathLike) -> Path:
+    """Every job's --model (and a merge's --models) as a local directory, the one place that decides:
+    a local directory as it is; an fsspec URI copied once into `cache_dir`; a hub id downloaded by
+    huggingface_hub into `cache_dir`/hub (from_pretrained reads that snapshot as it would read the id).
+    Anything else is a BadInput naming the model."""
+    from jobs.lifecycle import BadInput
+
+    if is_remote(model):
+        try:
+            found = exists(model)
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"model {model}: cannot reach it ({' '.join(str(exc).split())[:200]})") from None
+        if not found:
+            raise BadInput(f"model {model} not found; give a model directory, an fsspec URI or a hub id")
+        return cached_local_copy(model, Path(cache_dir))
+    path = local_path(model)
+    if path.exists():
+        return path
+    if not looks_like_hub_id(model):
+        raise BadInput(f"model {model} has no config.json (no such directory); give a model directory, "
+                       "an fsspec URI or a hub id")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, cache_dir=str(Path(cache_dir) / "hub")))
+    except Exception as exc:  # not on the hub, offline, gated: one line, exit 2
+        raise BadInput(f"model {model}: not a local directory or URI, and the hub did not give it "
+                       f"({type(exc).__name__}); give a model directory, an fsspec URI or a hub id") from None

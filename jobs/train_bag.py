@@ -260,8 +260,7 @@ def step_groups(bag, config: Config, step: int, per_epoch: int, cache: dict) -> 
 # --- model and loss -----------------------------------------------------------------------------
 
 def local_model_path(config: Config) -> str:
-    return str(storage.cached_local_copy(config.model, Path(config.cache_dir))) if storage.is_remote(
-        config.model) else config.model
+    return str(storage.resolve_model(config.model, config.cache_dir))
 
 
 def load_trainable(config: Config, device, dtype):

@@ -9,7 +9,7 @@ import importlib.util
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,7 @@ from planner.plan.campaigns import NewJob
 from planner.config import Settings
 from planner.plan.plans import Placer
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
+from planner.run.inputs import Upload, local_input_problem, stage_inputs
 from planner.run.supervisor import Supervisor, TickReport
 from pricing.providers.http import RetryPolicy
 
@@ -93,10 +94,21 @@ def cloud_problem(settings: Settings, backend: str, specs: list[JobSpec]) -> str
     if not settings.jobs_install:
         return ("cloud boxes install this project's jobs extra: set PLANNER_JOBS_INSTALL to its pip requirement, "
                 "e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
+    if not settings.storage_uri and (problem := local_input_problem(specs)):
+        return problem
     if any(not storage.is_remote(s.output_uri) for s in specs):
         return ("a cloud box cannot reach this machine's disk: set PLANNER_STORAGE_URI (e.g. s3://bucket/planner) "
                 "or pass s3://... URIs for --output and --checkpoint")
     return None
+
+
+def stage_for_cloud(settings: Settings, backend: str, new_jobs: list[NewJob]) -> tuple[list[NewJob], list[Upload]]:
+    """The jobs with their local inputs uploaded under PLANNER_STORAGE_URI (planner.run.inputs), when they may
+    run in the cloud: any backend but local, with a storage URI set (without one, auto keeps to this machine)."""
+    if backend == "local" or not settings.storage_uri:
+        return new_jobs, []
+    specs, uploads = stage_inputs([item.spec for item in new_jobs], settings.storage_uri)
+    return [replace(item, spec=spec) for item, spec in zip(new_jobs, specs)], uploads
 
 
 def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict | None = None) -> Supervisor:

@@ -17,15 +17,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.spec import SPEC_ENV
+from planner.config import Settings
 from pricing.offer import Offer
 
 LABEL_PREFIX = "planner-"
 RESUMABLE_EXIT = 75  # EX_TEMPFAIL: the runner checkpointed (or kept its last checkpoint) and can resume
-DEFAULT_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+DEFAULT_IMAGE = Settings.model_fields["job_image"].default  # one default: PLANNER_JOB_IMAGE's
 
 
 class BackendError(RuntimeError):
-    """A backend call failed; the message is one line, secret-free, and says what to do."""
+    """A backend call failed; the message is one line, secret-free, and says what to do.
+
+    A plain BackendError from `launch` is provider weather: the offer cools down and the job is
+    placed again. Two subclasses say more (the supervisor reads `scope`):
+    """
+
+    scope = "offer"  # what the failure rules out: "offer" (try the next candidate), "job", "backend"
+
+
+class NoCapacity(BackendError):
+    """The provider has no box for this offer now (RunPod 400/403, a Vast host that no longer fits):
+    the next candidate, through the failed-launch cool-down."""
+
+
+class RequestRejected(BackendError):
+    """The provider refused our request as malformed (RunPod 422: a field it does not know). Our bug,
+    not weather: retrying elsewhere sends the same request; fail the job with this message."""
+
+    scope = "job"
+
+
+class OutOfFunds(BackendError):
+    """The account cannot pay (RunPod 402): no launch on this backend can succeed until it is topped
+    up; stop launching there and say so."""
+
+    scope = "backend"
 
 
 class Status(enum.Enum):
@@ -42,6 +68,7 @@ class PollResult:
     status: Status
     exit_code: int | None = None
     detail: str | None = None  # one line: why, for the attempt record
+    billed_usd_per_hour: float | None = None  # what the provider says it bills now (RunPod pod.cost, Vast dph)
 
 
 @dataclass(frozen=True)
@@ -60,10 +87,17 @@ class LaunchPlan:
     setup: tuple[str, ...] = ()  # shell lines run before `command` on a fresh box, idempotent
     disk_gb: float = 50.0
     request: dict[str, Any] = field(default_factory=dict)  # the provider-side request body, as sent
+    # The storage credentials the box needs (planner.run.credentials): added to the box's environment
+    # only in the request a backend sends, never in `request`, `env`, a repr, a log line or the database.
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         return instance_label(self.job_id, self.attempt)
+
+    def box_env(self) -> dict[str, str]:
+        """The box's whole environment as a backend sends it at launch: `env` plus `secret_env`."""
+        return {**self.env, **self.secret_env}
 
     def shell_script(self) -> str:
         """The setup lines, then `exec` of the command (so it receives the container's signals), as one
@@ -76,7 +110,10 @@ class Handle:
     backend: str
     instance_id: str
     label: str
-    data: dict[str, Any] = field(default_factory=dict)  # JSON-serializable, stored with the attempt
+    # JSON-serializable, stored with the attempt. Cloud backends put there "output_uri", "spot",
+    # "usd_per_hour" (what the attempt is recorded at) and "billed_usd_per_hour" (the rate the provider
+    # said it bills at create: RunPod pod.cost, Vast dph_total; None when it said nothing)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def attempt_env(spec, attempt: int) -> dict[str, str]:
@@ -100,9 +137,17 @@ class Backend(ABC):
     name: str
     billing_seconds: int = 1  # the provider's billing granularity, for the cost of an attempt
 
+    # Optional: `follow_logs(handle, stop: threading.Event, tail: int = 100) -> Iterator[str]`, the last
+    # `tail` lines then each new one, until `stop` is set (planner.run.logs.follow). None: followed by
+    # polling `logs`.
+    follow_logs = None
+
     @abstractmethod
-    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
-        """Pure: the spec (jobs.spec.JobSpec) on this offer, as this attempt."""
+    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
+             disk_gb: float | None = None) -> LaunchPlan:
+        """Pure: the spec (jobs.spec.JobSpec) on this offer, as this attempt. `disk_gb` is the job's
+        disk need (planner.plan.estimate.Needs.disk_gb, kept in the job's requirements); None: the
+        backend's default."""
 
     @abstractmethod
     def launch(self, plan: LaunchPlan) -> Handle: ...

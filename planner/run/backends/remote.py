@@ -19,6 +19,7 @@ from planner.run.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
 )
 from planner.run.backends.markers import done_marker_exists
+from planner.run.credentials import storage_credentials
 from pricing.providers.http import RetryPolicy
 
 BID_MARGIN = 0.05  # over the current minimum bid, read just before launch
@@ -73,9 +74,11 @@ def require_remote_output(spec) -> None:
 
 
 def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hour: float, image: str,
-             jobs_install: str, disk_gb: float, request: dict | None = None, hold: bool = True) -> LaunchPlan:
-    """The attempt as a start script for a stock image (pure; the provider request is the caller's).
-    `hold` keeps the container alive after the job, for providers that restart exited containers."""
+             jobs_install: str, disk_gb: float, request: dict | None = None, hold: bool = True,
+             secret_env: dict[str, str] | None = None) -> LaunchPlan:
+    """The attempt as a start script for a stock image (pure but for the storage credentials, read from this
+    machine's environment unless given; the provider request is the caller's). `hold` keeps the container
+    alive after the job, for providers that restart exited containers."""
     require_remote_output(spec)
     if not jobs_install:
         raise BackendError("PLANNER_JOBS_INSTALL is not set: give the pip requirement that installs this "
@@ -86,7 +89,8 @@ def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hou
     command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label)) + (("--hold",) if hold else ())
     return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                       command=command, env=env, offer=offer, image=image, setup=setup, disk_gb=disk_gb,
-                      request={"output_uri": spec.output_uri, **(request or {})})
+                      request={"output_uri": spec.output_uri, **(request or {})},
+                      secret_env=storage_credentials(spec.output_uri) if secret_env is None else dict(secret_env))
 
 
 def ended(output_uri: str, label: str) -> PollResult | None:

@@ -55,6 +55,7 @@ class RunPodBackend(CloudBackend):
 
     def launch(self, plan: LaunchPlan) -> Handle:
         pod = dict(plan.request["input"])
+        pod["env"] = [{"key": k, "value": v} for k, v in sorted(plan.box_env().items())]  # + storage credentials
         usd_per_hour = plan.usd_per_hour
         if plan.spot:
             bid = self._bid_per_gpu(pod["gpuTypeId"], pod["gpuCount"], plan.request["bid_cap_per_gpu"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
+from jobs import boxenv
+
 from planner.run.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
 from planner.run.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
 from pricing.offer import Offer
@@ -22,6 +24,7 @@ from pricing.providers.http import RetryPolicy, request_json
 
 HOURS_PER_MONTH = 720
 GONE = ("exited", "unknown", "offline")
+ENV_ENTRY_LIMIT = 256  # characters per env entry (create_instance.yaml); longer values go in parts (jobs.boxenv)
 
 
 class VastBackend(CloudBackend):
@@ -48,6 +51,7 @@ class VastBackend(CloudBackend):
 
     def launch(self, plan: LaunchPlan) -> Handle:
         ask, body = plan.request["ask_id"], dict(plan.request["body"])
+        body["env"] = boxenv.split(dict(sorted(plan.box_env().items())), ENV_ENTRY_LIMIT)  # + storage credentials
         usd_per_hour = plan.usd_per_hour
         if plan.spot:
             body["price"], storage = self._bid(ask, plan.request["bid_cap"])

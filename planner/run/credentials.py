@@ -1,0 +1,104 @@
+"""The credentials a cloud box needs for PLANNER_STORAGE_URI, and nothing else.
+
+A box reads its inputs from, and writes checkpoints, reports and outputs to, the storage URI, so it
+needs that store's credentials; it never gets the provider API keys or PLANNER_API_TOKEN. They come
+from the lab's own configuration, in this order:
+
+  s3://   the AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+          AWS_DEFAULT_REGION / AWS_REGION, AWS_ENDPOINT_URL[_S3]); else fsspec's config for s3
+          (key, secret, token, client_kwargs.endpoint_url/region_name); else an AWS profile
+          (AWS_PROFILE or default) resolved to keys by botocore when it is installed
+  gs://   the contents of the GOOGLE_APPLICATION_CREDENTIALS file, as PLANNER_GCS_CREDENTIALS_JSON
+          (jobs.boxenv writes it to a 0600 file on the box and points GOOGLE_APPLICATION_CREDENTIALS at it)
+
+The result goes into LaunchPlan.secret_env, which backends add to the box's environment only in the
+request they send (RunPod `env`, Vast `env`): not in the plan's `request`, the attempt's handle, the
+database, a log line or a command line.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL")
+GCS_JSON = "PLANNER_GCS_CREDENTIALS_JSON"
+NEVER = ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_API_TOKEN", "PLANNER_RUNPOD_API_KEY", "PLANNER_VAST_API_KEY")
+
+
+class CredentialsError(ValueError):
+    """The storage URI's credentials cannot be read: one line naming what to fix (never a secret)."""
+
+
+def storage_credentials(storage_uri: str | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a box needs to reach `storage_uri` (empty for a local path or no URI)."""
+    environ = os.environ if environ is None else environ
+    scheme = (storage_uri or "").split("://", 1)[0].lower() if "://" in (storage_uri or "") else ""
+    if scheme in ("s3", "s3a"):
+        found = _aws(environ)
+    elif scheme in ("gs", "gcs"):
+        found = _gcs(environ)
+    else:
+        found = {}
+    return {k: v for k, v in found.items() if v and k not in NEVER}
+
+
+def _aws(environ: Mapping[str, str]) -> dict[str, str]:
+    out = {k: environ[k] for k in AWS_VARS if environ.get(k)}
+    if "AWS_DEFAULT_REGION" not in out and environ.get("AWS_REGION"):
+        out["AWS_DEFAULT_REGION"] = environ["AWS_REGION"]
+    if "AWS_ENDPOINT_URL" not in out and environ.get("AWS_ENDPOINT_URL_S3"):
+        out["AWS_ENDPOINT_URL"] = environ["AWS_ENDPOINT_URL_S3"]
+    if out.get("AWS_ACCESS_KEY_ID") and out.get("AWS_SECRET_ACCESS_KEY"):
+        return out
+    out.update({k: v for k, v in _fsspec_s3().items() if k not in out})
+    if out.get("AWS_ACCESS_KEY_ID") and out.get("AWS_SECRET_ACCESS_KEY"):
+        return out
+    out.update({k: v for k, v in _aws_profile(environ).items() if k not in out})
+    return out
+
+
+def _fsspec_s3() -> dict[str, str]:
+    try:
+        import fsspec.config
+    except ImportError:
+        return {}
+    conf = fsspec.config.conf.get("s3") or {}
+    client = conf.get("client_kwargs") or {}
+    pairs = {"AWS_ACCESS_KEY_ID": conf.get("key"), "AWS_SECRET_ACCESS_KEY": conf.get("secret"),
+             "AWS_SESSION_TOKEN": conf.get("token"),
+             "AWS_ENDPOINT_URL": conf.get("endpoint_url") or client.get("endpoint_url"),
+             "AWS_DEFAULT_REGION": client.get("region_name")}
+    return {k: str(v) for k, v in pairs.items() if v}
+
+
+def _aws_profile(environ: Mapping[str, str]) -> dict[str, str]:
+    """Keys of the AWS profile (AWS_PROFILE, else default), resolved by botocore (a dependency of s3fs)."""
+    try:
+        import botocore.session
+    except ImportError:
+        return {}
+    try:
+        session = botocore.session.Session(profile=environ.get("AWS_PROFILE") or None)
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        region = session.get_config_variable("region")
+    except Exception:  # a missing or broken profile: the box gets no keys, and says so when it cannot write
+        return {}
+    if frozen is None:
+        return {}
+    return {k: v for k, v in {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+                              "AWS_SESSION_TOKEN": frozen.token, "AWS_DEFAULT_REGION": region}.items() if v}
+
+
+def _gcs(environ: Mapping[str, str]) -> dict[str, str]:
+    path = environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not path:
+        return {}
+    try:
+        return {GCS_JSON: Path(path).read_text()}
+    except OSError as exc:
+        raise CredentialsError(f"GOOGLE_APPLICATION_CREDENTIALS names {path}, which cannot be read "
+                               f"({exc.strerror}); fix the path or unset it") from None
+

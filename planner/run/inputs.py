@@ -1,0 +1,146 @@
+"""Local inputs of a cloud launch, uploaded once under PLANNER_STORAGE_URI so the box can read them.
+
+A cloud box cannot see this machine's disk. Before a launch that may run in the cloud, every input
+parameter of every job that names a local file or directory (--data, --eval, --input / --encode,
+--replay-data, a local --model or --previous, a merge's local --models) is uploaded, content-
+addressed, to `<storage>/inputs/<sha256>/<name>` and the job's spec points at that URI instead.
+An upload whose marker (`<storage>/inputs/<sha256>/.uploaded`) exists is skipped, so relaunching
+a campaign on the same corpus uploads nothing. A directory's address hashes its relative paths and
+the hash of each file. A model that is neither a local path nor a URI is a hub id: the box passes
+it to from_pretrained (jobs.storage.resolve_model).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import fsspec
+
+from jobs import storage
+from jobs.spec import JobSpec
+
+# kind -> its parameters that are inputs; the model-valued ones may be hub ids
+INPUT_PARAMS: dict[str, tuple[str, ...]] = {
+    "train-bag": ("model", "data", "replay_data"),
+    "merge": ("models", "base_model"),
+    "encode": ("model", "input"),
+    "evaluate": ("model", "data"),
+}
+MODEL_PARAMS = ("model", "models", "base_model")
+FLAGS = {("train-bag", "model"): "--model (or --previous)", ("train-bag", "data"): "--data (or --new-data)",
+         ("train-bag", "replay_data"): "--replay-data", ("merge", "models"): "--models (or --previous)",
+         ("merge", "base_model"): "--base-model", ("encode", "model"): "--model",
+         ("encode", "input"): "--input (or bagging's --encode)", ("evaluate", "model"): "--model",
+         ("evaluate", "data"): "--eval"}
+MARKER = ".uploaded"
+
+
+class InputError(ValueError):
+    """An input a cloud box could not read: one line naming the flag and the fix (the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: str  # on this machine
+    uri: str  # under the storage URI
+    skipped: bool  # already there
+
+
+def flag_of(kind: str, param: str) -> str:
+    return FLAGS.get((kind, param), "--" + param.replace("_", "-"))
+
+
+def is_local_input(value: str, *, model: bool) -> bool:
+    """A value naming this machine's disk: an existing path, or (for data) anything that is not a URI.
+    A model value that does not exist here and looks like `org/name` is a hub id, not a local path."""
+    if storage.is_remote(value):
+        return False
+    if Path(os.path.expanduser(value)).exists():
+        return True
+    if model and storage.looks_like_hub_id(value) and not value.startswith((".", "~")):
+        return False
+    return True
+
+
+def local_inputs(spec: JobSpec) -> list[tuple[str, str]]:
+    """(parameter, value) for each input of `spec` on this machine's disk (a list parameter: each item)."""
+    found = []
+    for param in INPUT_PARAMS.get(spec.kind, ()):
+        value = spec.params.get(param)
+        values = value if isinstance(value, list) else ([] if value is None else [value])
+        found += [(param, str(v)) for v in values if is_local_input(str(v), model=param in MODEL_PARAMS)]
+    return found
+
+
+def local_input_problem(specs: list[JobSpec]) -> str | None:
+    """Why a cloud launch without PLANNER_STORAGE_URI cannot run these specs (None: every input is remote)."""
+    for spec in specs:
+        for param, value in local_inputs(spec):
+            return (f"{flag_of(spec.kind, param)} {value} is on this machine, which a cloud box cannot read: set "
+                    "PLANNER_STORAGE_URI (e.g. s3://bucket/planner) so launch uploads it, or pass an s3://... URI")
+    return None
+
+
+def stage_inputs(specs: list[JobSpec], storage_uri: str) -> tuple[list[JobSpec], list[Upload]]:
+    """`specs` with every local input uploaded under `storage_uri` and replaced by its URI."""
+    uploads: dict[str, Upload] = {}
+
+    def staged(spec: JobSpec, param: str, value: str) -> str:
+        if not is_local_input(value, model=param in MODEL_PARAMS):
+            return value
+        path = Path(os.path.expanduser(value))
+        if not path.exists():
+            raise InputError(f"{flag_of(spec.kind, param)} {value}: no such file or directory")
+        key = str(path.resolve())
+        if key not in uploads:
+            uploads[key] = upload(path, storage_uri)
+        return uploads[key].uri
+
+    out = []
+    for spec in specs:
+        params = dict(spec.params)
+        for param in INPUT_PARAMS.get(spec.kind, ()):
+            value = params.get(param)
+            if isinstance(value, list):
+                params[param] = [staged(spec, param, str(v)) for v in value]
+            elif value is not None:
+                params[param] = staged(spec, param, str(value))
+        out.append(replace(spec, params=params))
+    return out, list(uploads.values())
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file, or of a directory's sorted (relative path, file sha256) lines."""
+    if path.is_file():
+        return storage.sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{storage.sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def upload(path: Path, storage_uri: str) -> Upload:
+    """Upload `path` to `<storage>/inputs/<sha256>/<name>` unless its marker says it is there already."""
+    home = storage.join(storage_uri, "inputs", content_digest(path))
+    uri = storage.join(home, path.name)
+    if storage.exists(storage.join(home, MARKER)):
+        return Upload(str(path), uri, skipped=True)
+    if path.is_dir():
+        storage.upload_tree(path, uri)
+    elif storage.is_remote(uri):
+        fs, root = fsspec.core.url_to_fs(uri)
+        fs.put_file(str(path), root)
+    else:
+        _copy(path, uri)
+    storage.write_bytes_atomic(storage.join(home, MARKER), b"")
+    return Upload(str(path), uri, skipped=False)
+
+
+def _copy(path: Path, uri: str) -> None:
+    import shutil
+
+    target = storage.local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
