@@ -1,22 +1,39 @@
-"""Settings from the environment (PLANNER_*, RUNPOD_API_KEY, VAST_API_KEY) and an optional TOML file.
+"""Settings from the environment (PLANNER_*, RUNPOD_API_KEY, VAST_API_KEY), a project file and a user file.
 
-Precedence: explicit arguments > environment > config file > defaults. The config file is
-PLANNER_CONFIG or `<user config dir>/planner/config.toml`; if it holds an API key it must be mode 0600.
-API keys are SecretStr: they print as '**********' and are read with get_secret_value() only where
-a request header is built.
+Precedence: explicit arguments (flags) > environment > project file > user config file > defaults.
+
+- The user config file is PLANNER_CONFIG or `<user config dir>/planner/config.toml`: any setting, lower
+  case without the prefix; if it holds an API key it must be mode 0600.
+- The project file is the nearest `planner.toml` upward from the working directory (as git finds its
+  repository), written by `planner init`: the job defaults of `planner plan|launch` for this corpus
+  and model (JOB_KEYS) and the settings that say where this project's data lives (PROJECT_SETTINGS).
+  Machine and user matters (API keys, provider URLs, the API bind, what this machine costs) stay in
+  the user file or the environment: a project file is meant to be committed and shared.
+  Relative paths in it resolve against its directory.
+
+Unknown keys in either file are an error naming the nearest known key; so is a TOML syntax error
+(with its line and column). API keys are SecretStr: they print as '**********' and are read with
+get_secret_value() only where a request header is built.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pydantic-settings brings tomli
+    import tomli as tomllib
+
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 APP = "planner"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -97,6 +114,19 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError:  # never echo the value: a database URL may hold a password
+            raise ValueError("not a database URL; use e.g. sqlite:////path/planner.db or "
+                             "postgresql+psycopg://user@host/db") from None
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -106,25 +136,182 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = config_path()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        project, user = load_project(), read_user_config()
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=project.settings),
+                InitSettingsSource(settings_cls, init_kwargs=user))
 
+
+# ------------------------------------------------------------------------------------ files
+
+PROJECT_FILE = "planner.toml"
+# The job defaults a project file may hold: (type, built-in default, what it is). Each is the default
+# of the `plan`/`launch` flag of the same name (`budget` is --budget, `encode` is bagging's --encode
+# and encode's --input); a flag always wins.
+JOB_KEYS: dict[str, tuple[type, Any, str]] = {
+    "model": (str, "Qwen/Qwen3-4B", "base model: directory, fsspec URI or hub id"),
+    "data": (str, None, "training corpus JSONL (path or fsspec URI)"),
+    "eval": (str, None, "held-out set: bagging evaluates every bag and the merge on it"),
+    "encode": (str, None, "corpus to encode: bagging's --encode, encode's --input"),
+    "method": (str, "full", "full | lora"),
+    "seed": (int, 0, "bag sampling and training seed"),
+    "epochs": (int, None, "training epochs (default: the recipe's)"),
+    "batch_size": (int, None, "training batch size (default: the recipe's)"),
+    "max_steps": (int, None, "stop training after this many steps"),
+    "backend": (str, "auto", "auto | local | runpod | vast | skypilot"),
+    "budget": (float, None, "USD for one job (a campaign: for all its jobs)"),
+    "spot": (bool, None, "true: only spot, false: only on-demand (unset: either)"),
+    "max_price_per_hour": (float, None, "cap in USD per instance-hour"),
+}
+CHOICES = {"method": ("full", "lora"), "backend": ("auto", "local", "runpod", "vast", "skypilot")}
+PATH_KEYS = ("data", "eval", "encode")  # always paths or URIs; `model` may also be a hub id
+# The settings a project file may hold: where this project's database, outputs and job code live.
+PROJECT_SETTINGS = ("db_url", "storage_uri", "runs_dir", "jobs_install", "job_image")
+
+
+@dataclass(frozen=True)
+class Project:
+    """The nearest planner.toml (path None: there is none), its values resolved against its directory."""
+
+    path: Path | None = None
+    jobs: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def find_project(start: Path | None = None) -> Path | None:
+    """The nearest planner.toml in `start` (default: the working directory) or a directory above it."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / PROJECT_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_project(start: Path | None = None) -> Project:
+    path = find_project(start)
+    if path is None:
+        return Project()
+    raw = _read_toml(path)
+    user_keys = set(Settings.model_fields) - set(PROJECT_SETTINGS)
+    for key in raw:
+        if key in JOB_KEYS or key in PROJECT_SETTINGS:
+            continue
+        if key in user_keys:
+            raise ConfigError(f"{path}: {key} is a user setting, not a project one (a project file is shared); "
+                              f"put it in {config_path()} or PLANNER_{key.upper()}")
+        raise ConfigError(_unknown(path, key, [*JOB_KEYS, *PROJECT_SETTINGS]))
+    base = path.parent
+    jobs = {key: _job_value(path, key, value) for key, value in raw.items() if key in JOB_KEYS}
+    for key in PATH_KEYS:
+        if key in jobs:
+            jobs[key] = resolve_path(jobs[key], base)
+    if "model" in jobs:
+        jobs["model"] = resolve_model(jobs["model"], base)
+    settings = {key: raw[key] for key in PROJECT_SETTINGS if key in raw}
+    for key, value in settings.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string, got {_toml_type(value)}")
+    if "runs_dir" in settings:
+        settings["runs_dir"] = resolve_path(settings["runs_dir"], base)
+    if "storage_uri" in settings:
+        settings["storage_uri"] = resolve_path(settings["storage_uri"], base)
+    if "db_url" in settings:
+        settings["db_url"] = _resolve_sqlite(settings["db_url"], base)
+    return Project(path, jobs, settings)
+
+
+def read_user_config() -> dict[str, Any]:
+    """The user config file's keys (empty without one); unknown keys are a ConfigError."""
+    path = config_path()
+    if not path.is_file():
+        return {}
+    raw = _read_toml(path)
+    known = set(Settings.model_fields)
+    aliases = {"runpod_api_key", "vast_api_key"}
+    for key in raw:
+        if key not in known and key.lower() not in aliases:
+            hint = " (a job default: it belongs in a project's planner.toml, see planner init)" \
+                if key in JOB_KEYS else ""
+            raise ConfigError(_unknown(path, key, sorted(known)) + hint)
+    return raw
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A path relative to `base` made absolute; URIs (s3://, file://...) and absolute paths unchanged."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+
+def resolve_model(value: str, base: Path) -> str:
+    """A model is a path when it looks like one (./x, ../x, /x, ~/x) or exists; else a hub id as given."""
+    if "://" in value:
+        return value
+    if value.startswith((".", "/", "~")) or (base / value).exists():
+        return resolve_path(value, base)
+    return value
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    prefix, sep, path = url.partition(":///")
+    if not prefix.startswith("sqlite") or not sep or not path or path.startswith("/") or path == ":memory:":
+        return url
+    return f"{prefix}:///{resolve_path(path, base)}"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:  # its message carries "(at line L, column C)"
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _unknown(path: Path, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"{path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                            f"; known keys: {', '.join(known)}")
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table",
+            list: "an array"}.get(type(value), type(value).__name__)
+
+
+def _job_value(path: Path, key: str, value: Any) -> Any:
+    kind, _, _ = JOB_KEYS[key]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool)) or \
+        (kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{path}: {key} must be {_toml_type(kind())}, got {_toml_type(value)}")
+    value = float(value) if kind is float else value
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{path}: {key} = {value!r}: choose {' or '.join(CHOICES[key])}")
+    if kind in (int, float) and key != "seed" and value <= 0:
+        raise ConfigError(f"{path}: {key} must be positive, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------ loading
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings, or ConfigError with a one-line message (never echoing a secret value)."""
     path = config_path()
     try:
         settings = Settings(**overrides)
-    except Exception as exc:  # pydantic ValidationError or a TOML syntax error
+    except ConfigError:
+        raise
+    except Exception as exc:  # pydantic ValidationError
         errors = getattr(exc, "errors", None)
         if callable(errors):
             first = errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "config"
-            raise ConfigError(f"bad setting {where}: {first.get('msg')}; fix the PLANNER_* variable or {path}") from None
-        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}; fix its TOML syntax") from None
+            name = ".".join(str(p) for p in first.get("loc", ())) or "config"
+            msg = str(first.get("msg", "")).removeprefix("Value error, ")
+            raise ConfigError(f"bad setting {name}: {msg}; fix PLANNER_{name.upper()}, {path} "
+                              f"or the project's {PROJECT_FILE}") from None
+        raise ConfigError(f"cannot load the configuration: {type(exc).__name__}") from None
     if path.is_file() and _file_has_keys(path) and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{path} holds an API key but is readable by others; run: chmod 600 {path}")
     return settings
@@ -133,3 +320,23 @@ def load_settings(**overrides: Any) -> Settings:
 def _file_has_keys(path: Path) -> bool:
     text = path.read_text(errors="replace").lower()
     return "api_key" in text
+
+
+def setting_sources(project: Project | None = None) -> dict[str, str]:
+    """Where each setting's effective value comes from: environment, project file, user config or default."""
+    project = project if project is not None else load_project()
+    user = {k.lower(): v for k, v in read_user_config().items()}
+    env_keys = {k.upper() for k in os.environ}
+    sources = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        env_names = [str(a) for a in alias.choices] if isinstance(alias, AliasChoices) else [f"PLANNER_{name}"]
+        if any(n.upper() in env_keys for n in env_names):
+            sources[name] = "environment"
+        elif name in project.settings:
+            sources[name] = f"project file {project.path}"
+        elif name in user:
+            sources[name] = f"user config {config_path()}"
+        else:
+            sources[name] = "default"
+    return sources

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from sqlalchemy import DateTime, create_engine, event
@@ -14,7 +15,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The Alembic scripts live inside the `planner` package (they cover the price book and the job tables),
+# so an installed wheel carries them; the checkout's top-level migrations/ links to the same directory.
+MIGRATIONS_PACKAGE = "planner"
+
+
+def migrations_dir() -> Path:
+    return Path(str(resources.files(MIGRATIONS_PACKAGE).joinpath("migrations")))
 
 
 class Base(DeclarativeBase):
@@ -55,6 +62,36 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# DBAPI module -> the pip requirement that provides it, for the "install the driver" message
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL",
+                   "MySQLdb": "mysqlclient", "asyncpg": "asyncpg", "pg8000": "pg8000", "oracledb": "oracledb",
+                   "pyodbc": "pyodbc", "mysql": "mysql-connector-python"}
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot open a database from here (bad syntax, unknown dialect, driver not installed), as
+    a fix for the user; None when it can. Never echoes the URL: it may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "not a database URL; use e.g. sqlite:////path/planner.db or postgresql+psycopg://user@host/db"
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"no SQLAlchemy dialect {parsed.drivername!r}; use sqlite:///... or postgresql+psycopg://..."
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0] or parsed.get_driver_name()
+        package = DRIVER_PACKAGES.get(module, module)
+        hint = " (or use postgresql+psycopg:// with psycopg[binary])" if module == "psycopg2" else ""
+        return f"the {parsed.drivername} driver is not installed; run: pip install '{package}'{hint}"
+    return None
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -77,7 +114,7 @@ def alembic_config(url: str):
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 

@@ -1,15 +1,22 @@
-"""What every command shares: the Typer app, the consoles, --json, one-line errors, settings and sessions."""
+"""What every command shares: the Typer app, the consoles, --json, one-line errors, settings, the project
+file and sessions."""
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 import sys
+import uuid
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import PurePath
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 
-from planner.config import ConfigError, Settings, load_settings
+from planner.config import ConfigError, Project, Settings, load_project, load_settings
 from planner.run import pricebook
 from pricing import db
 
@@ -34,17 +41,59 @@ def settings() -> Settings:
         fail(str(exc))
 
 
+def project() -> Project:
+    """The nearest planner.toml's defaults (an empty Project without one); a bad file exits 2."""
+    try:
+        return load_project()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def database_problem(cfg: Settings) -> str | None:
+    """Why cfg.db_url cannot be used from here (a fix for the user), else None. Never echoes the URL."""
+    problem = db.url_problem(cfg.db_url)
+    return f"PLANNER_DB_URL: {problem}" if problem else None
+
+
 def sessions(cfg: Settings):
+    problem = database_problem(cfg)
+    if problem:
+        fail(problem)
     try:
         return pricebook.sessions_for(cfg)
     except db.SchemaBehind as exc:
         fail(str(exc))
-    except Exception as exc:  # unreachable server, bad URL: never echo the URL (it may hold a password)
-        fail(f"cannot open the database ({type(exc).__name__}); check PLANNER_DB_URL", 1)
+    except Exception as exc:  # unreachable server: never echo the URL (it may hold a password)
+        fail(f"cannot open the database ({type(exc).__name__}); check PLANNER_DB_URL and that the server is up", 1)
+
+
+def jsonable(value: Any) -> Any:
+    """`json.dumps` default: sets as sorted lists, times as ISO 8601, paths as strings, durations in
+    seconds; anything else is a bug in the command (TypeError), never a Python repr in the output."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=lambda v: (str(type(v)), v))
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (PurePath, uuid.UUID)):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON: convert it where the data is made")
 
 
 def emit_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    out.print_json(json.dumps(data, default=jsonable))
+
+
+def emit_json_line(data: Any) -> None:
+    """One compact JSON object on one line (a long-running command's events, e.g. `planner serve --json`)."""
+    print(json.dumps(data, default=jsonable), flush=True)
 
 
 @app.callback()

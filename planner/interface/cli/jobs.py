@@ -2,22 +2,29 @@
 planner.plan.plans, planner.run.launching, planner.plan.campaigns and planner.plan.budget."""
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 from sqlalchemy import select
 
+from jobs import storage
+from planner.config import CHOICES as JOB_CHOICES, JOB_KEYS, Project
 from planner.plan import budget, campaigns
 from planner.plan.choose import Choice
-from planner.interface.cli.common import JsonOpt, app, emit_json, err, fail, out, sessions, settings
+from planner.interface.cli.common import JsonOpt, app, emit_json, err, fail, out, project, sessions, settings
 from planner.plan.estimate import EstimateError
 from planner.interface import views
 from planner.plan.campaigns import CampaignPlan, NewJob
 from planner.run.launching import (
     JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem, find_jobs, run_until_final,
+    stage_for_cloud,
 )
+from planner.run.inputs import InputError
 from planner.plan.plans import book_offers, choice_summary, limits_for, plan_job
 from planner.records import FINAL_STATES, Campaign, Job
 from pricing.db import utcnow
@@ -33,15 +40,8 @@ app.add_typer(launch_app, name="launch")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(budget_app, name="budget")
 
-DEFAULT_MODEL = "Qwen/Qwen3-4B"
-SpotOpt = typer.Option(None, "--spot/--no-spot", help="Only spot, or only on-demand (default: either).")
-MaxPriceOpt = typer.Option(None, "--max-price-per-hour", help="Cap in USD per instance-hour.")
-BudgetOpt = typer.Option(None, "--budget", help="Budget in USD for this job (a campaign: for all its jobs).")
 TopOpt = typer.Option(5, "--top", help="Offers to show per job.")
 StaleOpt = typer.Option(False, "--allow-stale", help="Plan with prices older than PLANNER_MAX_PRICE_AGE.")
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Base model: directory, fsspec URI or hub id.")
-MethodOpt = typer.Option("full", "--method", help="full | lora")
-SeedOpt = typer.Option(0, "--seed")
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -49,15 +49,6 @@ def _floats(text: str, flag: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         fail(f"{flag} takes comma-separated numbers, e.g. 0.2,0.4,0.6")
-
-
-def _options(backend: str, spot: bool | None, max_price: float | None, budget_usd: float | None) -> JobOptions:
-    if backend not in ("auto", "local", "runpod", "vast", "skypilot"):
-        fail(f"--backend {backend}: choose auto, local, runpod, vast or skypilot")
-    if max_price is not None and max_price <= 0 or budget_usd is not None and budget_usd <= 0:
-        fail("--max-price-per-hour and --budget must be positive")
-    return JobOptions(backend=backend, spot="any" if spot is None else ("spot" if spot else "on-demand"),
-                      max_price_per_hour=max_price, budget_usd=budget_usd)
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -132,6 +123,15 @@ def _submit(plan: CampaignPlan, options: JobOptions, *, top: int, allow_stale: b
     problem = cloud_problem(cfg, options.backend, [item.spec for item in plan.jobs])
     if problem:
         fail(problem)
+    try:
+        plan.jobs, uploads = stage_for_cloud(cfg, options.backend, plan.jobs)
+    except InputError as exc:
+        fail(str(exc))
+    except OSError as exc:  # the store refused or is unreachable: its message names the bucket, not a key
+        fail(f"cannot upload the inputs to {cfg.storage_uri}: {' '.join(str(exc).split())[:300]}", code=1)
+    for item in uploads:
+        err.print(f"input {item.path} {'is already at' if item.skipped else 'uploaded to'} {item.uri}",
+                  highlight=False)
     if not as_json:
         usable = sorted(b for b in build_backends(cfg) if b == options.backend or options.backend == "auto")
         out.print(f"runs on: {', '.join(usable)}" + (" (the cheapest to finish, re-chosen at each relaunch)"
@@ -165,155 +165,260 @@ def _submit(plan: CampaignPlan, options: JobOptions, *, top: int, allow_stale: b
 
 
 def _supervise(cfg, sessionmaker, ids: list[str], quiet: bool = False) -> dict[str, str]:
+    from planner.interface.cli.progress import watch
+
     supervisor = build_supervisor(cfg, sessionmaker)
-
-    def on_tick(report) -> None:
-        if quiet:
-            return
-        for line in report.lines():
-            err.print(line, highlight=False)
-
     try:
-        return run_until_final(supervisor, ids, interval_s=min(cfg.poll_interval_s, 2.0), on_tick=on_tick)
+        with watch(err, sessionmaker, ids, quiet=quiet) as on_tick:  # live table on a terminal, lines when piped
+            return run_until_final(supervisor, ids, interval_s=min(cfg.poll_interval_s, 2.0), on_tick=on_tick)
     except KeyboardInterrupt:
         err.print("stopped watching; the jobs keep running. `planner jobs tick` or `planner serve` supervises them")
         raise typer.Exit(130)
 
 
-def _train_extra(epochs: int | None, batch_size: int | None, max_steps: int | None) -> dict:
-    return {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps}.items()
-            if v is not None}
+# ------------------------------------------------------------------------------------ shared options
+# Every `plan KIND` / `launch KIND` command takes the same run options, and the training kinds the same
+# training options. They are defined once here; a command lists the groups it takes and receives one
+# `Opts`, which resolves each value as: the flag, else the project's planner.toml, else the built-in
+# default (config.JOB_KEYS). Options whose project key differs from the parameter name say so.
+
+_PROJECT = "(default: planner.toml, else {default})"
+
+
+def _opt(key: str | None, *decls: str, help: str, hidden: bool = False, default=None):
+    if key is not None:
+        builtin = JOB_KEYS[key][1]
+        help = f"{help} " + _PROJECT.format(default="none" if builtin is None else builtin)
+    return typer.Option(default, *decls, help=help, hidden=hidden)
+
+
+def _run_options(planning: bool) -> list[tuple[str, object, object]]:
+    launch_only = dict(hidden=planning)
+    return [
+        ("spot", Optional[bool], _opt("spot", "--spot/--no-spot", help="Only spot, or only on-demand.")),
+        ("max_price_per_hour", Optional[float],
+         _opt("max_price_per_hour", "--max-price-per-hour", help="Cap in USD per instance-hour.")),
+        ("budget_usd", Optional[float],
+         _opt("budget", "--budget", help="Budget in USD for this job (a campaign: for all its jobs).")),
+        ("top", int, TopOpt),
+        ("allow_stale", bool, StaleOpt),
+        ("backend", Optional[str], _opt("backend", "--backend", help="auto | local | runpod | vast | skypilot "
+                                        "(cloud: needs its key or extra, PLANNER_JOBS_INSTALL and "
+                                        "PLANNER_STORAGE_URI).", **launch_only)),
+        ("yes", bool, _opt(None, "--yes", "-y", help="Launch without asking.", default=False, **launch_only)),
+        ("wait", bool, _opt(None, "--wait", help="Supervise until the jobs end (exit 1 if one fails).",
+                            default=False, **launch_only)),
+        ("dry_run", bool, _opt(None, "--dry-run", help="Show the plan and stop.", default=False, **launch_only)),
+        ("as_json", bool, JsonOpt),
+    ]
+
+
+def _train_options(with_model: bool = True) -> list[tuple[str, object, object]]:
+    model = [("model", Optional[str], _opt("model", "--model", help="Base model: directory, fsspec URI or hub id."))]
+    return (model if with_model else []) + [
+        ("seed", Optional[int], _opt("seed", "--seed", help="Sampling and training seed.")),
+        ("method", Optional[str], _opt("method", "--method", help="full | lora")),
+        ("epochs", Optional[int], _opt("epochs", "--epochs", help="Training epochs.")),
+        ("batch_size", Optional[int], _opt("batch_size", "--batch-size", help="Training batch size.")),
+        ("max_steps", Optional[int], _opt("max_steps", "--max-steps", help="Stop training after this many steps.")),
+    ]
+
+
+PROJECT_KEY = {"budget_usd": "budget"}  # option parameter -> planner.toml key, where they differ
+
+
+class Opts:
+    """The shared options of one command, resolved against the project file (see _opt)."""
+
+    def __init__(self, flags: dict, project: Project):
+        self.flags, self.project = flags, project
+
+    def __getattr__(self, name: str):
+        flags = self.__dict__["flags"]
+        if name not in flags:
+            raise AttributeError(name)
+        return self.value(name, flags[name])
+
+    def value(self, name: str, flag):
+        """A flag if given, else the project file's value, else the built-in default."""
+        key = PROJECT_KEY.get(name, name)
+        if flag is not None or key not in JOB_KEYS:
+            return flag
+        if key in self.project.jobs:
+            return self.project.jobs[key]
+        return JOB_KEYS[key][1]
+
+    def required(self, name: str, flag, option: str, init_flag: str | None = None):
+        """The value, or exit 2 naming the option and how to make it permanent for this project."""
+        value = self.value(name, flag)
+        if value is None:
+            where = f" ({self.project.path} has no {name})" if self.project.path else ""
+            fail(f"missing option {option}{where}: pass {option} URI, or make it this project's default: "
+                 f"planner init {init_flag or option} URI")
+        return value
+
+    def job_options(self) -> JobOptions:
+        backend, max_price, budget_usd = self.backend, self.max_price_per_hour, self.budget_usd
+        if backend not in JOB_CHOICES["backend"]:
+            fail(f"--backend {backend}: choose auto, local, runpod, vast or skypilot")
+        if max_price is not None and max_price <= 0 or budget_usd is not None and budget_usd <= 0:
+            fail("--max-price-per-hour and --budget must be positive")
+        spot = self.spot
+        return JobOptions(backend=backend, spot="any" if spot is None else ("spot" if spot else "on-demand"),
+                          max_price_per_hour=max_price, budget_usd=budget_usd)
+
+    def train(self) -> tuple[str, dict]:
+        """(method, extra training parameters), checked."""
+        if self.method not in JOB_CHOICES["method"]:
+            fail(f"--method must be full or lora, got {self.method}")
+        extra = {k: getattr(self, k) for k in ("epochs", "batch_size", "max_steps")}
+        for key, value in extra.items():
+            if value is not None and value <= 0:
+                fail(f"--{key.replace('_', '-')} must be positive, got {value}")
+        return self.method, {k: v for k, v in extra.items() if v is not None}
+
+
+def _local_input(value: str | None, option: str, *, model: bool = False) -> str | None:
+    """A local path that does not exist is a usage error (exit 2); a path is made absolute, since jobs run
+    elsewhere. Remote URIs pass as given: what cannot be read from here is estimated from a stated
+    assumption. A model that looks like a hub id (org/name) is not a path."""
+    if value is None or storage.is_remote(value):
+        return value
+    if model and not value.startswith((".", "/", "~", "file://")) and not Path(value).exists():
+        return value
+    path = storage.local_path(value).expanduser()
+    if not path.exists():
+        fail(f"{option} {value}: no such file or directory (from {Path.cwd()})")
+    return str(path.resolve())
+
+
+def _with_options(*groups: list[tuple[str, object, object]]):
+    """Add the shared options to a command's signature; the command gets them as `o: Opts`."""
+    shared = [item for group in groups for item in group]
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+        own = [p for p in signature.parameters.values() if p.name != "o"]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+                 for name, annotation, option in shared]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            flags = {name: kwargs.pop(name) for name, _, _ in shared}
+            return fn(**kwargs, o=Opts(flags, project()))
+
+        command.__signature__ = signature.replace(parameters=own + extra)
+        command.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "o"} | \
+            {name: annotation for name, annotation, _ in shared}
+        return command
+
+    return decorate
 
 
 def _define_commands(target: typer.Typer, planning: bool) -> None:
     """The same commands for `plan KIND` and `launch KIND`; launch-only flags are hidden from `plan`."""
-    yes_opt = typer.Option(False, "--yes", "-y", help="Launch without asking.", hidden=planning)
-    wait_opt = typer.Option(False, "--wait", help="Supervise until the jobs end (exit 1 if one fails).",
-                            hidden=planning)
-    dry_opt = typer.Option(False, "--dry-run", help="Show the plan and stop.", hidden=planning)
-    backend_opt = typer.Option("auto", "--backend", help="auto | local | runpod | vast | skypilot (cloud: needs "
-                               "its key or extra, PLANNER_JOBS_INSTALL and PLANNER_STORAGE_URI).",
-                               hidden=planning)
+    run, train = _run_options(planning), _train_options()
+
+    def dispatch(plan: CampaignPlan, o: Opts) -> None:
+        options = o.job_options()
+        if planning:
+            _show_plan(plan, options, o.top, o.allow_stale, o.as_json)
+        else:
+            _submit(plan, options, top=o.top, allow_stale=o.allow_stale, yes=o.yes, wait=o.wait,
+                    dry_run=o.dry_run, as_json=o.as_json)
 
     @target.command("train-bag")
+    @_with_options(train, run)
     def train_bag(
         fraction: float = typer.Option(..., "--fraction", help="Share of each task to train on, in (0, 1]."),
-        data: str = typer.Option(..., "--data", help="Training corpus JSONL (path or fsspec URI)."),
-        model: str = ModelOpt, seed: int = SeedOpt, method: str = MethodOpt,
-        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-        max_steps: Optional[int] = typer.Option(None),
+        data: Optional[str] = _opt("data", "--data", help="Training corpus JSONL (path or fsspec URI)."),
         output: Optional[str] = typer.Option(None, help="Output URI (default: under PLANNER_RUNS_DIR)."),
         checkpoint: Optional[str] = typer.Option(None, help="Checkpoint URI (default: under PLANNER_RUNS_DIR)."),
-        spot: Optional[bool] = SpotOpt, max_price_per_hour: Optional[float] = MaxPriceOpt,
-        budget_usd: Optional[float] = BudgetOpt, top: int = TopOpt, allow_stale: bool = StaleOpt,
-        backend: str = backend_opt, yes: bool = yes_opt, wait: bool = wait_opt, dry_run: bool = dry_opt,
-        as_json: bool = JsonOpt,
+        o: Opts = None,
     ) -> None:
         """One BOOM bag: fine-tune MODEL on a seeded FRACTION of the corpus."""
         if not 0 < fraction <= 1:
             fail(f"--fraction must be in (0, 1], got {fraction}")
-        if method not in ("full", "lora"):
-            fail(f"--method must be full or lora, got {method}")
-        job = campaigns.train_bag_job(settings(), model=model, data=data, fraction=fraction, seed=seed,
-                                      method=method, extra=_train_extra(epochs, batch_size, max_steps),
-                                      output=output, checkpoint=checkpoint)
-        _dispatch(planning, CampaignPlan("train-bag", job.spec.params, [job]),
-                  _options(backend, spot, max_price_per_hour, budget_usd), top, allow_stale, yes, wait, dry_run,
-                  as_json)
+        method, extra = o.train()
+        data = _local_input(o.required("data", data, "--data"), "--data")
+        job = campaigns.train_bag_job(settings(), model=_local_input(o.model, "--model", model=True), data=data,
+                                      fraction=fraction, seed=o.seed, method=method, extra=extra, output=output,
+                                      checkpoint=checkpoint)
+        dispatch(CampaignPlan("train-bag", job.spec.params, [job]), o)
 
     @target.command("merge")
+    @_with_options(run)
     def merge(
         models: str = typer.Option(..., "--models", help="Comma-separated model directories or URIs."),
         weights: str = typer.Option(..., "--weights", help="Comma-separated positive weights."),
-        output: Optional[str] = typer.Option(None), spot: Optional[bool] = SpotOpt,
-        max_price_per_hour: Optional[float] = MaxPriceOpt, budget_usd: Optional[float] = BudgetOpt,
-        top: int = TopOpt, allow_stale: bool = StaleOpt, backend: str = backend_opt, yes: bool = yes_opt,
-        wait: bool = wait_opt, dry_run: bool = dry_opt, as_json: bool = JsonOpt,
+        output: Optional[str] = typer.Option(None), o: Opts = None,
     ) -> None:
         """Multi-SLERP merge of finished bags."""
         names, values = [m for m in models.split(",") if m], _floats(weights, "--weights")
         if len(names) != len(values) or len(names) < 2:
             fail("give at least two --models and exactly one --weights value per model")
         job = campaigns.merge_job(settings(), names, values, (), output)
-        _dispatch(planning, CampaignPlan("merge", job.spec.params, [job]),
-                  _options(backend, spot, max_price_per_hour, budget_usd), top, allow_stale, yes, wait, dry_run,
-                  as_json)
+        dispatch(CampaignPlan("merge", job.spec.params, [job]), o)
 
     @target.command("encode")
+    @_with_options(run)
     def encode(
-        model: str = typer.Option(..., "--model"), input_uri: str = typer.Option(..., "--input"),
-        spot: Optional[bool] = SpotOpt, max_price_per_hour: Optional[float] = MaxPriceOpt,
-        budget_usd: Optional[float] = BudgetOpt, top: int = TopOpt, allow_stale: bool = StaleOpt,
-        backend: str = backend_opt, yes: bool = yes_opt, wait: bool = wait_opt, dry_run: bool = dry_opt,
-        as_json: bool = JsonOpt,
+        model: str = typer.Option(..., "--model", help="The model to encode with: directory or URI."),
+        input_uri: Optional[str] = _opt("encode", "--input", help="Corpus to encode (planner.toml: encode)."),
+        o: Opts = None,
     ) -> None:
         """Batch-encode a corpus with a model."""
-        job = campaigns.encode_job(settings(), model, input_uri, ())
-        _dispatch(planning, CampaignPlan("encode", job.spec.params, [job]),
-                  _options(backend, spot, max_price_per_hour, budget_usd), top, allow_stale, yes, wait, dry_run,
-                  as_json)
+        corpus = _local_input(o.required("encode", input_uri, "--input", "--encode"), "--input")
+        job = campaigns.encode_job(settings(), _local_input(model, "--model", model=True), corpus, ())
+        dispatch(CampaignPlan("encode", job.spec.params, [job]), o)
 
     @target.command("bagging")
+    @_with_options(train, run)
     def bagging(
-        data: str = typer.Option(..., "--data", help="Training corpus JSONL."),
+        data: Optional[str] = _opt("data", "--data", help="Training corpus JSONL."),
         fractions: str = typer.Option("0.2,0.4,0.6,0.8,1.0", "--fractions"),
         weights: str = typer.Option("0.2,0.4,0.6,0.8,1.0", "--weights"),
-        model: str = ModelOpt, seed: int = SeedOpt, method: str = MethodOpt,
-        encode_uri: Optional[str] = typer.Option(None, "--encode", help="Encode this corpus with the merged model."),
-        eval_uri: Optional[str] = typer.Option(None, "--eval", help="Evaluate every bag and the merge on this set."),
-        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-        max_steps: Optional[int] = typer.Option(None),
-        spot: Optional[bool] = SpotOpt, max_price_per_hour: Optional[float] = MaxPriceOpt,
-        budget_usd: Optional[float] = BudgetOpt, top: int = TopOpt, allow_stale: bool = StaleOpt,
-        backend: str = backend_opt, yes: bool = yes_opt, wait: bool = wait_opt, dry_run: bool = dry_opt,
-        as_json: bool = JsonOpt,
+        encode_uri: Optional[str] = _opt("encode", "--encode", help="Encode this corpus with the merged model."),
+        eval_uri: Optional[str] = _opt("eval", "--eval", help="Evaluate every bag and the merge on this set."),
+        o: Opts = None,
     ) -> None:
         """The BOOM campaign: bags in parallel, their merge, then optional encode and evaluation."""
+        method, extra = o.train()
+        data = _local_input(o.required("data", data, "--data"), "--data")
         try:
-            plan = campaigns.bagging(settings(), model=model, data=data, fractions=_floats(fractions, "--fractions"),
-                                     weights=_floats(weights, "--weights"), method=method, seed=seed,
-                                     encode=encode_uri, evaluate=eval_uri,
-                                     train_extra=_train_extra(epochs, batch_size, max_steps))
+            plan = campaigns.bagging(settings(), model=_local_input(o.model, "--model", model=True), data=data,
+                                     fractions=_floats(fractions, "--fractions"), weights=_floats(weights, "--weights"),
+                                     method=method, seed=o.seed,
+                                     encode=_local_input(o.value("encode", encode_uri), "--encode"),
+                                     evaluate=_local_input(o.value("eval", eval_uri), "--eval"), train_extra=extra)
         except ValueError as exc:
             fail(str(exc))
-        _dispatch(planning, plan, _options(backend, spot, max_price_per_hour, budget_usd), top, allow_stale, yes,
-                  wait, dry_run, as_json)
+        dispatch(plan, o)
 
     @target.command("incremental")
+    @_with_options(_train_options(with_model=False), run)
     def incremental(
         previous: str = typer.Option(..., "--previous", help="The current merged model."),
-        new_data: str = typer.Option(..., "--new-data"), replay_data: str = typer.Option(..., "--replay-data"),
+        new_data: str = typer.Option(..., "--new-data"),
+        replay_data: Optional[str] = _opt("data", "--replay-data", help="The old corpus to replay."),
         replay_fraction: float = typer.Option(0.4, "--replay-fraction"),
-        weights: str = typer.Option("2.8,4.3", "--weights"), seed: int = SeedOpt, method: str = MethodOpt,
-        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-        max_steps: Optional[int] = typer.Option(None),
-        spot: Optional[bool] = SpotOpt, max_price_per_hour: Optional[float] = MaxPriceOpt,
-        budget_usd: Optional[float] = BudgetOpt, top: int = TopOpt, allow_stale: bool = StaleOpt,
-        backend: str = backend_opt, yes: bool = yes_opt, wait: bool = wait_opt, dry_run: bool = dry_opt,
-        as_json: bool = JsonOpt,
+        weights: str = typer.Option("2.8,4.3", "--weights"), o: Opts = None,
     ) -> None:
         """The incremental stage: train on new data plus replayed old data, merge with the previous model."""
+        method, extra = o.train()
+        replay = _local_input(o.required("data", replay_data, "--replay-data", "--data"), "--replay-data")
         try:
-            plan = campaigns.incremental(settings(), previous=previous, new_data=new_data, replay_data=replay_data,
+            plan = campaigns.incremental(settings(), previous=_local_input(previous, "--previous", model=True),
+                                         new_data=_local_input(new_data, "--new-data"), replay_data=replay,
                                          replay_fraction=replay_fraction, weights=_floats(weights, "--weights"),
-                                         method=method, seed=seed,
-                                         train_extra=_train_extra(epochs, batch_size, max_steps))
+                                         method=method, seed=o.seed, train_extra=extra)
         except ValueError as exc:
             fail(str(exc))
-        _dispatch(planning, plan, _options(backend, spot, max_price_per_hour, budget_usd), top, allow_stale, yes,
-                  wait, dry_run, as_json)
+        dispatch(plan, o)
 
 
 _define_commands(plan_app, planning=True)
 _define_commands(launch_app, planning=False)
-
-
-def _dispatch(planning: bool, plan: CampaignPlan, options: JobOptions, top: int, allow_stale: bool, yes: bool,
-              wait: bool, dry_run: bool, as_json: bool) -> None:
-    if planning:
-        _show_plan(plan, options, top, allow_stale, as_json)
-    else:
-        _submit(plan, options, top=top, allow_stale=allow_stale, yes=yes, wait=wait, dry_run=dry_run, as_json=as_json)
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -321,7 +426,7 @@ def _dispatch(planning: bool, plan: CampaignPlan, options: JobOptions, top: int,
 @jobs_app.command("list")
 def jobs_list(all_jobs: bool = typer.Option(False, "--all", help="Include finished jobs."),
               limit: int = typer.Option(50, "--limit"), as_json: bool = JsonOpt) -> None:
-    """Jobs, newest first (open ones only unless --all)."""
+    """Jobs, newest first (open ones only unless --all), with each running job's progress and spend."""
     with sessions(settings())() as session:
         query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
         if not all_jobs:
@@ -330,18 +435,20 @@ def jobs_list(all_jobs: bool = typer.Option(False, "--all", help="Include finish
     if as_json:
         emit_json(rows)
         return
+    from planner.interface.cli.progress import bar, eta, spend
+
     table = Table(title="jobs" if all_jobs else "open jobs (--all for finished ones)")
-    for column in ("id", "name", "state", "attempts", "$", "campaign"):
-        table.add_column(column, justify="right" if column in ("attempts", "$") else "left")
+    for column in ("id", "name", "state", "progress", "ETA", "attempts", "$ / budget", "campaign"):
+        table.add_column(column, justify="right" if column in ("attempts", "$ / budget", "ETA") else "left")
     for row in rows:
-        table.add_row(row["id"], row["name"], row["state"], str(row["attempts"]), f"{row['dollars']:.2f}",
-                      row["campaign"] or "")
+        table.add_row(row["id"], row["name"], row["state"], bar(row, width=16), eta(row), str(row["attempts"]),
+                      spend(row), row["campaign"] or "")
     out.print(table)
 
 
 @jobs_app.command("show")
 def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."), as_json: bool = JsonOpt) -> None:
-    """A job (or every job of a campaign) with its attempts and dollars."""
+    """A job (or every job of a campaign) with its attempts, progress and dollars against its budget."""
     with sessions(settings())() as session:
         data = views.jobs_view(session, ident)
     if data is None:
@@ -349,6 +456,8 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
     if as_json:
         emit_json(data)
         return
+    from planner.interface.cli.progress import jobs_table
+
     for job in data["jobs"]:
         after = f" after {', '.join(job['depends_on'])}" if job["depends_on"] else ""
         out.print(f"[bold]{job['name']}[/] {job['id']}: {job['state']}{after}"
@@ -358,42 +467,66 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
                       f"${a['usd_per_hour']:.3f}/h, {a['outcome']}"
                       + (f" exit {a['exit_code']}" if a["exit_code"] is not None else "")
                       + f", ${a['dollars']:.4f}", highlight=False)
-    out.print(f"[bold]total[/]: ${data['dollars']:.4f}" + (f" of a ${data['budget_usd']:.2f} budget"
-                                                           if data["budget_usd"] else ""), highlight=False)
+        if job["progress"] and job["progress"]["text"]:
+            out.print(f"  progress: {job['progress']['text']}", highlight=False)
+    if out.is_terminal and any(j["progress"] for j in data["jobs"]):
+        out.print(jobs_table(data["jobs"]))
+    spent = f"${data['spent_usd']:.4f}" + (f" so far (${data['dollars']:.4f} settled)"
+                                          if data["spent_usd"] != data["dollars"] else "")
+    out.print(f"[bold]total[/]: {spent}" + (f" of a ${data['budget_usd']:.2f} budget" if data["budget_usd"] else ""),
+              highlight=False)
 
 
 @jobs_app.command("logs")
-def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "--tail")) -> None:
-    """The log of a job's latest attempt."""
-    from planner.run.launching import build_backends
+def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "--tail", help="Lines to show."),
+              follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends."),
+              as_json: bool = typer.Option(False, "--json", help="A JSON list of lines (with --follow: one JSON "
+                                           "string per line, as JSON lines).")) -> None:
+    """The log of a job's latest attempt, as raw lines (never wrapped or styled)."""
+    import json
+
+    from planner.run.logs import follow as follow_log
     from planner.run.supervisor import handle_of
 
     cfg = settings()
-    with sessions(cfg)() as session:
+    sessionmaker = sessions(cfg)
+    with sessionmaker() as session:
         attempts = attempts_of(session, job_id)
     if not attempts:
         fail(f"job {job_id} has no attempts yet (or does not exist)")
     backend = build_backends(cfg).get(attempts[-1].backend)
     if backend is None:
         fail(f"the {attempts[-1].backend} backend is not available in this build")
-    out.print(backend.logs(handle_of(attempts[-1]), tail=tail), highlight=False, markup=False)
+    handle = handle_of(attempts[-1])
+    if not follow:
+        lines = backend.logs(handle, tail=tail).splitlines()
+        sys.stdout.write(json.dumps(lines) + "\n" if as_json else "".join(line + "\n" for line in lines))
+        return
+
+    def ended() -> bool:  # the attempt's instance is gone, or the supervisor has closed the attempt
+        from planner.run.logs import attempt_ended
+
+        with sessionmaker() as session:
+            outcome = attempts_of(session, job_id)[-1].outcome
+        return outcome not in ("launching", "running") or attempt_ended(backend, handle)
+
+    try:
+        for line in follow_log(backend, handle, tail=tail, ended=ended):
+            sys.stdout.write((json.dumps(line) if as_json else line) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(ident: str = typer.Argument(..., help="A job id or a campaign id."), as_json: bool = JsonOpt) -> None:
     """Cancel a job or a whole campaign: live instances are terminated and their cost settled."""
+    from planner.run.launching import cancel_jobs
+
     cfg = settings()
-    sessionmaker = sessions(cfg)
-    with sessionmaker() as session:
-        _, jobs = find_jobs(session, ident)
-        if not jobs:
-            fail(f"no job or campaign {ident}")
-        for job in jobs:
-            if job.state not in FINAL_STATES:
-                job.cancel_requested = True
-        session.commit()
-    report = build_supervisor(cfg, sessionmaker).tick()
-    cancelled = [job_id for job_id, state in report.finished if state == "cancelled"]
+    cancelled = cancel_jobs(cfg, sessions(cfg), ident)
+    if cancelled is None:
+        fail(f"no job or campaign {ident}")
     if as_json:
         emit_json({"cancelled": cancelled})
     else:
