@@ -536,7 +536,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
         rate = tokens_this_run / elapsed
         seconds_per_step = elapsed / max(steps_this_run, 1)
         return {"tokens_per_s": round(rate, 1), "tokens_per_s_per_gpu": round(rate / ranks.world, 1),
-                "tflops_per_gpu": round(flops_this_run / elapsed / ranks.world / 1e12, 6), "gpus": ranks.world,
+                "tflops_per_gpu": float(f"{flops_this_run / elapsed / ranks.world / 1e12:.4g}"), "gpus": ranks.world,
                 "eta_s": round(seconds_per_step * (total_steps - step), 1) if steps_this_run else None}
 
     def save() -> None:
