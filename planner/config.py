@@ -191,7 +191,7 @@ def load_project(start: Path | None = None) -> Project:
     path = find_project(start)
     if path is None:
         return Project()
-    raw = _read_toml(path)
+    raw = read_toml(path)
     user_keys = set(Settings.model_fields) - set(PROJECT_SETTINGS)
     for key in raw:
         if key in JOB_KEYS or key in PROJECT_SETTINGS:
@@ -201,7 +201,7 @@ def load_project(start: Path | None = None) -> Project:
                               f"put it in {config_path()} or PLANNER_{key.upper()}")
         raise ConfigError(_unknown(path, key, [*JOB_KEYS, *PROJECT_SETTINGS]))
     base = path.parent
-    jobs = {key: _job_value(path, key, value) for key, value in raw.items() if key in JOB_KEYS}
+    jobs = {key: check_job_value(path, key, value) for key, value in raw.items() if key in JOB_KEYS}
     for key in PATH_KEYS:
         if key in jobs:
             jobs[key] = resolve_path(jobs[key], base)
@@ -225,7 +225,7 @@ def read_user_config() -> dict[str, Any]:
     path = config_path()
     if not path.is_file():
         return {}
-    raw = _read_toml(path)
+    raw = read_toml(path)
     known = set(Settings.model_fields)
     aliases = {"runpod_api_key", "vast_api_key"}
     for key in raw:
@@ -260,7 +260,7 @@ def _resolve_sqlite(url: str, base: Path) -> str:
     return f"{prefix}:///{resolve_path(path, base)}"
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:  # its message carries "(at line L, column C)"
@@ -280,7 +280,7 @@ def _toml_type(value: Any) -> str:
             list: "an array"}.get(type(value), type(value).__name__)
 
 
-def _job_value(path: Path, key: str, value: Any) -> Any:
+def check_job_value(path: Path, key: str, value: Any) -> Any:
     kind, _, _ = JOB_KEYS[key]
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool)) or \
         (kind is float and isinstance(value, int) and not isinstance(value, bool))

@@ -1,0 +1,149 @@
+"""`planner init` (write ./planner.toml: this project's job defaults) and `planner config show` (every
+effective value and where it came from: flag, project file, user config, environment, default)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from planner.config import (
+    JOB_KEYS, PATH_KEYS, PROJECT_FILE, PROJECT_SETTINGS, ConfigError, Settings, check_job_value, config_path,
+    find_project, load_project, read_toml, setting_sources,
+)
+from planner.interface.cli.common import JsonOpt, app, emit_json, fail, out, settings
+from planner.interface.cli.jobs import Opts, _local_input, _with_options
+
+config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+# init's flags for the settings a project file may hold (config.PROJECT_SETTINGS)
+SETTING_FLAGS = {"storage_uri": "--storage", "db_url": "--db-url", "runs_dir": "--runs-dir",
+                 "jobs_install": "--jobs-install", "job_image": "--job-image"}
+SETTING_HELP = {"storage_uri": "fsspec URI for outputs and checkpoints (cloud launches need one)",
+                "db_url": "this project's database (SQLAlchemy URL)", "runs_dir": "local outputs, checkpoints, logs",
+                "jobs_install": "pip requirement for the jobs extra on a cloud box",
+                "job_image": "the cloud box's image"}
+assert set(SETTING_FLAGS) == set(PROJECT_SETTINGS)
+_TYPES = {str: Optional[str], int: Optional[int], float: Optional[float], bool: Optional[bool]}
+
+
+def _job_key_options() -> list[tuple[str, object, object]]:
+    options = []
+    for key, (kind, default, meaning) in JOB_KEYS.items():
+        flag = "--spot/--no-spot" if key == "spot" else "--" + key.replace("_", "-")
+        shown = "" if default is None else f" (default: {default})"
+        options.append((key, _TYPES[kind], typer.Option(None, flag, help=f"{meaning}{shown}.")))
+    return options
+
+
+def _setting_options() -> list[tuple[str, object, object]]:
+    return [(key, Optional[str], typer.Option(None, SETTING_FLAGS[key], help=SETTING_HELP[key] + "."))
+            for key in PROJECT_SETTINGS]
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def render_project(values: dict) -> str:
+    lines = [f"# {PROJECT_FILE}: this project's defaults for `planner plan|launch|jobs`, written by `planner init`.",
+             "# Every command run in this directory or below uses them; a flag always wins. Relative paths",
+             "# resolve against this file's directory. `planner config show` prints what is in effect.", ""]
+    for key in [*JOB_KEYS, *PROJECT_SETTINGS]:
+        if key in values:
+            meaning = JOB_KEYS[key][2] if key in JOB_KEYS else SETTING_HELP[key]
+            lines.append(f"{key} = {toml_value(values[key])}  # {meaning}")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("init")
+@_with_options(_job_key_options(), _setting_options(), [("as_json", bool, JsonOpt)])
+def init(o: Opts = None) -> None:
+    """Write ./planner.toml with this project's defaults (keeps what an existing one holds unless given)."""
+    path = Path.cwd() / PROJECT_FILE
+    given = {key: value for key, value in o.flags.items() if key != "as_json" and value is not None}
+    existing = {}
+    if path.is_file():
+        try:
+            existing = read_toml(path)
+            load_project(path.parent)  # a broken file is reported, not overwritten
+        except ConfigError as exc:
+            fail(f"{exc}; fix it or remove it before planner init")
+    for key, value in given.items():
+        if key in JOB_KEYS:
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(f"--{key.replace('_', '-')} must be a finite number")
+            try:
+                check_job_value(path, key, value)
+            except ConfigError as exc:
+                fail(str(exc).replace(f"{path}: ", "planner init: "))
+            if key in PATH_KEYS:
+                _local_input(value, "--" + key)  # a local corpus must exist; the file keeps it as given
+            elif key == "model":
+                _local_input(value, "--model", model=True)
+    values = {**existing, **given}
+    path.write_text(render_project(values), encoding="utf-8")
+    try:
+        load_project(path.parent)
+        settings()  # e.g. a db_url that is not a URL: the file is written, the error names the fix
+    except ConfigError as exc:
+        fail(str(exc))
+    above = find_project(path.parent.parent) if path.parent.parent != path.parent else None
+    if o.as_json:
+        emit_json({"path": str(path), "values": values, "shadows": str(above) if above else None})
+        return
+    out.print(f"{'updated' if existing else 'wrote'} {path}: " + (", ".join(f"{k} = {toml_value(v)}"
+                                                                          for k, v in values.items()) or "no values"),
+              highlight=False, markup=False)
+    if above:
+        out.print(f"note: it takes precedence over {above} here and below", highlight=False, markup=False)
+
+
+def _shown(name: str, value) -> object:
+    if hasattr(value, "get_secret_value"):
+        return "**********"
+    if name == "db_url":
+        from sqlalchemy.engine import make_url
+
+        return make_url(value).render_as_string(hide_password=True)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@config_app.command("show")
+@_with_options(_job_key_options(), [("as_json", bool, JsonOpt)])
+def config_show(o: Opts = None) -> None:
+    """Every effective value and where it comes from (flag, project file, user config, environment, default)."""
+    project = o.project
+    cfg = settings()
+    rows: dict[str, dict] = {}
+    for key in JOB_KEYS:
+        flag = o.flags[key]
+        source = "flag" if flag is not None else (f"project file {project.path}" if key in project.jobs else "default")
+        rows[key] = {"value": o.value(key, flag), "source": source}
+    sources = setting_sources(project)
+    for name in Settings.model_fields:
+        rows[name] = {"value": _shown(name, getattr(cfg, name)), "source": sources[name]}
+    user = config_path()
+    if o.as_json:
+        emit_json({"project_file": str(project.path) if project.path else None,
+                   "user_config": str(user) if user.is_file() else None, "values": rows})
+        return
+    out.print(f"project file: {project.path or f'none (planner init writes ./{PROJECT_FILE})'}; "
+              f"user config: {user if user.is_file() else f'none ({user})'}", highlight=False, markup=False)
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("key", "value", "from"):
+        table.add_column(column)
+    for key, row in rows.items():
+        value = row["value"]
+        table.add_row(key, "-" if value is None else str(value), row["source"])
+    out.print(table)
