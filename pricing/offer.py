@@ -1,9 +1,11 @@
-"""The normalized GPU offer every provider returns (the contract in DESIGN.md)."""
+"""The normalized GPU offer every provider returns (the contract in ARCHITECTURE.md)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
+
+MAX_USD_PER_GPU_HOUR = 100.0  # above this a price is a broken answer: dropped by a provider, refused by a refresh
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,7 @@ class Offer:
     GPU is unknown to our table (then `known_gpu` is False and the offer is kept, never dropped).
     """
 
-    provider: str  # "runpod" | "vast"
+    provider: str  # a pricing.providers.NAMES entry, or "local"
     offer_key: str  # provider-side id: RunPod gpu type id + tier, Vast ask id
     gpu_model: str  # canonical model, e.g. "H100-SXM", or the raw name when unknown
     gpu_name_raw: str  # the provider's own name, e.g. "NVIDIA H100 80GB HBM3" / "H100 SXM"

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,12 +19,11 @@ from datetime import timedelta
 from sqlalchemy.orm import sessionmaker
 
 from pricing import store
-from pricing.offer import Offer
+from pricing.offer import MAX_USD_PER_GPU_HOUR, Offer
 from pricing.providers.base import Provider, ProviderError
 
 log = logging.getLogger("pricing.refresh")
 
-MAX_PLAUSIBLE_USD_PER_GPU_HOUR = 100.0
 COLLAPSE_MIN_PREVIOUS = 20  # below this many offers a drop to few is not suspicious
 COLLAPSE_RATIO = 0.1  # fewer than 10 % of the previous count is a broken answer, not a market move
 
@@ -52,26 +52,44 @@ def implausibility(offers: list[Offer], previous_count: int) -> str | None:
         return f"implausible: {len(offers)} offers where the current snapshot has {previous_count}"
     for offer in offers:
         for price in (offer.on_demand_usd_per_gpu_hour, offer.spot_usd_per_gpu_hour):
-            if price is not None and not 0 < price <= MAX_PLAUSIBLE_USD_PER_GPU_HOUR:
+            if price is not None and not 0 < price <= MAX_USD_PER_GPU_HOUR:
                 return f"implausible price ${price}/GPU-hour for {offer.gpu_name_raw} ({offer.offer_key})"
         if offer.vram_gb <= 0 or offer.gpu_count < 1:
             return f"implausible offer {offer.offer_key}: vram {offer.vram_gb} GB x {offer.gpu_count} GPUs"
     return None
 
 
+# on_progress(provider, event, result): "fetching" when its fetch starts (from a worker thread),
+# "fetched" when it returned, then "done" (or "skipped") with its ProviderResult.
+ProgressFn = Callable[[str, str, "ProviderResult | None"], None]
+
+
 def refresh(sessions: sessionmaker, providers: list[Provider], *, retention: timedelta,
-            lease_ttl: timedelta = timedelta(minutes=15), secrets: tuple[str, ...] = ()) -> list[ProviderResult]:
-    """Refresh every provider (fetches run in parallel, writes one by one); never raises for a provider fault."""
+            lease_ttl: timedelta = timedelta(minutes=15), secrets: tuple[str, ...] = (),
+            on_progress: ProgressFn | None = None) -> list[ProviderResult]:
+    """Refresh every provider (fetches run in parallel, writes one by one); never raises for a provider fault.
+    `on_progress` hears about each provider as it goes (a plain callback: the caller draws it)."""
+    notify = on_progress or (lambda provider, event, result: None)
     holder = f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
     with sessions() as session:
         leased = [p for p in providers if store.acquire_lease(session, p.name, holder, lease_ttl)]
     results = {p.name: ProviderResult(p.name, "skipped", reason="another refresh of this provider is running")
                for p in providers if p not in leased}
+    for name, result in results.items():
+        notify(name, "skipped", result)
+
+    def fetch(provider: Provider):
+        notify(provider.name, "fetching", None)
+        fetched = _fetch(provider, secrets)
+        notify(provider.name, "fetched", None)
+        return fetched
+
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(leased))) as pool:
-            fetched = list(pool.map(lambda p: _fetch(p, secrets), leased))
+            fetched = list(pool.map(fetch, leased))
         for provider, (started, duration, offers, reason) in zip(leased, fetched):
             results[provider.name] = _record(sessions, provider, started, duration, offers, reason, retention)
+            notify(provider.name, "done", results[provider.name])
     finally:
         with sessions() as session:
             for provider in leased:

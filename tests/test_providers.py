@@ -6,6 +6,7 @@ import json
 import logging
 import time
 
+import msgspec
 import pytest
 from hypothesis import given, settings, strategies as st
 from pydantic import SecretStr
@@ -14,8 +15,8 @@ from werkzeug import Response
 from pricing import gpus
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy
-from pricing.providers.runpod import RunPodProvider, parse_gpu_types
-from pricing.providers.vast import VastProvider
+from pricing.providers.runpod import RunPodProvider
+from pricing.providers.vast import VastOffer, VastProvider
 from planner.run.replay import recorded_payload
 
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.01)
@@ -54,35 +55,82 @@ def test_runpod_normalizes_recorded_payload(httpserver):
     offers = {o.offer_key: o for o in runpod(httpserver).fetch()}
     assert "unknown|secure" not in offers and "unknown|community" not in offers
     h100 = offers["NVIDIA H100 80GB HBM3|secure"]
-    assert (h100.gpu_model, h100.vram_gb, h100.on_demand_usd_per_gpu_hour, h100.spot_usd_per_gpu_hour) == (
-        "H100-SXM", 80, 2.99, 2.69)
+    assert (h100.gpu_model, h100.vram_gb, h100.on_demand_usd_per_gpu_hour) == ("H100-SXM", 80, 2.99)
     assert "NVIDIA H100 80GB HBM3|community" not in offers  # no community price: no community offer
-    assert offers["NVIDIA A100 80GB PCIe|secure"].spot_usd_per_gpu_hour is None  # null is "no spot", not 0
     assert offers["NVIDIA GeForce RTX 3090|community"].available is False  # stockStatus null: out of stock
     assert all(o.gpu_count == 1 and o.known_gpu for o in offers.values())
 
 
-def test_runpod_spot_zero_or_missing_is_none():
-    types = copy.deepcopy(RUNPOD["data"]["gpuTypes"])
-    types[1]["communitySpotPrice"] = 0
-    del types[1]["secureSpotPrice"]
-    offers, _ = parse_gpu_types(types)
-    spots = {o.offer_key: o.spot_usd_per_gpu_hour for o in offers if o.gpu_name_raw == types[1]["id"]}
-    assert set(spots.values()) == {None}
-
-
-def test_runpod_spot_field_removed_retries_without_it(httpserver):
-    gone = {"errors": [{"message": 'Cannot query field "secureSpotPrice" on type "GpuType".'}]}
-    httpserver.expect_ordered_request("/graphql").respond_with_json(gone)
-    no_spot = copy.deepcopy(RUNPOD)
-    for gpu in no_spot["data"]["gpuTypes"]:
-        gpu.pop("secureSpotPrice", None), gpu.pop("communitySpotPrice", None)
-    httpserver.expect_ordered_request("/graphql").respond_with_json(no_spot)
-    provider = runpod(httpserver)
-    offers = provider.fetch()
+def test_runpod_has_no_spot_even_when_a_stale_answer_carries_spot_fields(httpserver):
+    """Reference note §1: spot pods are gone; the query asks for no spot field and ignores any sent."""
+    assert any(g.get("secureSpotPrice") for g in RUNPOD["data"]["gpuTypes"])  # the recording still has some
+    httpserver.expect_request("/graphql", method="POST").respond_with_json(RUNPOD)
+    offers = runpod(httpserver).fetch()
     assert offers and all(o.spot_usd_per_gpu_hour is None for o in offers)
-    assert "SpotPrice" not in json.loads(httpserver.log[1][0].data)["query"]
-    assert provider.last_report["spot fields removed"]
+    query = json.loads(httpserver.log[0][0].data)["query"]
+    assert "SpotPrice" not in query and "minimumBidPrice" not in query
+
+
+CATALOG = {"gpus": [  # /v2/catalog/gpus?include=AVAILABILITY&product=POD, as in the reference note §2.1
+    {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "pool": None, "manufacturer": "NVIDIA", "memory": 80,
+     "secure": True, "community": True, "price": {"secure": 2.99, "community": 2.69, "serverless": None},
+     "maxCount": {"secure": 8, "community": 8}, "availability": "HIGH",
+     "dataCenters": [{"id": "US-TX-3", "name": "US-TX-3", "availability": "HIGH"}],
+     "cudaVersions": [{"version": "12.4", "available": True}, {"version": "12.8", "available": True}]},
+    {"id": "NVIDIA A100 80GB PCIe", "name": "A100 PCIe", "manufacturer": "NVIDIA", "memory": 80, "secure": True,
+     "community": False, "price": {"secure": 1.64, "community": None}, "maxCount": {"secure": 8, "community": 0},
+     "availability": "NONE"},
+    {"id": "AMD Instinct MI300X OAM", "name": "MI300X", "manufacturer": "AMD", "memory": 192, "secure": True,
+     "community": False, "price": {"secure": 2.49}, "availability": "LOW",
+     "dataCenters": [{"id": "EU-RO-1", "name": "EU-RO-1", "availability": "LOW"}]},
+]}
+
+
+def test_runpod_with_a_key_reads_the_v2_catalog_once_per_cloud(httpserver):
+    httpserver.expect_request("/v2/catalog/gpus", method="GET").respond_with_json(CATALOG)
+    provider = runpod(httpserver, key=KEY)
+    offers = {o.offer_key: o for o in provider.fetch()}
+    queries = sorted((r.args["cloud"], r.args["include"], r.args["product"]) for r, _ in httpserver.log)
+    assert queries == [("COMMUNITY", "AVAILABILITY", "POD"), ("SECURE", "AVAILABILITY", "POD")]
+    assert all(r.headers["Authorization"] == f"Bearer {KEY}" for r, _ in httpserver.log)
+    assert set(offers) == {"NVIDIA H100 80GB HBM3|secure", "NVIDIA H100 80GB HBM3|community",
+                           "NVIDIA A100 80GB PCIe|secure", "AMD Instinct MI300X OAM|secure"}
+    h100 = offers["NVIDIA H100 80GB HBM3|community"]
+    assert (h100.gpu_model, h100.on_demand_usd_per_gpu_hour, h100.spot_usd_per_gpu_hour, h100.stock) == (
+        "H100-SXM", 2.69, None, "HIGH")
+    assert offers["NVIDIA A100 80GB PCIe|secure"].available is False  # NONE, upper case (note §2.1)
+    assert offers["AMD Instinct MI300X OAM|secure"].available and offers["AMD Instinct MI300X OAM|secure"].known_gpu
+    assert provider.last_report["source"] == "REST v2 catalog"
+
+
+def test_runpod_v2_problem_json_error_is_one_line_with_its_detail(httpserver):
+    problem = {"title": "Bad Request", "status": 400, "detail": "include=AVAILABILITY requires product"}
+    httpserver.expect_request("/v2/catalog/gpus").respond_with_json(problem, status=400,
+                                                                    content_type="application/problem+json")
+    with pytest.raises(ProviderError, match="HTTP 400 on /v2/catalog/gpus: Bad Request: include=AVAILABILITY"):
+        runpod(httpserver, key=KEY).fetch()
+
+
+def test_runpod_graphql_410_says_to_set_the_key(httpserver):
+    httpserver.expect_request("/graphql").respond_with_json({"errors": [{"message": "gone"}]}, status=410)
+    with pytest.raises(ProviderError, match="retired its GraphQL API .*RUNPOD_API_KEY"):
+        runpod(httpserver).fetch()
+
+
+def test_429_waits_retry_after_when_given_and_backs_off_without(httpserver):
+    waits = []
+    policy = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.01, sleep=waits.append)
+    httpserver.expect_ordered_request("/v2/catalog/gpus").respond_with_data(
+        "slow down", status=429, headers={"Retry-After": "7"})
+    httpserver.expect_request("/v2/catalog/gpus").respond_with_json(CATALOG)
+    RunPodProvider(httpserver.url_for(""), SecretStr(KEY), retry=policy).fetch()
+    assert waits == [7.0]  # RunPod's Retry-After, integer seconds (note §2.3)
+    httpserver.clear()
+    waits.clear()
+    httpserver.expect_ordered_request("/api/v0/bundles/").respond_with_data("API requests too frequent", status=429)
+    httpserver.expect_request("/api/v0/bundles/").respond_with_handler(vast_answer(VAST["offers"]))
+    VastProvider(httpserver.url_for(""), retry=policy, min_interval_s=0).fetch()
+    assert len(waits) == 1 and 0 <= waits[0] <= 0.01  # Vast sends none (note §4): our own backoff
 
 
 def test_runpod_graphql_error_at_200_fails(httpserver):
@@ -202,7 +250,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", FAULTS)
 def test_faults_give_one_line_reason_without_key(httpserver, caplog, make, fault):
     respond, reason = FAULTS[fault]
-    respond(httpserver.expect_request(make(httpserver).url.replace(httpserver.url_for(""), "/")))
+    respond(httpserver.expect_request(make(httpserver, key=KEY).url.replace(httpserver.url_for(""), "/")))
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ProviderError) as error:
         make(httpserver, key=KEY, timeout=0.3).fetch()
@@ -226,8 +274,8 @@ def test_500_then_success(httpserver, make):
 
 @pytest.mark.parametrize("make", [runpod, vast], ids=["runpod", "vast"])
 def test_key_only_in_authorization_header(httpserver, make):
-    path = make(httpserver).url.replace(httpserver.url_for(""), "/")
-    httpserver.expect_request(path).respond_with_json(RUNPOD if make is runpod else {"offers": VAST["offers"]})
+    path = make(httpserver, key=KEY).url.replace(httpserver.url_for(""), "/")
+    httpserver.expect_request(path).respond_with_json(CATALOG if make is runpod else {"offers": VAST["offers"]})
     make(httpserver, key=KEY).fetch()
     for request, _ in httpserver.log:
         assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -247,9 +295,9 @@ vast_offers = st.fixed_dictionaries({
 @given(raw=vast_offers, disk=st.floats(0, 2000))
 def test_vast_normalization_properties(raw, disk):
     provider = VastProvider("http://127.0.0.1:9", disk_gb=disk, min_interval_s=0)
-    provider.last_report = {"dropped": 0, "unknown GPUs": set()}
+    provider.last_report = {"dropped": 0, "unknown GPUs": []}
     raw = {**raw, "id": 1, "verification": "verified"}
-    offer = provider._offer(raw, True, None, None)
+    offer = provider._offer(msgspec.convert(raw, VastOffer), True, None, None)
     storage = raw["storage_cost"] * disk / 720
     whole = raw["dph_base"] + storage
     if whole / raw["num_gpus"] > 100 or (raw["min_bid"] and (raw["min_bid"] + storage) / raw["num_gpus"] > 100):

@@ -6,31 +6,24 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import sessionmaker
 
 from planner.config import Settings
-from pricing import db, store
+from pricing import db, providers, store
 from pricing.providers.base import Provider
-from pricing.refresh import ProviderResult, refresh
+from pricing.providers.http import RetryPolicy, secret_value
+from pricing.refresh import ProgressFn, ProviderResult, refresh
 
-PROVIDERS = ("runpod", "vast")
+PROVIDERS = providers.NAMES
 
 
 def build_providers(settings: Settings, only: str | None = None) -> list[Provider]:
-    from pricing.providers.http import RetryPolicy
-    from pricing.providers.runpod import RunPodProvider
-    from pricing.providers.vast import VastProvider
-
-    retry = RetryPolicy(attempts=settings.http_retries, initial_wait_s=settings.http_retry_wait_s)
-    built = {
-        "runpod": lambda: RunPodProvider(settings.runpod_url, settings.runpod_api_key, timeout=settings.http_timeout,
-                                         retry=retry),
-        "vast": lambda: VastProvider(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout,
-                                     disk_gb=settings.vast_disk_gb, limit=settings.vast_search_limit,
-                                     min_interval_s=settings.vast_min_interval_s, retry=retry),
-    }
-    return [built[name]() for name in PROVIDERS if only in (None, name)]
+    """Every registered provider (pricing.providers.PROVIDERS), or `only` that one, with one RetryPolicy."""
+    retry = RetryPolicy.from_settings(settings)
+    return [info.provider_class().from_settings(settings, retry)
+            for name, info in providers.PROVIDERS.items() if only in (None, name)]
 
 
 def secrets_of(settings: Settings) -> tuple[str, ...]:
-    return tuple(key.get_secret_value() for key in (settings.runpod_api_key, settings.vast_api_key) if key)
+    return tuple(value for value in (secret_value(getattr(settings, f"{name}_api_key", None))
+                                     for name in providers.NAMES) if value)
 
 
 def sessions_for(settings: Settings) -> sessionmaker:
@@ -39,10 +32,11 @@ def sessions_for(settings: Settings) -> sessionmaker:
     return db.session_factory(settings.db_url)
 
 
-def refresh_book(settings: Settings, only: str | None = None,
-                 providers: list[Provider] | None = None) -> list[ProviderResult]:
+def refresh_book(settings: Settings, only: str | None = None, providers: list[Provider] | None = None,
+                 on_progress: ProgressFn | None = None) -> list[ProviderResult]:
     return refresh(sessions_for(settings), providers or build_providers(settings, only),
-                   retention=timedelta(days=settings.retention_days), secrets=secrets_of(settings))
+                   retention=timedelta(days=settings.retention_days), secrets=secrets_of(settings),
+                   on_progress=on_progress)
 
 
 def book_age(sessions: sessionmaker) -> dict[str, datetime | None]:

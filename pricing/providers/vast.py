@@ -3,29 +3,29 @@
 Quirks kept here: `/api/v0/bundles/` answers 64 offers unless given a `limit`, so we ask for a large
 one and split the search (by GPU count, then by verification) while a page comes back full; prices
 are for the whole offer, so they are divided by `num_gpus`, with storage for a stated disk size
-added (`storage_cost` is $/GB/month, 720 hours); the interruptible price is `min_bid` from a `type:
-bid` search; VRAM is `gpu_ram` in MB (MiB) per GPU, never the name (modded 48 GB "RTX 4090"s
-exist); `cpu_cores` may be null; about 10 searches a minute are allowed and 429 carries no
-Retry-After, so searches are spaced and retried with backoff.
+added (pricing.providers.vast_api.storage_usd_per_hour); the interruptible price is `min_bid` from
+a `type: bid` search; VRAM is `gpu_ram` in MB (MiB) per GPU, never the name (modded 48 GB "RTX
+4090"s exist); `cpu_cores` may be null; about 10 searches a minute are allowed and 429 carries no
+Retry-After, so searches are spaced and retried with backoff. Only the fields we keep are decoded
+(msgspec structs): a 20,000-offer answer is ~30 MB of which we read a dozen fields per offer.
 """
 from __future__ import annotations
 
 import logging
 import time
 
-import requests
-from pydantic import SecretStr
+import msgspec
 
 from pricing import gpus
-from pricing.offer import Offer
+from pricing.offer import MAX_USD_PER_GPU_HOUR, Offer
+from pricing.providers import VAST
 from pricing.providers.base import Provider, ProviderError
-from pricing.providers.http import RetryPolicy, request_json
+from pricing.providers.http import RetryPolicy
+from pricing.providers.vast_api import VastAPI, storage_usd_per_hour
 
 log = logging.getLogger("pricing.providers.vast")
 
 MIN_VRAM_MB = 3 * 1024
-HOURS_PER_MONTH = 720  # Vast's storage_cost is per GB per 30-day month
-MAX_USD_PER_GPU_HOUR = 100.0
 # Partitions tried, in order, when a search comes back full: each splits every still-full search.
 SPLITS = (
     ("num_gpus", [{"eq": 1}, {"eq": 2}, {"in": [3, 4]}, {"in": [5, 6, 7, 8]}, {"gt": 8}]),
@@ -33,42 +33,84 @@ SPLITS = (
 )
 
 
-class VastProvider(Provider):
-    name = "vast"
 
-    def __init__(self, base_url: str, api_key: SecretStr | None = None, timeout: float = 30.0,
-                 disk_gb: float = 50.0, limit: int = 5000, session: requests.Session | None = None,
-                 min_interval_s: float = 6.0, retry: RetryPolicy = RetryPolicy()):
-        self.url = base_url.rstrip("/") + "/api/v0/bundles/"
-        self.api_key = api_key
-        self.timeout = timeout
+
+class VastOffer(msgspec.Struct):
+    """The fields of a bundles row we keep (every other field is skipped by the decoder)."""
+
+    id: int
+    num_gpus: int
+    gpu_ram: float
+    gpu_name: str
+    dph_base: float | None = None
+    dph_total: float | None = None
+    min_bid: float | None = None
+    storage_cost: float | None = None
+    verification: str | None = None
+    geolocation: str | None = None
+    rentable: bool | None = True
+    reliability2: float | None = None
+    reliability: float | None = None
+    cpu_cores: float | None = None
+    cpu_cores_effective: float | None = None
+    cpu_ram: float | None = None
+    disk_space: float | None = None
+
+
+class _Bundles(msgspec.Struct):
+    offers: list[VastOffer]
+
+
+_DECODER = msgspec.json.Decoder(_Bundles)
+
+
+def decode_bundles(content: bytes) -> list[VastOffer]:
+    try:
+        return _DECODER.decode(content).offers
+    except msgspec.ValidationError as exc:
+        raise ProviderError(f"unexpected bundles schema: {exc}") from None
+    except msgspec.DecodeError:
+        raise ValueError("malformed JSON") from None  # request_json reports it as malformed
+
+
+class VastProvider(Provider):
+    name = VAST
+
+    def __init__(self, base_url: str, api_key=None, timeout: float = 30.0,
+                 disk_gb: float = 50.0, limit: int = 5000, session=None,
+                 min_interval_s: float = 6.0, retry: RetryPolicy = RetryPolicy(), api: VastAPI | None = None):
+        super().__init__()
+        self.api = api or VastAPI(base_url, api_key, timeout=timeout, retry=retry, session=session)
+        self.url = self.api.base_url + "/api/v0/bundles/"
         self.disk_gb = disk_gb
         self.limit = limit
-        self.session = session or requests.Session()
         self.min_interval_s = min_interval_s
-        self.retry = retry
-        self.last_report: dict = {}
         self._last_search = float("-inf")
 
+    @classmethod
+    def from_settings(cls, settings, retry: RetryPolicy) -> VastProvider:
+        return cls(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout,
+                   disk_gb=settings.vast_disk_gb, limit=settings.vast_search_limit,
+                   min_interval_s=settings.vast_min_interval_s, retry=retry)
+
     def fetch(self) -> list[Offer]:
-        self.last_report = {"searches": 0, "dropped": 0, "unknown GPUs": set(), "truncated": False}
+        self.last_report = {"searches": 0, "dropped": 0, "unknown GPUs": [], "truncated": False}
         on_demand = self._search_all("on-demand")
         interruptible = self._search_all("bid")
         offers = self._merge(on_demand, interruptible)
         if (on_demand or interruptible) and not offers:
             raise ProviderError(f"all {len(on_demand) + len(interruptible)} offers had implausible prices or VRAM")
-        self.last_report["unknown GPUs"] = sorted(self.last_report["unknown GPUs"])
         return offers
 
-    def _search_all(self, kind: str) -> dict[int, dict]:
+    def _search_all(self, kind: str) -> dict[int, VastOffer]:
         """Every offer of `kind`, splitting searches that come back full."""
-        found: dict[int, dict] = {}
+        found: dict[int, VastOffer] = {}
         pending = [{}]
         for field, parts in (*SPLITS, (None, [])):
             still_full = []
             for extra in pending:
                 page = self._search(kind, extra)
-                found.update((offer["id"], offer) for offer in page)
+                found.update((offer.id, offer) for offer in page)
                 if len(page) >= self.limit:
                     still_full.append(extra)
             if not still_full:
@@ -80,7 +122,7 @@ class VastProvider(Provider):
             pending = [{**extra, field: part} for extra in still_full for part in parts]
         return found
 
-    def _search(self, kind: str, extra: dict) -> list[dict]:
+    def _search(self, kind: str, extra: dict) -> list[VastOffer]:
         wait = self._last_search + self.min_interval_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -88,18 +130,15 @@ class VastProvider(Provider):
                  "gpu_ram": {"gte": MIN_VRAM_MB}, "order": [["dph_total", "asc"]], "type": kind,
                  "limit": self.limit, "allocated_storage": self.disk_gb, **extra}
         try:
-            body = request_json(self.session, "POST", self.url, json_body=query, timeout=self.timeout,
-                                api_key=self.api_key.get_secret_value() if self.api_key else None,
-                                retry=self.retry, auth_hint="VAST_API_KEY")
+            offers = self.api.search(query, decode=decode_bundles)
         finally:
             self._last_search = time.monotonic()
             self.last_report["searches"] += 1
-        offers = body.get("offers") if isinstance(body, dict) else None
-        if not isinstance(offers, list) or not all(isinstance(o, dict) and "id" in o for o in offers):
-            raise ProviderError("unexpected bundles schema: no 'offers' list of objects with an 'id'")
+        if offers is None:
+            raise ProviderError("unexpected bundles schema: an empty answer")
         return offers
 
-    def _merge(self, on_demand: dict[int, dict], interruptible: dict[int, dict]) -> list[Offer]:
+    def _merge(self, on_demand: dict[int, VastOffer], interruptible: dict[int, VastOffer]) -> list[Offer]:
         from pricing.db import utcnow
 
         now = utcnow()
@@ -114,12 +153,14 @@ class VastProvider(Provider):
                 offers.append(offer)
         return offers
 
-    def _offer(self, raw: dict, has_on_demand: bool, bid: dict | None, now) -> Offer | None:
-        count = int(raw["num_gpus"])
-        vram_gb = float(raw["gpu_ram"]) / 1024
-        storage = float(raw.get("storage_cost") or 0.0) * self.disk_gb / HOURS_PER_MONTH
-        compute = float(raw["dph_base"]) if has_on_demand else None
-        min_bid = (bid or raw).get("min_bid")
+    def _offer(self, raw: VastOffer, has_on_demand: bool, bid: VastOffer | None, now) -> Offer | None:
+        count = raw.num_gpus
+        vram_gb = raw.gpu_ram / 1024
+        storage = storage_usd_per_hour(raw.storage_cost, self.disk_gb)
+        if has_on_demand and raw.dph_base is None:
+            raise ValueError("no dph_base")
+        compute = raw.dph_base if has_on_demand else None
+        min_bid = (bid or raw).min_bid
         compute_prices = [p for p in (compute, float(min_bid) if min_bid else None) if p is not None]
         on_demand = (compute + storage) / count if compute is not None and count > 0 else None
         spot = (float(min_bid) + storage) / count if min_bid and count > 0 else None
@@ -127,23 +168,25 @@ class VastProvider(Provider):
         if (count < 1 or vram_gb <= 0 or not prices or min(compute_prices) <= 0
                 or max(prices) > MAX_USD_PER_GPU_HOUR):
             self.last_report["dropped"] += 1
-            log.warning("dropped Vast ask %s: %s x %s, prices %s", raw["id"], count, raw.get("gpu_name"), prices)
+            log.warning("dropped Vast ask %s: %s x %s, prices %s", raw.id, count, raw.gpu_name, prices)
             return None
-        name = str(raw["gpu_name"])
+        name = raw.gpu_name
         spec = gpus.resolve(name, vram_gb)
         if spec is None:
-            self.last_report["unknown GPUs"].add(name)
+            unknown = self.last_report["unknown GPUs"]  # a sorted list, never a set: reports become JSON
+            if name not in unknown:
+                unknown.append(name)
+                unknown.sort()
             log.warning("unknown Vast GPU %r (%.0f GB): kept under its raw name", name, vram_gb)
-        cores, effective = raw.get("cpu_cores"), raw.get("cpu_cores_effective")
-        ram_mb = raw.get("cpu_ram")
-        reliability = raw.get("reliability2", raw.get("reliability"))
+        cores, effective, ram_mb = raw.cpu_cores, raw.cpu_cores_effective, raw.cpu_ram
+        reliability = raw.reliability2 if raw.reliability2 is not None else raw.reliability
         return Offer(
-            provider="vast", offer_key=str(raw["id"]), gpu_model=spec.model if spec else name, gpu_name_raw=name,
+            provider=VAST, offer_key=str(raw.id), gpu_model=spec.model if spec else name, gpu_name_raw=name,
             vram_gb=vram_gb, gpu_count=count, on_demand_usd_per_gpu_hour=on_demand, spot_usd_per_gpu_hour=spot,
-            tier="verified" if raw.get("verification") == "verified" else "unverified",
-            location=raw.get("geolocation"), available=bool(raw.get("rentable", True)), fetched_at=now,
-            known_gpu=spec is not None, reliability=float(reliability) if reliability is not None else None,
-            vcpus=float(effective) if effective else None,
+            tier="verified" if raw.verification == "verified" else "unverified",
+            location=raw.geolocation, available=raw.rentable is not False, fetched_at=now,
+            known_gpu=spec is not None, reliability=reliability,
+            vcpus=effective or None,
             ram_gb=ram_mb * effective / cores / 1024 if (ram_mb and cores and effective) else None,
-            disk_gb=raw.get("disk_space"),
+            disk_gb=raw.disk_space,
         )
