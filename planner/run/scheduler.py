@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -53,27 +54,62 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     return scheduler
 
 
+class ServeError(RuntimeError):
+    """`planner serve` could not start or keep running its HTTP API (e.g. the port is taken)."""
+
+
 def serve(settings: Settings, host: str, port: int, app_factory: Callable[[Settings], Any] | None = None,
-          stop: threading.Event | None = None) -> None:
+          stop: threading.Event | None = None, on_ready: Callable[[str | None], None] | None = None) -> None:
     """Run the scheduler, and the ASGI app `app_factory(settings)` makes (the interface's HTTP API; None:
-    no API), until SIGTERM/SIGINT (or `stop`)."""
+    no API), until SIGTERM/SIGINT (or `stop`), then
+    stop cleanly: the API closed, the scheduler shut down after a running refresh or tick has finished (so
+    its refresh leases are released), and return normally. A second signal while stopping is not caught.
+
+    The API runs in a thread: uvicorn serving in the main thread would take the signals itself and re-raise
+    them after its own shutdown, killing the process before this cleanup runs. `on_ready` gets the API's
+    URL (None without the API) once everything is up."""
+    stop = stop or threading.Event()
+    handlers: dict[int, Any] = {}
+
+    def on_signal(signum, _frame) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        for sig, previous in handlers.items():  # a second signal stops the old way
+            signal.signal(sig, previous)
+        stop.set()
+
     scheduler = build_scheduler(settings)
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     scheduler.start()
     log.info("scheduler started: refresh on %r", settings.refresh_cron)
+    server = thread = None
     try:
+        url = None
         if app_factory is not None:
             import uvicorn
 
             server = uvicorn.Server(uvicorn.Config(app_factory(settings), host=host, port=port, log_level="warning"))
-            if stop is not None:
-                threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True).start()
-            server.run()  # handles SIGTERM/SIGINT itself
-        else:
-            stop = stop or threading.Event()
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
+            thread = threading.Thread(target=server.run, name="planner-api", daemon=True)
+            thread.start()
+            while not server.started and thread.is_alive() and not stop.is_set():
+                time.sleep(0.02)
+            if not server.started and not stop.is_set():
+                raise ServeError(f"the HTTP API could not listen on {host}:{port} (is the port taken?)")
+            if server.started:
+                bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+                url = f"http://{host}:{bound}/"
+                log.info("API and dashboard on %s", url)
+        if on_ready is not None and not stop.is_set():
+            on_ready(url)
+        while not stop.wait(0.2):
+            if thread is not None and not thread.is_alive():
+                raise ServeError("the HTTP API stopped unexpectedly")
     finally:
-        log.info("stopping: waiting for a running refresh to finish")
+        log.info("stopping: waiting for a running refresh or supervisor tick to finish")
+        if server is not None:
+            server.should_exit = True
+            thread.join(30)
         scheduler.shutdown(wait=True)
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+        log.info("stopped")

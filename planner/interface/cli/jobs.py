@@ -564,7 +564,8 @@ def budget_show(as_json: bool = JsonOpt) -> None:
 
 
 @budget_app.command("set")
-def budget_set(monthly: str = typer.Option(..., "--monthly", help="USD per calendar month, or 'none'.")) -> None:
+def budget_set(monthly: str = typer.Option(..., "--monthly", help="USD per calendar month, or 'none'."),
+               as_json: bool = JsonOpt) -> None:
     """Set (or remove, with 'none') the global monthly budget."""
     if monthly.lower() == "none":
         value = None
@@ -578,4 +579,7 @@ def budget_set(monthly: str = typer.Option(..., "--monthly", help="USD per calen
             budget.set_monthly_budget(session, value)
         except ValueError as exc:
             fail(str(exc))
-    out.print(f"monthly budget: {'none' if value is None else f'${value:.2f}'}", highlight=False)
+    if as_json:
+        emit_json({"monthly_usd": value})
+    else:
+        out.print(f"monthly budget: {'none' if value is None else f'${value:.2f}'}", highlight=False)

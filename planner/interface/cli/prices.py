@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from planner.interface import views
-from planner.interface.cli.common import JsonOpt, app, emit_json, err, fail, out, sessions, settings
+from planner.interface.cli.common import (
+    JsonOpt, app, database_problem, emit_json, emit_json_line, err, fail, out, sessions, settings,
+)
 from planner.run import pricebook
 from pricing import db, store
 
@@ -25,11 +27,20 @@ app.add_typer(prices_app, name="prices")
 @db_app.command("upgrade")
 def db_upgrade(as_json: bool = JsonOpt) -> None:
     """Create or migrate the database schema to the newest revision."""
+    from sqlalchemy.exc import DBAPIError
+
     cfg = settings()
+    problem = database_problem(cfg)
+    if problem:
+        fail(problem)
     try:
         before, after = db.upgrade(cfg.db_url)
+    except DBAPIError as exc:  # never echo the URL or the driver's message: they may hold a password
+        fail(f"cannot migrate the database ({type(exc.orig).__name__}); check PLANNER_DB_URL and that the "
+             "database is reachable", 1)
     except Exception as exc:
-        fail(f"migration failed ({type(exc).__name__}); check PLANNER_DB_URL and that the database is reachable", 1)
+        fail(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+             f"(scripts in {db.migrations_dir()})", 1)
     if as_json:
         emit_json({"before": before, "after": after})
     else:
@@ -180,19 +191,37 @@ def serve(
     host: Optional[str] = typer.Option(None, help="Bind address (default PLANNER_API_HOST, 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default PLANNER_API_PORT, 8377)."),
     api: bool = typer.Option(True, "--api/--no-api", help="Serve the HTTP API and dashboard."),
+    as_json: bool = typer.Option(False, "--json", help="Say when it is up and when it has stopped as JSON lines "
+                                 '({"event": "serving", "url": ...}, {"event": "stopped"}).'),
 ) -> None:
-    """Run the price refresh on PLANNER_REFRESH_CRON (and at start when stale) and the HTTP API."""
+    """Run the price refresh on PLANNER_REFRESH_CRON (and at start when stale) and the HTTP API.
+
+    SIGTERM or Ctrl-C stops it cleanly (a running refresh finishes first) with exit 0."""
     from planner.interface.web import check_bind, create_app
-    from planner.run.scheduler import serve as run_serve
+    from planner.run.scheduler import ServeError, serve as run_serve
 
     cfg = settings()
     sessions(cfg)
-    host, port = host or cfg.api_host, port or cfg.api_port
+    host, port = host or cfg.api_host, port if port is not None else cfg.api_port
+
+    def ready(url: str | None) -> None:
+        if as_json:
+            emit_json_line({"event": "serving", "url": url, "refresh_cron": cfg.refresh_cron})
+        else:
+            err.print(f"serving{f' the API and dashboard on {url}' if url else ''}; refresh on "
+                      f"{cfg.refresh_cron!r}; Ctrl-C or SIGTERM stops", highlight=False, markup=False)
+
     try:
         check_bind(host, cfg)
-        run_serve(cfg, host, port, create_app if api else None)
+        run_serve(cfg, host, port, create_app if api else None, on_ready=ready)
     except ValueError as exc:
         fail(str(exc))
+    except ServeError as exc:
+        fail(str(exc), 1)
+    if as_json:
+        emit_json_line({"event": "stopped"})
+    else:
+        err.print("stopped", highlight=False)
 
 
 # -------------------------------------------------------------------------------------------- demo
