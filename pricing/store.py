@@ -256,6 +256,18 @@ class OfferQuery:
     spot: bool | None = None  # True: only offers with a spot price; False: only on-demand
     available_only: bool = False
     limit: int | None = 50
+    gpu_count: int | None = None  # exactly this many GPUs per instance
+    min_reliability: float | None = None  # 0..1; offers without a reliability figure are left out
+    region: str | None = None  # a substring of the location, case-insensitive ("US", "Texas", "EU-RO")
+    max_usd_per_gpu_hour: float | None = None  # on the price the query sorts on (spot, on-demand or cheaper)
+    sort: str = "price"  # price (cheapest first) | vram (most first) | reliability (most first)
+
+    def __post_init__(self) -> None:
+        if self.sort not in SORTS:
+            raise ValueError(f"unknown sort {self.sort!r}; use one of: {', '.join(SORTS)}")
+
+
+SORTS = ("price", "vram", "reliability")
 
 
 def price_of(offer: Offer | OfferRow, spot: bool | None) -> float | None:
@@ -269,7 +281,8 @@ def price_of(offer: Offer | OfferRow, spot: bool | None) -> float | None:
 
 
 def current_offers(session: Session, query: OfferQuery = OfferQuery(limit=None)) -> list[Offer]:
-    """Offers of each provider's current snapshot matching `query`, cheapest per GPU-hour first."""
+    """Offers of each provider's current snapshot matching `query`, in `query.sort` order (by default the
+    cheapest per GPU-hour first; ties by price)."""
     snapshot_ids = list(current_snapshot_ids(session).values())
     if not snapshot_ids:
         return []
@@ -283,15 +296,25 @@ def current_offers(session: Session, query: OfferQuery = OfferQuery(limit=None))
         stmt = stmt.where(OfferRow.provider == query.provider)
     if query.available_only:
         stmt = stmt.where(OfferRow.available.is_(True))
+    if query.gpu_count is not None:
+        stmt = stmt.where(OfferRow.gpu_count == query.gpu_count)
+    if query.min_reliability is not None:
+        stmt = stmt.where(OfferRow.reliability >= query.min_reliability)
+    if query.region:
+        stmt = stmt.where(func.lower(OfferRow.location).contains(query.region.lower(), autoescape=True))
     if query.spot is True:
         stmt = stmt.where(OfferRow.spot_usd_per_gpu_hour.is_not(None))
-        order = OfferRow.spot_usd_per_gpu_hour
+        price = OfferRow.spot_usd_per_gpu_hour
     elif query.spot is False:
         stmt = stmt.where(OfferRow.on_demand_usd_per_gpu_hour.is_not(None))
-        order = OfferRow.on_demand_usd_per_gpu_hour
+        price = OfferRow.on_demand_usd_per_gpu_hour
     else:
-        order = _cheaper_sql()
-    stmt = stmt.order_by(order, OfferRow.provider, OfferRow.offer_key)
+        price = _cheaper_sql()
+    if query.max_usd_per_gpu_hour is not None:
+        stmt = stmt.where(price <= query.max_usd_per_gpu_hour)
+    first = {"price": (), "vram": (OfferRow.vram_gb.desc(),),
+             "reliability": (OfferRow.reliability.is_(None), OfferRow.reliability.desc())}[query.sort]
+    stmt = stmt.order_by(*first, price, OfferRow.provider, OfferRow.offer_key)
     if query.limit:
         stmt = stmt.limit(query.limit)
     return [row.to_offer() for row in session.scalars(stmt)]

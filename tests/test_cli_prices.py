@@ -86,6 +86,82 @@ def test_history_table_json_and_plot(cli, recorded_providers, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
+def test_show_filters_like_vastai(cli, recorded_providers):
+    cli("db", "upgrade")
+    cli("prices", "refresh")
+
+    def show(*args):
+        return json.loads(cli("prices", "show", "--json", "--limit", "500", *args).stdout)
+
+    everything = show()
+    two = show("--gpus", "2")
+    assert two and all(o["gpu_count"] == 2 for o in two) and len(two) < len(everything)
+    reliable = show("--min-reliability", "0.99")
+    assert reliable and all(o["reliability"] is not None and o["reliability"] >= 0.99 for o in reliable)
+    region = next(o["location"] for o in everything if o["location"])
+    part = region.split(",")[-1].strip().lower()
+    here = show("--region", part)
+    assert here and all(part in (o["location"] or "").lower() for o in here)
+    cheap = show("--max-price", "0.3")
+    assert cheap and all(o["price_usd_per_gpu_hour"] <= 0.3 for o in cheap) and len(cheap) < len(everything)
+    by_vram = [o["vram_gb"] for o in show("--sort", "vram")]
+    assert by_vram == sorted(by_vram, reverse=True)
+    by_reliability = [o["reliability"] for o in show("--sort", "reliability")]
+    known = [r for r in by_reliability if r is not None]
+    assert known == sorted(known, reverse=True) and by_reliability[:len(known)] == known  # unknown ones last
+    table = cli("prices", "show", "--gpus", "2", "--sort", "vram").stdout
+    assert "reliab." in table
+
+
+def test_history_plot_as_svg_titles_daily_rollups(recorded_providers, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from planner.interface.plots import plot_history
+    from pricing.store import _DailyRow
+
+    day = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [_DailyRow(day + timedelta(days=i), p, "community", False, 0.3 + 0.01 * i, 0.4, 5)
+            for i in range(20) for p in ("runpod", "vast")]
+    svg = tmp_path / "h.svg"
+    plot_history(rows, "RTX4090", svg, daily=True)
+    text = svg.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text
+    assert "daily price per GPU" in text and "day (UTC)" in text and "hourly price" not in text
+    with pytest.raises(ValueError):
+        plot_history(rows, "RTX4090", tmp_path / "h.jpg")
+
+
+def test_refresh_shows_each_provider_while_it_waits(recorded_providers):
+    from rich.console import Console
+
+    from planner.config import load_settings
+    from planner.interface.cli.progress import refresh_status
+    from planner.run.pricebook import refresh_book
+    from pricing import db
+
+    settings = load_settings()
+    db.upgrade(settings.db_url)
+    events = []
+    refresh_book(settings, on_progress=lambda provider, event, result: events.append((provider, event)))
+    for provider in ("runpod", "vast"):
+        mine = [e for p, e in events if p == provider]
+        assert mine == ["fetching", "fetched", "done"]
+    console = Console(file=__import__("io").StringIO(), force_terminal=True, width=120)
+    with refresh_status(console, ["runpod", "vast"]) as on_progress:
+        assert on_progress is not None
+        results = refresh_book(settings, on_progress=on_progress)
+    assert all(r.status in ("ok", "skipped") for r in results)
+    with refresh_status(Console(file=__import__("io").StringIO()), ["runpod"]) as on_progress:
+        assert on_progress is None  # piped: nothing extra
+
+
+def test_refresh_piped_prints_only_the_results(cli, recorded_providers):
+    cli("db", "upgrade")
+    result = cli("prices", "refresh")
+    assert "refreshing prices" not in result.stdout + result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.strip()] == ["runpod", "vast"]
+
+
 def test_export_skypilot_catalog(cli, recorded_providers, tmp_path):
     cli("db", "upgrade")
     cli("prices", "refresh")
@@ -101,7 +177,8 @@ def test_export_skypilot_catalog(cli, recorded_providers, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["prices", "show", "--provider", "aws"], "unknown provider 'aws'"),
     (["prices", "refresh", "--provider", "aws"], "unknown provider 'aws'"),
-    (["prices", "history", "--gpu", "x", "--plot", "out.jpg"], "give a .png file name"),
+    (["prices", "history", "--gpu", "x", "--plot", "out.jpg"], "give a .png or .svg file name"),
+    (["prices", "show", "--sort", "cheap"], "--sort cheap: use one of: price, vram, reliability"),
 ])
 def test_bad_usage_is_one_line_exit_2(cli, args, message):
     result = cli(*args, code=2)

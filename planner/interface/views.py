@@ -103,3 +103,21 @@ def jobs_view(session: Session, ident: str) -> dict | None:
             "budget_usd": campaign.budget_usd if campaign else jobs[0].budget_usd,
             "jobs": details, "dollars": round(sum(a["dollars"] for j in details for a in j["attempts"]), 4),
             "spent_usd": round(sum(j["spent_usd"] for j in details), 4)}
+
+
+def campaign_groups(session: Session, jobs: list[dict]) -> list[dict]:
+    """The campaigns of these job summaries, newest first: kind, budget, spend so far of all their jobs,
+    their job ids in order, and how many are done."""
+    ids = list(dict.fromkeys(j["campaign"] for j in jobs if j["campaign"]))
+    groups = []
+    for campaign_id in ids:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None:
+            continue
+        _, members = find_jobs(session, campaign_id)
+        spent = sum(spent_so_far(attempts_of(session, job.id)) for job in members)
+        groups.append({"id": campaign.id, "kind": campaign.kind, "budget_usd": campaign.budget_usd,
+                       "spent_usd": round(spent, 4), "created_at": campaign.created_at.isoformat(),
+                       "jobs": [job.id for job in members],
+                       "finished": sum(job.state in FINAL_STATES for job in members)})
+    return groups

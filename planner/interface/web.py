@@ -29,9 +29,19 @@ def check_bind(host: str, settings: Settings) -> None:
         raise ValueError(f"serving on {host} needs a token; set PLANNER_API_TOKEN or bind to 127.0.0.1")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, backends: dict | None = None) -> FastAPI:
+    """The API over `settings`' database; `backends` (default: launching.build_backends) serve the
+    jobs' logs and cancel."""
     app = FastAPI(title="planner", description="GPU prices, plans and jobs", version="1")
     sessions = pricebook.sessions_for(settings)
+    built: dict = {}
+
+    def job_backends() -> dict:
+        if not built:
+            from planner.run.launching import build_backends
+
+            built.update(backends or build_backends(settings))
+        return built
 
     def authorize(request: Request) -> None:
         if settings.api_token is None or request.url.path in OPEN_PATHS:
@@ -52,9 +62,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/prices")
     def prices(min_vram: Optional[float] = None, gpu: Optional[str] = None, provider: Optional[str] = None,
-               spot: Optional[bool] = None, limit: int = Query(50, ge=1, le=5000)) -> dict:
+               spot: Optional[bool] = None, limit: int = Query(50, ge=1, le=5000),
+               gpus: Optional[int] = Query(None, ge=1, description="exactly this many GPUs per instance"),
+               min_reliability: Optional[float] = Query(None, ge=0, le=1),
+               region: Optional[str] = Query(None, description="the location contains this"),
+               max_price: Optional[float] = Query(None, ge=0, description="USD per GPU-hour, on the price shown"),
+               sort: str = Query("price", pattern="^(price|vram|reliability)$")) -> dict:
+        """Current offers, filtered like `planner prices show`."""
         query = store.OfferQuery(min_vram_gb=min_vram, gpu=views.canonical_gpu(gpu), provider=provider,
-                                 spot=spot, limit=limit)
+                                 spot=spot, limit=limit, gpu_count=gpus, min_reliability=min_reliability,
+                                 region=region, max_usd_per_gpu_hour=max_price, sort=sort)
         with sessions() as session:
             offers = store.current_offers(session, query)
         return {"stale_providers": pricebook.stale_providers(settings, sessions),
@@ -79,10 +96,11 @@ def create_app(settings: Settings) -> FastAPI:
         with sessions() as session:
             rows = [views.job_summary(session, job) for job in
                     session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit))]
+            groups = views.campaign_groups(session, rows)
             cap, committed = budget.monthly_budget(session), budget.committed(session)
         text = (f"monthly budget ${cap:.2f}: ${committed:.2f} committed, ${cap - committed:.2f} left" if cap is not None
                 else f"no monthly budget; ${committed:.2f} committed this month")
-        return {"jobs": rows, "budget": text, "monthly_usd": cap, "committed_usd": committed}
+        return {"jobs": rows, "campaigns": groups, "budget": text, "monthly_usd": cap, "committed_usd": committed}
 
     @app.get("/jobs/{ident}")
     def job(ident: str) -> dict:
@@ -92,6 +110,42 @@ def create_app(settings: Settings) -> FastAPI:
         if data is None:
             raise HTTPException(404, f"no job or campaign {ident}")
         return data
+
+    @app.get("/jobs/{job_id}/logs")
+    def job_logs(job_id: str, tail: int = Query(50, ge=1, le=5000)) -> dict:
+        """The last lines of the log of a job's latest attempt."""
+        from planner.run.launching import attempts_of
+        from planner.run.supervisor import handle_of
+
+        with sessions() as session:
+            attempts = attempts_of(session, job_id)
+        if not attempts:
+            return {"job": job_id, "attempt": None, "lines": []}
+        backend = job_backends().get(attempts[-1].backend)
+        if backend is None:
+            raise HTTPException(501, f"the {attempts[-1].backend} backend is not available here")
+        try:
+            text = backend.logs(handle_of(attempts[-1]), tail=tail)
+        except Exception as exc:  # provider weather: the page shows why, the next refresh tries again
+            raise HTTPException(502, f"cannot read the log: {type(exc).__name__}")
+        return {"job": job_id, "attempt": attempts[-1].number, "lines": text.splitlines()}
+
+    @app.post("/jobs/{ident}/cancel")
+    def cancel(ident: str, request: Request) -> dict:
+        """Cancel a job or every open job of a campaign (what `planner jobs cancel` does). Beyond
+        localhost it needs the API token; a page of another origin cannot post it."""
+        client = request.client.host if request.client else ""
+        if settings.api_token is None and client not in LOOPBACK:
+            raise HTTPException(403, "cancelling from another host needs PLANNER_API_TOKEN")
+        origin = request.headers.get("Origin")
+        if origin and origin.split("://", 1)[-1] != request.headers.get("Host", ""):
+            raise HTTPException(403, "cross-origin request refused")
+        from planner.run.launching import cancel_jobs
+
+        cancelled = cancel_jobs(settings, sessions, ident, job_backends())
+        if cancelled is None:
+            raise HTTPException(404, f"no job or campaign {ident}")
+        return {"cancelled": cancelled}
 
     @app.post("/plan")
     def plan(request: PlanRequest) -> dict:

@@ -57,9 +57,13 @@ def prices_refresh(
     """Fetch current prices once (for cron; safe to overlap). Exit 1 if a provider failed."""
     if provider is not None and provider not in pricebook.PROVIDERS:
         fail(f"unknown provider {provider!r}; use one of: {', '.join(pricebook.PROVIDERS)}")
+    from planner.interface.cli.progress import refresh_status
+
     cfg = settings()
     sessions(cfg)
-    results = pricebook.refresh_book(cfg, provider)
+    names = [name for name in pricebook.PROVIDERS if provider in (None, name)]
+    with refresh_status(err, names, live=None if not as_json else False) as on_progress:
+        results = pricebook.refresh_book(cfg, provider, on_progress=on_progress)
     if as_json:
         emit_json([r.as_dict() for r in results])
     else:
@@ -88,16 +92,27 @@ def prices_show(
     gpu: Optional[str] = typer.Option(None, help="GPU model or provider name, e.g. H100-SXM or 'RTX 4090'."),
     provider: Optional[str] = typer.Option(None, help="runpod or vast."),
     spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand prices."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="Exactly this many GPUs per instance."),
+    min_reliability: Optional[float] = typer.Option(None, "--min-reliability", min=0.0, max=1.0,
+                                                    help="Host reliability at least this (0-1; Vast reports it)."),
+    region: Optional[str] = typer.Option(None, "--region", help="Location contains this, e.g. US, Texas, EU."),
+    max_price: Optional[float] = typer.Option(None, "--max-price", min=0.0,
+                                              help="At most this many USD per GPU-hour (the price shown)."),
+    sort: str = typer.Option("price", "--sort", help="price (cheapest first) | vram | reliability (most first)."),
     limit: int = typer.Option(20, min=1, help="Rows to show."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Current offers, cheapest per GPU-hour first."""
+    """Current offers, cheapest per GPU-hour first (or by --sort)."""
     if provider is not None and provider not in pricebook.PROVIDERS:
         fail(f"unknown provider {provider!r}; use one of: {', '.join(pricebook.PROVIDERS)}")
+    if sort not in store.SORTS:
+        fail(f"--sort {sort}: use one of: {', '.join(store.SORTS)}")
     cfg = settings()
     factory = sessions(cfg)
     gpu_model = views.canonical_gpu(gpu)
-    query = store.OfferQuery(min_vram_gb=min_vram, gpu=gpu_model, provider=provider, spot=spot, limit=limit)
+    query = store.OfferQuery(min_vram_gb=min_vram, gpu=gpu_model, provider=provider, spot=spot, limit=limit,
+                             gpu_count=gpus, min_reliability=min_reliability, region=region,
+                             max_usd_per_gpu_hour=max_price, sort=sort)
     with factory() as session:
         offers = store.current_offers(session, query)
     stale = pricebook.stale_providers(cfg, factory)
@@ -114,11 +129,14 @@ def prices_show(
 
 def offers_table(offers, now, title: str | None = None) -> Table:
     table = Table(title=title or f"{len(offers)} cheapest offers (USD per GPU-hour)")
-    for column in ("provider", "GPU", "VRAM", "GPUs", "tier", "on-demand", "spot", "location", "stock", "age"):
-        table.add_column(column, justify="right" if column in ("VRAM", "GPUs", "on-demand", "spot", "age") else "left")
+    numeric = ("VRAM", "GPUs", "on-demand", "spot", "reliab.", "age")
+    for column in ("provider", "GPU", "VRAM", "GPUs", "tier", "on-demand", "spot", "reliab.", "location", "stock",
+                   "age"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for o in offers:
         table.add_row(o.provider, o.gpu_model if o.known_gpu else f"{o.gpu_model} (?)", f"{o.vram_gb:.0f} GB",
                       str(o.gpu_count), o.tier, _price(o.on_demand_usd_per_gpu_hour), _price(o.spot_usd_per_gpu_hour),
+                      "-" if o.reliability is None else f"{o.reliability:.3f}",
                       o.location or "-", (o.stock or "yes") if o.available else "[red]none[/]",
                       _age(now - o.fetched_at))
     return table
@@ -128,12 +146,12 @@ def offers_table(offers, now, title: str | None = None) -> Table:
 def prices_history(
     gpu: str = typer.Option(..., help="GPU model, e.g. RTX4090 or 'H100 SXM'."),
     days: int = typer.Option(7, min=1, help="How many days back."),
-    plot: Optional[Path] = typer.Option(None, help="Also draw the history to this PNG file."),
+    plot: Optional[Path] = typer.Option(None, help="Also draw the history to this .png or .svg file."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Hourly min and median price per provider and tier (daily rows beyond 14 days)."""
-    if plot is not None and plot.suffix.lower() != ".png":
-        fail(f"--plot {plot}: give a .png file name")
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
+        fail(f"--plot {plot}: give a .png or .svg file name")
     cfg = settings()
     factory = sessions(cfg)
     gpu_model = views.canonical_gpu(gpu)
@@ -144,7 +162,7 @@ def prices_history(
     if plot is not None:
         from planner.interface.plots import plot_history
 
-        plot_history(rows, gpu_model, plot)
+        plot_history(rows, gpu_model, plot, daily=daily)
     if as_json:
         emit_json(records)
         return

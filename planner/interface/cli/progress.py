@@ -94,3 +94,56 @@ def watch(console: Console, sessionmaker, ids: list[str], *, quiet: bool = False
                                                         "the jobs keep running", style="dim")))
 
         yield update
+
+
+@contextmanager
+def refresh_status(console: Console, providers: list[str], *, live: bool | None = None) -> Iterator[Callable | None]:
+    """For `prices refresh`: on a terminal, a spinner naming each provider's state and time so far
+    (Vast's spaced searches take seconds); yields the pricing.refresh on_progress callback, or None
+    (nothing extra) when the console is not a terminal."""
+    if live is None:
+        live = console.is_terminal and not console.is_dumb_terminal
+    if not live:
+        yield None
+        return
+    import threading
+    import time
+
+    lock = threading.Lock()
+    state = {name: ("waiting", None, time.monotonic()) for name in providers}
+
+    def text() -> str:
+        parts = []
+        for name, (event, result, since) in state.items():
+            if event == "done" and result is not None:
+                parts.append(f"{name} [green]{result.offers} offers[/]" if result.status == "ok"
+                             else f"{name} [red]{result.status}[/]")
+            elif event in ("fetching", "fetched"):
+                verb = "fetching" if event == "fetching" else "saving"
+                parts.append(f"{name} {verb} {time.monotonic() - since:.0f}s")
+            else:
+                parts.append(f"{name} {event}")
+        return "refreshing prices: " + " · ".join(parts)
+
+    with console.status(text()) as status:
+        stop = threading.Event()
+
+        def tick() -> None:  # the seconds keep counting while a provider is slow
+            while not stop.wait(0.5):
+                with lock:
+                    status.update(text())
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+
+        def on_progress(provider: str, event: str, result) -> None:
+            with lock:
+                since = state.get(provider, (None, None, time.monotonic()))[2]
+                state[provider] = (event, result, time.monotonic() if event == "fetching" else since)
+                status.update(text())
+
+        try:
+            yield on_progress
+        finally:
+            stop.set()
+            ticker.join(2)
