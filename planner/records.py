@@ -97,6 +97,9 @@ class Attempt(Base):
     location: Mapped[str | None] = mapped_column(String(200), nullable=True)
     spot: Mapped[bool] = mapped_column(Boolean, default=False)
     usd_per_hour: Mapped[float] = mapped_column(Float, default=0.0)  # whole instance; the bid for spot
+    # what the provider said it bills for the instance (RunPod pod.cost, Vast dph_total), when it said;
+    # settlement uses it over the planned usd_per_hour (migration 0005)
+    billed_usd_per_hour: Mapped[float | None] = mapped_column(Float, nullable=True)
     billing_seconds: Mapped[int] = mapped_column(Integer, default=1)  # the provider's billing granularity
     instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     handle: Mapped[str] = mapped_column(Text, default="{}")  # JSON, backend-specific

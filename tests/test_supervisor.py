@@ -93,17 +93,36 @@ def test_an_interruption_is_resumed_to_the_same_weights(world, tiny_model_dir, t
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
 
 
-def test_a_failing_job_is_retried_then_failed_with_its_log_tail(world, tiny_model_dir, tmp_path):
+def test_bad_input_exit_2_fails_the_job_after_one_attempt_with_the_runners_reason(world, tiny_model_dir, tmp_path):
     settings, sessions = world
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q"}\n')
-    spec = submit(world, tiny_model_dir, bad, options=JobOptions(backend="local", max_failures=2))
+    spec = submit(world, tiny_model_dir, bad, options=JobOptions(backend="local", max_failures=3))
     states = run_until_final(build_supervisor(settings, sessions), [spec.job_id], interval_s=0.1, timeout_s=300)
     assert states == {spec.job_id: "failed"}
     with sessions() as session:
         job = session.get(Job, spec.job_id)
-        assert [a.outcome for a in attempts_of(session, spec.job_id)] == ["failed", "failed"]
-        assert "2 attempts failed" in job.error and "'positive' must be a non-empty string" in job.error
+        [attempt] = attempts_of(session, spec.job_id)  # exit 2 is final: a relaunch would refuse it again
+        assert attempt.outcome == "failed" and attempt.exit_code == 2
+        assert job.error.startswith("bad input (exit 2): ") and "\n" not in job.error
+        assert "bad.jsonl:1: " in job.error  # file:line
+        assert "'positive' must be a non-empty string" in job.error
+
+
+def test_the_relaunch_line_says_how_the_attempt_ended():
+    from planner.run.supervisor import TickReport, bad_input_reason
+
+    report = TickReport()
+    report.relaunch("j1", "interrupted: exit 75, resumable")
+    report.relaunch("j2", "crashed with exit 1")
+    report.relaunch("j3", "preempted: outbid: the instance was stopped")
+    report.relaunch("j4", "launch failed")
+    assert report.lines() == [
+        "j1: attempt ended early (interrupted: exit 75, resumable); relaunching from its checkpoint",
+        "j2: attempt ended early (crashed with exit 1); relaunching from its checkpoint",
+        "j3: attempt ended early (preempted: outbid: the instance was stopped); relaunching from its checkpoint",
+        "j4: launch failed; placing it again"]
+    assert bad_input_reason("loading\nerror: data.jsonl line 3: not valid JSON\n") == "data.jsonl line 3: not valid JSON"
 
 
 def test_cancel_terminates_the_instance(world, tiny_model_dir, toy_corpus):

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.lifecycle import EXIT_BAD_INPUT
 from jobs.spec import JobSpec
 from planner.run.backends.base import (
     RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
@@ -58,11 +59,18 @@ class TickReport:
     finished: list[tuple[str, str]] = field(default_factory=list)  # (job id, state)
     relaunching: list[str] = field(default_factory=list)
     reaped: list[str] = field(default_factory=list)  # labels
+    why: dict[str, str] = field(default_factory=dict)  # job id -> how its attempt ended (relaunching)
+
+    def relaunch(self, job_id: str, why: str) -> None:
+        self.relaunching.append(job_id)
+        self.why[job_id] = why
 
     def lines(self) -> list[str]:
         """What happened in this tick, one line per event, for people watching."""
         return ([f"launched {job_id}" for job_id in self.launched]
-                + [f"{job_id}: attempt ended early; relaunching from its checkpoint" for job_id in self.relaunching]
+                + [f"{job_id}: attempt ended early ({self.why.get(job_id, 'ended')}); relaunching from its checkpoint"
+                   if not self.why.get(job_id, "").startswith("launch failed") else
+                   f"{job_id}: {self.why[job_id]}; placing it again" for job_id in self.relaunching]
                 + [f"{job_id}: {state}" for job_id, state in self.finished]
                 + [f"reaped orphan {label}" for label in self.reaped])
 
@@ -165,16 +173,22 @@ class Supervisor:
         session.add(attempt)
         job.state, job.updated_at, job.error = "launching", now, None
         session.commit()  # the attempt exists before the instance does: a crash from here on is recoverable
-        spec = JobSpec.from_json(job.spec)
+        spec = placement.apply(JobSpec.from_json(job.spec))
         try:
-            plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour)
+            plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour,
+                                disk_gb=json.loads(job.requirements or "{}").get("disk_gb"))
             handle = backend.launch(plan)
         except (BackendError, ProviderError) as exc:  # provider weather, not the job's fault: re-plan next tick
             attempt.outcome, attempt.ended_at, attempt.detail = "launch-failed", self.clock(), f"launch failed: {exc}"
             attempt.dollars = 0.0  # nothing started, nothing billed
+            if getattr(exc, "scope", "offer") != "offer":  # our malformed request (422), an empty balance (402)
+                session.commit()
+                self._finish(session, job, "failed", str(exc), report)
+                return
             self._after_launch_failure(session, job, attempt, report)
             return
         attempt.usd_per_hour = handle.data.get("usd_per_hour", plan.usd_per_hour)  # a bid read at launch is paid
+        attempt.billed_usd_per_hour = _rate(handle.data.get("billed_usd_per_hour"))
         attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
         job.state, job.lease_owner, job.lease_until, job.updated_at = "running", None, None, self.clock()
         session.commit()
@@ -214,6 +228,8 @@ class Supervisor:
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
         attempt.polled_at = self.clock()
+        if _rate(result.billed_usd_per_hour) is not None:  # 0 once a pod has exited: keep the running rate
+            attempt.billed_usd_per_hour = result.billed_usd_per_hour
         self._read_progress(job, attempt)
         if result.status in (Status.RUNNING, Status.PENDING):
             if result.detail:  # e.g. SkyPilot recovering the attempt from a preemption on its own
@@ -232,12 +248,19 @@ class Supervisor:
             self._end_attempt(session, job, attempt, result.status.value, result)
             job.state = "preempted"
             session.commit()
-            report.relaunching.append(job.id)
+            report.relaunch(job.id, ("preempted" if result.status is Status.PREEMPTED else "lost")
+                            + (f": {result.detail}" if result.detail else ""))
         elif result.exit_code == RESUMABLE_EXIT:
             self._end_attempt(session, job, attempt, "preempted", result)
             job.state = "preempted"
             session.commit()
-            report.relaunching.append(job.id)
+            report.relaunch(job.id, f"interrupted: exit {RESUMABLE_EXIT}, resumable")
+        elif result.exit_code == EXIT_BAD_INPUT:  # the runner refused its input: a relaunch would refuse it again
+            tail = _tail(backend, handle)
+            reason = bad_input_reason(tail)
+            attempt.detail = f"bad input (exit {EXIT_BAD_INPUT}): {reason}; log tail:\n{tail}"
+            self._end_attempt(session, job, attempt, "failed", result)
+            self._finish(session, job, "failed", f"bad input (exit {EXIT_BAD_INPUT}): {reason}", report)
         else:
             attempt.detail = f"{result.detail or 'failed'}; log tail:\n{_tail(backend, handle)}"
             self._end_attempt(session, job, attempt, "failed", result)
@@ -254,7 +277,7 @@ class Supervisor:
         else:
             job.state, job.lease_owner, job.lease_until = "pending", None, None
             session.commit()
-            report.relaunching.append(job.id)
+            report.relaunch(job.id, "launch failed")
 
     def _after_failure(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         failures = session.scalar(select(func.count()).select_from(Attempt)
@@ -264,7 +287,9 @@ class Supervisor:
         else:
             job.state, job.lease_owner, job.lease_until = "pending", None, None
             session.commit()
-            report.relaunching.append(job.id)
+            code = attempt.exit_code
+            report.relaunch(job.id, f"crashed with exit {code}" if code is not None else
+                            f"crashed: {(attempt.detail or 'no exit code').splitlines()[0]}")
 
     def _end_attempt(self, session: Session, job: Job, attempt: Attempt, outcome: str, result: PollResult) -> None:
         """Record how the attempt ended, make sure its instance is gone (a stopped pod still bills disk), settle."""
@@ -345,6 +370,9 @@ class Supervisor:
         raw = progress.read(job.spec)
         if raw is not None:  # else no checkpoint yet, or a remote store that is briefly unreachable
             attempt.progress = json.dumps(raw)
+            measured = raw.get("tflops_per_gpu")  # achieved by this run, counted as the planner counts FLOPs
+            if isinstance(measured, (int, float)) and measured > 0:
+                attempt.measured_tflops = float(measured)
 
     def _dependency_problem(self, session: Session, job: Job) -> str | None:
         """None when every dependency succeeded, "wait" while some still run, else why this job cannot."""
@@ -391,11 +419,36 @@ class Supervisor:
 
 
 def attempt_cost(attempt: Attempt, until: datetime) -> float:
-    """Price per hour x elapsed time, rounded up to the provider's billing granularity."""
+    """Price per hour x elapsed time, rounded up to the provider's billing granularity. The price is the rate
+    the provider said it bills (Attempt.billed_usd_per_hour) when it said one, else the planned one."""
     seconds = max(0.0, (until - attempt.launched_at).total_seconds())
     granularity = max(1, attempt.billing_seconds)
     billed = math.ceil(seconds / granularity) * granularity
-    return attempt.usd_per_hour * billed / 3600
+    return attempt_rate(attempt) * billed / 3600
+
+
+def attempt_rate(attempt: Attempt) -> float:
+    """$/h the attempt is settled at: billed when known, else planned."""
+    billed = _rate(getattr(attempt, "billed_usd_per_hour", None))
+    return attempt.usd_per_hour if billed is None else billed
+
+
+def _rate(value) -> float | None:
+    """A billed rate worth keeping: a positive number (RunPod reports 0 once a pod has exited)."""
+    try:
+        return float(value) if value is not None and float(value) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def bad_input_reason(log_tail: str) -> str:
+    """The runner's one-line reason for exit 2: its last `error: ...` line (file:line for a corpus)."""
+    for line in reversed(log_tail.splitlines()):
+        line = line.strip()
+        if line.startswith("error: "):
+            return line[len("error: "):][:400]
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip() and not line.startswith("(")]
+    return lines[-1][:400] if lines else "the runner refused its input (no reason in its log)"
 
 
 def _handle_json(handle: Handle) -> str:
