@@ -11,6 +11,13 @@ atomically, so the supervisor learns how the attempt ended from the durable stor
 provider status that cannot tell "exited" from "interrupted". `--hold` then keeps the container
 alive until the supervisor terminates it: a provider that restarts exited containers must not rerun
 a finished or failed job behind the supervisor's back.
+
+A spec with `ranks` N > 1 (a data-parallel job on an N-GPU offer) starts N copies of the job with
+torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; jobs.distributed reads it),
+forwards signals to all of them and exits with their common outcome: 0 when all succeed, 2 when one
+saw bad input, 75 when the ones that stopped were interrupted and resumable, else the first crash's
+code. torchrun itself would do the starting, but it reports any failed rank as exit 1, which would
+turn a resumable interruption (75) into a crash.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import collections
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +36,7 @@ from jobs import boxenv, storage
 from jobs.spec import SPEC_ENV, JobSpec, SpecError
 
 LOG_TAIL_LINES = 200
+RANK_GRACE_S = 60.0  # after one rank ends badly, how long the others get to finish their own save
 
 
 def load_spec(path: Path | None) -> JobSpec:
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"job {spec.job_id}: python -m {spec.module} {' '.join(spec.argv())}", file=sys.stderr, flush=True)
     if args.report is None:
+        if spec.ranks > 1:
+            return run_ranks(spec)
         return importlib.import_module(spec.module).main(spec.argv())
     code = run_and_report(spec, args.report)
     if args.hold:
@@ -67,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_and_report(spec: JobSpec, report_uri: str) -> int:
     """Run the job in a child process, forwarding signals and keeping its log tail; then write the report."""
-    child = subprocess.Popen([sys.executable, "-m", spec.module, *spec.argv()], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    command = [sys.executable, "-m", spec.module, *spec.argv()] if spec.ranks == 1 else [sys.executable, "-m", "jobs.run"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=os.environ | {SPEC_ENV: spec.to_json()})
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: child.send_signal(number))
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
@@ -80,6 +92,45 @@ def run_and_report(spec: JobSpec, report_uri: str) -> int:
     code = child.wait()
     storage.write_json_atomic(report_uri, {"job_id": spec.job_id, "exit_code": code, "log_tail": "\n".join(tail)})
     return code
+
+
+def run_ranks(spec: JobSpec) -> int:
+    """Start the job's `spec.ranks` processes on this machine, forward signals, combine their exit codes."""
+    with socket.socket() as probe:  # a free port for the ranks' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    world = {"WORLD_SIZE": str(spec.ranks), "LOCAL_WORLD_SIZE": str(spec.ranks), "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port)}
+    ranks = [subprocess.Popen([sys.executable, "-m", spec.module, *spec.argv()], stdin=subprocess.DEVNULL,
+                              env=os.environ | world | {"RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(spec.ranks)]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, _frame: [p.send_signal(number) for p in ranks if p.poll() is None])
+    deadline = None
+    while any(p.poll() is None for p in ranks):
+        if deadline is None and any(p.returncode not in (None, 0) for p in ranks):
+            deadline = time.monotonic() + RANK_GRACE_S  # the others are stuck in a collective, or saving
+        if deadline is not None and time.monotonic() > deadline:
+            for p in ranks:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.2)
+    return combined_exit([p.wait() for p in ranks])
+
+
+def combined_exit(codes: list[int]) -> int:
+    """One exit code for a job's ranks (negative: killed by that signal, e.g. by us after another failed)."""
+    ended = [c for c in codes if c != 0]
+    if not ended:
+        return 0
+    if 2 in ended:
+        return 2
+    own = [c for c in ended if c > 0]
+    if own and all(c == 75 for c in own):
+        return 75
+    crashes = [c for c in own if c != 75] or ended
+    return crashes[0]
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from typing import Any
 
 SPEC_ENV = "PLANNER_JOB_SPEC"
 
-# kind -> (module run by `python -m`, whether it takes --checkpoint)
-KINDS: dict[str, tuple[str, bool]] = {
-    "train-bag": ("jobs.train_bag", True),
-    "merge": ("jobs.merge", False),
-    "encode": ("jobs.encode", False),
-    "evaluate": ("jobs.evaluate", False),
+# kind -> (module run by `python -m`, whether it takes --checkpoint, whether it runs data-parallel)
+KINDS: dict[str, tuple[str, bool, bool]] = {
+    "train-bag": ("jobs.train_bag", True, True),
+    "merge": ("jobs.merge", False, False),
+    "encode": ("jobs.encode", False, False),
+    "evaluate": ("jobs.evaluate", False, False),
 }
 
 
@@ -33,12 +33,15 @@ class JobSpec:
     output_uri: str
     params: dict[str, Any] = field(default_factory=dict)
     checkpoint_uri: str | None = None
+    ranks: int = 1  # processes, one per GPU; more than one only for a data-parallel kind
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise SpecError(f"unknown job kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         if not self.job_id or not self.output_uri:
             raise SpecError("a job spec needs a job_id and an output_uri")
+        if self.ranks < 1 or (self.ranks > 1 and not KINDS[self.kind][2]):
+            raise SpecError(f"{self.kind} runs as one process; ranks must be 1, got {self.ranks}")
         reserved = {"output", "checkpoint", "spec"} & set(self.params)
         if reserved:
             raise SpecError(f"params must not set {', '.join(sorted(reserved))}: they come from the spec's URIs")
@@ -66,8 +69,9 @@ class JobSpec:
         return args
 
     def to_json(self) -> str:
-        return json.dumps({"job_id": self.job_id, "kind": self.kind, "params": self.params,
-                           "checkpoint_uri": self.checkpoint_uri, "output_uri": self.output_uri}, sort_keys=True)
+        data = {"job_id": self.job_id, "kind": self.kind, "params": self.params,
+                "checkpoint_uri": self.checkpoint_uri, "output_uri": self.output_uri}
+        return json.dumps(data | ({"ranks": self.ranks} if self.ranks != 1 else {}), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | dict) -> JobSpec:
@@ -75,7 +79,7 @@ class JobSpec:
             data = json.loads(text) if isinstance(text, str) else dict(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"the job spec is not valid JSON: {exc}") from None
-        known = {"job_id", "kind", "params", "checkpoint_uri", "output_uri"}
+        known = {"job_id", "kind", "params", "checkpoint_uri", "output_uri", "ranks"}
         if unknown := set(data) - known:
             raise SpecError(f"unknown job spec fields: {', '.join(sorted(unknown))}")
         try:

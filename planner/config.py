@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None  # required to serve beyond localhost
     runs_dir: Path = Field(default_factory=default_runs_dir, description="local backend: logs and scratch")
     local_usd_per_hour: float = Field(default=0.0, ge=0, description="what an hour of this machine costs")
+    local_gpus: int | None = Field(default=None, ge=1, description="GPUs of this machine a data-parallel job uses "
+                                   "(default: every GPU nvidia-smi sees; on a CPU-only machine: CPU ranks)")
     poll_interval_s: float = Field(default=30.0, gt=0, description="supervisor tick while jobs run")
     preempted_cooldown: timedelta = timedelta(hours=1)  # an interrupted offer sits out this long
     max_failures: int = Field(default=3, ge=1, description="non-resumable failures before a job fails")

@@ -10,9 +10,16 @@ restart. Rates start from a prior per provider and tier (PRIOR_RATE, per hour) a
 our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
 (prior hours + hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
 expected cost: the supervisor stops a job before it passes its own budget, so that bound holds.
+
+h uses every GPU of an offer for a data-parallel job (train-bag under torchrun): N GPUs at
+efficiency e x dp_scaling(N) each. Efficiency e is what finished attempts of the same job kind and
+method measured on that GPU model (the median of achieved TFLOP/s per GPU / peak, at that GPU count
+when measured there, else the one-GPU figure scaled), else the kind's prior (planner.plan.kinds).
 """
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -21,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from planner.plan.estimate import Needs, suggestions
-from pricing import gpus
+from pricing import gpus, providers
 from pricing.offer import Offer
 
 PRIOR_RATE = {  # interruptions per hour of a running instance
@@ -32,6 +39,12 @@ UNVERIFIED_EXTRA_RATE = 0.02  # Vast hosts without datacentre verification fail 
 STARTUP_HOURS = 0.15  # image pull, dependency install, model download
 RESTART_HOURS = 0.15
 WORST_CASE_FACTOR = 2.0
+DP_SCALING_PER_DOUBLING = 0.92  # our prior: each doubling of data-parallel GPUs keeps 92 % per GPU (all-reduce
+                                # and all-gather over PCIe on rented boxes); measured attempts replace it
+
+
+def dp_scaling(gpus: int) -> float:
+    return DP_SCALING_PER_DOUBLING ** math.log2(max(gpus, 1))
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class Limits:
     tiers: frozenset[str] | None = None
     regions: tuple[str, ...] = ()  # location substrings
     exclude_offer_keys: frozenset[str] = frozenset()
+    gpu_models: frozenset[str] | None = None  # pinned hardware (`--gpu H100-SXM:2`): only these models
+    gpu_count: int | None = None  # ... with exactly this many GPUs per instance
     checkpoint_hours: float = 0.25  # work lost per interruption is half of this on average
 
 
@@ -61,6 +76,8 @@ class Candidate:
     breakdown: dict[str, float]
     expected_hours: float  # to finish: work, startup and rework
     why_lost: str = ""
+    gpus_used: int = 1  # the job's ranks on this offer
+    mini_batch: int | None = None  # the gradient-cache chunk chosen for this offer's GPUs
 
 
 @dataclass(frozen=True)
@@ -114,21 +131,40 @@ def interruption_rates(session: Session | None) -> dict[tuple[str, str, bool], t
     return {key: (e, h) for key, (e, h) in observed.items()}
 
 
-def learned_efficiency(session: Session | None, kind: str, gpu_model: str, prior: float) -> float:
-    """The median efficiency measured by finished attempts of this kind on this GPU model, else the prior."""
-    if session is None:
-        return prior
+def learned_efficiency(session: Session | None, needs_kind: str, gpu_model: str, prior: float,
+                       gpu_count: int = 1) -> float:
+    """Achieved / peak FLOP/s per GPU for `needs_kind` (e.g. "train-bag/lora": the job kind and method)
+    on `gpu_count` GPUs of `gpu_model`: the median our attempts measured at that count, else the
+    one-GPU median x dp_scaling, else the prior x dp_scaling."""
+    spec = gpus.by_model(gpu_model)
+    measured = measured_efficiencies(session, needs_kind, gpu_model) if session is not None and spec else {}
+    if measured.get(gpu_count):
+        return _median(measured[gpu_count])
+    one = _median(measured[1]) if measured.get(1) else prior
+    return one * dp_scaling(gpu_count)
+
+
+def measured_efficiencies(session: Session, needs_kind: str, gpu_model: str) -> dict[int, list[float]]:
+    """GPU count -> achieved efficiencies of attempts whose job was sized as `needs_kind` (the Placer
+    records it in Job.requirements) on `gpu_model`."""
     from planner.records import Attempt, Job
 
-    spec = gpus.by_model(gpu_model)
-    if spec is None:
-        return prior
-    values = sorted(session.scalars(
-        select(Attempt.measured_tflops).join(Job, Job.id == Attempt.job_id)
-        .where(Attempt.gpu_model == gpu_model, Attempt.measured_tflops.is_not(None), Job.kind == kind)).all())
-    if not values:
-        return prior
-    return min(1.0, values[len(values) // 2] / spec.bf16_tflops)
+    peak = gpus.by_model(gpu_model).bf16_tflops
+    rows = session.execute(
+        select(Attempt.measured_tflops, Attempt.gpu_count, Job.requirements).join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.gpu_model == gpu_model, Attempt.measured_tflops.is_not(None),
+               Job.kind == needs_kind.partition("/")[0])).all()
+    out: dict[int, list[float]] = {}
+    for tflops, count, requirements in rows:
+        if json.loads(requirements or "{}").get("needs_kind", needs_kind) == needs_kind:
+            out.setdefault(count or 1, []).append(min(1.0, tflops / peak))
+    return out
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def rate_for(offer: Offer, spot: bool, observed: dict) -> float:
@@ -158,12 +194,18 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
         if spec is None and needs.kind != "merge" and offer.provider != "local":
             rejected.append(Rejected(offer, None, f"unknown GPU speed: {offer.gpu_name_raw} is not in the GPU table"))
             continue
-        if offer.gpu_model not in efficiency_cache:
-            efficiency_cache[offer.gpu_model] = learned_efficiency(session, needs.kind, offer.gpu_model,
-                                                                   efficiency_prior)
+        ranks = needs.gpus_used(offer.gpu_count)
+        mini_batch = needs.mini_batch_on(offer.vram_gb, ranks)
+        if needs.sequences_per_step and mini_batch is None and offer.provider != "local":
+            rejected.append(Rejected(offer, None, f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"))
+            continue
+        key = (offer.gpu_model, ranks)
+        if key not in efficiency_cache:
+            efficiency_cache[key] = learned_efficiency(session, needs.kind, offer.gpu_model, efficiency_prior, ranks)
         peak = spec.bf16_tflops if spec else 0.5  # a CPU box: about half a TFLOP/s of fp32
-        hours = needs.hours_on(peak, efficiency_cache[offer.gpu_model])
-        for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, offer.spot_usd_per_gpu_hour)):
+        hours = needs.hours_on(peak, efficiency_cache[key], ranks, needs.flops_on(offer.vram_gb, ranks))
+        spot_price = offer.spot_usd_per_gpu_hour if providers.offers_spot(offer.provider) else None  # RunPod: never
+        for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, spot_price)):
             if per_gpu is None or (limits.spot == "spot" and not spot) or (limits.spot == "on-demand" and spot):
                 continue
             price = per_gpu * offer.gpu_count
@@ -182,7 +224,7 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
                                                       f"${limits.budget_left_usd:.2f} left"))
                 continue
             ranked.append(Candidate(offer, spot, price, hours, rate, expected, worst, breakdown,
-                                    hours + STARTUP_HOURS + rework_hours))
+                                    hours + STARTUP_HOURS + rework_hours, gpus_used=ranks, mini_batch=mini_batch))
     ranked.sort(key=lambda c: (c.expected_usd, c.hours, c.offer.provider, c.offer.offer_key, c.spot))
     if ranked:
         best = ranked[0]
@@ -200,7 +242,11 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
     if offer.disk_gb is not None and offer.disk_gb and offer.disk_gb < needs.disk_gb:
         return f"too little disk: {offer.disk_gb:.0f} GB < {needs.disk_gb:.0f} GB"
     if limits.providers is not None and offer.provider not in limits.providers:
-        return f"provider excluded: {offer.provider}"
+        return f"provider excluded: {offer.provider} (pinned to {', '.join(sorted(limits.providers))})"
+    if limits.gpu_models is not None and offer.gpu_model not in limits.gpu_models:
+        return f"other GPU: {offer.gpu_model} (pinned to {', '.join(sorted(limits.gpu_models))})"
+    if limits.gpu_count is not None and offer.gpu_count != limits.gpu_count:
+        return f"other GPU count: {offer.gpu_count} (pinned to {limits.gpu_count})"
     if offer.provider in limits.exclude_providers:
         return f"provider excluded: {offer.provider}"
     if limits.tiers is not None and offer.tier not in limits.tiers:

@@ -3,17 +3,24 @@
 Imports no torch: the model's shape comes from its config.json (a local directory) or, for hub ids
 offline, from the built-in Qwen3 table below; the corpus is measured from its file when reachable.
 
-Memory per GPU (bytes), with P parameters, h hidden size, L layers, T tokens in one micro-batch:
-  train full  weights 2P + gradients 2P + AdamW moments 4P (the job trains in pure bf16 on a GPU)
-  train LoRA  weights 2P + the adapter's weights, gradients and moments (8 bytes per LoRA parameter)
-  activations with gradient checkpointing: 2*T*h per layer (the saved layer inputs) plus one layer
-              recomputed in full, ACT_PER_TOKEN_LAYER*T*h bytes; without it that full layer cost x L
+Memory per GPU (bytes), with P parameters, h hidden size, L layers, S sequences in one forward chunk
+of at most T tokens each:
+  train full  bf16 weights 2P + gradients 2P + Kahan compensation 2P + fp32 AdamW moments 8P
+              (jobs.optim.KahanAdamW: 14 bytes per parameter, the precision-safe bf16 update)
+  train LoRA  bf16 base 2P + the fp32 adapter's weights, gradients and moments (16 bytes per LoRA parameter)
+  activations with gradient checkpointing: 2*S*T*h per layer (the saved layer inputs) plus one layer
+              recomputed in full, ACT_PER_TOKEN_LAYER*S*T*h bytes; without it that full layer cost x L
+  gradient cache (jobs.train_bag --mini-batch-size): the step's whole batch (Q queries x a group of
+              G documents) is embedded in chunks of S sequences, so activations scale with S, not with
+              Q*(1+G); the chunk is chosen per GPU: the largest power of two that fits its VRAM
+              (Needs.mini_batch_on); the cached first pass costs one more forward, 2P per token
   encode      weights P x (2 bf16 | 1 int8 | 0.56 nf4) + ENCODE_ACT*T*h for the largest batch
   all         + CUDA context and allocator slack (WORKSPACE_GB), and never under MIN_VRAM_GB (3 GB)
-Work: train 6*P*tokens (8*P*tokens with checkpointing's second forward), LoRA 4*P*tokens (6 with
-checkpointing: no weight gradients for the frozen base), encode 2*P*tokens, merge: bytes read and
-written. Hours on a GPU = FLOPs / (peak bf16 FLOP/s x efficiency); efficiency is a prior per kind
-(planner.plan.kinds) until finished attempts measure it (planner.plan.choose).
+Work: FLOPs per trained token from jobs.recipe.train_flops_per_token, the formula the job itself uses
+to report achieved TFLOP/s (full 8P with checkpointing, LoRA 6P, + 2P with the gradient cache); encode
+2*P*tokens; merge: bytes read and written. Hours on N GPUs = FLOPs / (N x peak bf16 FLOP/s x
+efficiency x data-parallel scaling(N)); efficiency is a prior per kind (planner.plan.kinds) until
+finished attempts measure it (planner.plan.choose), and only train-bag runs data-parallel (torchrun).
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs import recipe
+
 GB = 1024**3
 MIN_VRAM_GB = 3.0
 WORKSPACE_GB = 1.5
@@ -29,6 +38,9 @@ ACT_PER_TOKEN_LAYER = 34  # bytes per token per hidden unit for one bf16 decoder
 ENCODE_ACT = 12  # inference keeps ~a few hidden-sized tensors per token alive at once
 CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length (no tokenizer in the planner)
 DISK_GBPS = 0.5  # sustained read+write of a rented box's local disk, for the merge
+MIN_CHUNK = 4  # the smallest gradient-cache chunk worth running: smaller chunks leave the GPU idle
+VRAM_USABLE = 0.92  # of a GPU's VRAM; the allocator's fragmentation takes the rest
+LORA_RANK = recipe.LORA["r"]
 
 
 @dataclass(frozen=True)
@@ -97,26 +109,20 @@ class CorpusStats:
     measured: bool  # False: assumed, because the file was not reachable
 
 
-def corpus_stats(uri: str | None, assumed_records: int = 1_000_000) -> CorpusStats:
-    """Measured from the JSONL when it is reachable (first 100k lines), else a stated assumption."""
+def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_size: int = 8) -> CorpusStats:
+    """Estimated from a sample of the JSONL and its size when it is reachable (jobs.data.sample_stats
+    reads a few thousand lines at spread offsets, never the whole file), else a stated assumption.
+    `mean_tokens` is what one record costs to train on: its query and its group's documents."""
     from jobs import storage
+    from jobs.data import BadData, sample_stats
 
     if uri is None or not storage.exists(uri):
         return CorpusStats(assumed_records, 300.0, 1.0, measured=False)
-    text = storage.read_bytes(uri).decode("utf-8", errors="replace").splitlines()
-    lines = [line for line in text if line.strip()]
-    sample = lines[:100_000]
-    chars = negatives = 0
-    for line in sample:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        negs = record.get("negatives") or []
-        negatives += len(negs)
-        chars += len(record.get("query", "")) + 60 + len(record.get("positive", "")) + sum(len(n) for n in negs)
-    n = max(len(sample), 1)
-    return CorpusStats(len(lines), chars / n / CHARS_PER_TOKEN, negatives / n, measured=True)
+    try:
+        sample = sample_stats(uri, group_size=group_size)
+    except BadData as exc:
+        raise EstimateError(str(exc)) from None
+    return CorpusStats(sample.records, sample.mean_tokens_per_record, sample.mean_group_docs - 1, measured=True)
 
 
 @dataclass(frozen=True)
@@ -128,45 +134,95 @@ class Needs:
     flops: float  # 0 for the merge
     io_bytes: float  # the merge's bytes; 0 otherwise
     gpu_count: int = 1
-    breakdown: dict[str, float] = field(default_factory=dict)  # GB per component
+    breakdown: dict[str, float] = field(default_factory=dict)  # GB per component, at the smallest chunk
     notes: tuple[str, ...] = ()
+    data_parallel: bool = False  # runs on every GPU of an offer (torchrun), not on one
+    # The gradient cache, for train-bag: chunks are chosen per GPU (mini_batch_on); 0 = not chunked
+    sequences_per_step: int = 0  # queries + their group documents in one optimizer step, all GPUs
+    fixed_gb: float = 0.0  # what does not scale with the chunk: weights, optimizer, workspace
+    gb_per_sequence: float = 0.0  # activations of one sequence in a chunk
+    fixed_mini_batch: int | None = None  # the user chose --mini-batch-size
+    cache_flops: float = 0.0  # the gradient cache's extra first forward, when the batch is chunked
 
-    def hours_on(self, peak_tflops: float, efficiency: float) -> float:
+    def gpus_used(self, gpu_count: int) -> int:
+        return gpu_count if self.data_parallel else 1
+
+    def mini_batch_on(self, vram_gb: float, gpu_count: int = 1) -> int | None:
+        """The gradient-cache chunk (sequences per forward) for a GPU of `vram_gb`: the largest power
+        of two whose activations fit beside the fixed part, capped at the sequences each GPU embeds
+        per step; None when not even MIN_CHUNK fits (or the job is not chunked)."""
+        if not self.sequences_per_step:
+            return None
+        per_gpu = math.ceil(self.sequences_per_step / self.gpus_used(gpu_count))
+        if self.fixed_mini_batch is not None:
+            return min(self.fixed_mini_batch, per_gpu)
+        room = vram_gb * VRAM_USABLE - self.fixed_gb
+        if room < MIN_CHUNK * self.gb_per_sequence:
+            return None
+        chunk = MIN_CHUNK
+        while chunk * 2 <= per_gpu and chunk * 2 * self.gb_per_sequence <= room:
+            chunk *= 2
+        return min(chunk, per_gpu)
+
+    def flops_on(self, vram_gb: float, gpu_count: int = 1) -> float:
+        """The work on this GPU: the cached first pass counts when the chunk is smaller than a GPU's share."""
+        chunk = self.mini_batch_on(vram_gb, gpu_count)
+        per_gpu = math.ceil(self.sequences_per_step / self.gpus_used(gpu_count)) if self.sequences_per_step else 0
+        return self.flops + (self.cache_flops if chunk is not None and chunk < per_gpu else 0.0)
+
+    def hours_on(self, peak_tflops: float, efficiency: float, gpus: int = 1, flops: float | None = None) -> float:
+        """Hours of work on `gpus` GPUs of `peak_tflops` each at `efficiency` (achieved per GPU / peak,
+        data-parallel losses included)."""
         if self.kind == "merge":
             return self.io_bytes / (DISK_GBPS * 1e9) / 3600 + 0.05
-        return self.flops / (peak_tflops * 1e12 * efficiency) / 3600
+        return (self.flops if flops is None else flops) / (peak_tflops * 1e12 * efficiency * gpus) / 3600
 
 
 def _floor(breakdown: dict[str, float]) -> float:
     return max(MIN_VRAM_GB, sum(breakdown.values()))
 
 
-def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, method: str = "full", epochs: int = 1,
-                batch_size: int = 32, query_max_len: int = 512, doc_max_len: int = 512,
+def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, method: str | None = None,
+                epochs: int = 1, batch_size: int | None = None, group_size: int = recipe.COMMON["group_size"],
+                query_max_len: int = 512, doc_max_len: int = 512, mini_batch_size: int | None = None,
                 gradient_checkpointing: bool = True, max_steps: int | None = None) -> Needs:
+    """A train-bag job's needs. `method` and `batch_size` default to the BOOM recipe for the model's
+    size (jobs.recipe.recipe_for: LoRA with 128 queries per step from 1 B parameters up, full below);
+    `mini_batch_size` None lets the planner choose the gradient-cache chunk per GPU, 0 turns caching off."""
+    boom = recipe.recipe_for(shape.params)
+    method, batch_size = method or boom["method"], batch_size or boom["batch_size"]
     P = shape.params
-    docs_per_record = 1 + math.ceil(stats.negatives)
-    micro_tokens = batch_size * (query_max_len + docs_per_record * doc_max_len)
-    full_layer = ACT_PER_TOKEN_LAYER * micro_tokens * shape.hidden
-    activations = (2 * micro_tokens * shape.hidden * shape.layers + full_layer if gradient_checkpointing
-                   else full_layer * shape.layers)
+    docs_per_query = min(group_size, 1 + math.ceil(stats.negatives))
+    sequences = batch_size * (1 + docs_per_query)
+    per_token = (2 * shape.hidden * shape.layers + ACT_PER_TOKEN_LAYER * shape.hidden if gradient_checkpointing
+                 else ACT_PER_TOKEN_LAYER * shape.hidden * shape.layers) / GB
+    per_sequence = per_token * max(query_max_len, doc_max_len)  # a chunk of the longer kind sets the peak
     if method == "lora":
-        model = {"weights": 2 * P / GB, "lora weights+grads+adam": 8 * shape.lora_params() / GB}
-        per_token_flops = (6 if gradient_checkpointing else 4) * P
+        model = {"weights": 2 * P / GB, "lora weights+grads+adam": 16 * shape.lora_params(LORA_RANK) / GB}
     else:
-        model = {"weights": 2 * P / GB, "gradients": 2 * P / GB, "adam moments": 4 * P / GB}
-        per_token_flops = (8 if gradient_checkpointing else 6) * P
-    breakdown = model | {"activations": activations / GB, "workspace": WORKSPACE_GB}
-    records = stats.records * fraction
-    tokens = records * epochs * stats.mean_tokens
+        model = {"weights": 2 * P / GB, "gradients": 2 * P / GB, "compensation": 2 * P / GB,
+                 "adam moments": 8 * P / GB}
+    embeddings = sequences * shape.hidden * 4 * 2 / GB  # the cached fp32 embeddings and their gradients
+    fixed = sum(model.values()) + embeddings + WORKSPACE_GB
+    chunked = mini_batch_size != 0
+    step_tokens = batch_size * (query_max_len + docs_per_query * doc_max_len)
+    activations = min(mini_batch_size or MIN_CHUNK, sequences) * per_sequence if chunked else step_tokens * per_token
+    breakdown = model | {"activations": activations, "workspace": WORKSPACE_GB}
+    if chunked:
+        breakdown["embedding cache"] = embeddings
+    tokens = stats.records * fraction * epochs * stats.mean_tokens
     if max_steps is not None:
         tokens = min(tokens, max_steps * batch_size * stats.mean_tokens)
-    checkpoint_gb = (2 * P + (4 * P if method == "full" else 8 * shape.lora_params())) / GB
+    flops = recipe.train_flops_per_token(P, method, gradient_checkpointing=gradient_checkpointing) * tokens
+    checkpoint_gb = (2 * P + (12 * P if method == "full" else 16 * shape.lora_params(LORA_RANK))) / GB
     notes = () if stats.measured else (f"corpus not reachable: assumed {stats.records:,} records of "
                                        f"{stats.mean_tokens:.0f} tokens",)
+    notes += (f"{method}, {batch_size} queries per step x a group of {docs_per_query} documents",)
     return Needs(f"train-bag/{method}", _floor(breakdown), disk_gb=2 * P / GB * 2 + 2 * checkpoint_gb + 10,
-                 ram_gb=max(8.0, 2 * P / GB * 1.5), flops=per_token_flops * tokens, io_bytes=0.0,
-                 breakdown=breakdown, notes=notes)
+                 ram_gb=max(8.0, 2 * P / GB * 1.5), flops=flops, io_bytes=0.0, breakdown=breakdown, notes=notes,
+                 data_parallel=True, sequences_per_step=sequences if chunked else 0, fixed_gb=fixed,
+                 gb_per_sequence=per_sequence, fixed_mini_batch=mini_batch_size or None,
+                 cache_flops=2 * P * tokens if chunked else 0.0)
 
 
 ENCODE_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "nf4": 0.56}
@@ -194,8 +250,10 @@ def suggestions(needs: Needs, largest_vram_gb: float) -> list[str]:
     tips = []
     if needs.kind == "train-bag/full":
         tips.append("--method lora (frozen base in bf16, only the adapter trains)")
-    if "activations" in needs.breakdown and needs.breakdown["activations"] > 1:
-        tips.append("a smaller --batch-size or shorter --doc-max-len (activations are "
+    if needs.sequences_per_step:
+        tips.append(f"several GPUs per box (data parallel: {needs.fixed_gb:.1f} GB of weights and optimizer on each)")
+    elif "activations" in needs.breakdown and needs.breakdown["activations"] > 1:
+        tips.append("a smaller --batch-size, --mini-batch-size or shorter --doc-max-len (activations are "
                     f"{needs.breakdown['activations']:.1f} GB)")
     if needs.kind == "encode":
         tips.append("--dtype int8 or nf4 (bitsandbytes), or a smaller --batch-tokens")

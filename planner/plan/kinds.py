@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jobs import recipe
 from planner.plan.estimate import (
     CorpusStats, EstimateError, ModelShape, Needs, corpus_stats, encode_needs, merge_needs, model_shape, train_needs,
 )
@@ -31,10 +32,14 @@ def _models(params: dict) -> list[str]:
 
 
 def _size_train(p: dict, shape: ShapeOf) -> Needs:
-    return train_needs(shape(p["model"]), corpus_stats(p.get("data")), fraction=float(p["fraction"]),
-                       method=p.get("method", "full"), epochs=int(p.get("epochs", 1)),
-                       batch_size=int(p.get("batch_size", 32)), query_max_len=int(p.get("query_max_len", 512)),
-                       doc_max_len=int(p.get("doc_max_len", 512)), max_steps=p.get("max_steps"))
+    """Unset method, batch size and group size are the BOOM recipe's, as the job resolves them (jobs.recipe)."""
+    group = int(p.get("group_size") or recipe.COMMON["group_size"])
+    mini = p.get("mini_batch_size")
+    return train_needs(shape(p["model"]), corpus_stats(p.get("data"), group_size=group), fraction=float(p["fraction"]),
+                       method=p.get("method"), epochs=int(p.get("epochs", 1)),
+                       batch_size=int(p["batch_size"]) if p.get("batch_size") else None, group_size=group,
+                       query_max_len=int(p.get("query_max_len", 512)), doc_max_len=int(p.get("doc_max_len", 512)),
+                       mini_batch_size=None if mini is None else int(mini), max_steps=p.get("max_steps"))
 
 
 def _text_stats(uri: str | None) -> CorpusStats:

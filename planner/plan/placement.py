@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from jobs.spec import JobSpec
 from planner.records import Job
 from pricing.offer import Offer
 
@@ -22,6 +23,12 @@ class Placement:
     worst_case_usd: float  # reserved against the budget before launch
     expected_usd: float = 0.0
     billing_seconds: int = 1
+    ranks: int = 1  # processes on the box: every GPU of the offer for a data-parallel job
+    spec_params: dict = field(default_factory=dict)  # chosen for this offer, e.g. the gradient-cache chunk
+
+    def apply(self, spec: JobSpec) -> JobSpec:
+        """The job's spec as this attempt runs it."""
+        return replace(spec, params=spec.params | self.spec_params, ranks=self.ranks)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ def limits_for(job: Job, settings: Settings, session: Session, *, excluded: froz
     left = [v for v in (budget.left_this_month(session), budget.campaign_left(session, job),
                         None if job.budget_usd is None else job.budget_usd - spent_usd) if v is not None]
     return Limits(spot=job.spot, max_usd_per_hour=job.max_price_per_hour, budget_left_usd=min(left) if left else None,
-                  max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded)
+                  max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded,
+                  providers=frozenset([job.pin_provider]) if job.pin_provider else None,
+                  gpu_models=frozenset([job.pin_gpu]) if job.pin_gpu else None, gpu_count=job.pin_gpu_count)
 
 
 def plan_job(session: Session, spec: JobSpec, limits: Limits, offers: list[Offer], now: datetime,
@@ -78,13 +80,16 @@ class Placer:
         if winner is None:
             reason = choice.explain_empty()
             return NoPlacement(reason, over_budget="over the budget" in reason)
+        chosen = {} if winner.mini_batch is None or "mini_batch_size" in spec.params else \
+            {"mini_batch_size": winner.mini_batch}
         job.requirements = json.dumps({"vram_gb": choice.needs.vram_gb, "disk_gb": choice.needs.disk_gb,
-                                       "hours": winner.hours, "expected_usd": winner.expected_usd})
+                                       "hours": winner.hours, "expected_usd": winner.expected_usd,
+                                       "needs_kind": choice.needs.kind, "ranks": winner.gpus_used} | chosen)
         backend = self.backends["skypilot" if via_skypilot and winner.offer.provider != "local"
                                 else winner.offer.provider]
         return Placement(backend=backend.name, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
                          worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
-                         billing_seconds=backend.billing_seconds)
+                         billing_seconds=backend.billing_seconds, ranks=winner.gpus_used, spec_params=chosen)
 
 
 def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
@@ -94,7 +99,8 @@ def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
                 "gpu_count": c.offer.gpu_count, "vram_gb": c.offer.vram_gb, "spot": c.spot,
                 "usd_per_hour": c.usd_per_hour, "work_hours": c.hours, "expected_hours": c.expected_hours,
                 "expected_usd": c.expected_usd, "worst_case_usd": c.worst_case_usd, "breakdown": c.breakdown,
-                "interruptions_per_hour": c.interruption_rate, "why_lost": c.why_lost or None}
+                "interruptions_per_hour": c.interruption_rate, "why_lost": c.why_lost or None,
+                "gpus_used": c.gpus_used, "mini_batch_size": c.mini_batch}
 
     needs = choice.needs
     return {"job_id": spec.job_id, "name": name, "kind": spec.kind, "params": spec.params,

@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import storage
 from jobs.spec import JobSpec
 from planner.run.backends.local import LocalBackend, local_offer
-from planner.run.backends.runpod import RunPodBackend
+from planner.run.backends import CLOUD_BACKENDS, cloud_backend_class
 from planner.run.backends.skypilot import SkyPilotBackend
-from planner.run.backends.vast import VastBackend
 from planner.plan.budget import Ledger
 from planner.plan.campaigns import NewJob
 from planner.config import Settings
@@ -27,6 +26,7 @@ from planner.plan.plans import Placer
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.run.inputs import Upload, local_input_problem, stage_inputs
 from planner.run.supervisor import Supervisor, TickReport
+from pricing.providers import PROVIDERS
 from pricing.providers.http import RetryPolicy
 
 
@@ -39,6 +39,9 @@ class JobOptions:
     max_price_per_hour: float | None = None
     budget_usd: float | None = None
     max_failures: int = 3
+    gpu: str | None = None  # pinned canonical GPU model (`--gpu H100-SXM`), None: any that fits
+    gpu_count: int | None = None  # pinned GPUs per instance (`--gpu H100-SXM:2`)
+    provider: str | None = None  # pinned provider (`--provider vast`)
 
 
 def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, campaign: Campaign | None = None) -> list[Job]:
@@ -52,7 +55,8 @@ def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, camp
                   state="pending", backend=options.backend, spot=options.spot,
                   max_price_per_hour=options.max_price_per_hour,
                   budget_usd=None if campaign is not None else options.budget_usd,  # a campaign's is shared
-                  max_failures=options.max_failures)
+                  max_failures=options.max_failures, pin_gpu=options.gpu, pin_gpu_count=options.gpu_count,
+                  pin_provider=options.provider)
         session.add(row)
         rows.append(row)
     session.commit()
@@ -62,12 +66,10 @@ def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, camp
 def build_backends(settings: Settings) -> dict:
     """Local always; RunPod and Vast.ai where their API key is configured; SkyPilot where its extra is installed."""
     backends = {"local": LocalBackend(settings.runs_dir)}
-    common = {"image": settings.job_image, "jobs_install": settings.jobs_install, "timeout": settings.http_timeout,
-              "retry": RetryPolicy(settings.http_retries, settings.http_retry_wait_s)}
-    if settings.runpod_api_key is not None:
-        backends["runpod"] = RunPodBackend(settings.runpod_url, settings.runpod_api_key, **common)
-    if settings.vast_api_key is not None:
-        backends["vast"] = VastBackend(settings.vast_url, settings.vast_api_key, disk_gb=settings.vast_disk_gb, **common)
+    retry = RetryPolicy.from_settings(settings)
+    for name in CLOUD_BACKENDS:  # the provider backends whose API key is configured
+        if getattr(settings, f"{name}_api_key", None) is not None:
+            backends[name] = cloud_backend_class(name).from_settings(settings, retry)
     if importlib.util.find_spec("sky") is not None:  # the optional cloud extra; SkyPilot keeps its own credentials
         backends["skypilot"] = SkyPilotBackend(image=settings.job_image, jobs_install=settings.jobs_install,
                                                catalog_offers=lambda: _book(settings))
@@ -84,8 +86,7 @@ def _book(settings: Settings) -> list:
 
 def cloud_problem(settings: Settings, backend: str, specs: list[JobSpec]) -> str | None:
     """Why jobs cannot launch on a cloud backend as configured (None: they can)."""
-    need = {"runpod": "RUNPOD_API_KEY in the environment or the config file",
-            "vast": "VAST_API_KEY in the environment or the config file",
+    need = {**{name: f"{info.key_env} in the environment or the config file" for name, info in PROVIDERS.items()},
             "skypilot": "the cloud extra (pip install 'planner[cloud]') and SkyPilot's own credentials"}.get(backend)
     if need is None:
         return None
@@ -113,7 +114,7 @@ def stage_for_cloud(settings: Settings, backend: str, new_jobs: list[NewJob]) ->
 
 def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict | None = None) -> Supervisor:
     backends = backends or build_backends(settings)
-    placer = Placer(settings, backends, local_offer(settings.local_usd_per_hour) if "local" in backends else None)
+    placer = Placer(settings, backends, local_offer(settings.local_usd_per_hour, settings.local_gpus) if "local" in backends else None)
     return Supervisor(sessions, backends, placer, budget=Ledger(), poll_interval_s=settings.poll_interval_s,
                       cooldown=settings.preempted_cooldown)
 

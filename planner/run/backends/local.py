@@ -35,9 +35,11 @@ LOCAL_OFFER_KEY = "local"
 QUIET_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
-def local_offer(usd_per_hour: float = 0.0) -> Offer:
-    """This machine as an offer: its GPU when nvidia-smi sees one, else the CPU (VRAM 0)."""
+def local_offer(usd_per_hour: float = 0.0, gpus: int | None = None) -> Offer:
+    """This machine as an offer: its GPUs when nvidia-smi sees them, else the CPU (VRAM 0); `gpus`
+    (PLANNER_LOCAL_GPUS) overrides how many a data-parallel job runs on (CPU ranks on a CPU-only box)."""
     name, vram_gb, count = _local_gpu()
+    count = gpus or count
     return Offer(provider="local", offer_key=LOCAL_OFFER_KEY, gpu_model=name, gpu_name_raw=name, vram_gb=vram_gb,
                  gpu_count=count, on_demand_usd_per_gpu_hour=usd_per_hour / max(count, 1),
                  spot_usd_per_gpu_hour=None, tier="local", location="localhost", available=True,
@@ -66,7 +68,8 @@ class LocalBackend(Backend):
         self.python = python
         self.extra_env = dict(extra_env or {})
 
-    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
+    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
+             disk_gb: float | None = None) -> LaunchPlan:
         env = attempt_env(spec, attempt)
         return LaunchPlan(backend=self.name, job_id=spec.job_id, attempt=attempt, spot=spot,
                           usd_per_hour=usd_per_hour, command=(self.python, "-m", "jobs.run"), env=env,
