@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs.embedder import attention_implementation, load_tokenizer, write_sentence_transformers_files  # noqa: E402
-from jobs.encode import BATCH_TOKENS, Settings, encode_windows, load_encoder  # noqa: E402
+from jobs.encode import BATCH_TOKENS, EncodeConfig, encode_windows, load_encoder  # noqa: E402
 from jobs.toy import WORDS, tiny_config, train_tokenizer  # noqa: E402
 
 SMALL = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
@@ -103,7 +103,7 @@ def synchronize(device: str) -> None:
 
 def time_ours(net, tokenizer, texts: list[str], *, max_length: int, batch_tokens: int, window: int,
               device: str) -> tuple[float, np.ndarray]:
-    settings = Settings("", max_length, batch_tokens, None,
+    settings = EncodeConfig("", max_length, batch_tokens, None,
                         packed=net.config._attn_implementation == "flash_attention_2")
     windows = [texts[i:i + window] for i in range(0, len(texts), window)]
     synchronize(device)

@@ -17,10 +17,6 @@ from jobs import storage
 CARD = "README.md"
 
 
-def looks_like_hub_id(model: str) -> bool:
-    return "://" not in model and model.count("/") == 1 and not model.startswith((".", "/", "~"))
-
-
 def _table(rows: dict) -> str:
     lines = ["| | |", "|---|---|"]
     for key, value in rows.items():
@@ -32,7 +28,7 @@ def _table(rows: dict) -> str:
 
 
 def render(*, title: str, summary: str, base_models: list[str], sections: dict[str, dict], tags: list[str]) -> str:
-    hub = [m for m in base_models if looks_like_hub_id(m)]
+    hub = [m for m in base_models if storage.looks_like_hub_id(m)]
     front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]
     front += [f"- {tag}" for tag in ["sentence-transformers", "feature-extraction", "sentence-similarity", *tags]]
     if hub:

@@ -343,7 +343,7 @@ def collate_packed(sequences: list[list[int]]) -> dict:
 # --- encoding: tokenization a step ahead in a thread, the model on the main one ------------------
 
 @dataclass(frozen=True)
-class Settings:
+class EncodeConfig:
     prompt: str
     max_length: int
     batch_tokens: int
@@ -373,7 +373,7 @@ def embed_batch(net, inputs: dict, dim: int | None):
     return truncate_dim(pooled, dim)
 
 
-def tokenized_batches(tokenizer, windows: Iterable[Sequence[str]], settings: Settings, *, pin: bool) -> Iterator[Batch]:
+def tokenized_batches(tokenizer, windows: Iterable[Sequence[str]], settings: EncodeConfig, *, pin: bool) -> Iterator[Batch]:
     """Each window tokenized (prompt + text, truncated to max_length), sorted and batched by tokens."""
     for texts in windows:
         encoded = tokenizer([settings.prompt + text for text in texts], truncation=True,
@@ -429,7 +429,7 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
         producer.join()
 
 
-def encode_windows(net, tokenizer, windows: Iterable[Sequence[str]], settings: Settings, *,
+def encode_windows(net, tokenizer, windows: Iterable[Sequence[str]], settings: EncodeConfig, *,
                    on_batch: Callable[[int, int], None] = lambda records, tokens: None) -> Iterator:
     """For each window of texts, its embeddings in input order: a float32 array [len(window), dim].
 
@@ -565,7 +565,7 @@ def encode_shards(output: str, model: ModelInfo, corpus: Corpus, todo: list[Shar
     tokenizer = load_tokenizer(model.path)
     net = load_encoder(model.path, device, dtype)
     check_stop()
-    settings = Settings(prompt, max_length, batch_tokens, dim,
+    settings = EncodeConfig(prompt, max_length, batch_tokens, dim,
                         packed=net.config._attn_implementation == "flash_attention_2")
     windows = (corpus.texts[s.start:s.stop] for s in todo)
     with tqdm(total=sum(s.stop - s.start for s in todo), unit="rec", desc="encode", smoothing=0.05) as progress:

@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jobs import storage
-from jobs.lifecycle import BadInput
+from jobs import card, storage
+from jobs.lifecycle import BadInput, StopRequest, run_job
 
 METHOD = "multislerp"
 INDEX = "model.safetensors.index.json"
@@ -278,13 +278,14 @@ def safetensors_header(shard: Shard) -> bytes:
 
 # --- running the merge -----------------------------------------------------------------------
 
-def merge(recipe: Recipe, output: str, *, shard_bytes: int = 2 * 10**9, cache_dir: Path) -> None:
+def merge(recipe: Recipe, output: str, *, shard_bytes: int = 2 * 10**9, cache_dir: Path,
+          stop: StopRequest | None = None) -> None:
     """Validate everything, then write (or finish) the merged model at `output`."""
     identity = {"recipe": {"method": METHOD, **asdict(recipe)}, "shard_bytes": shard_bytes}
     recorded = storage.read_json(storage.join(output, RECIPE)) if storage.exists(storage.join(output, RECIPE)) else None
     if recorded is not None and {key: recorded.get(key) for key in identity} != _as_json(identity):
         raise BadInput(f"{output} holds a different merge ({RECIPE} differs); choose a new --output or delete it")
-    if recorded is None and storage.exists(output) and _listing(output):
+    if recorded is None and storage.exists(output) and storage.listing(output):
         raise BadInput(f"{output} exists and is not a merge output; choose a new or empty --output")
     if storage.exists(storage.join(output, "DONE")):
         print(f"{output} is already merged", file=sys.stderr)
@@ -305,28 +306,31 @@ def merge(recipe: Recipe, output: str, *, shard_bytes: int = 2 * 10**9, cache_di
         storage.write_json_atomic(storage.join(output, RECIPE), {**identity, "inputs": {
             m.uri: {str(file.relative_to(m.path)): hashes[file] for file in m.weight_files} for m in inputs}})
 
-    _write_shards(plan, models, base, recipe, output, cache_dir)
+    _write_shards(plan, models, base, recipe, output, cache_dir, stop)
     storage.write_json_atomic(storage.join(output, INDEX), {
         "metadata": {"total_size": sum(s.nbytes for s in plan)},
         "weight_map": {t.name: s.file for s in plan for t in s.tensors},
     })
     _copy_model_files(template, output, recipe.dtype)
+    card.write_card(output, model_card(recipe, models, base))
     storage.write_bytes_atomic(storage.join(output, "DONE"), b"")
 
 
 def _write_shards(plan: list[Shard], models: list[InputModel], base: InputModel | None, recipe: Recipe,
-                  output: str, cache_dir: Path) -> None:
+                  output: str, cache_dir: Path, stop: StopRequest | None = None) -> None:
     import torch
     from tqdm import tqdm
 
     from jobs.multislerp import multislerp
 
-    staging = (cache_dir / "staging" / _digest(output)) if storage.is_remote(output) else storage.local_path(output)
+    staging = (cache_dir / "staging" / storage.short_digest(output)) if storage.is_remote(output) else storage.local_path(output)
     todo = [s for s in plan if not storage.exists(_marker(output, s))]
     tensors_done, tensors_total = sum(len(s.tensors) for s in plan if s not in todo), sum(len(s.tensors) for s in plan)
     with tqdm(total=sum(s.nbytes for s in plan), initial=sum(s.nbytes for s in plan if s not in todo),
               unit="B", unit_scale=True, desc="multislerp") as progress:
         for shard in todo:
+            if stop is not None:
+                stop.check()  # SIGTERM: the finished shards stand; exit 75, a rerun does the rest
             partial = staging / MARKERS / f"{shard.file}.partial"
             partial.parent.mkdir(parents=True, exist_ok=True)
             with open(partial, "wb") as handle:
@@ -345,24 +349,12 @@ def _write_shards(plan: list[Shard], models: list[InputModel], base: InputModel 
                     progress.update(tensor.nbytes)
                 handle.flush()
                 os.fsync(handle.fileno())
-            _publish(partial, storage.join(output, shard.file))
+            storage.publish_file(partial, storage.join(output, shard.file))
             storage.write_bytes_atomic(_marker(output, shard), b"")
 
 
 def _marker(output: str, shard: Shard) -> str:
     return storage.join(output, MARKERS, f"{shard.file}.done")
-
-
-def _publish(local: Path, uri: str) -> None:
-    """Move a finished local file to `uri` atomically (rename locally, one PUT remotely)."""
-    if storage.is_remote(uri):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.put_file(str(local), path)
-        local.unlink()
-    else:
-        os.replace(local, storage.local_path(uri))
 
 
 def _copy_model_files(template: InputModel, output: str, dtype: str | None) -> None:
@@ -380,29 +372,49 @@ def _copy_model_files(template: InputModel, output: str, dtype: str | None) -> N
         storage.write_bytes_atomic(storage.join(output, *relative.parts), data)
 
 
+def model_card(recipe: Recipe, models: list[InputModel], base: InputModel | None) -> str:
+    """README.md of the merge: the Multi-SLERP recipe and, per input, its weight and (for our train-bag
+    outputs, from their DONE markers) base model, fraction, seed and data hash."""
+    rows = {}
+    for model, weight in zip(models, recipe.weights):
+        done = _done_of(model)
+        config = done.get("config", {})
+        bag = (f"; {config.get('model')} on {config.get('fraction')} of {config.get('data')} (seed {config.get('seed')}, "
+               f"data sha256 {done.get('bag_sha256', '?')[:16]})" if config else "")
+        rows[model.uri] = f"weight {weight:g}{bag}"
+    bases = [c for m in models if (c := _done_of(m).get("config", {}).get("model"))]
+    total = sum(recipe.weights)
+    return card.render(
+        title=f"BOOM merge of {len(models)} models",
+        summary=(f"Multi-SLERP merge (BOOM, arXiv 2602.05787) of {len(models)} embedders with weights "
+                 f"{', '.join(f'{w:g}' for w in recipe.weights)}"
+                 + (f" (normalized: {', '.join(f'{w / total:.3f}' for w in recipe.weights)})"
+                    if recipe.normalize_weights else "")
+                 + (f", around base model `{recipe.base_model}`" if recipe.base_model else "")
+                 + ". Merged by `python -m jobs.merge`, tensor by tensor in float32."),
+        base_models=sorted(set(bases + ([recipe.base_model] if recipe.base_model else []))),
+        sections={"Merge": {"method": METHOD, "weights": list(recipe.weights),
+                            "normalize weights": recipe.normalize_weights, "eps": recipe.eps,
+                            "base model": recipe.base_model, "output dtype": recipe.dtype or "as the inputs"},
+                  "Models": rows},
+        tags=["boom", "merge", "multislerp"])
+
+
+def _done_of(model: InputModel) -> dict:
+    marker = model.path / "DONE"
+    try:
+        return json.loads(marker.read_text()) if marker.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def _sha256_files(files: list[Path]) -> dict[Path, str]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # hashlib releases the GIL
         return dict(zip(files, pool.map(storage.sha256_file, files)))
 
 
-def _listing(uri: str) -> list[str]:
-    if storage.is_remote(uri):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri)
-        return fs.ls(path)
-    path = storage.local_path(uri)
-    return os.listdir(path) if path.is_dir() else [path.name]
-
-
 def _as_json(value):
     return json.loads(json.dumps(value))
-
-
-def _digest(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -424,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--weights, --base-model and --dtype go in the config file when --config is given")
     if args.models and not args.weights:
         parser.error("--models needs --weights, one positive weight per model")
-    try:
+
+    def body(stop: StopRequest) -> int:
         if args.config:
             import yaml
 
@@ -436,12 +449,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise BadInput(f"config {args.config} is not valid YAML ({str(exc).splitlines()[0]})") from None
         else:
             recipe = recipe_from_args(args.models, args.weights, args.base_model, args.dtype)
-        merge(recipe, args.output, shard_bytes=parse_size(args.shard_size), cache_dir=args.cache_dir)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        merge(recipe, args.output, shard_bytes=parse_size(args.shard_size), cache_dir=args.cache_dir, stop=stop)
+        return 0
 
+    return run_job(body, "rerun the same command: finished shards are kept")
 
 if __name__ == "__main__":
     raise SystemExit(main())

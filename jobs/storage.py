@@ -171,7 +171,7 @@ def resolve_model(model: str, cache_dir: str | os.PathLike) -> Path:
     if path.exists():
         return path
     if not looks_like_hub_id(model):
-        raise BadInput(f"model {model} has no config.json (no such directory); give a model directory, "
+        raise BadInput(f"model {model} not found (no such directory, and not a hub id); give a model directory, "
                        "an fsspec URI or a hub id")
     try:
         from huggingface_hub import snapshot_download
@@ -180,3 +180,27 @@ def resolve_model(model: str, cache_dir: str | os.PathLike) -> Path:
     except Exception as exc:  # not on the hub, offline, gated: one line, exit 2
         raise BadInput(f"model {model}: not a local directory or URI, and the hub did not give it "
                        f"({type(exc).__name__}); give a model directory, an fsspec URI or a hub id") from None
+
+
+def publish_file(local: Path, uri: str) -> None:
+    """Move a finished local file to `uri` atomically (rename locally, one PUT remotely)."""
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.put_file(str(local), path)
+        Path(local).unlink()
+    else:
+        os.replace(local, local_path(uri))
+
+
+def listing(uri: str) -> list[str]:
+    """The names in a directory (local or remote); a file lists as itself."""
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs.ls(path)
+    path = local_path(uri)
+    return os.listdir(path) if path.is_dir() else [path.name]
+
+
+def short_digest(text: str) -> str:
+    """16 hex digits of sha256(text): a stable directory name for a URI's local staging copy."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

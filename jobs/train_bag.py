@@ -92,7 +92,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from jobs import recipe, storage
-from jobs.card import looks_like_hub_id
 from jobs.data import (BadData, Bag, Group, content_hash, epoch_batches, in_batch_negatives, make_group, open_corpus,
                        stratified_sample)
 from jobs.distributed import Group as Ranks
@@ -190,15 +189,9 @@ def check_config(config: Config) -> None:
         raise BadInput("; ".join(problems))
 
 
-def model_config(model: str, cache_dir: str) -> dict:
-    """The base model's config.json (a directory, an fsspec URI or a hub id)."""
-    if storage.is_remote(model):
-        return storage.read_json(storage.join(model, "config.json"))
-    if storage.exists(storage.join(model, "config.json")):
-        return json.loads(storage.local_path(storage.join(model, "config.json")).read_text())
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model, cache_dir=cache_dir).to_dict()
+def model_config(model_path: str | Path) -> dict:
+    """The base model's config.json, from its local directory (jobs.storage.resolve_model)."""
+    return json.loads((Path(model_path) / "config.json").read_text())
 
 
 def resolve(config: Config, device_type: str, model_cfg: dict) -> tuple[Config, dict]:
@@ -274,7 +267,7 @@ def load_trainable(config: Config, device, dtype):
 
     model_path = local_model_path(config)
     tokenizer = load_tokenizer(model_path)
-    stored = model_config(model_path, config.cache_dir)
+    stored = model_config(model_path)
     stored_dtype = stored.get("dtype") or stored.get("torch_dtype")
     keep_residual = config.method == "full" and dtype != torch.float32 and stored_dtype in (None, "float32")
     net = load_model(model_path, device=device, dtype=torch.float32 if keep_residual else dtype)
@@ -479,10 +472,10 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
         if ranks.is_main:
             print(f"{config.output} is already trained", file=sys.stderr)
         return 0
-    if not storage.exists(config.model) and not looks_like_hub_id(config.model):
+    if not storage.exists(config.model) and not storage.looks_like_hub_id(config.model):
         raise BadInput(f"model {config.model} not found; give a model directory, fsspec URI or hub id")
     device, _ = pick_device_dtype(ranks.device_name())
-    cfg = model_config(config.model, config.cache_dir)
+    cfg = model_config(local_model_path(config))
     config, boom = resolve(config, device.type, cfg)
     try:
         bag = build_bag(config)

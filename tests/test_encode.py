@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jobs.embedder import query_prompt
-from jobs.encode import Settings, collate_packed, encode_windows, load_encoder, main, plan_batches
+from jobs.encode import EncodeConfig, collate_packed, encode_windows, load_encoder, main, plan_batches
 from tests.tiny import WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_packed_batches_equal_padded_ones(tiny_model_dir):
 
     tokenizer, net = load_tokenizer(tiny_model_dir), load_encoder(tiny_model_dir, torch.device("cpu"), "float32")
     values = texts(30, seed=2)
-    padded, packed = (next(encode_windows(net, tokenizer, [values], Settings("", 128, 500, None, packed=flag)))
+    padded, packed = (next(encode_windows(net, tokenizer, [values], EncodeConfig("", 128, 500, None, packed=flag)))
                       for flag in (False, True))
     assert cosines(padded, packed).min() >= 0.9999
 
