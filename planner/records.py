@@ -60,6 +60,9 @@ class Job(Base):
     budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     requirements: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the planner's estimate
     max_failures: Mapped[int] = mapped_column(Integer, default=3)
+    pin_gpu: Mapped[str | None] = mapped_column(String(100), nullable=True)  # `--gpu NAME[:COUNT]`: only this model
+    pin_gpu_count: Mapped[int | None] = mapped_column(Integer, nullable=True)  # ... with this many GPUs
+    pin_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)  # `--provider`: only this one
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

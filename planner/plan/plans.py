@@ -107,4 +107,14 @@ def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
             "needs": {"vram_gb": needs.vram_gb, "disk_gb": needs.disk_gb, "ram_gb": needs.ram_gb,
                       "tflop": needs.flops / 1e12, "breakdown_gb": needs.breakdown, "notes": list(needs.notes)},
             "ranked": [candidate(c) for c in choice.ranked[:top]],
+            "rejected": _rejected_counts(choice),
             "no_offer": None if choice.winner else choice.explain_empty()}
+
+
+def _rejected_counts(choice: Choice) -> dict[str, int]:
+    """Offers that lost on a hard limit, counted by reason (too little VRAM, other GPU, price cap, ...)."""
+    counts: dict[str, int] = {}
+    for item in choice.rejected:
+        key = item.reason.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return counts

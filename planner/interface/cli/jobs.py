@@ -27,6 +27,8 @@ from planner.run.launching import (
 from planner.run.inputs import InputError
 from planner.plan.plans import book_offers, choice_summary, limits_for, plan_job
 from planner.records import FINAL_STATES, Campaign, Job
+from planner.run.pricebook import PROVIDERS
+from pricing import gpus
 from pricing.db import utcnow
 
 plan_app = typer.Typer(help="What a job needs and which offer finishes it cheapest; launches nothing.",
@@ -61,7 +63,8 @@ def _plans(plan: CampaignPlan, options: JobOptions, allow_stale: bool) -> list[t
         offers = book_offers(session)
         for item in plan.jobs:
             probe = Job(id=item.spec.job_id, spot=options.spot, max_price_per_hour=options.max_price_per_hour,
-                        budget_usd=options.budget_usd)
+                        budget_usd=options.budget_usd, pin_gpu=options.gpu, pin_gpu_count=options.gpu_count,
+                        pin_provider=options.provider)
             try:
                 choice = plan_job(session, item.spec, limits_for(probe, cfg, session, allow_stale=allow_stale), offers,
                                   utcnow(), shapes=shapes)
@@ -81,6 +84,9 @@ def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
                                                 f"{needs.io_bytes / 1e9:,.3g} GB to stream"), highlight=False)
         for note in needs.notes:
             out.print(f"  note: {note}", highlight=False)
+        pinned = _pinned_out(choice)
+        if pinned:
+            out.print(f"  pinned: {pinned}", highlight=False)
         if choice.winner is None:
             out.print(f"  [yellow]no offer:[/] {choice.explain_empty()}", highlight=False)
             continue
@@ -97,6 +103,20 @@ def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
                           f"{c.worst_case_usd:.2f}", c.why_lost or "best")
         out.print(table)
     return total
+
+
+PIN_REASONS = ("other GPU", "other GPU count", "provider excluded")
+
+
+def _pinned_out(choice: Choice) -> str:
+    """How many offers the --gpu/--provider pins left out, by reason, with an example of each."""
+    counts: dict[str, list] = {}
+    for item in choice.rejected:
+        key = item.reason.split(":")[0]
+        if key in PIN_REASONS:
+            counts.setdefault(key, []).append(item.reason)
+    return "; ".join(f"{len(reasons)} offers left out as {key} (e.g. {reasons[0].split(': ', 1)[1]})"
+                     for key, reasons in counts.items())
 
 
 def _show_plan(plan: CampaignPlan, options: JobOptions, top: int, allow_stale: bool, as_json: bool) -> None:
@@ -200,6 +220,9 @@ def _run_options(planning: bool) -> list[tuple[str, object, object]]:
          _opt("max_price_per_hour", "--max-price-per-hour", help="Cap in USD per instance-hour.")),
         ("budget_usd", Optional[float],
          _opt("budget", "--budget", help="Budget in USD for this job (a campaign: for all its jobs).")),
+        ("gpu", Optional[str], _opt(None, "--gpu", help="Pin the hardware: GPU model[:count per instance], "
+                                    "e.g. H100-SXM:1 or 'RTX 4090:2' (offers of other GPUs lose, with the reason).")),
+        ("provider", Optional[str], _opt(None, "--provider", help="Pin the provider: runpod, vast (or local).")),
         ("top", int, TopOpt),
         ("allow_stale", bool, StaleOpt),
         ("backend", Optional[str], _opt("backend", "--backend", help="auto | local | runpod | vast | skypilot "
@@ -264,8 +287,12 @@ class Opts:
         if max_price is not None and max_price <= 0 or budget_usd is not None and budget_usd <= 0:
             fail("--max-price-per-hour and --budget must be positive")
         spot = self.spot
+        gpu, count = _gpu_pin(self.gpu)
+        if self.provider is not None and self.provider not in (*PROVIDERS, "local"):
+            fail(f"--provider {self.provider}: choose {', '.join(PROVIDERS)} or local")
         return JobOptions(backend=backend, spot="any" if spot is None else ("spot" if spot else "on-demand"),
-                          max_price_per_hour=max_price, budget_usd=budget_usd)
+                          max_price_per_hour=max_price, budget_usd=budget_usd, gpu=gpu, gpu_count=count,
+                          provider=self.provider)
 
     def train(self) -> tuple[str, dict]:
         """(method, extra training parameters), checked."""
@@ -276,6 +303,19 @@ class Opts:
             if value is not None and value <= 0:
                 fail(f"--{key.replace('_', '-')} must be positive, got {value}")
         return self.method, {k: v for k, v in extra.items() if v is not None}
+
+
+def _gpu_pin(text: str | None) -> tuple[str | None, int | None]:
+    """`--gpu NAME[:COUNT]` (SkyPilot's --gpus H100:1) as (canonical model, count)."""
+    if not text:
+        return None, None
+    name, _, count = text.rpartition(":") if ":" in text else (text, "", "")
+    if count and not count.isdigit() or count == "0" or not name.strip():
+        fail(f"--gpu {text}: give a GPU model and optionally a count, e.g. H100-SXM or H100-SXM:2")
+    model = views.canonical_gpu(name.strip())
+    if gpus.resolve(name.strip()) is None:
+        fail(f"--gpu {name.strip()}: not a GPU this planner knows; `planner prices show` lists the models")
+    return model, int(count) if count else None
 
 
 def _local_input(value: str | None, option: str, *, model: bool = False) -> str | None:
