@@ -47,7 +47,7 @@ def test_bad_cron_is_a_clear_error(upgraded, monkeypatch):
 
 def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, recorded_providers):
     stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(upgraded, "127.0.0.1", 0), kwargs={"api": False, "stop": stop})
+    thread = threading.Thread(target=serve, args=(upgraded, "127.0.0.1", 0), kwargs={"stop": stop})
     thread.start()
     deadline = time.monotonic() + 30
     client = TestClient(create_app(upgraded))
@@ -59,17 +59,54 @@ def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, recorded_provide
     assert client.get("/prices").json()["stale_providers"] == []
 
 
-def test_sigterm_stops_serve_with_exit_0(upgraded, recorded_providers, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "planner", "-v", "serve", "--no-api"], env=env,
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if "refresh ok" in line or len(lines) > 200:
-            break
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, "".join(lines)
+@pytest.mark.parametrize("api,sig", [(False, signal.SIGTERM), (True, signal.SIGTERM), (True, signal.SIGINT)],
+                         ids=["no-api-sigterm", "api-sigterm", "api-sigint"])
+def test_a_signal_stops_serve_cleanly_with_exit_0(httpserver, api, sig):
+    """The signal arrives in the middle of a refresh: it finishes, its leases are released, exit 0."""
+    import json
+    import urllib.request
+
+    from planner.run.replay import recorded_payload
+    from pricing import store
+
+    asked = threading.Event()
+
+    def slow_vast(request):
+        from werkzeug import Response
+
+        asked.set()
+        time.sleep(1.0)
+        return Response(recorded_payload("/api/v0/bundles/"), content_type="application/json")
+
+    upgraded = load_settings()
+    db.upgrade(upgraded.db_url)
+    httpserver.expect_request("/rp/graphql", method="POST").respond_with_data(
+        recorded_payload("/graphql"), content_type="application/json")
+    httpserver.expect_request("/vast/api/v0/bundles/", method="POST").respond_with_handler(slow_vast)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLANNER_RUNPOD_URL": httpserver.url_for("/rp"),
+           "PLANNER_VAST_URL": httpserver.url_for("/vast")}
+    args = ["--port", "0"] if api else ["--no-api"]
+    proc = subprocess.Popen([sys.executable, "-m", "planner", "-v", "serve", "--json", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "serving" and (ready["url"] is not None) == api
+        if api:
+            with urllib.request.urlopen(ready["url"] + "prices", timeout=10) as response:
+                assert response.status == 200
+        assert asked.wait(30), "no refresh started"
+        proc.send_signal(sig)
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    assert code == 0, stderr
+    assert "stopping" in stderr and "Scheduler has been shut down" in stderr
+    assert json.loads(stdout.splitlines()[-1]) == {"event": "stopped"}
+    with db.session_factory(upgraded.db_url)() as session:
+        leases = session.query(store.RefreshLease).all()
+        assert leases and all(lease.holder is None for lease in leases)
+        assert {s.provider for s in session.query(store.Snapshot).filter_by(status="ok")} >= {"vast"}
 
 
 def test_api_prices_history_and_dashboard(upgraded, recorded_providers):
