@@ -38,6 +38,7 @@ ACT_PER_TOKEN_LAYER = 34  # bytes per token per hidden unit for one bf16 decoder
 ENCODE_ACT = 12  # inference keeps ~a few hidden-sized tensors per token alive at once
 CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length (no tokenizer in the planner)
 DISK_GBPS = 0.5  # sustained read+write of a rented box's local disk, for the merge
+ASSUMED_QUERY_TOKENS, ASSUMED_DOC_TOKENS = 64, 128  # an unreadable corpus: instruction + query, one document
 MIN_CHUNK = 4  # the smallest gradient-cache chunk worth running: smaller chunks leave the GPU idle
 VRAM_USABLE = 0.92  # of a GPU's VRAM; the allocator's fragmentation takes the rest
 LORA_RANK = recipe.LORA["r"]
@@ -116,8 +117,9 @@ def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_siz
     from jobs import storage
     from jobs.data import BadData, sample_stats
 
-    if uri is None or not storage.exists(uri):
-        return CorpusStats(assumed_records, 300.0, 1.0, measured=False)
+    if uri is None or not storage.exists(uri):  # assumed: bge-style records, a full group of ~128-token documents
+        return CorpusStats(assumed_records, ASSUMED_QUERY_TOKENS + group_size * ASSUMED_DOC_TOKENS, group_size - 1.0,
+                           measured=False)
     try:
         sample = sample_stats(uri, group_size=group_size)
     except BadData as exc:

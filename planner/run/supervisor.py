@@ -40,6 +40,7 @@ from planner.run.backends.base import (
 )
 from planner.plan.budget import job_spent
 from planner.run import progress
+from planner.run.backends.markers import read_done
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from pricing.providers.base import ProviderError
@@ -242,6 +243,7 @@ class Supervisor:
                 session.commit()
             return
         if result.status is Status.SUCCEEDED:
+            self._read_throughput(job, attempt)
             self._end_attempt(session, job, attempt, "succeeded", result)
             self._finish(session, job, "succeeded", None, report)
         elif result.status in (Status.PREEMPTED, Status.LOST):
@@ -370,9 +372,13 @@ class Supervisor:
         raw = progress.read(job.spec)
         if raw is not None:  # else no checkpoint yet, or a remote store that is briefly unreachable
             attempt.progress = json.dumps(raw)
-            measured = raw.get("tflops_per_gpu")  # achieved by this run, counted as the planner counts FLOPs
-            if isinstance(measured, (int, float)) and measured > 0:
-                attempt.measured_tflops = float(measured)
+            _record_throughput(attempt, raw)
+
+    def _read_throughput(self, job: Job, attempt: Attempt) -> None:
+        """The runner's DONE marker holds the whole attempt's achieved throughput."""
+        done = read_done(JobSpec.from_json(job.spec).output_uri)
+        if done is not None:
+            _record_throughput(attempt, done)
 
     def _dependency_problem(self, session: Session, job: Job) -> str | None:
         """None when every dependency succeeded, "wait" while some still run, else why this job cannot."""
@@ -416,6 +422,12 @@ class Supervisor:
                 except (BackendError, ProviderError) as exc:
                     log.warning("reaper: cannot terminate %s (%s); next tick", handle.label, exc)
         return reaped
+
+
+def _record_throughput(attempt: Attempt, report: dict) -> None:
+    measured = report.get("tflops_per_gpu")  # achieved, FLOPs counted as the planner counts them (jobs.recipe)
+    if isinstance(measured, (int, float)) and measured > 0:
+        attempt.measured_tflops = float(measured)
 
 
 def attempt_cost(attempt: Attempt, until: datetime) -> float:

@@ -1,0 +1,31 @@
+"""Every GPU of an offer: on a 2-GPU local machine (PLANNER_LOCAL_GPUS=2; CPU ranks over gloo here)
+the supervisor places train-bag on both, jobs.run starts two ranks, and the attempt records the
+throughput the planner learns from."""
+from __future__ import annotations
+
+import json
+
+from planner.config import load_settings
+from planner.plan import campaigns
+from planner.records import Attempt, Job
+from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final
+from pricing.db import session_factory
+from jobs import storage
+
+
+def test_a_bag_runs_on_both_local_gpus_through_the_supervisor(db_url, tmp_path, tiny_model_dir, toy_corpus):
+    settings = load_settings(db_url=db_url, runs_dir=tmp_path / "runs", poll_interval_s=0.2, local_gpus=2)
+    sessions = session_factory(db_url)
+    job = campaigns.train_bag_job(settings, model=str(tiny_model_dir), data=str(toy_corpus), fraction=0.5, seed=3,
+                                  method="full", extra={"batch_size": 6, "max_steps": 4, "lr": 1e-3})
+    with sessions() as session:
+        add_jobs(session, [job], JobOptions(backend="local"))
+    states = run_until_final(build_supervisor(settings, sessions), [job.spec.job_id], interval_s=0.1, timeout_s=300)
+    assert states == {job.spec.job_id: "succeeded"}
+    done = json.loads(storage.read_bytes(storage.join(job.spec.output_uri, "DONE")))
+    assert done["gpus"] == 2 and done["steps"] == 4
+    with sessions() as session:
+        (attempt,) = attempts_of(session, job.spec.job_id)
+        assert attempt.gpu_count == 2 and attempt.measured_tflops and attempt.measured_tflops > 0
+        assert json.loads(session.get(Job, job.spec.job_id).requirements)["ranks"] == 2
+        assert isinstance(attempt, Attempt)
