@@ -117,7 +117,11 @@ def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_siz
     from jobs import storage
     from jobs.data import BadData, sample_stats
 
-    if uri is None or not storage.exists(uri):  # assumed: bge-style records, a full group of ~128-token documents
+    try:  # a remote URI this machine cannot read (no credentials, no network) is assumed, not an error
+        reachable = uri is not None and storage.exists(uri)
+    except Exception:
+        reachable = False
+    if not reachable:  # assumed: bge-style records, a full group of ~128-token documents
         return CorpusStats(assumed_records, ASSUMED_QUERY_TOKENS + group_size * ASSUMED_DOC_TOKENS, group_size - 1.0,
                            measured=False)
     try:
