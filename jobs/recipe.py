@@ -32,6 +32,10 @@ LORA_RECIPE = COMMON | {"method": "lora", "batch_size": 128, "kd_loss": "m3",
 FULL_RECIPE = COMMON | {"method": "full", "batch_size": 256, "kd_loss": "none",
                         "source": "hengran/Bagging-Based-Model-Merging Training/base_same_0.6B.sh"}
 LORA = {"r": 32, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": list(LORA_TARGETS)}
+# Sequences per gradient-cache chunk (jobs.train_bag --mini-batch-size): 32 sequences of 512 tokens keep a
+# GPU busy; the planner only goes lower where a card cannot hold them, so a job's numbers do not depend
+# on which card it landed on.
+DEFAULT_MINI_BATCH = 32
 LORA_FROM_PARAMS = 1.0e9  # BOOM fine-tunes the 4B with LoRA and the 0.6B fully; the line is drawn between
 
 

@@ -102,7 +102,6 @@ METHODS = ("full", "lora")
 DTYPES = ("bfloat16", "float32")
 KD_LOSSES = ("m3", "kl", "none")
 OPTIMIZERS = ("adamw", "torch-adamw")
-DEFAULT_MINI_BATCH = 32
 DISK_BYTES_PER_SECOND = 200e6  # save-time guess before the first measured save
 RESOLVED = ("method", "batch_size", "lr", "kd_loss", "dtype")  # None until resolve() fills them in
 
@@ -121,7 +120,7 @@ class Config:
     epochs: int = recipe.COMMON["epochs"]
     batch_size: int | None = None  # queries per optimizer step; None: the recipe's
     group_size: int = recipe.COMMON["group_size"]
-    mini_batch_size: int = DEFAULT_MINI_BATCH  # sequences per gradient-cache chunk; 0: no caching
+    mini_batch_size: int = recipe.DEFAULT_MINI_BATCH  # sequences per gradient-cache chunk; 0: no caching
     grad_accum: int = 1
     lr: float | None = None
     warmup_ratio: float = recipe.COMMON["warmup_ratio"]

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     local_usd_per_hour: float = Field(default=0.0, ge=0, description="what an hour of this machine costs")
     local_gpus: int | None = Field(default=None, ge=1, description="GPUs of this machine a data-parallel job uses "
                                    "(default: every GPU nvidia-smi sees; on a CPU-only machine: CPU ranks)")
+    local_max_hours: float = Field(default=24.0, gt=0, description="auto places a job on this machine only if its "
+                                   "estimate there is at most this many hours (--backend local is obeyed)")
     poll_interval_s: float = Field(default=30.0, gt=0, description="supervisor tick while jobs run")
     preempted_cooldown: timedelta = timedelta(hours=1)  # an interrupted offer sits out this long
     max_failures: int = Field(default=3, ge=1, description="non-resumable failures before a job fails")
@@ -154,7 +156,8 @@ JOB_KEYS: dict[str, tuple[type, Any, str]] = {
     "data": (str, None, "training corpus JSONL (path or fsspec URI)"),
     "eval": (str, None, "held-out set: bagging evaluates every bag and the merge on it"),
     "encode": (str, None, "corpus to encode: bagging's --encode, encode's --input"),
-    "method": (str, "full", "full | lora"),
+    "method": (str, None, "full | lora (default: the BOOM recipe for the model: LoRA from 1 B parameters, "
+                          "full below; jobs.recipe)"),
     "seed": (int, 0, "bag sampling and training seed"),
     "epochs": (int, None, "training epochs (default: the recipe's)"),
     "batch_size": (int, None, "training batch size (default: the recipe's)"),

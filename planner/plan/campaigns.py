@@ -52,12 +52,14 @@ def job_dirs(settings: Settings, job_id: str, output: str | None, checkpoint: st
     return output or storage.join(base, "output"), checkpoint or storage.join(base, "checkpoints")
 
 
-def train_bag_job(settings: Settings, *, model: str, data: str, fraction: float, seed: int, method: str,
+def train_bag_job(settings: Settings, *, model: str, data: str, fraction: float, seed: int, method: str | None,
                   extra: dict | None = None, output: str | None = None, checkpoint: str | None = None,
                   job_id: str | None = None) -> NewJob:
     job_id = job_id or new_id(f"bag{round(fraction * 100)}")
     output, checkpoint = job_dirs(settings, job_id, output, checkpoint)
-    params = {"model": model, "data": data, "fraction": fraction, "seed": seed, "method": method, **(extra or {})}
+    params = {"model": model, "data": data, "fraction": fraction, "seed": seed, **(extra or {})}
+    if method is not None:  # else the job resolves the BOOM recipe's for the model's size (jobs.recipe)
+        params["method"] = method
     return NewJob(f"train-bag {fraction:g}", JobSpec(job_id, "train-bag", output, params, checkpoint))
 
 
@@ -80,7 +82,7 @@ def evaluate_job(settings: Settings, name: str, model: str, data: str, depends_o
     return NewJob(f"evaluate {name}", JobSpec(job_id, "evaluate", output, {"model": model, "data": data}), depends_on)
 
 
-def bagging(settings: Settings, *, model: str, data: str, fractions=FRACTIONS, weights=WEIGHTS, method: str = "full",
+def bagging(settings: Settings, *, model: str, data: str, fractions=FRACTIONS, weights=WEIGHTS, method: str | None = None,
             seed: int = 0, encode: str | None = None, evaluate: str | None = None,
             train_extra: dict | None = None) -> CampaignPlan:
     if len(fractions) != len(weights):
@@ -105,7 +107,7 @@ def bagging(settings: Settings, *, model: str, data: str, fractions=FRACTIONS, w
 
 
 def incremental(settings: Settings, *, previous: str, new_data: str, replay_data: str, replay_fraction: float = 0.4,
-                weights=INCREMENTAL_WEIGHTS, method: str = "full", seed: int = 0,
+                weights=INCREMENTAL_WEIGHTS, method: str | None = None, seed: int = 0,
                 train_extra: dict | None = None) -> CampaignPlan:
     if len(weights) != 2:
         raise ValueError("the incremental merge takes two weights: the previous model's and the update's")

@@ -155,8 +155,9 @@ class Needs:
 
     def mini_batch_on(self, vram_gb: float, gpu_count: int = 1) -> int | None:
         """The gradient-cache chunk (sequences per forward) for a GPU of `vram_gb`: the largest power
-        of two whose activations fit beside the fixed part, capped at the sequences each GPU embeds
-        per step; None when not even MIN_CHUNK fits (or the job is not chunked)."""
+        of two up to the job's default (jobs.recipe.DEFAULT_MINI_BATCH) whose activations fit beside the
+        fixed part, so the chunk, and with it the job's floating-point results, only changes where a card
+        cannot hold the default; None when not even MIN_CHUNK fits (or the job is not chunked)."""
         if not self.sequences_per_step:
             return None
         per_gpu = math.ceil(self.sequences_per_step / self.gpus_used(gpu_count))
@@ -166,7 +167,7 @@ class Needs:
         if room < MIN_CHUNK * self.gb_per_sequence:
             return None
         chunk = MIN_CHUNK
-        while chunk * 2 <= per_gpu and chunk * 2 * self.gb_per_sequence <= room:
+        while chunk * 2 <= recipe.DEFAULT_MINI_BATCH and chunk * 2 * self.gb_per_sequence <= room:
             chunk *= 2
         return min(chunk, per_gpu)
 

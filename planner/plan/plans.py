@@ -11,11 +11,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from jobs import storage
+from jobs import recipe, storage
 from jobs.spec import JobSpec
 from planner.config import Settings
 from planner.plan import budget, kinds
 from planner.plan.choose import Choice, Limits, choose
+from pricing.db import utcnow
 from planner.plan.estimate import EstimateError, Needs
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
 from planner.records import Job
@@ -70,8 +71,9 @@ class Placer:
         if job.backend != "local" and storage.is_remote(spec.output_uri):  # a cloud box cannot see our disk
             offers += [o for o in book_offers(session) if (o.provider in self.backends
                        and job.backend in ("auto", o.provider)) or (via_skypilot and o.provider in ("runpod", "vast"))]
-        limits = limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
-                            spent_usd=context.spent_usd)
+        limits = replace(limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
+                                    spent_usd=context.spent_usd),
+                         max_local_hours=self.settings.local_max_hours, local_forced=job.backend == "local")
         try:
             choice = plan_job(session, spec, limits, offers, context.now, context.remaining_fraction)
         except EstimateError as exc:
@@ -79,9 +81,13 @@ class Placer:
         winner = choice.winner
         if winner is None:
             reason = choice.explain_empty()
+            if offers and all(o.provider == "local" for o in offers) and "over the budget" not in reason:
+                # nothing but this machine could run it, and it cannot: say what would, and fail the job
+                return NoPlacement(f"{reason}; {cloud_hint(session, spec, self.settings)}", impossible=True)
             return NoPlacement(reason, over_budget="over the budget" in reason)
-        chosen = {} if winner.mini_batch is None or "mini_batch_size" in spec.params else \
-            {"mini_batch_size": winner.mini_batch}
+        # the chunk changes only where the card cannot hold the job's default (the results' bits follow it)
+        chunked = winner.mini_batch is not None and winner.mini_batch < recipe.DEFAULT_MINI_BATCH
+        chosen = {"mini_batch_size": winner.mini_batch} if chunked and "mini_batch_size" not in spec.params else {}
         job.requirements = json.dumps({"vram_gb": choice.needs.vram_gb, "disk_gb": choice.needs.disk_gb,
                                        "hours": winner.hours, "expected_usd": winner.expected_usd,
                                        "needs_kind": choice.needs.kind, "ranks": winner.gpus_used} | chosen)
@@ -90,6 +96,40 @@ class Placer:
         return Placement(backend=backend.name, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
                          worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
                          billing_seconds=backend.billing_seconds, ranks=winner.gpus_used, spec_params=chosen)
+
+
+def local_warning(session: Session, spec: JobSpec, offer: Offer, settings: Settings,
+                  shapes: dict[str, str] | None = None) -> str | None:
+    """For an explicit --backend local: the job's estimate on this machine when it is long or does not fit
+    (the launch is obeyed; this says what to expect). None when it fits within PLANNER_LOCAL_MAX_HOURS."""
+    from planner.plan.choose import local_description, local_memory_problem
+
+    try:
+        choice = plan_job(session, spec, Limits(local_forced=True), [offer], utcnow(), shapes=shapes)
+    except EstimateError:
+        return None
+    if choice.winner is None:
+        return None
+    hours, memory = choice.winner.hours, local_memory_problem(offer, choice.needs)
+    if hours <= settings.local_max_hours and memory is None:
+        return None
+    return (f"{spec.job_id} is estimated at about {hours:,.1f} h on this machine ({local_description(offer)})"
+            + (f"; {memory}" if memory else "") + ": running it here as --backend local asks")
+
+
+def cloud_hint(session: Session, spec: JobSpec, settings: Settings) -> str:
+    """What would run a job this machine cannot: the cheapest fitting cloud offer in the book, and what
+    a cloud launch needs."""
+    try:
+        choice = plan_job(session, spec, Limits(max_price_age=settings.max_price_age, allow_stale=True),
+                          book_offers(session), utcnow())
+        best = choice.winner
+    except EstimateError:
+        best = None
+    where = (f"it fits {best.offer.gpu_count}x {best.offer.gpu_model} on {best.offer.provider} "
+             f"(${best.usd_per_hour:.2f}/h, about {best.hours:.2g} h)" if best else "it needs a cloud GPU")
+    return (f"{where}: launch with --backend runpod or vast, which needs RUNPOD_API_KEY or VAST_API_KEY, "
+            "PLANNER_STORAGE_URI and PLANNER_JOBS_INSTALL")
 
 
 def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:

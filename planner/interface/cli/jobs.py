@@ -152,6 +152,8 @@ def _submit(plan: CampaignPlan, options: JobOptions, *, top: int, allow_stale: b
     for item in uploads:
         err.print(f"input {item.path} {'is already at' if item.skipped else 'uploaded to'} {item.uri}",
                   highlight=False)
+    if options.backend == "local":
+        _warn_local(cfg, plan)
     if not as_json:
         usable = sorted(b for b in build_backends(cfg) if b == options.backend or options.backend == "auto")
         out.print(f"runs on: {', '.join(usable)}" + (" (the cheapest to finish, re-chosen at each relaunch)"
@@ -182,6 +184,19 @@ def _submit(plan: CampaignPlan, options: JobOptions, *, top: int, allow_stale: b
         if as_json:
             emit_json({"campaign": campaign_id, "jobs": states})
         raise typer.Exit(0 if all(s == "succeeded" for s in states.values()) else 1)
+
+
+def _warn_local(cfg, plan: CampaignPlan) -> None:
+    """--backend local is obeyed; say so when a job is estimated to take long or not fit here."""
+    from planner.plan.plans import local_warning
+    from planner.run.backends.local import local_offer
+
+    offer, shapes = local_offer(cfg.local_usd_per_hour, cfg.local_gpus), plan.model_shapes()
+    with sessions(cfg)() as session:
+        for item in plan.jobs:
+            warning = local_warning(session, item.spec, offer, cfg, shapes)
+            if warning:
+                err.print(f"warning: {warning}", highlight=False)
 
 
 def _supervise(cfg, sessionmaker, ids: list[str], quiet: bool = False) -> dict[str, str]:
@@ -296,7 +311,7 @@ class Opts:
 
     def train(self) -> tuple[str, dict]:
         """(method, extra training parameters), checked."""
-        if self.method not in JOB_CHOICES["method"]:
+        if self.method is not None and self.method not in JOB_CHOICES["method"]:
             fail(f"--method must be full or lora, got {self.method}")
         extra = {k: getattr(self, k) for k in ("epochs", "batch_size", "max_steps")}
         for key, value in extra.items():
@@ -345,7 +360,9 @@ def _with_options(*groups: list[tuple[str, object, object]]):
         @functools.wraps(fn)
         def command(**kwargs):
             flags = {name: kwargs.pop(name) for name, _, _ in shared}
-            return fn(**kwargs, o=Opts(flags, project()))
+            opts = Opts(flags, project())
+            settings()  # a bad config file is the first thing said, before any option is checked
+            return fn(**kwargs, o=opts)
 
         command.__signature__ = signature.replace(parameters=own + extra)
         command.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "o"} | \
@@ -504,7 +521,9 @@ def jobs_show(ident: str = typer.Argument(..., help="A job id or a campaign id."
                   + (f" ({job['error'].splitlines()[0]})" if job["error"] else ""), highlight=False)
         for a in job["attempts"]:
             out.print(f"  attempt {a['number']}: {a['provider']} {a['gpu'] or ''} {'spot' if a['spot'] else 'on-demand'} "
-                      f"${a['usd_per_hour']:.3f}/h, {a['outcome']}"
+                      f"planned ${a['usd_per_hour']:.3f}/h"
+                      + (f", billed ${a['billed_usd_per_hour']:.3f}/h" if a.get("billed_usd_per_hour") else "")
+                      + f", {a['outcome']}"
                       + (f" exit {a['exit_code']}" if a["exit_code"] is not None else "")
                       + f", ${a['dollars']:.4f}", highlight=False)
         if job["progress"] and job["progress"]["text"]:
