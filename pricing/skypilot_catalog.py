@@ -3,7 +3,7 @@
 SkyPilot prices offers from static catalogs that go stale; written by hand (no .meta md5) they count
 as modified and are never overwritten, so its optimizer then sees our current prices. Column orders
 follow SkyPilot's own fetchers (fetch_runpod.py, fetch_vast.py). Prices in a catalog are per
-instance (all its GPUs). On RunPod the catalog SpotPrice is also the bid SkyPilot places.
+instance (all its GPUs). RunPod rows carry no SpotPrice: RunPod removed spot pods.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pricing import gpus
 from pricing.offer import Offer
+from pricing.providers import RUNPOD, VAST
 
 RUNPOD_COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Region",
                   "SpotPrice", "Price", "AvailabilityZone", "GpuInfo"]
@@ -25,21 +26,43 @@ VAST_COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", 
 RUNPOD_DEFAULT_REGION = "US"
 
 
+# SkyPilot's RunPod accelerator names, from its catalog fetcher sky/catalog/data_fetchers/fetch_runpod.py
+# (skypilot-org/skypilot, the copy at commit 06f47324: DEFAULT_GPU_INFO's keys after GPU_NAME_OVERRIDES,
+# the names its RunPod catalog carries; checked against neither a 0.14.1 tag nor a live catalog).
+SKYPILOT_RUNPOD_NAMES = frozenset({
+    "A100-80GB", "A100-80GB-SXM", "A30", "A40", "B200", "H100", "H100-NVL", "H100-SXM", "H200-SXM", "L4", "L40",
+    "L40S", "MI300X", "RTX2000-Ada", "RTX3070", "RTX3080", "RTX3080-Ti", "RTX3090", "RTX3090-Ti", "RTX4000-Ada",
+    "RTX4080", "RTX4080-SUPER", "RTX4090", "RTX5000-Ada", "RTX5080", "RTX5090", "RTX6000-Ada", "RTXA4000",
+    "RTXA4500", "RTXA5000", "RTXA6000", "RTXPRO4500", "RTXPRO6000", "RTXPRO6000-MaxQ", "RTXPRO6000-WK",
+    "V100-SXM2", "V100-SXM2-32GB",
+})
+# our canonical model (pricing.gpus) -> SkyPilot's RunPod name, where the two differ
+RUNPOD_NAMES = {
+    "A100-80GB-PCIe": "A100-80GB", "H100-PCIe": "H100", "H200": "H200-SXM", "RTX-A6000": "RTXA6000",
+    "RTX-A5000": "RTXA5000", "RTX-A4500": "RTXA4500", "RTX-A4000": "RTXA4000", "RTX4080S": "RTX4080-SUPER",
+    "RTX3080Ti": "RTX3080-Ti", "RTX3090Ti": "RTX3090-Ti", "V100": "V100-SXM2", "V100-32GB": "V100-SXM2-32GB",
+    "RTX-PRO-6000": "RTXPRO6000",
+}
+
+
 def accelerator_name(offer: Offer) -> str:
-    """SkyPilot-style accelerator name: the canonical model without spaces ("RTX 4090" -> "RTX4090")."""
+    """SkyPilot's accelerator name: on RunPod the name its catalog uses (RUNPOD_NAMES), otherwise the
+    canonical model without spaces ("RTX 4090" -> "RTX4090")."""
+    if offer.provider == RUNPOD and offer.gpu_model in RUNPOD_NAMES:
+        return RUNPOD_NAMES[offer.gpu_model]
     return re.sub(r"\s+", "", offer.gpu_model)
 
 
 def instance_type(offer: Offer) -> str:
     """SkyPilot's instance type for an offer: RunPod `{n}x_{GPU}_{TIER}`, Vast `{n}x-{gpu}-{cpus}-{ram MB}`."""
-    if offer.provider == "runpod":
+    if offer.provider == RUNPOD:
         return f"{offer.gpu_count}x_{accelerator_name(offer)}_{offer.tier.upper()}"
     return f"{offer.gpu_count}x-{offer.gpu_name_raw.replace(' ', '_')}-{int(offer.vcpus or 0)}-" \
            f"{int(round((offer.ram_gb or 0) * 1024))}"
 
 
 def region_of(offer: Offer) -> str:
-    default = RUNPOD_DEFAULT_REGION if offer.provider == "runpod" else ""
+    default = RUNPOD_DEFAULT_REGION if offer.provider == RUNPOD else ""
     return (offer.location or default)[-2:].upper()
 
 
@@ -56,14 +79,14 @@ def _money(value: float | None, count: int) -> str:
 def runpod_rows(offers: list[Offer]) -> list[dict]:
     rows = []
     for o in offers:
-        if o.provider != "runpod" or o.on_demand_usd_per_gpu_hour is None:
+        if o.provider != RUNPOD or o.on_demand_usd_per_gpu_hour is None:
             continue
         name, region = accelerator_name(o), region_of(o)
         rows.append({
             "InstanceType": instance_type(o), "AcceleratorName": name,
             "AcceleratorCount": float(o.gpu_count), "vCPUs": o.vcpus or 4.0 * o.gpu_count,
             "MemoryGiB": o.ram_gb or o.vram_gb * o.gpu_count, "Region": region,
-            "SpotPrice": _money(o.spot_usd_per_gpu_hour, o.gpu_count),
+            "SpotPrice": "",  # RunPod has no spot pods any more: SkyPilot must not bid
             "Price": _money(o.on_demand_usd_per_gpu_hour, o.gpu_count), "AvailabilityZone": region,
             "GpuInfo": _gpu_info(name, o.gpu_count, o.vram_gb),
         })
@@ -74,7 +97,7 @@ def vast_rows(offers: list[Offer]) -> list[dict]:
     """One row per SkyPilot Vast instance type and region, at the cheapest price we saw for it."""
     buckets: dict[tuple[str, str], list[Offer]] = defaultdict(list)
     for o in offers:
-        if o.provider != "vast" or o.on_demand_usd_per_gpu_hour is None:
+        if o.provider != VAST or o.on_demand_usd_per_gpu_hour is None:
             continue
         buckets[(instance_type(o), region_of(o))].append(o)
     rows = []

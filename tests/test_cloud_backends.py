@@ -1,16 +1,22 @@
 """The RunPod and Vast.ai backends under the real supervisor and planner, against fake provider APIs on
-127.0.0.1: spot bids read just before launch, interruptions relaunched elsewhere, success only with
-DONE and the attempt's report, failures with the log tail from the report, orphans reaped, keys only
-ever in the Authorization header."""
+127.0.0.1 written from /work/shared/reference/provider-apis-2026-12.md (RunPod REST v2 §2, Vast §4):
+RunPod on-demand only, Vast bids read just before launch, create errors mapped to what the supervisor
+does, interruptions relaunched elsewhere, success only with DONE and the attempt's report, failures
+with the log tail, provider logs, orphans reaped through the v1 listing, keys only in the
+Authorization header."""
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import math
 import re
 import subprocess
 import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote
 
 import pytest
 from sqlalchemy import text
@@ -20,7 +26,9 @@ from jobs.spec import JobSpec
 from planner.plan import campaigns
 from planner.run.backends.remote import report_uri
 from planner.config import load_settings
-from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, cloud_problem
+from planner.plan.plans import book_offers
+from planner.run.launching import JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem
+from planner.run.supervisor import handle_of
 from planner.records import Job
 from pricing import store
 from pricing.db import session_factory
@@ -31,7 +39,8 @@ JOBS_INSTALL = "planner[jobs] @ git+https://example.invalid/planner@0123abc"
 
 
 class FakeAPI:
-    """A JSON API on 127.0.0.1: `route(method, path, body)` returns (status, body); every request is kept."""
+    """A JSON API on 127.0.0.1: `route(method, path, body)` returns (status, body[, headers]); a str body
+    is sent as is (SSE), None as no body; every request is kept."""
 
     def __init__(self, key: str):
         self.key = key
@@ -39,19 +48,30 @@ class FakeAPI:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def _serve(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw) if raw else None
                 api.requests.append({"method": self.command, "path": self.path, "body": body, "raw": raw.decode(),
                                      "headers": dict(self.headers)})
-                if self.headers.get("Authorization") != f"Bearer {api.key}":
-                    status, answer = 401, {"error": "unauthorized"}
+                if self.path.startswith("/logs/"):  # a presigned log URL: no key
+                    status, answer, headers = (*api.route(self.command, self.path, body), {})[:3]
+                elif self.headers.get("Authorization") != f"Bearer {api.key}":
+                    status, answer, headers = 401, {"error": "unauthorized"}, {}
                 else:
-                    status, answer = api.route(self.command, self.path, body)
-                payload = json.dumps(answer).encode()
+                    status, answer, headers = (*api.route(self.command, self.path, body), {})[:3]
+                if isinstance(answer, str):
+                    payload, kind = answer.encode(), headers.pop("Content-Type", "text/plain")
+                else:
+                    payload = b"" if answer is None else json.dumps(answer).encode()
+                    kind = "application/problem+json" if isinstance(answer, dict) and "title" in answer \
+                        else "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -73,67 +93,136 @@ class FakeAPI:
                          for r in self.requests)
 
 
+def problem(status: int, title: str, detail: str) -> dict:
+    return {"title": title, "status": status, "detail": detail}
+
+
+POD_FIELDS = {"name", "image", "templateId", "gpu", "cpu", "cloud", "dataCenterIds", "disk", "env", "ports", "args",
+              "registry", "mounts", "startSsh", "startJupyter", "globalNetworking"}
+GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
+
+
 class FakeRunPod(FakeAPI):
+    """RunPod REST v2 as the reference note provider-apis-2026-12 §2.2-2.3 documents it: a strict
+    POST /v2/pods (422 naming an unknown field), 400 for no capacity, 402 for a low balance, 429 with
+    Retry-After, RFC 9457 bodies, the status enum and `cost`, DELETE 204, a list that ignores its
+    parameters, and SSE logs resumed with Last-Event-ID."""
+
     def __init__(self):
         super().__init__(RUNPOD_KEY)
         self.pods: dict[str, dict] = {}
-        self.minimum_bid = {"NVIDIA GeForce RTX 4090": 0.20, "NVIDIA RTX A6000": 0.25}
+        self.prices = {"NVIDIA GeForce RTX 4090": 0.69, "NVIDIA RTX A6000": 0.79}
         self.failing_deploys = 0
+        self.no_capacity: set[str] = set()
+        self.balance_low = False
+        self.rate_limited = 0
+        self.logs: dict[str, list[str]] = {}
+        self.drop_logs_after: int | None = None  # events per connection before the stream drops
 
     def route(self, method, path, body):
-        query, variables = body["query"], body.get("variables") or {}
-        if ("podRentInterruptable" in query or "podFindAndDeployOnDemand" in query) and self.failing_deploys:
-            self.failing_deploys -= 1
-            return 503, {"error": "upstream unavailable"}
-        if "podRentInterruptable" in query or "podFindAndDeployOnDemand" in query:
-            pod_input = variables["input"]
-            pod = {"id": f"pod{len(self.pods) + 1}", "name": pod_input["name"], "desiredStatus": "RUNNING",
-                   "costPerHr": pod_input.get("bidPerGpu", 0.5), "runtime": {"uptimeInSeconds": 1},
-                   "input": pod_input}
+        path, _, query = path.partition("?")
+        if method == "POST" and path == "/v2/pods":
+            if self.rate_limited:
+                self.rate_limited -= 1
+                return 429, problem(429, "Too Many Requests", "rate limited"), {"Retry-After": "1"}
+            if self.failing_deploys:
+                self.failing_deploys -= 1
+                return 503, problem(503, "Service Unavailable", "upstream unavailable")
+            unknown = sorted(set(body) - POD_FIELDS) + sorted(f"gpu.{k}" for k in set(body.get("gpu") or {}) - GPU_FIELDS)
+            if unknown or not body.get("name") or not body.get("image") or "gpu" not in body:
+                return 422, {**problem(422, "Unprocessable Entity", "request body does not match the schema"),
+                             "errors": [{"location": f"body.{unknown[0] if unknown else 'name'}",
+                                         "message": "unexpected property"}]}
+            if self.balance_low:
+                return 402, problem(402, "Payment Required", "insufficient balance: $0.12 left")
+            gpu = body["gpu"]
+            if gpu["id"] in self.no_capacity:
+                return 400, problem(400, "Bad Request", f"no instances available for {gpu['id']} x{gpu['count']}")
+            pod = {"id": f"pod{len(self.pods) + 1}", "name": body["name"], "status": "RUNNING",
+                   "cost": self.prices[gpu["id"]] * gpu["count"], "gpu": {"id": gpu["id"], "count": gpu["count"]},
+                   "cloud": body.get("cloud", "SECURE"), "dataCenterId": "US-TX-3", "runtime": {"uptime": 1},
+                   "input": body}
             self.pods[pod["id"]] = pod
-            op = "podRentInterruptable" if "podRentInterruptable" in query else "podFindAndDeployOnDemand"
-            return 200, {"data": {op: {k: pod[k] for k in ("id", "name", "desiredStatus", "costPerHr")}}}
-        if "gpuTypes" in query:
-            price = self.minimum_bid[variables["id"]]
-            return 200, {"data": {"gpuTypes": [{"id": variables["id"], "lowestPrice": {
-                "minimumBidPrice": price, "uninterruptablePrice": 0.69, "stockStatus": "High"}}]}}
-        if "podTerminate" in query:
-            pod = self.pods.get(variables["id"])
-            if pod is None:
-                return 200, {"errors": [{"message": "pod not found"}], "data": None}
-            pod["desiredStatus"] = "TERMINATED"
-            return 200, {"data": {"podTerminate": None}}
-        if "myself" in query:
-            return 200, {"data": {"myself": {"pods": [{k: p[k] for k in ("id", "name", "desiredStatus", "costPerHr")}
-                                                       for p in self.pods.values()]}}}
-        if re.search(r"\bpod\(", query):
-            pod = self.pods.get(variables["id"])
-            return 200, {"data": {"pod": None if pod is None or pod["desiredStatus"] == "TERMINATED" else
-                                  {k: v for k, v in pod.items() if k != "input"}}}
-        return 200, {"errors": [{"message": "unknown operation"}]}
+            return 201, {k: v for k, v in pod.items() if k != "input"}
+        if method == "GET" and path == "/v2/pods":
+            return 200, {"pods": [{k: v for k, v in p.items() if k != "input"} for p in self.pods.values()]}
+        if match := re.fullmatch(r"/v2/pods/([^/]+)/logs", path):
+            return self._logs(match.group(1), query)
+        if match := re.fullmatch(r"/v2/pods/([^/]+)", path):
+            pod = self.pods.get(match.group(1))
+            if pod is None or pod["status"] == "TERMINATED":
+                return 404, problem(404, "Not Found", "pod not found")
+            if method == "DELETE":
+                pod.update(status="TERMINATED", cost=0)
+                return 204, None
+            return 200, {k: v for k, v in pod.items() if k != "input"}
+        return 404, problem(404, "Not Found", path)
 
-    def preempt(self, pod_id: str):
-        self.pods[pod_id].update(desiredStatus="EXITED", runtime=None)
+    def _logs(self, pod_id, query):
+        lines = self.logs.get(pod_id, [])
+        last = self.requests[-1]["headers"].get("Last-Event-ID")
+        if last is not None:
+            start = int(last) + 1
+        else:
+            tail = int(re.search(r"tail=(\d+)", query).group(1)) if "tail=" in query else 100
+            start = max(0, len(lines) - tail)
+        events = list(enumerate(lines))[start:]
+        if self.drop_logs_after is not None:
+            events = events[:self.drop_logs_after]
+        text = "".join(f"id: {i}\ndata: {json.dumps({'ts': 't', 'source': 'container', 'line': line})}\n\n"
+                       for i, line in events)
+        return 200, text, {"Content-Type": "text/event-stream"}
+
+    def exit(self, pod_id: str):
+        self.pods[pod_id].update(status="EXITED", runtime=None, cost=0)
 
 
 class FakeVast(FakeAPI):
+    """Vast.ai as the reference note §4 documents it: v0 instance listing 410, the v1 listing paged by
+    25 with next_token/after_token and label select_filters, creates whose error body may still carry
+    a new_contract, host filters on the bundles search, request_logs with a result_url."""
+
     def __init__(self):
         super().__init__(VAST_KEY)
         self.instances: dict[int, dict] = {}
-        self.min_bid = {101: 0.30, 102: 0.35}
+        self.hosts = {101: {"min_bid": 0.30, "dph_total": 0.46, "storage_cost": 0.144, "cuda_max_good": 12.8,
+                            "compute_cap": 890, "disk_space": 200, "reliability2": 0.99},
+                      102: {"min_bid": 0.35, "dph_total": 0.51, "storage_cost": 0.144, "cuda_max_good": 12.4,
+                            "compute_cap": 890, "disk_space": 200, "reliability2": 0.97}}
+        self.create_error_with_contract: set[int] = set()
+        self.log_text: dict[int, str] = {}
+        self.log_misses = 0
 
     def route(self, method, path, body):
+        path, _, query = path.partition("?")
         if method == "POST" and path == "/api/v0/bundles/":
             ask = body["id"]["eq"]
-            return 200, {"offers": [{"id": ask, "min_bid": self.min_bid[ask], "storage_cost": 0.144, "num_gpus": 1}]}
+            host = {"id": ask, "num_gpus": 1, **self.hosts.get(ask, {})}
+            fits = ask in self.hosts and all(_passes(host.get(field), rule) for field, rule in body.items()
+                                             if field in ("cuda_max_good", "compute_cap", "disk_space", "reliability2"))
+            return 200, {"offers": [host] if fits else []}
         if match := re.fullmatch(r"/api/v0/asks/(\d+)/", path):
-            contract = 9000 + len(self.instances) + 1
-            self.instances[contract] = {"id": contract, "label": body["label"], "actual_status": "running",
-                                        "cur_state": "running", "intended_status": "running",
-                                        "next_state": "running", "ask": int(match.group(1)), "body": body}
+            contract = 9000 + len([c for c in self.instances if c >= 9000]) + 1
+            ask = int(match.group(1))
+            state = "stopped" if ask in self.create_error_with_contract else "running"
+            self.instances[contract] = {"id": contract, "label": body["label"], "actual_status": state,
+                                        "cur_state": state, "intended_status": state, "next_state": state,
+                                        "dph_total": self.hosts[ask]["dph_total"], "ask": ask, "body": body}
+            if ask in self.create_error_with_contract:
+                return 400, {"success": False, "error": "invalid_price", "msg": "bid too low", "ask_id": ask,
+                             "new_contract": contract}
             return 200, {"success": True, "new_contract": contract}
-        if path == "/api/v0/instances/?owner=me":
-            return 200, {"instances": [{"id": i["id"], "label": i["label"]} for i in self.instances.values()]}
+        if path == "/api/v0/instances/":
+            return 410, {"success": False, "error": "deprecated_endpoint", "msg": "use /api/v1/instances/"}
+        if path == "/api/v1/instances/":
+            return self._v1(query)
+        if match := re.fullmatch(r"/api/v0/instances/request_logs/(\d+)/", path):
+            return 200, {"success": True, "result_url": f"{self.url}/logs/{match.group(1)}", "msg": "ok"}
+        if match := re.fullmatch(r"/logs/(\d+)", path):
+            if self.log_misses:
+                self.log_misses -= 1
+                return 404, "not yet"
+            return 200, self.log_text.get(int(match.group(1)), "")
         if match := re.fullmatch(r"/api/v0/instances/(\d+)/", path):
             instance = self.instances.get(int(match.group(1)))
             if method == "DELETE":
@@ -141,13 +230,35 @@ class FakeVast(FakeAPI):
                     return 404, {"success": False, "error": "no_such_instance"}
                 del self.instances[instance["id"]]
                 return 200, {"success": True}
-            return 200, {"instances": None if instance is None else
-                         {k: v for k, v in instance.items() if k not in ("ask", "body")}}
+            return 200, {"instances": None if instance is None else self._row(instance)}
         return 404, {"error": "not_found"}
+
+    def _v1(self, query):
+        params = {k: json.loads(v[0]) if k == "select_filters" else v[0] for k, v in parse_qs(query).items()}
+        rows = sorted(self.instances.values(), key=lambda i: i["id"])
+        for field, rule in (params.get("select_filters") or {}).items():
+            rows = [r for r in rows if _passes(r.get(field), rule)]
+        start = int(params.get("after_token") or 0)
+        page = rows[start:start + 25]
+        more = start + 25 < len(rows)
+        return 200, {"instances": [self._row(r) for r in page], "total_instances": len(rows), "label_counts": {},
+                     "next_token": str(start + 25) if more else None}
+
+    @staticmethod
+    def _row(instance):
+        return {k: v for k, v in instance.items() if k not in ("ask", "body")}
 
     def outbid(self, contract: int):
         self.instances[contract].update(actual_status="stopped", cur_state="stopped", intended_status="stopped",
                                         next_state="stopped")
+
+
+def _passes(value, rule: dict) -> bool:
+    op, expected = next(iter(rule.items()))
+    if value is None:
+        return False
+    return {"eq": value == expected, "gte": value >= expected, "lte": value <= expected, "lt": value < expected,
+            "gt": value > expected, "neq": value != expected}[op]
 
 
 def book_offer(provider, key, gpu, on_demand, spot, tier):
@@ -166,8 +277,8 @@ def cloud(db_url, tmp_path, toy_corpus):
     sessions = session_factory(db_url)
     with sessions() as session:
         store.write_snapshot(session, "runpod", store.utcnow(), [
-            book_offer("runpod", "NVIDIA GeForce RTX 4090|community", "RTX4090", 0.69, 0.20, "community"),
-            book_offer("runpod", "NVIDIA RTX A6000|secure", "A6000", 0.79, 0.25, "secure")])
+            book_offer("runpod", "NVIDIA GeForce RTX 4090|community", "RTX4090", 0.69, 0.20, "community"),  # stale spot
+            book_offer("runpod", "NVIDIA RTX A6000|secure", "RTX-A6000", 0.79, None, "secure")])
         store.write_snapshot(session, "vast", store.utcnow(), [
             book_offer("vast", "101", "RTX4090", 0.45, 0.30 + 0.144 * 50 / 720, "verified"),
             book_offer("vast", "102", "RTX4090", 0.50, 0.35 + 0.144 * 50 / 720, "verified")])
@@ -176,7 +287,7 @@ def cloud(db_url, tmp_path, toy_corpus):
     vast.close()
 
 
-def submit(cloud, corpus, backend, spot="spot"):
+def submit(cloud, corpus, backend, spot="any"):
     settings, sessions, *_ = cloud
     job = campaigns.train_bag_job(settings, model="Qwen/Qwen3-0.6B", data=str(corpus), fraction=0.4, seed=0,
                                   method="lora", extra={"max_steps": 50})
@@ -192,62 +303,166 @@ def finish(spec: JobSpec, label: str, code: int, log_tail: str = "", done: bool 
     storage.write_json_atomic(report_uri(spec.output_uri, label), {"exit_code": code, "log_tail": log_tail})
 
 
-def test_runpod_spot_bid_interruption_relaunch_and_success(cloud, toy_corpus):
+def pod_script(pod_input: dict) -> str:
+    """The box script inside a pod's `args` (base64 decoded by sh -c)."""
+    encoded = re.search(r"echo ([A-Za-z0-9+/=]+) \| base64 -d", pod_input["args"]).group(1)
+    return base64.b64decode(encoded).decode()
+
+
+def test_runpod_v2_on_demand_pod_lost_relaunched_elsewhere_then_success(cloud, toy_corpus):
     settings, sessions, runpod, _ = cloud
-    spec = submit(cloud, toy_corpus, "runpod")
-    assert spec.output_uri.startswith("memory://")
+    spec = submit(cloud, toy_corpus, "runpod", spot="any")  # the book's stale RunPod spot price is never planned
     supervisor = build_supervisor(settings, sessions)
-    runpod.minimum_bid["NVIDIA GeForce RTX 4090"] = 0.21  # moved since the book was read
     assert supervisor.tick().launched == [spec.job_id]
     [pod] = runpod.pods.values()
-    sent = pod["input"]
-    assert sent["gpuTypeId"] == "NVIDIA GeForce RTX 4090" and sent["cloudType"] == "COMMUNITY"
-    assert sent["bidPerGpu"] == pytest.approx(min(0.20 * 1.2, 0.21 * 1.05), abs=1e-4)  # cap: 120 % of the plan
-    assert sent["name"] == f"planner-{spec.job_id}-a1"
-    env = {e["key"]: e["value"] for e in sent["env"]}
-    assert JobSpec.from_json(env["PLANNER_JOB_SPEC"]) == spec
-    assert "python -m jobs.run --report" in sent["dockerArgs"] and "--hold" in sent["dockerArgs"]
+    sent = pod["input"]  # the fake is strict: an unknown field would have been a 422
+    assert sent["gpu"] == {"id": "NVIDIA GeForce RTX 4090", "count": 1, "minCudaVersion": "12.4"}
+    assert sent["cloud"] == "COMMUNITY" and sent["ports"] == [] and sent["name"] == f"planner-{spec.job_id}-a1"
     with sessions() as session:
+        needs = json.loads(session.get(Job, spec.job_id).requirements)
         [attempt] = attempts_of(session, spec.job_id)
-        assert attempt.usd_per_hour == pytest.approx(sent["bidPerGpu"]) and attempt.spot
+        assert not attempt.spot and attempt.usd_per_hour == pytest.approx(0.69)
+        assert json.loads(attempt.handle)["data"]["billed_usd_per_hour"] == pytest.approx(0.69)  # pod.cost
+    assert sent["disk"] == max(1, math.ceil(needs["disk_gb"]))  # sized from the job, not a constant
+    assert JobSpec.from_json(sent["env"]["PLANNER_JOB_SPEC"]).job_id == spec.job_id
+    script = pod_script(sent)
+    assert "python -m jobs.run --report" in script and "--hold" in script and sent["args"].startswith("sh -c ")
 
-    supervisor.tick()
-    runpod.preempt(pod["id"])  # SIGTERM, SIGKILL, desiredStatus EXITED: no report was written
-    report = supervisor.tick()
-    assert report.relaunching == [spec.job_id]
-    assert runpod.pods[pod["id"]]["desiredStatus"] == "TERMINATED"  # a stopped pod still bills its disk
+    runpod.exit(pod["id"])  # gone without a report: lost, relaunched from the checkpoint
+    assert supervisor.tick().relaunching == [spec.job_id]
+    assert runpod.pods[pod["id"]]["status"] == "TERMINATED"  # DELETE /v2/pods/{id}
     assert supervisor.tick().launched == [spec.job_id]
     second = [p for p in runpod.pods.values() if p["id"] != pod["id"]][0]
-    assert second["input"]["gpuTypeId"] == "NVIDIA RTX A6000"  # the interrupted offer sits out its cool-down
+    assert second["input"]["gpu"]["id"] == "NVIDIA RTX A6000" and second["input"]["cloud"] == "SECURE"
 
     finish(spec, second["name"], 0)
     assert supervisor.tick().finished == [(spec.job_id, "succeeded")]
-    assert second["desiredStatus"] == "TERMINATED"
+    assert second["status"] == "TERMINATED"
     with sessions() as session:
         first, last = attempts_of(session, spec.job_id)
-        assert (first.outcome, last.outcome) == ("preempted", "succeeded")
-        assert first.dollars > 0 and last.dollars > 0
+        assert (first.outcome, last.outcome) == ("lost", "succeeded") and not first.spot and not last.spot
         dump = "\n".join(str(row) for table in ("jobs", "attempts", "snapshots")
                          for row in session.execute(text(f"SELECT * FROM {table}")))
     assert RUNPOD_KEY not in dump and RUNPOD_KEY not in runpod.everything_sent()
     assert all(r["headers"]["Authorization"] == f"Bearer {RUNPOD_KEY}" for r in runpod.requests)
 
 
+def test_runpod_is_never_planned_spot(cloud, toy_corpus):
+    settings, sessions, *_ = cloud
+    spec = submit(cloud, toy_corpus, "runpod", spot="spot")
+    supervisor = build_supervisor(settings, sessions)
+    supervisor.tick()
+    with sessions() as session:
+        job = session.get(Job, spec.job_id)
+        assert not attempts_of(session, spec.job_id) and job.state == "pending"  # no RunPod spot to place on
+
+
+def test_runpod_create_errors_no_capacity_next_offer_422_and_402_stop(cloud, toy_corpus):
+    settings, sessions, runpod, _ = cloud
+    spec = submit(cloud, toy_corpus, "runpod", spot="on-demand")
+    runpod.no_capacity.add("NVIDIA GeForce RTX 4090")  # 400: try the next candidate
+    supervisor = build_supervisor(settings, sessions)
+    supervisor.tick()
+    assert not runpod.pods
+    assert supervisor.tick().launched == [spec.job_id]
+    [pod] = runpod.pods.values()
+    assert pod["input"]["gpu"]["id"] == "NVIDIA RTX A6000"
+    with sessions() as session:
+        first = attempts_of(session, spec.job_id)[0]
+        assert first.outcome == "launch-failed" and "HTTP 400" in first.detail and "no instances" in first.detail
+
+    runpod.balance_low = True  # 402: stop, with the balance message
+    second = submit(cloud, toy_corpus, "runpod", spot="on-demand")
+    supervisor.tick()
+    with sessions() as session:
+        job = session.get(Job, second.job_id)
+        assert job.state == "failed" and "balance" in job.error and "HTTP 402" in job.error
+    assert len(runpod.pods) == 1
+
+
+def test_runpod_422_is_our_bug_and_fails_loudly(cloud, toy_corpus):
+    from planner.run.backends.base import RequestRejected
+
+    settings, sessions, runpod, _ = cloud
+    backend = build_backends(settings)["runpod"]
+    spec = submit(cloud, toy_corpus, "runpod", spot="on-demand")
+    with sessions() as session:
+        offer = next(o for o in book_offers(session) if o.provider == "runpod")
+    plan = backend.plan(spec, offer, attempt=1, spot=False, usd_per_hour=0.69, disk_gb=20)
+    bad = dataclasses.replace(plan, request={**plan.request, "pod": {**plan.request["pod"], "bidPerGpu": 0.2}})
+    with pytest.raises(RequestRejected, match="HTTP 422.*body.bidPerGpu.*planner bug"):
+        backend.launch(bad)
+    assert not runpod.pods
+
+
+def test_runpod_429_on_create_waits_retry_after_and_rents_once(cloud, toy_corpus, monkeypatch):
+    settings, sessions, runpod, _ = cloud
+    waits = []
+    monkeypatch.setattr("pricing.providers.http.RetryPolicy.from_settings",
+                        classmethod(lambda cls, s: cls(attempts=3, initial_wait_s=0.01, sleep=waits.append)))
+    spec = submit(cloud, toy_corpus, "runpod", spot="on-demand")
+    runpod.rate_limited = 1
+    assert build_supervisor(settings, sessions).tick().launched == [spec.job_id]
+    assert waits == [1.0] and len(runpod.pods) == 1
+
+
+def test_runpod_logs_stream_and_resume_with_last_event_id(cloud, toy_corpus):
+    settings, sessions, runpod, _ = cloud
+    spec = submit(cloud, toy_corpus, "runpod", spot="on-demand")
+    supervisor = build_supervisor(settings, sessions)
+    supervisor.tick()
+    [pod] = runpod.pods.values()
+    runpod.logs[pod["id"]] = [f"step {i}" for i in range(6)]
+    runpod.drop_logs_after = 2  # every connection drops after two events
+    backend = supervisor.backends["runpod"]
+    with sessions() as session:
+        handle = handle_of(attempts_of(session, spec.job_id)[0])
+    assert backend.logs(handle, tail=3) == "step 3\nstep 4"  # the last 3 from step 3: two events, then the drop
+
+    stop, got = threading.Event(), []
+    for line in backend.follow_logs(handle, stop, tail=4, idle_timeout_s=0.5):
+        got.append(line)
+        if len(got) == 4:
+            stop.set()
+    assert got == ["step 2", "step 3", "step 4", "step 5"]  # each once, across two dropped connections
+    resumed = [r["headers"].get("Last-Event-ID") for r in runpod.requests if r["path"].startswith(
+        f"/v2/pods/{pod['id']}/logs")]
+    assert "3" in resumed
+
+
 def test_vast_outbid_then_a_failure_with_its_log_tail_and_orphans_reaped(cloud, toy_corpus):
     settings, sessions, _, vast = cloud
     vast.instances[5000] = {"id": 5000, "label": "planner-ghost-1234-a1", "actual_status": "running"}  # nobody's
     vast.instances[5001] = {"id": 5001, "label": "my-notebook", "actual_status": "running"}  # not ours at all
-    spec = submit(cloud, toy_corpus, "vast")
+    for n in range(30):  # more than one v1 page (25 rows)
+        vast.instances[6000 + n] = {"id": 6000 + n, "label": f"other-{n}", "actual_status": "running"}
+    vast.instances[6100] = {"id": 6100, "label": "planner-ghost-5678-a2", "actual_status": "running"}  # page 2
+    spec = submit(cloud, toy_corpus, "vast", spot="spot")
     supervisor = build_supervisor(settings, sessions)
     assert supervisor.tick().launched == [spec.job_id]
-    assert 5000 not in vast.instances and 5001 in vast.instances
+    assert 5000 not in vast.instances and 6100 not in vast.instances and 5001 in vast.instances
+    assert any("after_token=25" in r["path"] for r in vast.requests)  # the reaper walked the pages
+    assert not any(r["path"].startswith("/api/v0/instances/?") or r["path"] == "/api/v0/instances/"
+                   for r in vast.requests)  # v0 listing answers 410
     [contract] = [c for c in vast.instances if c >= 9000]
     created = vast.instances[contract]
     assert created["ask"] == 101 and created["body"]["price"] == pytest.approx(0.30 * 1.05, abs=1e-4)
-    assert created["body"]["label"] == f"planner-{spec.job_id}-a1" and created["body"]["args"][:2] == ["sh", "-c"]
+    body = created["body"]
+    assert body["label"] == f"planner-{spec.job_id}-a1" and body["runtype"] == "args"
+    assert body["onstart"] == "/bin/sh" and body["args"][0] == "-c" and "jobs.run" in body["args"][1]
+    assert body["disk"] >= 8 and all(len(k) + 1 + len(v) <= 256 for k, v in body["env"].items())
+    search = next(r["body"] for r in vast.requests if r["path"] == "/api/v0/bundles/")
+    assert search["type"] == "bid" and search["cuda_max_good"] == {"gte": 12.4}
+    assert search["compute_cap"] == {"lt": 1000} and search["reliability2"] == {"gte": 0.9}
+    assert search["disk_space"] == {"gte": body["disk"]}
+    polls = [r["path"] for r in vast.requests if r["path"].startswith("/api/v1/instances/?select_filters")]
+    assert polls == [] or all("label" in unquote(p) for p in polls)
+
     vast.outbid(contract)
     assert supervisor.tick().relaunching == [spec.job_id]
     assert contract not in vast.instances  # destroyed: a stopped instance still bills storage
+    assert any("planner-" + spec.job_id in unquote(r["path"]) for r in vast.requests
+               if r["path"].startswith("/api/v1/instances/"))  # polled through a label-filtered v1 page
     supervisor.tick()
     [second] = [c for c in vast.instances if c >= 9000]
     assert vast.instances[second]["ask"] == 102
@@ -261,6 +476,43 @@ def test_vast_outbid_then_a_failure_with_its_log_tail_and_orphans_reaped(cloud, 
         assert attempts[1].exit_code == 1 and "CUDA error: out of memory" in attempts[1].detail
         assert session.get(Job, spec.job_id).state == "pending"  # a bounded number of retries
     assert VAST_KEY not in vast.everything_sent()
+
+
+def test_vast_create_error_with_new_contract_is_destroyed_and_a_host_that_no_longer_fits_skipped(cloud, toy_corpus):
+    settings, sessions, _, vast = cloud
+    vast.create_error_with_contract.add(101)  # a losing bid: a stopped instance exists anyway
+    vast.hosts[102]["cuda_max_good"] = 12.2  # its driver is older than the image's CUDA 12.4
+    spec = submit(cloud, toy_corpus, "vast", spot="spot")
+    supervisor = build_supervisor(settings, sessions)
+    supervisor.tick()
+    assert not [c for c in vast.instances if c >= 9000]  # destroyed at once
+    supervisor.tick()
+    assert not [c for c in vast.instances if c >= 9000]  # 102's host does not fit: never created
+    with sessions() as session:
+        first, second = attempts_of(session, spec.job_id)[:2]
+        assert first.outcome == second.outcome == "launch-failed"
+        assert "invalid_price" in first.detail and "no longer fits" in second.detail and "cuda_max_good" in second.detail
+
+
+def test_vast_logs_through_request_logs_and_the_result_url(cloud, toy_corpus):
+    settings, sessions, _, vast = cloud
+    spec = submit(cloud, toy_corpus, "vast", spot="on-demand")
+    supervisor = build_supervisor(settings, sessions)
+    supervisor.tick()
+    [contract] = [c for c in vast.instances if c >= 9000]
+    vast.log_text[contract] = "pulling image\nstep 1\nstep 2\n"
+    vast.log_misses = 2  # the result is not uploaded yet
+    backend = supervisor.backends["vast"]
+    backend.api.sleep = lambda s: None
+    with sessions() as session:
+        [attempt] = attempts_of(session, spec.job_id)
+        handle = handle_of(attempt)
+        assert json.loads(attempt.handle)["data"]["billed_usd_per_hour"] == pytest.approx(0.46)  # dph_total
+    assert backend.logs(handle, tail=2) == "step 1\nstep 2"
+    stop = threading.Event()
+    stop.set()
+    assert list(backend.follow_logs(handle, stop, tail=5)) == ["pulling image", "step 1", "step 2"]
+    assert all(VAST_KEY not in json.dumps(r["headers"]) for r in vast.requests if r["path"].startswith("/logs/"))
 
 
 def test_cloud_launches_need_a_reachable_output_and_the_jobs_install(cloud, toy_corpus):
@@ -295,20 +547,21 @@ def test_the_box_runner_reports_the_exit_code_and_log_tail(tmp_path):
                             text=True, timeout=120, env={"PLANNER_JOB_SPEC": spec.to_json(), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     written = json.loads(report.read_text())
-    assert written["exit_code"] == 2 and "has no config.json" in written["log_tail"]
-    assert "has no config.json" in result.stderr  # passed through to the provider's log too
+    missing = str(tmp_path / "none")
+    assert written["exit_code"] == 2 and missing in written["log_tail"]  # why the model cannot load
+    assert missing in result.stderr  # passed through to the provider's log too
 
 
 def test_a_failed_launch_is_provider_weather_not_a_job_failure(cloud, toy_corpus):
     settings, sessions, runpod, _ = cloud
-    spec = submit(cloud, toy_corpus, "runpod")
-    runpod.failing_deploys = 1  # HTTP 503 on the deploy mutation, sent once (a retry could rent twice)
+    spec = submit(cloud, toy_corpus, "runpod", spot="on-demand")
+    runpod.failing_deploys = 1  # HTTP 503 on POST /v2/pods, sent once (a retry could rent twice)
     supervisor = build_supervisor(settings, sessions)
     supervisor.tick()
     assert not runpod.pods
     assert supervisor.tick().launched == [spec.job_id]
     [pod] = runpod.pods.values()
-    assert pod["input"]["gpuTypeId"] == "NVIDIA RTX A6000"  # the offer that failed sits out its cool-down
+    assert pod["input"]["gpu"]["id"] == "NVIDIA RTX A6000"  # the offer that failed sits out its cool-down
     with sessions() as session:
         first, second = attempts_of(session, spec.job_id)
         assert first.outcome == "launch-failed" and "HTTP 503" in first.detail and first.dollars == 0

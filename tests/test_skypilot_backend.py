@@ -14,6 +14,7 @@ from planner.plan import campaigns
 from planner.run.backends.base import Status
 from planner.run.backends.remote import report_uri
 from planner.run.backends.skypilot import SkyPilotBackend
+from pricing.skypilot_catalog import accelerator_name
 from planner.config import load_settings
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor
 from pricing import store
@@ -60,11 +61,11 @@ def spec(output="memory://sky-test/out") -> JobSpec:
 def test_the_task_is_pinned_to_the_planners_choice(tmp_path):
     backend = SkyPilotBackend(image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", jobs_install=JOBS_INSTALL,
                               catalog_offers=lambda: [], catalog_root=tmp_path)
-    task = backend.plan(spec(), offer(), attempt=2, spot=True, usd_per_hour=0.2).request["task"]
+    task = backend.plan(spec(), offer(), attempt=2, spot=False, usd_per_hour=0.69).request["task"]
     assert task["name"] == "planner-bag40-1-a2"
     assert task["resources"] == {
         "infra": "runpod/US", "instance_type": "1x_RTX4090_COMMUNITY", "accelerators": {"RTX4090": 1},
-        "use_spot": True, "disk_size": 50, "image_id": "docker:pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        "use_spot": False, "disk_size": 50, "image_id": "docker:pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
         "job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 0}}
     assert JobSpec.from_json(task["envs"]["PLANNER_JOB_SPEC"]) == spec()
     assert task["setup"] == f"pip install --quiet --no-cache-dir '{JOBS_INSTALL}'"
@@ -86,14 +87,14 @@ def test_supervised_through_skypilot_recovery_to_success(db_url, tmp_path, toy_c
     job = campaigns.train_bag_job(settings, model="Qwen/Qwen3-0.6B", data=str(toy_corpus), fraction=0.4, seed=0,
                                   method="lora", extra={"max_steps": 50})
     with sessions() as session:
-        add_jobs(session, [job], JobOptions(backend="skypilot", spot="spot"))
+        add_jobs(session, [job], JobOptions(backend="skypilot", spot="any"))  # RunPod: never spot
     supervisor = build_supervisor(settings, sessions, {"skypilot": backend})
     assert supervisor.tick().launched == [job.spec.job_id]
     [(task, name)] = fake.launched
-    assert name == f"planner-{job.spec.job_id}-a1" and task["resources"]["use_spot"]
+    assert name == f"planner-{job.spec.job_id}-a1" and not task["resources"]["use_spot"]
     with open(tmp_path / "catalog" / "runpod" / "vms.csv") as rows:  # SkyPilot prices and bids from our book
         [row] = list(csv.DictReader(rows))
-    assert row["InstanceType"] == task["resources"]["instance_type"] and float(row["SpotPrice"]) == 0.20
+    assert row["InstanceType"] == task["resources"]["instance_type"] and row["SpotPrice"] == ""  # no RunPod spot
 
     fake.records["1"].update(status="RECOVERING", recovery_count=1)  # SkyPilot handles a preemption itself
     supervisor.tick()
@@ -114,7 +115,7 @@ def test_statuses_map_to_attempt_outcomes(tmp_path):
     backend = SkyPilotBackend(image="img", jobs_install=JOBS_INSTALL, catalog_offers=lambda: [offer()],
                               catalog_root=tmp_path, client_factory=lambda: fake)
     output = f"memory://sky-status-{uuid.uuid4().hex[:8]}"
-    handle = backend.launch(backend.plan(spec(output), offer(), attempt=1, spot=True, usd_per_hour=0.2))
+    handle = backend.launch(backend.plan(spec(output), offer("vast", key="7"), attempt=1, spot=True, usd_per_hour=0.2))
     assert backend.poll(handle).status is Status.PENDING
     fake.records[handle.instance_id]["status"] = "FAILED_CONTROLLER"
     assert backend.poll(handle).status is Status.LOST
@@ -142,7 +143,7 @@ def test_skypilot_accepts_the_task_and_its_optimizer_picks_our_offer(tmp_path, m
     from pricing.skypilot_catalog import export_catalog
 
     export_catalog([cheap, dear], backend.catalog_root)
-    task = sky.Task.from_yaml_config(backend.plan(spec(), cheap, attempt=1, spot=True, usd_per_hour=0.2)
+    task = sky.Task.from_yaml_config(backend.plan(spec(), cheap, attempt=1, spot=False, usd_per_hour=0.69)
                                      .request["task"])
     import sky.check
 
@@ -150,4 +151,21 @@ def test_skypilot_accepts_the_task_and_its_optimizer_picks_our_offer(tmp_path, m
     with sky.Dag() as dag:
         dag.add(task)
     best = sky.optimizer.Optimizer.optimize(dag, quiet=True).tasks[0].best_resources
-    assert best.instance_type == "1x_RTX4090_COMMUNITY" and best.use_spot
+    assert best.instance_type == "1x_RTX4090_COMMUNITY" and not best.use_spot
+
+
+def test_every_runpod_gpu_of_our_table_has_a_name_skypilot_knows():
+    """Our canonical models (pricing.gpus) as SkyPilot's RunPod catalog names them (its fetch_runpod.py)."""
+    from pricing import gpus
+    from pricing.skypilot_catalog import SKYPILOT_RUNPOD_NAMES
+
+    not_on_runpod = {"A100-40GB-SXM", "A100-40GB-PCIe", "A10", "A10G", "A16", "GH200", "RTX4500-Ada", "RTX4000-SFF-Ada",
+                     "RTX-A2000", "RTX5070Ti", "RTX5070", "RTX5060Ti", "RTX4070Ti", "RTX4070", "RTX4060Ti", "RTX4060",
+                     "RTX3080", "RTX3060Ti", "RTX3060", "T4", "TitanRTX", "TitanV", "QuadroRTX8000", "QuadroRTX6000",
+                     "RTX2080Ti", "MI250"} - {"RTX3080"}  # GPUs SkyPilot's RunPod catalog does not list
+    unknown = {g.model: accelerator_name(offer(gpu=g.model)) for g in gpus.GPUS
+               if g.model not in not_on_runpod and accelerator_name(offer(gpu=g.model)) not in SKYPILOT_RUNPOD_NAMES}
+    assert unknown == {}
+    assert accelerator_name(offer(gpu="A100-80GB-PCIe")) == "A100-80GB" and accelerator_name(offer(gpu="H200")) == \
+        "H200-SXM"
+    assert accelerator_name(offer("vast", gpu="RTX-A6000", key="1")) == "RTX-A6000"  # Vast keeps our names

@@ -15,12 +15,14 @@ h uses every GPU of an offer for a data-parallel job (train-bag under torchrun):
 efficiency e x dp_scaling(N) each. Efficiency e is what finished attempts of the same job kind and
 method measured on that GPU model (the median of achieved TFLOP/s per GPU / peak, at that GPU count
 when measured there, else the one-GPU figure scaled), else the kind's prior (planner.plan.kinds).
+A caller without a session (a simulator, a what-if) hands choose its own measurements instead:
+`efficiency(gpu_model, gpus) -> achieved / peak per GPU`, e.g. built with `efficiency_from`.
 """
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -62,6 +64,8 @@ class Limits:
     gpu_models: frozenset[str] | None = None  # pinned hardware (`--gpu H100-SXM:2`): only these models
     gpu_count: int | None = None  # ... with exactly this many GPUs per instance
     checkpoint_hours: float = 0.25  # work lost per interruption is half of this on average
+    max_local_hours: float | None = None  # this machine only for jobs it finishes within this (auto placement)
+    local_forced: bool = False  # --backend local: obeyed even where the estimate says it does not fit
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,13 @@ def learned_efficiency(session: Session | None, needs_kind: str, gpu_model: str,
     one-GPU median x dp_scaling, else the prior x dp_scaling."""
     spec = gpus.by_model(gpu_model)
     measured = measured_efficiencies(session, needs_kind, gpu_model) if session is not None and spec else {}
+    return efficiency_from(measured, prior, gpu_count)
+
+
+def efficiency_from(measured: dict[int, list[float]], prior: float, gpu_count: int = 1) -> float:
+    """The rule of learned_efficiency on measurements already in hand (GPU count -> achieved
+    efficiencies on one GPU model): the median at `gpu_count`, else the one-GPU median x dp_scaling,
+    else the prior x dp_scaling."""
     if measured.get(gpu_count):
         return _median(measured[gpu_count])
     one = _median(measured[1]) if measured.get(1) else prior
@@ -177,14 +188,17 @@ def rate_for(offer: Offer, spot: bool, observed: dict) -> float:
 
 def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, now: datetime,
            session: Session | None = None, efficiency_prior: float = 0.3,
-           observed: dict[tuple[str, str, bool], tuple[float, float]] | None = None) -> Choice:
+           observed: dict[tuple[str, str, bool], tuple[float, float]] | None = None,
+           efficiency: Callable[[str, int], float] | None = None) -> Choice:
     """Rank the offers by expected dollars to finish. Interruption rates learn from `observed`
-    ((provider, tier, spot) -> (interruptions, hours)), by default our attempts in `session`."""
+    ((provider, tier, spot) -> (interruptions, hours)), by default our attempts in `session`; the
+    efficiency per GPU on N GPUs of a model is `efficiency(gpu_model, N)` when given (data-parallel
+    losses included), else learned_efficiency from `session` and `efficiency_prior`."""
     if observed is None:
         observed = interruption_rates(session)
     ranked: list[Candidate] = []
     rejected: list[Rejected] = []
-    efficiency_cache: dict[str, float] = {}
+    efficiency_cache: dict[tuple[str, int], float] = {}
     for offer in offers:
         reason = _offer_problem(offer, needs, limits, now)
         if reason:
@@ -201,9 +215,16 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             continue
         key = (offer.gpu_model, ranks)
         if key not in efficiency_cache:
-            efficiency_cache[key] = learned_efficiency(session, needs.kind, offer.gpu_model, efficiency_prior, ranks)
-        peak = spec.bf16_tflops if spec else 0.5  # a CPU box: about half a TFLOP/s of fp32
+            efficiency_cache[key] = (efficiency(offer.gpu_model, ranks) if efficiency is not None else
+                                     learned_efficiency(session, needs.kind, offer.gpu_model, efficiency_prior, ranks))
+        peak = spec.bf16_tflops if spec else (offer.tflops or 0.5)  # a CPU box: measured (local_offer)
         hours = needs.hours_on(peak, efficiency_cache[key], ranks, needs.flops_on(offer.vram_gb, ranks))
+        if (offer.provider == "local" and not limits.local_forced and limits.max_local_hours is not None
+                and hours > limits.max_local_hours):
+            rejected.append(Rejected(offer, None, f"too slow here: about {hours:,.0f} h on this machine "
+                                                  f"({local_description(offer)}), over PLANNER_LOCAL_MAX_HOURS = "
+                                                  f"{limits.max_local_hours:g} h"))
+            continue
         spot_price = offer.spot_usd_per_gpu_hour if providers.offers_spot(offer.provider) else None  # RunPod: never
         for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, spot_price)):
             if per_gpu is None or (limits.spot == "spot" and not spot) or (limits.spot == "on-demand" and spot):
@@ -235,7 +256,10 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
 def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) -> str | None:
     if not offer.available:
         return "not available: out of stock"
-    if offer.vram_gb < needs.vram_gb and offer.provider != "local":
+    if offer.provider == "local":
+        if not limits.local_forced and (problem := local_memory_problem(offer, needs)):
+            return problem
+    elif offer.vram_gb < needs.vram_gb:
         return f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
     if offer.gpu_count < needs.gpu_count:
         return f"too few GPUs: {offer.gpu_count} < {needs.gpu_count}"
@@ -258,6 +282,26 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
     age = now - offer.fetched_at
     if age > limits.max_price_age and not limits.allow_stale and offer.provider != "local":
         return f"stale price: {age.total_seconds() / 3600:.1f} h old (refresh, or --allow-stale)"
+    return None
+
+
+def local_description(offer: Offer) -> str:
+    """This machine in words: its GPUs, or its CPU and RAM."""
+    if offer.vram_gb > 0:
+        return f"{offer.gpu_count}x {offer.gpu_model} {offer.vram_gb:.0f} GB"
+    return (f"CPU only, {offer.vcpus or 0:.0f} cores at ~{(offer.tflops or 0.5) * 1000:.0f} GFLOP/s, "
+            f"{offer.ram_gb or 0:.0f} GB RAM")
+
+
+def local_memory_problem(offer: Offer, needs: Needs) -> str | None:
+    """This machine's memory against the job's: VRAM per GPU, or RAM on a CPU-only box (the model, its
+    gradients and optimizer state live there)."""
+    if offer.vram_gb > 0:
+        if offer.vram_gb < needs.vram_gb:
+            return f"too little VRAM here: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
+        return None
+    if offer.ram_gb is not None and offer.ram_gb * 0.8 < needs.vram_gb:
+        return f"too little RAM here: {offer.ram_gb:.0f} GB (80 % usable) < {needs.vram_gb:.1f} GB"
     return None
 
 

@@ -11,6 +11,8 @@ SIGTERM to the group, then SIGKILL after the grace period.
 from __future__ import annotations
 
 import codecs
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +28,7 @@ from planner.run.backends.base import (
     Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, job_of_label,
 )
 from planner.run.backends.markers import done_marker_exists
+from pricing import gpus as gpus_table
 from pricing.offer import Offer
 from pricing.db import utcnow
 
@@ -36,28 +39,80 @@ QUIET_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def local_offer(usd_per_hour: float = 0.0, gpus: int | None = None) -> Offer:
-    """This machine as an offer: its GPUs when nvidia-smi sees them, else the CPU (VRAM 0); `gpus`
-    (PLANNER_LOCAL_GPUS) overrides how many a data-parallel job runs on (CPU ranks on a CPU-only box)."""
+    """This machine as an offer like the others: its GPUs and VRAM as measured (torch when importable,
+    else nvidia-smi), or on a CPU-only machine its cores, RAM and a measured CPU speed (Offer.tflops);
+    `gpus` (PLANNER_LOCAL_GPUS) overrides how many a data-parallel job runs on. Measured once per process."""
     name, vram_gb, count = _local_gpu()
+    cpus, ram_gb, cpu_tflops = _local_cpu()
+    spec = gpus_table.resolve(name, vram_gb) if vram_gb > 0 else None
     count = gpus or count
-    return Offer(provider="local", offer_key=LOCAL_OFFER_KEY, gpu_model=name, gpu_name_raw=name, vram_gb=vram_gb,
-                 gpu_count=count, on_demand_usd_per_gpu_hour=usd_per_hour / max(count, 1),
-                 spot_usd_per_gpu_hour=None, tier="local", location="localhost", available=True,
-                 fetched_at=utcnow(), known_gpu=count > 0)
+    return Offer(provider="local", offer_key=LOCAL_OFFER_KEY, gpu_model=spec.model if spec else name,
+                 gpu_name_raw=name, vram_gb=vram_gb, gpu_count=count,
+                 on_demand_usd_per_gpu_hour=usd_per_hour / max(count, 1), spot_usd_per_gpu_hour=None, tier="local",
+                 location="localhost", available=True, fetched_at=utcnow(), known_gpu=spec is not None,
+                 vcpus=float(cpus), ram_gb=ram_gb, tflops=None if vram_gb > 0 else cpu_tflops)
 
 
+GPU_DEVICES = ("/dev/nvidia0", "/dev/kfd", "/dev/dxg")  # CUDA, ROCm, WSL: without one, no GPU to ask torch about
+TORCH_PROBE = ("import json, torch; ok = torch.cuda.is_available(); p = torch.cuda.get_device_properties(0) if ok "
+               "else None; print(json.dumps([p.name, p.total_memory / 1024**3, torch.cuda.device_count()] if p else None))")
+
+
+@functools.lru_cache(maxsize=1)
 def _local_gpu() -> tuple[str, float, int]:
-    if shutil.which("nvidia-smi") is None:
-        return "CPU", 0.0, 1
+    """(name, VRAM GB per GPU, count); ("CPU", 0, 1) without a GPU. nvidia-smi when it is there, else torch
+    (when installed) asked in a child process: the planner never imports torch itself."""
+    if shutil.which("nvidia-smi") is not None:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            rows = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
+            if rows:
+                return rows[0][0].strip(), float(rows[0][1]) / 1024, len(rows)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    if importlib.util.find_spec("torch") is not None and any(os.path.exists(d) for d in GPU_DEVICES):
+        try:
+            out = subprocess.run([sys.executable, "-c", TORCH_PROBE], capture_output=True, text=True, timeout=120,
+                                 check=True, env={**os.environ, "CUDA_MODULE_LOADING": "LAZY"}).stdout
+            found = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+            if found:
+                return str(found[0]), float(found[1]), int(found[2])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            pass
+    return "CPU", 0.0, 1
+
+
+@functools.lru_cache(maxsize=1)
+def _local_cpu() -> tuple[int, float | None, float]:
+    """(cores this process may use, RAM GB, fp32 TFLOP/s of a 256x256 matmul loop on them)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "CPU", 0.0, 1
-    rows = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
-    if not rows:
-        return "CPU", 0.0, 1
-    return rows[0][0].strip(), float(rows[0][1]) / 1024, len(rows)
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    except (ValueError, OSError, AttributeError):
+        ram_gb = None
+    return cores, ram_gb, _cpu_tflops()
+
+
+def _cpu_tflops(n: int = 256, windows: int = 3, seconds: float = 0.04) -> float:
+    """fp32 matmul TFLOP/s: the best of a few short windows (a busy machine makes any one of them slow)."""
+    try:
+        import numpy
+    except ImportError:
+        return 0.5
+    a = numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32)
+    a @ a  # warm up the BLAS threads
+    best = 0.0
+    for _ in range(windows):
+        done, start = 0, time.perf_counter()
+        while done == 0 or time.perf_counter() - start < seconds:
+            a @ a
+            done += 1
+        best = max(best, 2 * n**3 * done / (time.perf_counter() - start) / 1e12)
+    return max(0.001, best)
 
 
 class LocalBackend(Backend):

@@ -9,10 +9,8 @@ can reach. The provider's status only says whether the box is still there.
 """
 from __future__ import annotations
 
+import re
 import shlex
-
-import requests
-from pydantic import SecretStr
 
 from jobs import storage
 from planner.run.backends.base import (
@@ -26,23 +24,61 @@ BID_MARGIN = 0.05  # over the current minimum bid, read just before launch
 BID_CAP_OVER_PLAN = 1.2  # a bid may exceed the planned spot price by this much, so the reserved budget holds
 
 
+DEFAULT_DISK_GB = 50.0  # when the job's requirements give none
+RELIABILITY_FLOOR = 0.9  # Vast hosts below this are not rented (dstack's floor, reference note §4)
+
+
 class CloudBackend(Backend):
-    """A provider API reached over HTTP with a key; boxes start from `image` and install `jobs_install`."""
+    """A provider reached through its API client (pricing.providers.<name>_api); boxes start from `image`
+    and install `jobs_install`."""
 
     logs_hint = "the job's log tail arrives with its report when it ends"
 
-    def __init__(self, base_url: str, api_key: SecretStr | None, *, image: str, jobs_install: str,
-                 timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(), session: requests.Session | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
+    def __init__(self, api, *, image: str, jobs_install: str, disk_gb: float = DEFAULT_DISK_GB):
+        self.api = api
         self.image = image
         self.jobs_install = jobs_install
-        self.timeout = timeout
-        self.retry = retry
-        self.session = session or requests.Session()
+        self.disk_gb = disk_gb
+
+    @classmethod
+    def from_settings(cls, settings, retry: RetryPolicy) -> CloudBackend:
+        """Built from planner settings with the shared RetryPolicy (planner.run.launching.build_backends)."""
+        raise NotImplementedError
 
     def logs(self, handle: Handle, tail: int = 200) -> str:
         return report_logs(handle, tail, self.logs_hint)
+
+
+def image_cuda(image: str) -> str | None:
+    """The CUDA version an image tag names: 'pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime' -> '12.4',
+    '...:2.8.0-cu128' -> '12.8'; None when the tag does not say."""
+    tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
+    if match := re.search(r"cuda[-_]?(\d+)\.(\d+)", tag, re.IGNORECASE):
+        return f"{int(match.group(1))}.{int(match.group(2))}"
+    if match := re.search(r"(?<![a-z])cu(\d{2})(\d)(?!\d)", tag, re.IGNORECASE):
+        return f"{int(match.group(1))}.{int(match.group(2))}"
+    return None
+
+
+def image_torch(image: str) -> tuple[int, int] | None:
+    """The PyTorch version of a pytorch/pytorch-style tag ('2.5.1-cuda12.4-...' -> (2, 5))."""
+    tag = image.rpartition(":")[2]
+    match = re.match(r"(\d+)\.(\d+)", tag)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def compute_cap_filter(image: str) -> dict:
+    """Vast's `compute_cap` (x100) filter for the image's PyTorch build (reference note §4 table):
+    builds before CUDA 12.8 stop at sm_90 (< 1000: no B200, no RTX 50xx); cu128 builds start at
+    sm_70, from torch 2.10 at sm_75."""
+    cuda = image_cuda(image)
+    if cuda is None:
+        return {}
+    major, minor = (int(p) for p in cuda.split("."))
+    if (major, minor) < (12, 8):
+        return {"lt": 1000}
+    torch = image_torch(image)
+    return {"gte": 750 if torch is not None and torch >= (2, 10) else 700}
 
 
 def bid_cap(offer, usd_per_hour: float) -> float:

@@ -1,126 +1,175 @@
-"""RunPod pods through the GraphQL API (our own client: runpod-python 1.12 has no spot call).
+"""RunPod pods through REST v2 (pricing.providers.runpod_api; reference note provider-apis-2026-12 §2).
 
-On-demand: `podFindAndDeployOnDemand`. Spot: `podRentInterruptable` with `bidPerGpu`, read just
-before launch as min(cap, current minimum bid + 5 %), because the bid is what is paid; the cap is the
-lower of the on-demand price and 120 % of the planned spot price, so the planned budget holds.
-Every string goes in as a GraphQL variable, never interpolated into the query text. The pod's name
-is our label. An interrupted spot pod shows `desiredStatus: EXITED`; so does a pod whose container
-exited, which is why the attempt's report (planner.run.backends.remote) decides how it ended.
+RunPod is on-demand only: spot pods are gone (note §1), so a spot plan is refused. A pod is created
+with `POST /v2/pods`: an explicit `cloud` (the offer's tier: SECURE or COMMUNITY; omitted would mean
+SECURE), the offer's GPU type id and count, `minCudaVersion` from the job image's tag, a container
+disk sized from the job's needs, no ports, and the box script as one `args` string: base64, decoded
+by `sh -c`, so no quoting of the script can go wrong. The container disk is wiped on a restart:
+checkpoints and outputs live on durable storage (the spec's fsspec URIs, required by box_plan).
+The pod's name is our label; the list cannot filter server-side, so the reaper filters by name.
 
-Deploy mutations are sent once (no retry on a timeout: a retry could rent a second pod); a pod
-that was created anyway carries our label, so the supervisor adopts or reaps it.
+Create answers (note §2.2): 422 is our bug (RequestRejected: the job fails, loudly), 400/403 no
+capacity or not allowed (NoCapacity: next candidate after the offer's cool-down), 402 the balance
+(OutOfFunds: launching on RunPod stops), 429 waits Retry-After. A create is sent once otherwise (a
+retried timeout could rent twice); a pod created anyway carries our label, so it is adopted or reaped.
+The pod's billed `cost` ($/h) is kept as the attempt's `billed_usd_per_hour`. Status is the v2 enum
+PROVISIONING|STARTING|RUNNING|EXITED|ERROR|TERMINATED; the attempt's report (planner.run.backends.
+remote) decides how a job ended. Logs stream as SSE from `/v2/pods/{id}/logs`, resumed with
+Last-Event-ID.
 """
 from __future__ import annotations
 
+import base64
+import dataclasses
+import math
 import shlex
+import threading
+from collections.abc import Iterator
 
-from planner.run.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.run.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
+from planner.run.backends.base import (
+    BackendError, Handle, LaunchPlan, NoCapacity, OutOfFunds, PollResult, RequestRejected, Status, job_of_label,
+)
+from planner.run.backends.remote import CloudBackend, box_plan, ended, image_cuda, report_logs, vanished
 from pricing.offer import Offer
+from pricing.providers import RUNPOD
 from pricing.providers.base import ProviderError
-from pricing.providers.http import RetryPolicy, request_json
+from pricing.providers.http import ApiError, RetryPolicy
+from pricing.providers.runpod_api import CLOUDS, RunPodAPI
 
-POD_FIELDS = "id name desiredStatus costPerHr"
-DEPLOY = ("mutation Deploy($input: PodFindAndDeployOnDemandInput!) "
-          f"{{ podFindAndDeployOnDemand(input: $input) {{ {POD_FIELDS} }} }}")
-RENT_SPOT = ("mutation Rent($input: PodRentInterruptableInput!) "
-             f"{{ podRentInterruptable(input: $input) {{ {POD_FIELDS} }} }}")
-BID = ("query Bid($id: String!, $count: Int!) { gpuTypes(input: {id: $id}) { id "
-       "lowestPrice(input: {gpuCount: $count}) { minimumBidPrice uninterruptablePrice stockStatus } } }")
-POD = f"query Pod($id: String!) {{ pod(input: {{podId: $id}}) {{ {POD_FIELDS} runtime {{ uptimeInSeconds }} }} }}"
-TERMINATE = "mutation Terminate($id: String!) { podTerminate(input: {podId: $id}) }"
-PODS = f"query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}"
+LIVE = ("PROVISIONING", "STARTING", "RUNNING")
+BOX_SCRIPT = "/tmp/planner-box.sh"
+
+
+def box_args(script: str) -> str:
+    """The pod's `args`: one string that writes the (base64) script to a file and execs it, so the
+    job's process receives the container's signals and no character of the script needs quoting."""
+    encoded = base64.b64encode(script.encode()).decode()
+    return "sh -c " + shlex.quote(f"echo {encoded} | base64 -d > {BOX_SCRIPT} && exec sh {BOX_SCRIPT}")
 
 
 class RunPodBackend(CloudBackend):
-    name = "runpod"
+    name = RUNPOD
     billing_seconds = 1  # per-second billing
-    logs_hint = "RunPod serves no pod logs through its API; the job's log tail arrives with its report when it ends"
+    logs_hint = "no log yet: the pod has not written one, and the job's report has not arrived"
 
-    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
-        if offer is None or offer.provider != "runpod":
+    @classmethod
+    def from_settings(cls, settings, retry: RetryPolicy) -> RunPodBackend:
+        return cls(RunPodAPI(settings.runpod_url, settings.runpod_api_key, timeout=settings.http_timeout,
+                             retry=retry), image=settings.job_image, jobs_install=settings.jobs_install)
+
+    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
+             disk_gb: float | None = None) -> LaunchPlan:
+        if offer is None or offer.provider != RUNPOD:
             raise BackendError("the RunPod backend needs a RunPod offer")
-        gpu_type, _, tier = offer.offer_key.partition("|")
-        plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=50.0)
-        pod = {"name": plan.label, "imageName": plan.image, "gpuTypeId": gpu_type,
-               "cloudType": "SECURE" if tier == "secure" else "COMMUNITY", "gpuCount": offer.gpu_count,
-               "containerDiskInGb": int(plan.disk_gb), "volumeInGb": 0, "supportPublicIp": False,
-               "dockerArgs": f"sh -c {shlex.quote(plan.shell_script())}",  # RunPod splits it like a shell
-               "env": [{"key": k, "value": v} for k, v in sorted(plan.env.items())]}
-        request = {"input": pod}
         if spot:
-            request["bid_cap_per_gpu"] = round(bid_cap(offer, usd_per_hour) / offer.gpu_count, 4)
-        return LaunchPlan(**{**plan.__dict__, "request": {**plan.request, **request}})
+            raise BackendError("RunPod has no spot pods any more: plan this offer on-demand")
+        gpu_type, _, tier = offer.offer_key.partition("|")
+        if tier not in CLOUDS:
+            raise BackendError(f"RunPod offer {offer.offer_key} names no cloud tier (secure or community)")
+        disk = max(1, math.ceil(disk_gb or self.disk_gb))
+        plan = box_plan(self.name, spec, offer, attempt=attempt, spot=False, usd_per_hour=usd_per_hour,
+                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk)
+        gpu = {"id": gpu_type, "count": offer.gpu_count}
+        if cuda := image_cuda(plan.image):
+            gpu["minCudaVersion"] = cuda
+        pod = {"name": plan.label, "image": plan.image, "gpu": gpu, "cloud": CLOUDS[tier], "disk": disk,
+               "ports": [], "args": box_args(plan.shell_script())}
+        return dataclasses.replace(plan, request={**plan.request, "pod": pod})
 
     def launch(self, plan: LaunchPlan) -> Handle:
-        pod = dict(plan.request["input"])
-        pod["env"] = [{"key": k, "value": v} for k, v in sorted(plan.box_env().items())]  # + storage credentials
-        usd_per_hour = plan.usd_per_hour
-        if plan.spot:
-            bid = self._bid_per_gpu(pod["gpuTypeId"], pod["gpuCount"], plan.request["bid_cap_per_gpu"])
-            pod["bidPerGpu"] = bid
-            usd_per_hour = bid * pod["gpuCount"]
-            data = self._graphql(RENT_SPOT, {"input": pod}, retry=False)["podRentInterruptable"]
-        else:
-            data = self._graphql(DEPLOY, {"input": pod}, retry=False)["podFindAndDeployOnDemand"]
-        if not data or not data.get("id"):
-            raise BackendError(f"RunPod rented no pod for {plan.label} (no capacity for this GPU type now?)")
-        return Handle(backend=self.name, instance_id=data["id"], label=plan.label,
-                      data={"output_uri": plan.request["output_uri"], "spot": plan.spot,
-                            "usd_per_hour": usd_per_hour})
-
-    def poll(self, handle: Handle) -> PollResult:
-        pod = self._graphql(POD, {"id": handle.instance_id})["pod"]
-        output, spot = handle.data["output_uri"], handle.data.get("spot", False)
-        if not pod:
-            return vanished(output, handle.label, spot, "the pod is gone")
-        status = pod.get("desiredStatus")
-        if status == "RUNNING":
-            result = ended(output, handle.label)
-            if result is not None:
-                return result
-            return PollResult(Status.RUNNING if pod.get("runtime") else Status.PENDING)
-        if status in ("EXITED", "TERMINATED", "DEAD"):
-            return vanished(output, handle.label, spot, f"pod {status.lower()} (a spot pod: interrupted)"
-                            if spot else f"pod {status.lower()}")
-        return PollResult(Status.PENDING, detail=f"pod {status}")
-
-    def cancel(self, handle: Handle) -> None:
+        body = {**plan.request["pod"], "env": dict(sorted(plan.box_env().items()))}  # + storage credentials
         try:
-            self._graphql(TERMINATE, {"id": handle.instance_id})
-        except BackendError as exc:
-            if "not found" not in str(exc).lower():
-                raise
-
-    def list_labeled(self) -> list[Handle]:
-        pods = (self._graphql(PODS, {}).get("myself") or {}).get("pods") or []
-        return [Handle(backend=self.name, instance_id=p["id"], label=p["name"], data={})
-                for p in pods if job_of_label(p.get("name") or "") and p.get("desiredStatus") != "TERMINATED"]
-
-    # ------------------------------------------------------------------ the client
-
-    def _bid_per_gpu(self, gpu_type: str, count: int, cap: float) -> float:
-        types = self._graphql(BID, {"id": gpu_type, "count": count}).get("gpuTypes") or []
-        lowest = (types[0].get("lowestPrice") or {}) if types else {}
-        minimum = lowest.get("minimumBidPrice")
-        if not minimum:
-            raise BackendError(f"RunPod offers no spot {gpu_type} now (no minimum bid); re-planning")
-        return spot_bid(minimum, cap, f"{gpu_type} (per GPU-hour)")
-
-    def _graphql(self, query: str, variables: dict, *, retry: bool = True) -> dict:
-        try:
-            body = request_json(self.session, "POST", self.base_url + "/graphql", json_body={"query": query, "variables": variables},
-                                api_key=self.api_key.get_secret_value() if self.api_key else None,
-                                timeout=self.timeout, retry=self.retry if retry else RetryPolicy(attempts=1),
-                                auth_hint="RUNPOD_API_KEY")
+            pod = self.api.create_pod(body)
+        except ApiError as exc:
+            raise launch_error(exc, body) from None
         except ProviderError as exc:
             raise BackendError(f"RunPod: {exc}") from None
-        if not isinstance(body, dict):
-            raise BackendError("RunPod: unexpected GraphQL answer")
-        if body.get("errors"):
-            first = body["errors"][0]
-            message = first.get("message", "no message") if isinstance(first, dict) else str(first)
-            raise BackendError(f"RunPod GraphQL error: {' '.join(str(message).split())[:300]}")
-        return body.get("data") or {}
+        return Handle(backend=self.name, instance_id=str(pod["id"]), label=plan.label,
+                      data={"output_uri": plan.request["output_uri"], "spot": False,
+                            "usd_per_hour": plan.usd_per_hour, "billed_usd_per_hour": _cost(pod),
+                            "data_center": pod.get("dataCenterId")})
 
+    def poll(self, handle: Handle) -> PollResult:
+        pod = self._call(self.api.pod, handle.instance_id)
+        output = handle.data["output_uri"]
+        if pod is None:
+            return vanished(output, handle.label, False, "the pod is gone")
+        status = str(pod.get("status") or "").upper()
+        billed = _cost(pod) if status in LIVE else None
+        if status == "RUNNING":
+            result = ended(output, handle.label) or PollResult(Status.RUNNING)
+        elif status in ("PROVISIONING", "STARTING"):
+            result = PollResult(Status.PENDING, detail=f"pod {status.lower()}")
+        elif status == "ERROR":
+            result = ended(output, handle.label) or PollResult(
+                Status.FAILED, detail="the pod is in ERROR: RunPod could not start or keep its container")
+        else:  # EXITED, TERMINATED, or a status this client does not know
+            result = vanished(output, handle.label, False, f"pod {status.lower() or 'without a status'}")
+        return dataclasses.replace(result, billed_usd_per_hour=billed)
+
+    def cancel(self, handle: Handle) -> None:
+        self._call(self.api.delete_pod, handle.instance_id)
+
+    def list_labeled(self) -> list[Handle]:
+        return [Handle(backend=self.name, instance_id=str(p["id"]), label=p["name"], data={})
+                for p in self._call(self.api.pods) if job_of_label(p.get("name") or "")
+                and str(p.get("status") or "").upper() != "TERMINATED"]
+
+    # ------------------------------------------------------------------ logs
+
+    def logs(self, handle: Handle, tail: int = 200) -> str:
+        """The report's log tail once the job ended, else the pod's own log (SSE, what it has now)."""
+        text = report_logs(handle, tail, "")
+        if text != "()":  # report_logs wraps the (empty) hint in parentheses when there is no report
+            return text
+        try:
+            lines = [e.line for e in self.api.pod_logs(handle.instance_id, tail=tail, idle_timeout_s=2.0)]
+        except ProviderError as exc:
+            return f"(no log: RunPod: {exc})"
+        return "\n".join(lines[-tail:]) if lines else f"({self.logs_hint})"
+
+    def follow_logs(self, handle: Handle, stop: threading.Event, tail: int = 100,
+                    idle_timeout_s: float = 5.0) -> Iterator[str]:
+        """The pod's last `tail` log lines, then each new one, until `stop` is set; a dropped stream is
+        resumed from the last event id (Last-Event-ID), so no line comes twice."""
+        last_id, first = None, True
+        while not stop.is_set():
+            try:
+                for event in self.api.pod_logs(handle.instance_id, tail=tail if first else None, last_event_id=last_id,
+                                               idle_timeout_s=idle_timeout_s, stop=stop.is_set):
+                    last_id = event.id or last_id
+                    yield event.line
+            except ProviderError:
+                pass  # provider weather: try again
+            first = first and last_id is None
+            stop.wait(1.0)
+
+    @staticmethod
+    def _call(function, *args):
+        try:
+            return function(*args)
+        except ProviderError as exc:
+            raise BackendError(f"RunPod: {exc}") from None
+
+
+def _cost(pod: dict) -> float | None:
+    cost = pod.get("cost")
+    try:
+        return float(cost) if cost is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def launch_error(exc: ApiError, body: dict) -> BackendError:
+    """What a failed `POST /v2/pods` means for the supervisor (note §2.2's table)."""
+    what = f"{body['gpu']['count']}x {body['gpu']['id']} on {body['cloud']}"
+    detail = f" ({exc.detail})" if exc.detail else ""
+    if exc.status == 422:
+        return RequestRejected(f"RunPod rejected the pod request as malformed (HTTP 422){detail}: a planner bug, "
+                               "not capacity; please report it")
+    if exc.status == 402:
+        return OutOfFunds(f"RunPod: the account balance is too low to start a pod (HTTP 402){detail}; top it up, "
+                          "then launches on RunPod resume")
+    if exc.status in (400, 403):
+        return NoCapacity(f"RunPod cannot start {what} now (HTTP {exc.status}){detail}; trying another offer")
+    return BackendError(f"RunPod: {exc}")

@@ -14,16 +14,18 @@ so the instance it rents may not be the exact offer we chose.
 """
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 from planner.run.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.run.backends.remote import box_plan, ended, report_logs, vanished
+from planner.run.backends.remote import DEFAULT_DISK_GB, box_plan, ended, report_logs, vanished
 from pricing.offer import Offer
+from pricing.providers import RUNPOD, VAST, offers_spot
 from pricing.skypilot_catalog import accelerator_name, export_catalog, instance_type, region_of
 
-CLOUDS = {"runpod": "runpod", "vast": "vast"}
+CLOUDS = {RUNPOD: "runpod", VAST: "vast"}  # our provider name -> SkyPilot's cloud name
 RUNNING = {"STARTING", "RUNNING", "RECOVERING", "WINDING_DOWN", "CANCELLING"}
 PENDING = {"PENDING", "SUBMITTED"}
 
@@ -82,11 +84,15 @@ class SkyPilotBackend(Backend):
             self._client = self._client_factory()
         return self._client
 
-    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
+    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
+             disk_gb: float | None = None) -> LaunchPlan:
         if offer is None or offer.provider not in CLOUDS:
             raise BackendError("the skypilot backend launches RunPod and Vast.ai offers only")
+        if spot and not offers_spot(offer.provider):
+            raise BackendError(f"{offer.provider} has no spot instances: plan this offer on-demand")
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=50.0, hold=False)
+                        image=self.image, jobs_install=self.jobs_install,
+                        disk_gb=max(1, math.ceil(disk_gb or DEFAULT_DISK_GB)), hold=False)
         region = region_of(offer)
         resources = {
             "infra": "/".join(p for p in (CLOUDS[offer.provider], region) if p),

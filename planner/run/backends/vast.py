@@ -1,120 +1,194 @@
-"""Vast.ai instances through its REST API: create from an offer, show, destroy, list.
+"""Vast.ai instances through its API (pricing.providers.vast_api; reference note provider-apis-2026-12 §4).
 
-Create is `PUT /api/v0/asks/{offer id}/`; with a `price` (the whole machine's bid per hour) the
-instance is interruptible. The bid is read just before launch from a `type: bid` search for that
-offer: min(cap, current `min_bid` + 5 %), the cap being the lower of the offer's on-demand price and
-120 % of the planned spot price; the attempt is recorded at the bid plus the disk's storage cost,
-because that is what is paid. The answer's instance id is `new_contract`; an error that still
-carries one means an instance exists (Vast creates a losing bid stopped) and it is destroyed at once.
-An outbid instance is `stopped` (cur_state, intended and next state), not destroyed; like an exited or
-vanished one, the attempt's report (planner.run.backends.remote) then tells how the job ended. The
-instance's label is ours. Creates are sent once (a retried create could rent twice).
+Just before a create the offer is searched again (`POST /api/v0/bundles/`, its id) with the host
+filters the job image needs: `cuda_max_good` >= the image's CUDA together with `compute_cap` for its
+PyTorch build, `disk_space` >= the job's disk, `reliability2` >= RELIABILITY_FLOOR. A host that no
+longer fits (or no longer exists) is NoCapacity: the next candidate, after the offer's cool-down.
+
+Create is `PUT /api/v0/asks/{offer id}/`, sent once (a retried create could rent twice): `runtype:
+args` keeps the image's entrypoint off, `onstart` is the entrypoint (/bin/sh) and `args` its `-c`
+script; the environment goes in parts where an entry passes Vast's 256 characters (jobs.boxenv).
+With a `price` (the whole machine's bid per hour) the instance is interruptible: the bid is
+min(cap, current `min_bid` + 5 %), the cap the lower of the offer's on-demand price and 120 % of the
+planned spot price; the attempt is recorded at the bid plus the disk's storage, what is paid. An
+error body that still names a `new_contract` means an instance exists (a losing bid is created
+stopped): pricing.providers.vast_api destroys it at once. The billed rate is the offer's (later the
+instance's) `dph_total`.
+
+Instances are read only from the v1 listing (v0 answers 410): one label-filtered page per poll, all
+pages (25 rows each, next_token) for the reaper. An outbid instance is the all-`stopped` state triple
+(cur_state, intended_status, next_state); like an exited or vanished one, the attempt's report
+(planner.run.backends.remote) then tells how the job ended. Logs: `request_logs`, then `result_url`.
 """
 from __future__ import annotations
 
-from pydantic import SecretStr
+import dataclasses
+import math
+import threading
+from collections.abc import Iterator
 
 from jobs import boxenv
-
-from planner.run.backends.base import BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
-from planner.run.backends.remote import CloudBackend, bid_cap, box_plan, ended, spot_bid, vanished
+from planner.run.backends.base import BackendError, Handle, LaunchPlan, NoCapacity, PollResult, Status, job_of_label
+from planner.run.backends.remote import (
+    RELIABILITY_FLOOR, CloudBackend, bid_cap, box_plan, compute_cap_filter, ended, image_cuda, report_logs, spot_bid,
+    vanished,
+)
 from pricing.offer import Offer
+from pricing.providers import VAST
 from pricing.providers.base import ProviderError
-from pricing.providers.http import RetryPolicy, request_json
+from pricing.providers.http import ApiError, RetryPolicy
+from pricing.providers.vast_api import VastAPI, is_outbid, storage_usd_per_hour
 
-HOURS_PER_MONTH = 720
 GONE = ("exited", "unknown", "offline")
 ENV_ENTRY_LIMIT = 256  # characters per env entry (create_instance.yaml); longer values go in parts (jobs.boxenv)
+MIN_DISK_GB = 8  # Vast's floor for `disk`
+ENTRYPOINT = "/bin/sh"
 
 
 class VastBackend(CloudBackend):
-    name = "vast"
+    name = VAST
     billing_seconds = 1
-    logs_hint = "the job's log tail arrives with its report when it ends; live logs: vastai logs INSTANCE_ID"
+    logs_hint = "no log yet: the instance has not written one, and the job's report has not arrived"
 
-    def __init__(self, base_url: str, api_key: SecretStr | None, *, disk_gb: float = 50.0, **common):
-        super().__init__(base_url, api_key, **common)
-        self.disk_gb = disk_gb
+    @classmethod
+    def from_settings(cls, settings, retry: RetryPolicy) -> VastBackend:
+        return cls(VastAPI(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout, retry=retry),
+                   image=settings.job_image, jobs_install=settings.jobs_install, disk_gb=settings.vast_disk_gb)
 
-    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float) -> LaunchPlan:
-        if offer is None or offer.provider != "vast":
+    def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
+             disk_gb: float | None = None) -> LaunchPlan:
+        if offer is None or offer.provider != VAST:
             raise BackendError("the Vast.ai backend needs a Vast.ai offer")
+        disk = max(MIN_DISK_GB, math.ceil(disk_gb or self.disk_gb))
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=self.disk_gb)
-        body = {"client_id": "me", "image": plan.image, "disk": plan.disk_gb, "label": plan.label,
-                "runtype": "args", "args": ["sh", "-c", plan.shell_script()], "env": dict(sorted(plan.env.items())),
-                "cancel_unavail": True}
-        request = {"ask_id": int(offer.offer_key), "body": body}
+                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk)
+        body = {"client_id": "me", "image": plan.image, "disk": disk, "label": plan.label, "runtype": "args",
+                "onstart": ENTRYPOINT, "args": ["-c", plan.shell_script()], "cancel_unavail": not spot}
+        request = {"ask_id": int(offer.offer_key), "body": body, "host_filters": self.host_filters(disk)}
         if spot:
             request["bid_cap"] = round(bid_cap(offer, usd_per_hour), 4)
-        return LaunchPlan(**{**plan.__dict__, "request": {**plan.request, **request}})
+        return dataclasses.replace(plan, request={**plan.request, **request})
+
+    def host_filters(self, disk_gb: float) -> dict:
+        """The search filters a host must pass to run this backend's image with `disk_gb` of disk."""
+        filters = {"disk_space": {"gte": disk_gb}, "reliability2": {"gte": RELIABILITY_FLOOR}}
+        if cuda := image_cuda(self.image):
+            filters["cuda_max_good"] = {"gte": float(cuda)}
+            if cap := compute_cap_filter(self.image):
+                filters["compute_cap"] = cap  # always with cuda_max_good (gpuhunt#142)
+        return filters
 
     def launch(self, plan: LaunchPlan) -> Handle:
         ask, body = plan.request["ask_id"], dict(plan.request["body"])
         body["env"] = boxenv.split(dict(sorted(plan.box_env().items())), ENV_ENTRY_LIMIT)  # + storage credentials
-        usd_per_hour = plan.usd_per_hour
+        host = self._fitting_host(ask, plan)
+        storage = storage_usd_per_hour(host.get("storage_cost"), body["disk"])
+        usd_per_hour, billed = plan.usd_per_hour, _float(host.get("dph_total"))
         if plan.spot:
-            body["price"], storage = self._bid(ask, plan.request["bid_cap"])
-            usd_per_hour = body["price"] + storage
-        answer = self._call("PUT", f"/asks/{ask}/", body, retry=False)
-        contract = answer.get("new_contract") if isinstance(answer, dict) else None
-        if not answer.get("success") or not contract:
-            if contract:
-                self.cancel(Handle(self.name, str(contract), plan.label))
-            reason = answer.get("error") or answer.get("msg") or "no instance id in the answer"
-            raise BackendError(f"Vast.ai did not create an instance from offer {ask}: {reason}")
+            if not host.get("min_bid"):
+                raise NoCapacity(f"Vast.ai offer {ask} is no longer available as interruptible; re-planning")
+            body["price"] = spot_bid(float(host["min_bid"]), plan.request["bid_cap"] - storage,
+                                     f"Vast.ai offer {ask} (per hour, storage aside)")
+            usd_per_hour = billed = body["price"] + storage
+        try:
+            contract = self.api.create(ask, body)
+        except ApiError as exc:
+            error = exc.body.get("error") if isinstance(exc.body, dict) else None
+            if error in ("no_such_ask",) or exc.status in (404, 410):
+                raise NoCapacity(f"Vast.ai offer {ask} is gone ({exc.detail or exc.status}); trying another") from None
+            raise BackendError(f"Vast.ai did not create an instance from offer {ask}: {exc.detail or exc}") from None
+        except ProviderError as exc:
+            raise BackendError(f"Vast.ai: {exc}") from None
         return Handle(backend=self.name, instance_id=str(contract), label=plan.label,
-                      data={"output_uri": plan.request["output_uri"], "spot": plan.spot, "usd_per_hour": usd_per_hour})
+                      data={"output_uri": plan.request["output_uri"], "spot": plan.spot, "usd_per_hour": usd_per_hour,
+                            "billed_usd_per_hour": billed})
 
     def poll(self, handle: Handle) -> PollResult:
-        answer = self._call("GET", f"/instances/{handle.instance_id}/", missing_ok=True)
-        instance = answer.get("instances") if isinstance(answer, dict) else None
+        instance = self._call(self.api.instance, handle.instance_id, handle.label)
         output, spot = handle.data["output_uri"], handle.data.get("spot", False)
         if not instance:
             return vanished(output, handle.label, spot, "the instance is gone")
         actual = instance.get("actual_status")
-        states = {instance.get("cur_state"), instance.get("intended_status"), instance.get("next_state")}
-        if states == {"stopped"} or actual in GONE:
-            why = "outbid: the instance was stopped" if states == {"stopped"} and spot else f"instance {actual}"
+        billed = _float(instance.get("dph_total"))
+        if is_outbid(instance) or actual in GONE:
+            why = "outbid: the instance was stopped" if is_outbid(instance) and spot else f"instance {actual}"
             return vanished(output, handle.label, spot, why)
         message = instance.get("status_msg") or ""
         if actual == "created" and "OCI runtime create failed" in message:
-            return PollResult(Status.FAILED, detail=f"the container did not start: {message[:200]}")
-        result = ended(output, handle.label)
-        if result is not None:
-            return result
-        return PollResult(Status.RUNNING if actual == "running" else Status.PENDING)
+            return PollResult(Status.FAILED, detail=f"the container did not start: {message[:200]}",
+                              billed_usd_per_hour=billed)
+        result = ended(output, handle.label) or PollResult(Status.RUNNING if actual == "running" else Status.PENDING)
+        return dataclasses.replace(result, billed_usd_per_hour=billed)
 
     def cancel(self, handle: Handle) -> None:
-        answer = self._call("DELETE", f"/instances/{handle.instance_id}/", missing_ok=True)
-        if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") != "no_such_instance":
-            raise BackendError(f"Vast.ai did not destroy instance {handle.instance_id}: {answer.get('error')}")
+        self._call(self.api.destroy, handle.instance_id)
 
     def list_labeled(self) -> list[Handle]:
-        answer = self._call("GET", "/instances/?owner=me")
-        instances = answer.get("instances") if isinstance(answer, dict) else None
         return [Handle(backend=self.name, instance_id=str(i["id"]), label=i["label"], data={})
-                for i in instances or [] if job_of_label(i.get("label") or "")]
+                for i in self._call(self.api.instances) if job_of_label(i.get("label") or "")]
 
-    # ------------------------------------------------------------------ the client
+    # ------------------------------------------------------------------ logs
 
-    def _bid(self, ask: int, cap: float) -> tuple[float, float]:
-        """(the bid for the whole machine, the disk's storage per hour) for this offer, now."""
-        query = {"id": {"eq": ask}, "type": "bid", "limit": 1, "allocated_storage": self.disk_gb}
-        answer = self._call("POST", "/bundles/", query)
-        offers = answer.get("offers") if isinstance(answer, dict) else None
-        if not offers or not offers[0].get("min_bid"):
-            raise BackendError(f"Vast.ai offer {ask} is no longer available as interruptible; re-planning")
-        minimum = float(offers[0]["min_bid"])
-        storage = float(offers[0].get("storage_cost") or 0.0) * self.disk_gb / HOURS_PER_MONTH
-        return spot_bid(minimum, cap - storage, f"Vast.ai offer {ask} (per hour, storage aside)"), storage
-
-    def _call(self, method: str, path: str, body: dict | None = None, *, retry: bool = True,
-              missing_ok: bool = False):
+    def logs(self, handle: Handle, tail: int = 200) -> str:
+        """The report's log tail once the job ended, else the instance's own log (request_logs)."""
+        text = report_logs(handle, tail, "")
+        if text != "()":  # report_logs wraps the (empty) hint in parentheses when there is no report
+            return text
         try:
-            return request_json(self.session, method, f"{self.base_url}/api/v0{path}", json_body=body,
-                                api_key=self.api_key.get_secret_value() if self.api_key else None,
-                                timeout=self.timeout, retry=self.retry if retry else RetryPolicy(attempts=1),
-                                auth_hint="VAST_API_KEY", missing_ok=missing_ok) or {}
+            lines = self.api.logs(handle.instance_id, tail=max(tail, 1)).splitlines()
+        except ProviderError as exc:
+            return f"(no log: Vast.ai: {exc})"
+        return "\n".join(lines[-tail:]) if lines else f"({self.logs_hint})"
+
+    def follow_logs(self, handle: Handle, stop: threading.Event, tail: int = 100,
+                    every_s: float = 10.0) -> Iterator[str]:
+        """The last `tail` lines, then what is new at each `request_logs` (every `every_s`, within the
+        rate limits), until `stop` is set."""
+        seen: list[str] = []
+        while True:
+            stopping = stop.is_set()
+            try:
+                lines = self.api.logs(handle.instance_id, tail=max(tail, 1000)).splitlines()
+            except ProviderError:
+                lines = seen
+            yield from lines[-tail:] if not seen else lines[_overlap(seen, lines):]
+            seen = lines or seen
+            if stopping:
+                return
+            stop.wait(every_s)  # once set, one last read: what was written by then is out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fitting_host(self, ask: int, plan: LaunchPlan) -> dict:
+        """This offer, now, if its host still passes the filters (else NoCapacity: the next candidate)."""
+        filters = plan.request.get("host_filters") or {}
+        query = {"id": {"eq": ask}, "type": "bid" if plan.spot else "on-demand", "limit": 1,
+                 "allocated_storage": plan.request["body"]["disk"], **filters}
+        offers = self._call(self.api.offers, query)
+        match = next((o for o in offers if isinstance(o, dict) and str(o.get("id")) == str(ask)), None)
+        if match is None:
+            wanted = ", ".join(f"{k} {next(iter(v))} {next(iter(v.values()))}" for k, v in filters.items())
+            raise NoCapacity(f"Vast.ai offer {ask} is gone or its host no longer fits ({wanted}); trying another")
+        return match
+
+    @staticmethod
+    def _call(function, *args):
+        try:
+            return function(*args)
         except ProviderError as exc:
             raise BackendError(f"Vast.ai: {exc}") from None
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _overlap(seen: list[str], lines: list[str]) -> int:
+    """How many leading `lines` were already yielded: the longest suffix of `seen` they start with."""
+    for size in range(min(len(seen), len(lines)), 0, -1):
+        if seen[-size:] == lines[:size]:
+            return size
+    return 0
