@@ -82,51 +82,56 @@ class Record:
         return json.dumps(fields, ensure_ascii=False)
 
 
-def _texts(raw: dict, name: str, where: str, *, required: bool) -> list[str]:
+def _check_texts(raw: dict, name: str, where: str, *, required: bool) -> int:
     value = raw.get(name)
     if value is None and not required:
-        return []
+        return 0
     if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value) or (
             required and not value):
         raise BadData(f"{where}: '{name}' must be a {'non-empty ' if required else ''}list of non-empty strings")
-    return value
+    return len(value)
 
 
-def _scores(raw: dict, name: str, count: int, where: str) -> tuple[float, ...] | None:
+def _check_scores(raw: dict, name: str, count: int, where: str) -> None:
     value = raw.get(name)
-    if value is None:
-        return None
-    if (not isinstance(value, list) or len(value) != count
+    if value is not None and (
+            not isinstance(value, list) or len(value) != count
             or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in value)):
         raise BadData(f"{where}: '{name}' must be a list of {count} numbers, one per text")
-    return tuple(float(s) for s in value)
 
 
-def _optional_name(raw: dict, name: str, where: str) -> str | None:
+def _check_name(raw: dict, name: str, where: str) -> None:
     value = raw.get(name)
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise BadData(f"{where}: '{name}' must be a non-empty string when given")
-    return value
 
 
-def parse_record(line: str, where: str) -> Record:
+def _load(line: str, where: str) -> dict:
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
         raise BadData(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
         raise BadData(f"{where}: expected a JSON object with 'query' and 'positive' (or FlagEmbedding's 'pos')")
+    return raw
+
+
+def _is_flag(raw: dict) -> bool:
+    return "pos" in raw and "positive" not in raw
+
+
+def check_record(raw: dict, where: str) -> str:
+    """Check a parsed line as a record of either format; returns its task."""
     if not isinstance(raw.get("query"), str) or not raw["query"].strip():
         raise BadData(f"{where}: 'query' must be a non-empty string")
-    if "pos" in raw and "positive" not in raw:
-        positives = _texts(raw, "pos", where, required=True)
-        negatives = _texts(raw, "neg", where, required=False)
-        instruction = _optional_name(raw, "prompt", where)
-        kind = _optional_name(raw, "type", where)
-        task = _optional_name(raw, "task", where) or instruction or DEFAULT_TASK
-        return Record(raw["query"], positives[0], tuple(negatives), task, instruction, tuple(positives[1:]),
-                      _scores(raw, "pos_scores", len(positives), where),
-                      _scores(raw, "neg_scores", len(negatives), where), kind)
+    if _is_flag(raw):
+        positives = _check_texts(raw, "pos", where, required=True)
+        negatives = _check_texts(raw, "neg", where, required=False)
+        for name in ("prompt", "type", "task"):
+            _check_name(raw, name, where)
+        _check_scores(raw, "pos_scores", positives, where)
+        _check_scores(raw, "neg_scores", negatives, where)
+        return raw.get("task") or raw.get("prompt") or DEFAULT_TASK
     if not isinstance(raw.get("positive"), str) or not raw["positive"].strip():
         raise BadData(f"{where}: 'positive' must be a non-empty string")
     negatives = raw.get("negatives") or []
@@ -135,8 +140,27 @@ def parse_record(line: str, where: str) -> Record:
     task = raw.get("task", DEFAULT_TASK)
     if not isinstance(task, str) or not task.strip():
         raise BadData(f"{where}: 'task' must be a non-empty string")
-    instruction = _optional_name(raw, "instruction", where)
-    return Record(raw["query"], raw["positive"], tuple(negatives), task, instruction)
+    _check_name(raw, "instruction", where)
+    return task
+
+
+def build_record(raw: dict) -> Record:
+    """The Record of a line that check_record accepted (no checks: records are re-read this way)."""
+    if _is_flag(raw):
+        positives, negatives = raw["pos"], raw.get("neg") or []
+        scores = raw.get("pos_scores"), raw.get("neg_scores")
+        return Record(raw["query"], positives[0], tuple(negatives),
+                      raw.get("task") or raw.get("prompt") or DEFAULT_TASK, raw.get("prompt"), tuple(positives[1:]),
+                      None if scores[0] is None else tuple(float(v) for v in scores[0]),
+                      None if scores[1] is None else tuple(float(v) for v in scores[1]), raw.get("type"))
+    return Record(raw["query"], raw["positive"], tuple(raw.get("negatives") or ()), raw.get("task", DEFAULT_TASK),
+                  raw.get("instruction"))
+
+
+def parse_record(line: str, where: str) -> Record:
+    raw = _load(line, where)
+    check_record(raw, where)
+    return build_record(raw)
 
 
 # --- the corpus: a line-offset index over one JSONL file ------------------------------------------
@@ -176,10 +200,11 @@ class CorpusIndex(Sequence):
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadData(f"{self.name}: not UTF-8 text (byte {start + exc.start})") from None
-        record = parse_record(line, f"{self.name}:{number}")
-        task = task_index.setdefault(record.task, len(task_index))
+        where = f"{self.name}:{number}"
+        name = check_record(_load(line, where), where)
+        task = task_index.setdefault(name, len(task_index))
         if task == len(self._task_names):
-            self._task_names.append(record.task)
+            self._task_names.append(name)
         self.offsets.append(start)
         self.lines.append(number)
         self._task_ids.append(task)
@@ -201,13 +226,13 @@ class CorpusIndex(Sequence):
         if self._handle is None:
             self._handle = open(self.path, "rb")
         self._handle.seek(self.offsets[i])
-        return parse_record(self._handle.readline().decode("utf-8"), f"{self.name}:{self.lines[i]}")
+        return build_record(json.loads(self._handle.readline()))
 
     def __iter__(self) -> Iterator[Record]:
         with open(self.path, "rb") as handle:
-            for offset, number in zip(self.offsets, self.lines):
+            for offset in self.offsets:
                 handle.seek(offset)
-                yield parse_record(handle.readline().decode("utf-8"), f"{self.name}:{number}")
+                yield build_record(json.loads(handle.readline()))
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_handle"} | {"_handle": None}
