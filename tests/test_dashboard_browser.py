@@ -1,5 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright): it loads,
-shows the fake price book, and lists jobs. Skipped where no Chromium is installed."""
+shows the fake price book with filters and sortable columns, draws the price chart (uPlot, vendored)
+with a time axis, tooltips and series toggles, groups jobs by campaign, and a job's page shows its
+progress moving, its log and its spend, and cancels it. Skipped where no Chromium is installed.
+Screenshots of the job page and the chart go to /tmp/dashboard-*.png for people to look at."""
 from __future__ import annotations
 
 import shutil
@@ -22,7 +25,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def served(recorded_providers):
+def backends(tmp_path):
+    from tests.fakejob import scripted_local
+
+    return {"local": scripted_local(tmp_path / "runs")}
+
+
+@pytest.fixture
+def served(recorded_providers, backends, tmp_path, monkeypatch):
     """`planner serve`'s API on a free port over a book refreshed from the recorded payloads."""
     import uvicorn
 
@@ -31,11 +41,14 @@ def served(recorded_providers):
     from planner.run.pricebook import refresh_book
     from pricing import db
 
+    monkeypatch.setenv("PLANNER_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("PLANNER_LOCAL_USD_PER_HOUR", "3.6")
     settings = load_settings()
     db.upgrade(settings.db_url)
     refresh_book(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, backends), host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -61,11 +74,162 @@ def test_dashboard_shows_book_and_history(served, tmp_path):
         assert rows.count() >= 5
         text = page.locator("#offers").inner_text()
         assert "vast" in text and "runpod" in text and "RTX" in text
-        page.wait_for_selector("#chart circle")
-        assert page.locator("#legend").inner_text().strip()
+        page.wait_for_selector("#chart canvas")
+        assert page.locator("#chart .u-legend").inner_text().strip()
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         assert not errors, errors
         browser.close()
+
+
+def browse(p):
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())  # the Cancel button asks first
+    return browser, page, errors
+
+
+def test_offer_filters_and_sortable_columns(served):
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    with sync_playwright() as p:
+        browser, page, errors = browse(p)
+        page.goto(url + "/")
+        page.wait_for_selector("#offers tbody tr")
+        everything = page.locator("#offers tbody tr").count()
+        page.select_option("#f-provider", "vast")
+        page.wait_for_function("[...document.querySelectorAll('#offers tbody tr td:first-child')]"
+                               ".every(td => td.textContent === 'vast')")
+        assert 0 < page.locator("#offers tbody tr").count() < everything
+        page.select_option("#f-provider", "")
+        page.select_option("#f-vram", "48")
+        page.wait_for_function(f"document.querySelectorAll('#offers tbody tr').length < {everything}")
+        vram = [int(t.split()[0]) for t in page.locator("#offers tbody td:nth-child(3)").all_inner_texts()]
+        assert vram and min(vram) >= 48
+        page.select_option("#f-vram", "3")
+        page.wait_for_function(f"document.querySelectorAll('#offers tbody tr').length === {everything}")
+        page.click("#offers th[data-key=vram_gb]")
+        vram = [int(t.split()[0]) for t in page.locator("#offers tbody td:nth-child(3)").all_inner_texts()]
+        assert vram == sorted(vram)
+        page.click("#offers th[data-key=vram_gb]")
+        vram = [int(t.split()[0]) for t in page.locator("#offers tbody td:nth-child(3)").all_inner_texts()]
+        assert vram == sorted(vram, reverse=True)
+        assert "sorted-desc" in page.get_attribute("#offers th[data-key=vram_gb]", "class")
+        page.select_option("#f-spot", "true")
+        page.wait_for_function("[...document.querySelectorAll('#offers tbody td:nth-child(7)')].every(td => td.textContent !== '–')")
+        assert not errors, errors
+        browser.close()
+
+
+def test_the_chart_draws_a_seeded_history_with_time_axis_tooltips_and_toggles(served):
+    from datetime import timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    from pricing.db import session_factory, utcnow
+    from pricing.store import PriceHourly, rebuild_daily
+
+    settings, url = served
+    start = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=71)
+    with session_factory(settings.db_url)() as session:
+        for hour in range(72):
+            for provider, tier, base in (("vast", "seeded-a", 0.30), ("runpod", "seeded-b", 0.45)):
+                price = base + 0.05 * ((hour % 24) / 24)
+                session.merge(PriceHourly(provider=provider, gpu_model="RTX4090", tier=tier, spot=False,
+                                          hour=start + timedelta(hours=hour), min_usd=price, median_usd=price + 0.02,
+                                          offer_count=3))
+        session.commit()
+        rebuild_daily(session)
+    with sync_playwright() as p:
+        browser, page, errors = browse(p)
+        page.goto(url + "/")
+        page.wait_for_selector("#gpu option", state="attached")
+        page.select_option("#gpu", "RTX4090")
+        page.wait_for_function("window.priceChart && window.priceChart.series.some(s => s.label === 'vast seeded-a on-demand')")
+        points = page.evaluate("""() => { const u = window.priceChart;
+            return u.series.map((s, i) => [s.label, u.data[i].filter(v => v != null).length]); }""")
+        counts = dict(points[1:])
+        assert counts["vast seeded-a on-demand"] == 72 and counts["runpod seeded-b on-demand"] == 72
+        span = page.evaluate("() => { const x = window.priceChart.data[0]; return x[x.length - 1] - x[0]; }")
+        assert span >= 71 * 3600  # a real time axis, in seconds
+        ticks = page.evaluate("() => window.priceChart.axes.map(a => a._values)")  # what uPlot drew on the axes
+        assert ticks[1] and all(t.startswith("$") for t in ticks[1]) and any(t.startswith("$0.") for t in ticks[1])
+        assert len(ticks[0]) >= 3 and any(":" in t or "/" in t for t in ticks[0])  # dates and times, not numbers
+        box = page.locator("#chart .u-over").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5)
+        page.wait_for_selector("#tooltip", state="visible")
+        tip = page.locator("#tooltip").inner_text()
+        assert "UTC" in tip and "vast seeded-a on-demand: $0." in tip
+        page.screenshot(path="/tmp/dashboard-chart.png", clip={"x": 0, "y": box["y"] - 90, "width": 1300,
+                                                               "height": box["height"] + 200})
+        page.locator("#chart .u-legend .u-series", has_text="vast seeded-a on-demand").click()
+        assert page.evaluate("() => window.priceChart.series.find(s => s.label === 'vast seeded-a on-demand').show") is False
+        page.select_option("#days", "30")
+        page.wait_for_function("document.getElementById('chart-title').textContent.startsWith('daily')")
+        assert page.evaluate("() => window.priceChart.data[0].length") <= 5
+        assert not errors, errors
+        browser.close()
+
+
+def test_a_jobs_page_shows_progress_moving_and_cancel_cancels_it(served, backends, tiny_model_dir, toy_corpus):
+    from playwright.sync_api import sync_playwright
+
+    from planner.records import Campaign, Job
+    from planner.run.launching import build_supervisor
+    from pricing.db import session_factory
+    from tests.fakejob import add_fake_job, open_gate
+
+    settings, url = served
+    sessions = session_factory(settings.db_url)
+    campaign = Campaign(id="camp-demo", kind="bagging", params="{}", budget_usd=2.0)
+    spec = add_fake_job(settings, sessions, tiny_model_dir, toy_corpus, campaign=campaign, name="bag 0.4")
+    open_gate(spec, 3)
+    supervisor = build_supervisor(settings, sessions, backends)
+    stop = threading.Event()
+
+    def supervise():  # what `planner serve` does beside the API
+        while not stop.wait(0.2):
+            supervisor.tick()
+
+    ticking = threading.Thread(target=supervise, daemon=True)
+    ticking.start()
+    try:
+        with sync_playwright() as p:
+            browser, page, errors = browse(p)
+            page.goto(url + "/")
+            group = page.locator(".campaign[data-campaign=camp-demo]")
+            group.wait_for()
+            assert "bagging campaign" in group.inner_text() and "bag 0.4" in group.inner_text()
+            group.locator(f"a[href='#job={spec.job_id}']").click()
+            page.wait_for_function("document.getElementById('job-progress').textContent.includes('step 3/10')")
+            first = float(page.get_attribute("#job-bar", "data-fraction"))
+            assert first == pytest.approx(0.3)
+            assert "of $2.00" in page.locator("#job-spend").inner_text()
+            page.wait_for_function("document.getElementById('log').textContent.includes('step 3/10 loss')")
+            open_gate(spec, 6)
+            page.wait_for_function("document.getElementById('job-progress').textContent.includes('step 6/10')")
+            assert float(page.get_attribute("#job-bar", "data-fraction")) == pytest.approx(0.6)
+            page.wait_for_function("document.getElementById('log').textContent.includes('step 6/10 loss')")
+            assert "ETA" in page.locator("#job-progress").inner_text()
+            rows = page.locator("#attempts tbody tr")
+            assert rows.count() == 1 and "local" in rows.first.inner_text() and "running" in rows.first.inner_text()
+            page.screenshot(path="/tmp/dashboard-job.png", full_page=True)
+            page.click("#cancel")
+            page.wait_for_function("document.getElementById('cancel-result').textContent.startsWith('cancelled: ')")
+            assert spec.job_id in page.locator("#cancel-result").inner_text()
+            page.wait_for_function("document.getElementById('job-title').textContent.includes('cancelled')")
+            assert "cancelled" in page.locator("#attempts tbody tr").first.inner_text()
+            assert page.locator("#cancel").is_hidden()
+            page.screenshot(path="/tmp/dashboard-job-cancelled.png", full_page=True)
+            assert not errors, errors
+            browser.close()
+    finally:
+        stop.set()
+        ticking.join(10)
+    with sessions() as session:
+        assert session.get(Job, spec.job_id).state == "cancelled"
 
 
 def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_model_dir, toy_corpus, tmp_path):
@@ -90,7 +254,7 @@ def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_
         row = page.locator("#jobs tbody tr", has_text=job.spec.job_id)
         row.wait_for()
         cells = [c.strip() for c in row.locator("td").all_inner_texts()]
-        assert cells[1] == "evaluate" and cells[2] == "succeeded" and cells[3] == "1"
-        assert cells[4].startswith("$") and float(cells[4].lstrip("$")) > 0 and cells[5].startswith("local")
+        assert cells[1] == "evaluate" and cells[2] == "succeeded" and cells[5] == "1"
+        assert cells[6].startswith("$") and float(cells[6].lstrip("$")) > 0 and cells[7].startswith("local")
         assert "committed" in page.locator("#budget").inner_text()
         browser.close()

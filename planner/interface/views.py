@@ -100,7 +100,7 @@ def jobs_view(session: Session, ident: str) -> dict | None:
         return None
     details = [job_detail(session, job) for job in jobs]
     return {"campaign": campaign.id if campaign else None,
-            "budget_usd": campaign.budget_usd if campaign else jobs[0].budget_usd,
+            "budget_usd": campaign.budget_usd if campaign else budget_of(session, jobs[0])[0],
             "jobs": details, "dollars": round(sum(a["dollars"] for j in details for a in j["attempts"]), 4),
             "spent_usd": round(sum(j["spent_usd"] for j in details), 4)}
 

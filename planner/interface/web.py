@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from planner.config import Settings
@@ -21,6 +21,8 @@ from planner.run import pricebook
 from pricing import store
 
 OPEN_PATHS = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+# The dashboard's own files (vendored uPlot, MIT: data/uPlot.LICENSE), served from the package: no CDN.
+STATIC = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css", "uPlot.LICENSE": "text/plain"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -44,7 +46,7 @@ def create_app(settings: Settings, backends: dict | None = None) -> FastAPI:
         return built
 
     def authorize(request: Request) -> None:
-        if settings.api_token is None or request.url.path in OPEN_PATHS:
+        if settings.api_token is None or request.url.path in OPEN_PATHS or request.url.path.startswith("/static/"):
             return
         expected = f"Bearer {settings.api_token.get_secret_value()}"
         if not hmac.compare_digest(request.headers.get("Authorization", ""), expected):
@@ -55,6 +57,13 @@ def create_app(settings: Settings, backends: dict | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:
         return resources.files("planner.interface").joinpath("data", "dashboard.html").read_text()
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404, "no such file")
+        data = resources.files("planner.interface").joinpath("data", name).read_bytes()
+        return Response(data, media_type=STATIC[name], headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/health")
     def health() -> dict:
