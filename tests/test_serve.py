@@ -119,8 +119,35 @@ def test_api_prices_history_and_dashboard(upgraded, recorded_providers):
     history = client.get("/prices/history", params={"gpu": "RTX 4090"}).json()
     assert history["rows"] and history["bucket"] == "hour"
     page = client.get("/")
-    assert page.status_code == 200 and "Cheapest offers now" in page.text
+    assert page.status_code == 200 and "Offers now" in page.text and "/static/uPlot.iife.min.js" in page.text
     assert "/prices" in client.get("/openapi.json").json()["paths"]
+    script = client.get("/static/uPlot.iife.min.js")  # vendored, so the page works offline
+    assert script.status_code == 200 and "uPlot" in script.text and "javascript" in script.headers["content-type"]
+    assert client.get("/static/uPlot.LICENSE").text.startswith("The MIT License")
+    assert client.get("/static/..%2Fweb.py").status_code == 404 and client.get("/static/x.js").status_code == 404
+    everything = client.get("/prices", params={"limit": 500}).json()["offers"]
+    two = client.get("/prices", params={"limit": 500, "gpus": 2, "sort": "vram"}).json()["offers"]
+    assert two and all(o["gpu_count"] == 2 for o in two) and len(two) < len(everything)
+    assert [o["vram_gb"] for o in two] == sorted((o["vram_gb"] for o in two), reverse=True)
+    cheap = client.get("/prices", params={"limit": 500, "max_price": 0.3, "min_reliability": 0.9}).json()["offers"]
+    assert all(o["price_usd_per_gpu_hour"] <= 0.3 and o["reliability"] >= 0.9 for o in cheap)
+    assert client.get("/prices", params={"sort": "cheap"}).status_code == 422
+    jobs = client.get("/jobs").json()
+    assert jobs["jobs"] == [] and jobs["campaigns"] == []
+    assert client.get("/jobs/nope/logs").json() == {"job": "nope", "attempt": None, "lines": []}
+
+
+def test_cancel_needs_the_token_beyond_localhost_and_refuses_other_origins(upgraded, monkeypatch):
+    client = TestClient(create_app(upgraded))  # its requests come from host "testclient", not loopback
+    assert client.post("/jobs/nope/cancel").status_code == 403
+    monkeypatch.setenv("PLANNER_API_TOKEN", "s3cret-token")
+    client = TestClient(create_app(load_settings()))
+    auth = {"Authorization": "Bearer s3cret-token"}
+    assert client.post("/jobs/nope/cancel").status_code == 401
+    assert client.post("/jobs/nope/cancel", headers=auth).status_code == 404
+    evil = client.post("/jobs/nope/cancel", headers={**auth, "Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "cross-origin" in evil.text
+    assert client.post("/jobs/nope/cancel", headers={**auth, "Origin": "http://testserver"}).status_code == 404
 
 
 def test_token_required_beyond_localhost(upgraded, monkeypatch):
