@@ -35,6 +35,7 @@ class Offer:
     ram_gb: float | None = None
     disk_gb: float | None = None
     stock: str | None = None  # RunPod stockStatus: High/Medium/Low
+    tflops: float | None = None  # measured peak per GPU where no table entry gives it (this machine's CPU)
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)

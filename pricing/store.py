@@ -63,7 +63,7 @@ class OfferRow(Base):
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     def to_offer(self) -> Offer:
-        return Offer(**{field: getattr(self, field) for field in Offer.__dataclass_fields__})
+        return Offer(**{field: getattr(self, field) for field in Offer.__dataclass_fields__ if hasattr(self, field)})
 
 
 class PriceHourly(Base):

@@ -27,10 +27,7 @@ from pricing.offer import Offer
 def needs_for(spec: JobSpec, remaining_fraction: float = 1.0, shapes: dict[str, str] | None = None) -> Needs:
     """The estimate for a spec's parameters (the same names as the job's flags), scaled to the work left.
     `shapes` maps models that do not exist yet to one with their architecture (CampaignPlan.model_shapes)."""
-    needs = kinds.size(spec.kind, spec.params, shapes)
-    if remaining_fraction < 1.0:
-        needs = replace(needs, flops=needs.flops * remaining_fraction, io_bytes=needs.io_bytes * remaining_fraction)
-    return needs
+    return kinds.size(spec.kind, spec.params, shapes).remaining(remaining_fraction)
 
 
 def limits_for(job: Job, settings: Settings, session: Session, *, excluded: frozenset[str] = frozenset(),
