@@ -223,7 +223,8 @@ _PROJECT = "(default: planner.toml, else {default})"
 def _opt(key: str | None, *decls: str, help: str, hidden: bool = False, default=None):
     if key is not None:
         builtin = JOB_KEYS[key][1]
-        help = f"{help} " + _PROJECT.format(default="none" if builtin is None else builtin)
+        unset = {"spot": "either", "method": "the recipe's for the model"}.get(key, "none")
+        help = f"{help} " + _PROJECT.format(default=unset if builtin is None else builtin)
     return typer.Option(default, *decls, help=help, hidden=hidden)
 
 
