@@ -63,6 +63,16 @@ def quiet_progress_bars(stream=None) -> bool:
                            ("transformers.utils.logging", "disable_progress_bar")):
         if module in sys.modules:  # already imported: its switch was read at import time
             getattr(sys.modules[module], switch)()
+    std = sys.modules.get("tqdm.std")  # tqdm read TQDM_* when it was imported: default disable=True now
+    if std is not None and not getattr(std.tqdm.__init__, "quiet", False):
+        init = std.tqdm.__init__
+
+        def quiet_init(self, *args, **kwargs):
+            kwargs.setdefault("disable", True)
+            init(self, *args, **kwargs)
+
+        quiet_init.quiet = True
+        std.tqdm.__init__ = quiet_init
     return True
 
 

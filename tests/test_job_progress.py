@@ -129,3 +129,28 @@ def test_cancel_through_the_run_layer_terminates_the_job(world):
     with sessions() as session:
         assert [a.outcome for a in attempts_of(session, spec.job_id)] == ["cancelled"]
     assert cancel_jobs(settings, sessions, "nope", backends) is None
+
+
+def test_jobs_turn_progress_bars_off_when_their_output_is_no_terminal(monkeypatch):
+    from jobs.lifecycle import quiet_progress_bars
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    assert quiet_progress_bars(Terminal()) is False
+    assert "TQDM_DISABLE" not in __import__("os").environ
+    import tqdm.std
+    import transformers.utils.logging as hf_logging
+
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", tqdm.std.tqdm.__init__)  # the patch below is undone after
+    assert quiet_progress_bars(io.StringIO()) is True
+    env = __import__("os").environ
+    assert env["TQDM_DISABLE"] == "1" and env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert not hf_logging.is_progress_bar_enabled()
+    # tqdm was imported before the environment said so (it reads TQDM_* at import): patched to default off
+    assert tqdm.std.tqdm(total=3, file=io.StringIO()).disable
+    assert not tqdm.std.tqdm(total=3, file=io.StringIO(), disable=False).disable  # an explicit choice stands
