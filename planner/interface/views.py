@@ -40,6 +40,8 @@ def job_progress(job: Job, attempts: list[Attempt], *, fresh: bool = True) -> di
         return None
     if job.state == "succeeded" and parsed.total:  # the last file predates the last step
         parsed = progress_file.Progress(**{**parsed.__dict__, "done": parsed.total, "eta_s": 0.0})
+    elif job.state in FINAL_STATES:  # stopped short: no time left to estimate
+        parsed = progress_file.Progress(**{**parsed.__dict__, "eta_s": None})
     return parsed.as_dict() | {"text": progress_file.describe(parsed)}
 
 
