@@ -62,6 +62,24 @@ def recorded_providers(httpserver, monkeypatch):
     monkeypatch.setenv("PLANNER_VAST_DISK_GB", "50")
     httpserver.expect_request("/rp/graphql", method="POST").respond_with_data(
         recorded_payload("/graphql"), content_type="application/json")
+    httpserver.expect_request("/rp/v2/catalog/gpus", method="GET").respond_with_json(v2_catalog())  # with a key
     httpserver.expect_request("/vast/api/v0/bundles/", method="POST").respond_with_data(
         recorded_payload("/api/v0/bundles/"), content_type="application/json")
     return httpserver
+
+
+def v2_catalog() -> dict:
+    """The recorded GraphQL gpuTypes as RunPod REST v2 `/v2/catalog/gpus?include=AVAILABILITY` answers
+    (reference note provider-apis-2026-12 §2.1: per-GPU list prices, availability upper case)."""
+    import json
+
+    from planner.run.replay import recorded_payload
+
+    gpus = []
+    for g in json.loads(recorded_payload("/graphql"))["data"]["gpuTypes"]:
+        stock = (g.get("lowestPrice") or {}).get("stockStatus")
+        gpus.append({"id": g["id"], "name": g.get("displayName"), "manufacturer": "NVIDIA", "memory": g["memoryInGb"],
+                     "secure": bool(g.get("securePrice")), "community": bool(g.get("communityPrice")),
+                     "price": {"secure": g.get("securePrice"), "community": g.get("communityPrice")},
+                     "availability": stock.upper() if stock else "NONE"})
+    return {"gpus": gpus}

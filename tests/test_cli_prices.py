@@ -40,7 +40,7 @@ def test_refresh_then_show_gives_per_gpu_prices(cli, recorded_providers):
     by_key = {o["offer_key"]: o for o in offers}
     # RunPod: prices are per GPU already; one offer per (type, tier); the "unknown" type is dropped.
     a100 = by_key["NVIDIA A100 80GB PCIe|community"]
-    assert (a100["on_demand_usd_per_gpu_hour"], a100["spot_usd_per_gpu_hour"]) == (1.59, 0.89)
+    assert (a100["on_demand_usd_per_gpu_hour"], a100["spot_usd_per_gpu_hour"]) == (1.59, None)  # RunPod: no spot
     assert by_key["NVIDIA A100 80GB PCIe|secure"]["spot_usd_per_gpu_hour"] is None
     assert not any(o["gpu_name_raw"] == "unknown" for o in offers)
     assert by_key["NVIDIA GeForce RTX 3090|community"]["available"] is False
@@ -205,7 +205,7 @@ def test_keys_never_in_output_logs_or_database(cli, recorded_providers, httpserv
     monkeypatch.setenv("VAST_API_KEY", VAST_KEY)
     if fault != "ok":
         httpserver.clear()
-        for path in ("/rp/graphql", "/vast/api/v0/bundles/"):
+        for path in ("/rp/graphql", "/rp/v2/catalog/gpus", "/vast/api/v0/bundles/"):
             if fault == "graphql-error":
                 httpserver.expect_request(path).respond_with_json({"errors": [{"message": f"bad key {RUNPOD_KEY}"}]})
             else:
@@ -222,4 +222,4 @@ def test_keys_never_in_output_logs_or_database(cli, recorded_providers, httpserv
         assert RUNPOD_KEY not in request.get_data(as_text=True) and VAST_KEY not in request.get_data(as_text=True)
     if fault == "ok":
         auth = {r.path: r.headers.get("Authorization") for r, _ in httpserver.log}
-        assert auth == {"/rp/graphql": f"Bearer {RUNPOD_KEY}", "/vast/api/v0/bundles/": f"Bearer {VAST_KEY}"}
+        assert auth == {"/rp/v2/catalog/gpus": f"Bearer {RUNPOD_KEY}", "/vast/api/v0/bundles/": f"Bearer {VAST_KEY}"}
