@@ -130,6 +130,12 @@ def resolve(raw_name: str, vram_gb: float | None = None) -> GpuSpec | None:
     return min(candidates, key=lambda spec: abs(spec.vram_gb - vram_gb))
 
 
+@lru_cache(maxsize=1)
+def _models() -> dict[str, GpuSpec]:
+    return {spec.model: spec for spec in reversed(GPUS)}  # the first entry wins, as a scan would
+
+
 def by_model(model: str) -> GpuSpec | None:
-    """The entry for a canonical model name (as stored on offers), or None."""
-    return next((spec for spec in GPUS if spec.model == model), None) or resolve(model)
+    """The entry for a canonical model name (as stored on offers), or None. A dict lookup: the planner
+    calls it once per offer of a 20,000-offer book."""
+    return _models().get(model) or resolve(model)

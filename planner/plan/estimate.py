@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs import recipe
@@ -149,6 +149,14 @@ class Needs:
     gb_per_sequence: float = 0.0  # activations of one sequence in a chunk
     fixed_mini_batch: int | None = None  # the user chose --mini-batch-size
     cache_flops: float = 0.0  # the gradient cache's extra first forward, when the batch is chunked
+
+    def remaining(self, fraction: float) -> Needs:
+        """The same job with only `fraction` of its work left (a relaunch from a checkpoint): every
+        per-token cost scales, the gradient cache's first pass included; memory does not."""
+        if fraction >= 1.0:
+            return self
+        return replace(self, flops=self.flops * fraction, io_bytes=self.io_bytes * fraction,
+                       cache_flops=self.cache_flops * fraction)
 
     def gpus_used(self, gpu_count: int) -> int:
         return gpu_count if self.data_parallel else 1
