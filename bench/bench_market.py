@@ -1,30 +1,45 @@
 """Market simulator: the five-bag BOOM campaign plus its merge, 1,000 times per strategy, on moving markets.
 
-    .venv/bin/python bench/bench_market.py [--runs 1000] [--seed 0] [--markets recorded synthetic]
+    .venv/bin/python bench/bench_market.py [--runs 1000] [--seed 0 7 ...] [--markets recorded synthetic]
 
 Strategies, each seeing the same price traces and drawing from the same fates (one seeded stream per
 run, per offer and per attempt, shared by all strategies):
-  ours       planner.plan.choose.choose (expected dollars to finish: speed from the GPU table and the prior
-             efficiency, startup, expected rework at interruption rates that start from our prior and
-             learn from the campaign's own attempts), the interrupted offer cooling down for an hour,
-             and the budget ledger's rule: each attempt reserves its worst case before launch and is
-             stopped when it has spent it, so a campaign never passes its budget;
-  naive      the cheapest $/hour (spot or on-demand) with enough VRAM, relaunched the same way;
-  on-demand  the cheapest on-demand $/hour with enough VRAM.
+  ours       planner.plan.choose.choose (expected dollars to finish: speed from the GPU table, every GPU
+             of an offer at the data-parallel scaling prior, the efficiency learned from the campaign's
+             own attempts (the median achieved efficiency per GPU model and count, as
+             choose.learned_efficiency; the kind's prior until one is measured), startup, expected
+             rework at interruption rates that start from our prior and learn from the campaign's own
+             attempts), the interrupted offer cooling down for an hour, and the budget ledger's rule:
+             each attempt reserves its worst case before launch and is stopped when it has spent it,
+             so a campaign never passes its budget;
+  naive      the cheapest $/GPU-hour (spot or on-demand) that fits (VRAM for the recipe's smallest
+             gradient-cache chunk), paying for the whole instance, relaunched the same way;
+  on-demand  the same among on-demand prices only.
 Every strategy checkpoints every 15 minutes of work, pays 0.15 h of startup per attempt, bids 5 %
-over the current minimum for spot, and runs the bags in parallel, then the merge.
+over the current minimum for spot, and runs the bags in parallel, then the merge. A bag uses every
+GPU of its instance (data parallel, the gradient-cache chunk chosen per card as the planner does);
+the merge uses one process.
 
 The world (unknown to every strategy): prices follow the book with a daily cycle (Vast interruptible
 bids +-10 %, peaking in US working hours) and jumps (on average every 2 days, lognormal factor
 sigma 0.25); a spot attempt ends when the market price passes its bid (outbid) or at a random
-interruption, whose true rate per hour is runpod secure 0.04, community 0.10, vast verified 0.12,
-unverified 0.35 (on-demand hosts fail at 0.002 / 0.005 / 0.01 / 0.03); a GPU's true efficiency is
-the job kind's prior times a lognormal factor (sigma 0.25) drawn per GPU model and run.
+interruption, whose true rate per hour is vast verified 0.12, unverified 0.35 (RunPod rents no spot
+pods: its offers are on-demand only in both books; on-demand hosts fail at runpod secure 0.002,
+community 0.005, vast verified 0.01, unverified 0.03); a GPU's true efficiency is the job kind's
+prior times a lognormal factor (sigma 0.25) drawn per GPU model and run; an instance's true
+data-parallel scaling keeps s per doubling of GPUs, s drawn per offer and run from a normal
+around the planner's prior (mean 0.92, sd 0.04, within 0.80..1.00). An attempt's achieved efficiency
+(true efficiency x its scaling) is measured once it has saved its first checkpoint, as the
+supervisor reads it from the progress file, and only ours uses it.
 
 Markets: `recorded` is the recorded price book (pricing/data, refreshed through the real provider code),
-`synthetic` a book of 31 GPU models x RunPod secure/community and Vast verified/unverified offers at
-list-like prices with a 25 % spread. The job: Qwen3-4B, LoRA, a 500k-record corpus of 350 tokens a
-record, one hard negative, bags of 20/40/60/80/100 %; deadline one week. The budget of a campaign is
+`synthetic` a book drawn from the seed: 31 GPU models x RunPod secure/community (one GPU per pod, as
+RunPod's reader lists them) and Vast verified/unverified offers at list-like prices with a 25 %
+spread; Vast has two 1-GPU offers per model and tier and, often, 2x/4x/8x instances (present with
+probability 0.8/0.7/0.5) at 0.80-1.00x the 1-GPU price per GPU. The job: Qwen3-4B bags as the BOOM
+recipe sizes them (train_needs with method None: LoRA, 128 queries x a group of 8 documents per
+step, the gradient-cache chunk chosen per card and its cached first pass priced), a 500k-record
+corpus of 350 tokens a record, one hard negative, bags of 20/40/60/80/100 %; deadline one week. The budget of a campaign is
 1.25 x the expected cost of the on-demand plan at the start (what a lab would budget from on-demand
 quotes). Reported per market and strategy: mean and median dollars, median hours to finish,
 the share finished (all six jobs done within the week), completion rate (finished without passing the
@@ -46,7 +61,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose  # noqa: E402
+from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose, efficiency_from  # noqa: E402
 from planner.plan.kinds import efficiency_prior  # noqa: E402
 from planner.plan.estimate import QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
 from pricing import gpus  # noqa: E402
@@ -58,8 +73,7 @@ BID_MARGIN = 0.05
 DEADLINE_HOURS = 168.0
 COOLDOWN_HOURS = 1.0
 RETRY_HOURS = 0.25  # a supervisor tick for a job that found no placement
-TRUE_SPOT_RATE = {("runpod", "secure"): 0.04, ("runpod", "community"): 0.10, ("vast", "verified"): 0.12,
-                  ("vast", "unverified"): 0.35}
+TRUE_SPOT_RATE = {("vast", "verified"): 0.12, ("vast", "unverified"): 0.35}  # RunPod: no spot pods
 TRUE_ON_DEMAND_RATE = {("runpod", "secure"): 0.002, ("runpod", "community"): 0.005, ("vast", "verified"): 0.01,
                        ("vast", "unverified"): 0.03}
 SYNTHETIC_PRICES = {  # on-demand $/GPU-hour, roughly the market's list prices
@@ -70,6 +84,8 @@ SYNTHETIC_PRICES = {  # on-demand $/GPU-hour, roughly the market's list prices
     "A100-80GB-PCIe": 1.19, "A100-80GB-SXM": 1.39, "H100-PCIe": 1.99, "H100-SXM": 2.69, "H200": 3.59,
     "V100": 0.19, "RTX-PRO-6000": 1.79,
 }
+MULTI_GPU_SHARE = {2: 0.8, 4: 0.7, 8: 0.5}  # Vast: how often a model and tier has an instance of that many GPUs
+TRUE_SCALING = (0.92, 0.04, 0.80, 1.00)  # per doubling of data-parallel GPUs: mean, sd, floor, ceiling
 
 
 # --- the markets ---------------------------------------------------------------------------------
@@ -82,7 +98,8 @@ def recorded_book() -> list[Offer]:
     directory = Path(tempfile.mkdtemp(prefix="bench-market-")) / "book"
     run_price_book(directory)
     with pricebook.sessions_for(demo_settings(directory, "http://127.0.0.1:9"))() as session:
-        return store.current_offers(session, store.OfferQuery(limit=None))
+        offers = store.current_offers(session, store.OfferQuery(limit=None))
+    return [dataclasses.replace(o, spot_usd_per_gpu_hour=None) if o.provider == "runpod" else o for o in offers]
 
 
 def synthetic_book(seed: int) -> list[Offer]:
@@ -92,14 +109,18 @@ def synthetic_book(seed: int) -> list[Offer]:
     now, offers = utcnow(), []
     for model, price in SYNTHETIC_PRICES.items():
         spec = gpus.by_model(model)
-        for provider, tier, markup, spot_share in (("runpod", "secure", 1.15, 0.55), ("runpod", "community", 1.0, 0.5),
+        for provider, tier, markup, spot_share in (("runpod", "secure", 1.15, None), ("runpod", "community", 1.0, None),
                                                     ("vast", "verified", 0.9, 0.45), ("vast", "unverified", 0.75, 0.4)):
-            for n in range(2 if provider == "vast" else 1):
-                on_demand = price * markup * rng.uniform(0.75, 1.25)
-                offers.append(Offer(provider=provider, offer_key=f"{model}|{tier}|{n}", gpu_model=model,
-                                    gpu_name_raw=model, vram_gb=spec.vram_gb, gpu_count=1,
-                                    on_demand_usd_per_gpu_hour=round(on_demand, 4),
-                                    spot_usd_per_gpu_hour=round(on_demand * spot_share * rng.uniform(0.8, 1.2), 4),
+            counts = [1]
+            if provider == "vast":
+                counts += [1] + [n for n, share in MULTI_GPU_SHARE.items() if rng.random() < share]
+            for i, count in enumerate(counts):
+                bulk = 1.0 if count == 1 else rng.uniform(0.80, 1.00)
+                on_demand = price * markup * bulk * rng.uniform(0.75, 1.25)
+                spot = None if spot_share is None else round(on_demand * spot_share * rng.uniform(0.8, 1.2), 4)
+                offers.append(Offer(provider=provider, offer_key=f"{model}|{tier}|{count}x|{i}", gpu_model=model,
+                                    gpu_name_raw=model, vram_gb=spec.vram_gb, gpu_count=count,
+                                    on_demand_usd_per_gpu_hour=round(on_demand, 4), spot_usd_per_gpu_hour=spot,
                                     tier=tier, location="US", available=True, fetched_at=now))
     return offers
 
@@ -110,6 +131,9 @@ class Traces:
     def __init__(self, seed: int):
         self.seed = seed
         self.cache: dict[str, tuple[list[float], list[float]]] = {}
+        self.books: dict[int, list[Offer]] = {}  # the whole book per hour: prices only move on hour boundaries
+        self.cheapest: dict[tuple, tuple[float, str, bool, Offer, float] | None] = {}
+        self.fitting: dict[tuple, list[Offer]] = {}
 
     def _series(self, offer: Offer) -> tuple[list[float], list[float]]:
         if offer.offer_key not in self.cache:
@@ -141,12 +165,34 @@ class Traces:
         return None
 
     def book_at(self, offers: list[Offer], t: float) -> list[Offer]:
-        return [dataclasses.replace(o, on_demand_usd_per_gpu_hour=_per_gpu(self.price(o, False, t), o),
-                                    spot_usd_per_gpu_hour=_per_gpu(self.price(o, True, t), o)) for o in offers]
+        hour = int(t)
+        if hour not in self.books:
+            self.books[hour] = [_priced(o, _per_gpu(self.price(o, False, t), o), _per_gpu(self.price(o, True, t), o))
+                                for o in offers]
+        return self.books[hour]
+
+    def cheapest_at(self, key, offers: list[Offer], spot_allowed: bool, t: float):
+        """(per-GPU $/h, offer key, spot, offer, instance $/h) of the cheapest per GPU-hour among `offers`
+        (named by `key`) at hour t, or None; the same for every strategy that asks in that hour."""
+        slot = (key, spot_allowed, int(t))
+        if slot not in self.cheapest:
+            options = [(price / o.gpu_count, o.offer_key, spot, o, price) for o in offers
+                       for spot in ((False, True) if spot_allowed else (False,))
+                       if (price := self.price(o, spot, t)) is not None]
+            self.cheapest[slot] = min(options, key=lambda x: x[:3]) if options else None
+        return self.cheapest[slot]
 
 
 def _per_gpu(price: float | None, offer: Offer) -> float | None:
     return None if price is None else price / offer.gpu_count
+
+
+def _priced(offer: Offer, on_demand: float | None, spot: float | None) -> Offer:
+    """The offer at other prices: dataclasses.replace without its per-call field walk (a book of 300
+    offers is repriced for every hour a strategy launches in)."""
+    copy = object.__new__(Offer)
+    copy.__dict__.update(offer.__dict__, on_demand_usd_per_gpu_hour=on_demand, spot_usd_per_gpu_hour=spot)
+    return copy
 
 
 # --- the campaign --------------------------------------------------------------------------------
@@ -154,7 +200,7 @@ def _per_gpu(price: float | None, offer: Offer) -> float | None:
 def campaign_needs():
     shape = QWEN3["Qwen/Qwen3-4B"]
     stats = CorpusStats(500_000, 350.0, 1.0, measured=False)
-    bags = [train_needs(shape, stats, fraction=f, method="lora") for f in FRACTIONS]
+    bags = [train_needs(shape, stats, fraction=f, method=None) for f in FRACTIONS]  # the BOOM recipe: LoRA
     return bags, merge_needs(shape, len(FRACTIONS))
 
 
@@ -169,27 +215,38 @@ class Pick:
 def pick_ours(needs, book, t, state) -> Pick | None:
     limits = Limits(budget_left_usd=state.budget - state.committed(), checkpoint_hours=CHECKPOINT_HOURS,
                     exclude_offer_keys=frozenset(k for k, until in state.cooling.items() if until > t))
-    winner = choose(needs, book, limits, now=book[0].fetched_at, observed=state.observed,
-                    efficiency_prior=efficiency_prior(needs.kind.partition("/")[0], needs.kind)).winner
+    prior = efficiency_prior(needs.kind.partition("/")[0], needs.kind)
+    measured = state.measured_at(needs.kind, t)
+    winner = choose(needs, book, limits, now=book[0].fetched_at, observed=state.observed, efficiency_prior=prior,
+                    efficiency=lambda model, count: efficiency_from(measured.get(model, {}), prior, count)).winner
     if winner is None:
         return None
     return Pick(winner.offer, winner.spot, winner.usd_per_hour, winner.worst_case_usd)
 
 
-def pick_cheapest(needs, book, t, state, spot_allowed: bool) -> Pick | None:
-    options = [(price * o.gpu_count, spot, o) for o in book if o.vram_gb >= needs.vram_gb and o.available
-               for spot, price in ((False, o.on_demand_usd_per_gpu_hour), (True, o.spot_usd_per_gpu_hour))
-               if price is not None and (spot_allowed or not spot)]
-    if not options:
+def fits(needs, offer: Offer) -> bool:
+    """Enough VRAM per GPU for the job (for a bag: for the smallest gradient-cache chunk on this many GPUs)."""
+    return (offer.available and offer.vram_gb >= needs.vram_gb
+            and (not needs.sequences_per_step or needs.mini_batch_on(offer.vram_gb, needs.gpus_used(offer.gpu_count))
+                 is not None))
+
+
+def pick_cheapest(needs, offers, t, state, spot_allowed: bool, traces) -> Pick | None:
+    """The cheapest $/GPU-hour that fits; the whole instance is paid for."""
+    key = (needs.vram_gb, needs.sequences_per_step)  # what `fits` depends on (one book per run's traces)
+    if key not in traces.fitting:
+        traces.fitting[key] = [o for o in offers if fits(needs, o)]
+    best = traces.cheapest_at(key, traces.fitting[key], spot_allowed, t)
+    if best is None:
         return None
-    price, spot, offer = min(options, key=lambda x: (x[0], x[2].offer_key, x[1]))
+    _, _, spot, offer, price = best
     return Pick(offer, spot, price)
 
 
 STRATEGIES = {
-    "ours": pick_ours,
-    "naive": lambda needs, book, t, state: pick_cheapest(needs, book, t, state, True),
-    "on-demand": lambda needs, book, t, state: pick_cheapest(needs, book, t, state, False),
+    "ours": lambda needs, offers, t, state, traces: pick_ours(needs, traces.book_at(offers, t), t, state),
+    "naive": lambda needs, offers, t, state, traces: pick_cheapest(needs, offers, t, state, True, traces),
+    "on-demand": lambda needs, offers, t, state, traces: pick_cheapest(needs, offers, t, state, False, traces),
 }
 
 
@@ -200,24 +257,58 @@ class RunState:
         self.reserved: dict[int, float] = {}  # job -> reservation of its running attempt
         self.observed: dict[tuple[str, str, bool], tuple[float, float]] = {}
         self.cooling: dict[str, float] = {}
+        self.measurements: list[tuple[float, str, str, int, float]] = []  # (known from, kind, model, GPUs, eff.)
 
     def committed(self) -> float:
         return self.settled + sum(self.reserved.values())
 
+    def measured_at(self, kind: str, t: float) -> dict[str, dict[int, list[float]]]:
+        """GPU model -> GPU count -> achieved efficiencies of `kind` measured by time t."""
+        out: dict[str, dict[int, list[float]]] = {}
+        for known, k, model, count, eff in self.measurements:
+            if known <= t and k == kind:
+                out.setdefault(model, {}).setdefault(count, []).append(eff)
+        return out
 
-def true_hours(needs, offer: Offer, efficiency: dict[str, float]) -> float:
-    spec = gpus.by_model(offer.gpu_model)
-    peak = spec.bf16_tflops if spec else 0.5  # the jobs use one GPU: a 2-GPU offer is paid for, not faster
-    return needs.hours_on(peak, efficiency[offer.gpu_model] if needs.kind != "merge" else 1.0)
+
+class World:
+    """What no strategy knows: each GPU model's true efficiency and each instance's data-parallel scaling."""
+
+    def __init__(self, seed: int, offers: list[Offer]):
+        self.seed = seed
+        fate = random.Random(f"{seed}/efficiency")
+        self.efficiency = {m: efficiency_prior("train-bag", "train-bag/lora") * fate.lognormvariate(0, 0.25)
+                           for m in sorted({o.gpu_model for o in offers})}
+        self.scaling: dict[str, float] = {}
+
+    def per_doubling(self, offer: Offer) -> float:
+        if offer.offer_key not in self.scaling:
+            mean, sd, low, high = TRUE_SCALING
+            rng = random.Random(f"{self.seed}/scaling/{offer.provider}/{offer.offer_key}")
+            self.scaling[offer.offer_key] = min(high, max(low, rng.gauss(mean, sd)))
+        return self.scaling[offer.offer_key]
+
+    def achieved(self, needs, offer: Offer) -> float:
+        """Achieved / peak per GPU of a bag on this instance, its data-parallel losses included."""
+        return self.efficiency[offer.gpu_model] * self.per_doubling(offer) ** math.log2(needs.gpus_used(offer.gpu_count))
+
+    def hours(self, needs, offer: Offer) -> float:
+        if needs.kind == "merge":
+            return needs.hours_on(0.0, 1.0)
+        spec = gpus.by_model(offer.gpu_model)
+        ranks = needs.gpus_used(offer.gpu_count)
+        return needs.hours_on(spec.bf16_tflops if spec else 0.5, self.achieved(needs, offer), ranks,
+                              needs.flops_on(offer.vram_gb, ranks))
 
 
-def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: float, seed: int) -> dict:
-    """One campaign: bags in parallel, then the merge; returns dollars, hours, completed, overrun."""
+def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: float, seed: int,
+             traces: Traces | None = None, world: World | None = None, log: list | None = None) -> dict:
+    """One campaign: bags in parallel, then the merge; returns dollars, hours, completed, overrun.
+    `traces` and `world` (drawn from `seed` when not given) may be shared by the strategies of one run;
+    `log` collects every settled attempt (job, offer, spot, dollars, hours, how it ended)."""
     pick = STRATEGIES[strategy]
-    traces = Traces(seed)
-    fate = random.Random(f"{seed}/efficiency")
-    efficiency = {m: efficiency_prior("train-bag", "train-bag/lora") * fate.lognormvariate(0, 0.25)
-                  for m in sorted({o.gpu_model for o in offers})}
+    traces = traces or Traces(seed)
+    world = world or World(seed, offers)
     state = RunState(budget)
     merge_job = len(needs_list)
     progress = {j: 0.0 for j in range(merge_job + 1)}  # fraction of each job checkpointed
@@ -228,9 +319,8 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
 
     def launch(job: int, t: float) -> bool:
         needs = merge if job == merge_job else needs_list[job]
-        left = 1 - progress[job]  # as the supervisor does: plan the work that remains after the checkpoint
-        remaining = dataclasses.replace(needs, flops=needs.flops * left, io_bytes=needs.io_bytes * left)
-        chosen = pick(remaining, traces.book_at(offers, t), t, state) if t < DEADLINE_HOURS else None
+        remaining = needs.remaining(1 - progress[job])  # as the supervisor does: the work left after the checkpoint
+        chosen = pick(remaining, offers, t, state, traces) if t < DEADLINE_HOURS else None
         if chosen is None:
             return False
         attempts[job] += 1
@@ -238,7 +328,7 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
         price = chosen.usd_per_hour * (1 + BID_MARGIN if chosen.spot else 1)
         hazard = (TRUE_SPOT_RATE if chosen.spot else TRUE_ON_DEMAND_RATE).get(
             (chosen.offer.provider, chosen.offer.tier), 0.05)
-        total = true_hours(needs, chosen.offer, efficiency)
+        total = world.hours(needs, chosen.offer)
         end, how = t + STARTUP_HOURS + (1 - progress[job]) * total, "done"
         if (interrupted := t + rng.expovariate(hazard)) < end:
             end, how = interrupted, "interrupted"
@@ -248,6 +338,9 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
             state.reserved[job] = chosen.reserve
             if (spent_out := t + chosen.reserve / price) < end:
                 end, how = spent_out, "reservation spent"
+        if needs.kind != "merge" and end >= t + STARTUP_HOURS + CHECKPOINT_HOURS:  # its progress file says
+            state.measurements.append((t + STARTUP_HOURS + CHECKPOINT_HOURS, needs.kind, chosen.offer.gpu_model,
+                                       needs.gpus_used(chosen.offer.gpu_count), world.achieved(needs, chosen.offer)))
         heapq.heappush(events, (end, job, "end"))
         running[job] = (t, price, chosen, total, how)
         return True
@@ -267,6 +360,8 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
             continue
         start, price, chosen, total, how = running.pop(job)
         state.settled += price * (t - start)
+        if log is not None:
+            log.append((job, chosen.offer, chosen.spot, price * (t - start), t - start, how))
         state.reserved.pop(job, None)
         key = (chosen.offer.provider, chosen.offer.tier, chosen.spot)
         seen, hours = state.observed.get(key, (0.0, 0.0))
@@ -297,37 +392,70 @@ def on_demand_budget(offers, needs_list, merge) -> float:
     return 1.25 * total
 
 
+def run_market(market: str, seed: int, runs: int, needs_list, merge) -> tuple[list[Offer], float, dict, float]:
+    offers = recorded_book() if market == "recorded" else synthetic_book(seed)
+    offers = [dataclasses.replace(o, fetched_at=max(x.fetched_at for x in offers)) for o in offers]
+    budget = on_demand_budget(offers, needs_list, merge)
+    results: dict[str, list[dict]] = {strategy: [] for strategy in STRATEGIES}
+    started = time.perf_counter()
+    for run in range(runs):
+        run_seed = seed * 100_000 + run
+        traces, world = Traces(run_seed), World(run_seed, offers)  # the same market and fates for every strategy
+        for strategy in STRATEGIES:
+            results[strategy].append(simulate(strategy, offers, needs_list, merge, budget, run_seed, traces, world))
+    return offers, budget, results, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (each draws its own "
+                        "synthetic book and the runs' fates)")
     parser.add_argument("--markets", nargs="+", choices=["recorded", "synthetic"], default=["recorded", "synthetic"])
     args = parser.parse_args()
     needs_list, merge = campaign_needs()
-    print(f"campaign: Qwen3-4B LoRA bags {', '.join(f'{f:g}' for f in FRACTIONS)} + merge; VRAM "
-          f"{needs_list[0].vram_gb:.1f} GB per bag; work {needs_list[-1].flops / 1e15:,.0f} PFLOP for the 100 % bag; "
-          f"{args.runs} runs per strategy and market, seed {args.seed}\n")
-    print("| market | strategy | mean $ | median $ | median hours to finish | finished | completion (within "
-          "budget) | overruns | attempts per run | $ vs naive |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"campaign: Qwen3-4B BOOM-recipe bags ({needs_list[0].notes[-1]}) {', '.join(f'{f:g}' for f in FRACTIONS)} "
+          f"+ merge; VRAM {needs_list[0].vram_gb:.1f} GB per bag at the smallest chunk; work "
+          f"{needs_list[-1].flops / 1e15:,.0f} PFLOP (+{needs_list[-1].cache_flops / 1e15:,.0f} for the cache pass when "
+          f"chunked) for the 100 % bag; {args.runs} runs per strategy and market, seeds "
+          f"{', '.join(map(str, args.seed))}\n")
+    summary = []
+    for seed in args.seed:
+        print(f"seed {seed}\n\n| market | strategy | mean $ | median $ | median hours to finish | finished | completion "
+              "(within budget) | overruns | attempts per run | $ vs naive |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for market in args.markets:
+            offers, budget, results, elapsed = run_market(market, seed, args.runs, needs_list, merge)
+            naive_mean = statistics.fmean(r["usd"] for r in results["naive"])
+            row = {"seed": seed, "market": market, "offers": len(offers), "budget": budget}
+            for strategy, runs in results.items():
+                usd = [r["usd"] for r in runs]
+                hours = [r["hours"] for r in runs if r["finished"]]
+                median_hours = statistics.median(hours) if hours else float("nan")
+                completion = sum(r["completed"] for r in runs) / len(runs)
+                overruns = sum(r["overrun"] for r in runs)
+                print(f"| {market} ({len(offers)} offers, budget ${budget:,.0f}) | {strategy} | {statistics.fmean(usd):,.2f} | "
+                      f"{statistics.median(usd):,.2f} | {median_hours:,.1f} | "
+                      f"{sum(r['finished'] for r in runs) / len(runs):.1%} | {completion:.1%} | {overruns} | "
+                      f"{statistics.fmean(r['attempts'] for r in runs):.1f} | {statistics.fmean(usd) / naive_mean:.2f}x |",
+                      flush=True)
+                row[strategy] = {"ratio": statistics.fmean(usd) / naive_mean, "completion": completion,
+                                 "overruns": overruns, "hours": median_hours}
+            summary.append(row)
+            print(f"<!-- seed {seed} {market}: {elapsed:.0f} s for {len(STRATEGIES) * args.runs} campaigns -->",
+                  file=sys.stderr, flush=True)
+        print()
+    print("| seed | book | ours $ / naive $ | completion within budget: ours / naive / on-demand | overruns: ours / "
+          "naive / on-demand | median hours: ours / naive / on-demand |\n|---:|---|---:|---|---|---|")
+    for row in summary:
+        cells = [row[s] for s in STRATEGIES]
+        completion = " / ".join(f"{c['completion']:.1%}" for c in cells)
+        overruns = " / ".join(str(c["overruns"]) for c in cells)
+        hours = " / ".join(f"{c['hours']:.1f}" for c in cells)
+        print(f"| {row['seed']} | {row['market']} ({row['offers']} offers, budget ${row['budget']:,.0f}) | "
+              f"**{row['ours']['ratio']:.2f}x** | {completion} | {overruns} | {hours} |")
     for market in args.markets:
-        offers = recorded_book() if market == "recorded" else synthetic_book(args.seed)
-        offers = [dataclasses.replace(o, fetched_at=max(x.fetched_at for x in offers)) for o in offers]
-        budget = on_demand_budget(offers, needs_list, merge)
-        results = {}
-        started = time.perf_counter()
-        for strategy in STRATEGIES:
-            results[strategy] = [simulate(strategy, offers, needs_list, merge, budget, args.seed * 100_000 + run)
-                                 for run in range(args.runs)]
-        elapsed = time.perf_counter() - started
-        naive_mean = statistics.fmean(r["usd"] for r in results["naive"])
-        for strategy, runs in results.items():
-            usd = [r["usd"] for r in runs]
-            hours = [r["hours"] for r in runs if r["finished"]]
-            print(f"| {market} ({len(offers)} offers, budget ${budget:,.0f}) | {strategy} | {statistics.fmean(usd):,.2f} | "
-                  f"{statistics.median(usd):,.2f} | {statistics.median(hours) if hours else float('nan'):,.1f} | "
-                  f"{sum(r['finished'] for r in runs) / len(runs):.1%} | {sum(r['completed'] for r in runs) / len(runs):.1%} | {sum(r['overrun'] for r in runs)} | "
-                  f"{statistics.fmean(r['attempts'] for r in runs):.1f} | {statistics.fmean(usd) / naive_mean:.2f}x |")
-        print(f"<!-- {market}: {elapsed:.0f} s for {3 * args.runs} campaigns -->", file=sys.stderr)
+        worst = max((r for r in summary if r["market"] == market), key=lambda r: r["ours"]["ratio"])
+        print(f"\nworst seed, {market}: {worst['seed']} at {worst['ours']['ratio']:.2f}x naive")
 
 
 if __name__ == "__main__":
