@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from jobs import recipe
+from jobs import recipe, storage
 
 GB = 1024**3
 MIN_VRAM_GB = 3.0
@@ -86,10 +86,20 @@ class EstimateError(ValueError):
     """The model or data cannot be sized: one line saying what to give instead."""
 
 
-def model_shape(model: str) -> ModelShape:
+def _model_config(model: str) -> dict | None:
+    """The model's config.json: a local directory, or an fsspec URI (an uploaded input, a job's output)."""
+    if storage.is_remote(model):
+        try:
+            return storage.read_json(storage.join(model, "config.json"))
+        except (OSError, ValueError):
+            return None
     config_file = Path(model) / "config.json"
-    if config_file.exists():
-        config = json.loads(config_file.read_text())
+    return json.loads(config_file.read_text()) if config_file.exists() else None
+
+
+def model_shape(model: str) -> ModelShape:
+    config = _model_config(model)
+    if config is not None:
         config = config.get("text_config", config)
         heads = config["num_attention_heads"]
         return ModelShape(model, config["vocab_size"], config["hidden_size"], config["intermediate_size"],
