@@ -1,0 +1,224 @@
+"""Fake RunPod: REST v2 pods (note §2.2-2.3), the v2 GPU catalog (§2.1) and the GraphQL price and balance
+queries (§3), each pod's `args` run as a real box (tests.simcloud.box).
+
+- `POST /v2/pods` is strict: an unknown field (top level or in `gpu`) is 422 naming it; `cloud` must be
+  SECURE or COMMUNITY (ALL is gone); no capacity for the (gpu, cloud) is 400 with only `detail` saying so.
+  A 201 answers the Pod with `cost` (USD per hour, the billed rate) and `dataCenterId`.
+- `args` is one string handed to the image ENTRYPOINT; the PyTorch image has none, so it runs as a
+  shell command line (`/bin/sh -c ARGS`, as Docker runs a string CMD).
+- `GET /v2/pods/{id}`: RUNNING with a runtime while the box runs; EXITED (cost 0, runtime null) once its
+  command ends; 404 after DELETE (204). `GET /v2/pods` lists every pod and ignores unknown parameters.
+- `GET /v2/pods/{id}/logs`: Server-Sent Events `id:` + `data:{"ts","source","line"}`, `tail` (default 100,
+  0 = live only) and `Last-Event-ID` to resume; the stream follows the box while it runs.
+- Errors are RFC 9457 bodies; every answer has RateLimit headers; a 429 carries Retry-After.
+- Faults are injected per route: rp.create, rp.get, rp.list, rp.delete, rp.logs, rp.graphql, rp.catalog.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+
+from tests.simcloud.box import Box, now
+from tests.simcloud.server import FakeServer, Reply
+
+POD_FIELDS = {"name", "image", "templateId", "gpu", "cpu", "cloud", "dataCenterIds", "disk", "env", "ports", "args",
+              "registry", "mounts", "startSsh", "startJupyter", "globalNetworking"}
+GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
+RATE_HEADERS = {"RateLimit": "limit=60, remaining=59, reset=60", "RateLimit-Policy": "60;w=60"}
+CATALOG = {  # id -> (VRAM GB, price per GPU-hour by cloud)
+    "NVIDIA GeForce RTX 4090": (24, {"SECURE": 0.69, "COMMUNITY": 0.44}),
+    "NVIDIA RTX A6000": (48, {"SECURE": 0.79, "COMMUNITY": 0.49}),
+}
+
+
+def problem(status: int, title: str, detail: str, **extra) -> Reply:
+    return Reply(status, {"title": title, "status": status, "detail": detail, **extra}, RATE_HEADERS)
+
+
+class FakeRunPod(FakeServer):
+    def __init__(self, key: str, boxes_dir: Path, *, grace_s: float = 5.0):
+        super().__init__(key)
+        self.boxes_dir, self.grace_s = Path(boxes_dir), grace_s
+        self.pods: dict[str, dict] = {}
+        self.boxes: dict[str, Box] = {}
+        self.capacity: dict[tuple[str, str], int] = {}  # (gpu id, cloud) -> pods it can still start; absent: plenty
+        self.ids = itertools.count(1)
+        self.bills: dict[str, dict] = {}  # pod id -> {"name", "rate", "start", "end", "box"}
+        self.gone: dict[str, Box] = {}  # deleted pods' boxes (their logs stay readable)
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, method, path, query, body, headers):
+        if path == "/graphql" and method == "POST":
+            return "rp.graphql", lambda: self._graphql(body or {})
+        if path == "/v2/catalog/gpus" and method == "GET":
+            return "rp.catalog", self._catalog
+        if path == "/v2/pods" and method == "POST":
+            return "rp.create", lambda: self._create(body)
+        if path == "/v2/pods" and method == "GET":
+            return "rp.list", lambda: Reply(200, {"pods": [self._view(p) for p in self.pods.values()]}, RATE_HEADERS)
+        if match := re.fullmatch(r"/v2/pods/([\w-]+)/logs", path):
+            return "rp.logs", lambda: self._logs(match.group(1), query, headers)
+        if match := re.fullmatch(r"/v2/pods/([\w-]+)", path):
+            pod_id = match.group(1)
+            if method == "GET":
+                return "rp.get", lambda: self._get(pod_id)
+            if method == "DELETE":
+                return "rp.delete", lambda: self._delete(pod_id)
+        return "rp.other", lambda: problem(404, "Not Found", f"no route {method} {path}")
+
+    # ------------------------------------------------------------------ pods
+
+    def _create(self, body) -> Reply:
+        if not isinstance(body, dict):
+            return problem(422, "Unprocessable Entity", "the body must be a JSON object")
+        unknown = sorted(set(body) - POD_FIELDS)
+        if unknown:
+            return problem(422, "Unprocessable Entity", f"unknown field '{unknown[0]}'",
+                           errors=[{"field": f, "message": "unknown field"} for f in unknown])
+        gpu = body.get("gpu")
+        if not body.get("name") or not (body.get("image") or body.get("templateId")) or (gpu is None) == (
+                body.get("cpu") is None):
+            return problem(422, "Unprocessable Entity", "name, image and exactly one of gpu or cpu are required")
+        if not isinstance(gpu, dict) or set(gpu) - GPU_FIELDS:
+            bad = sorted(set(gpu) - GPU_FIELDS) if isinstance(gpu, dict) else ["gpu"]
+            return problem(422, "Unprocessable Entity", f"unknown field 'gpu.{bad[0]}'")
+        if "allowedCudaVersions" in gpu and "minCudaVersion" in gpu:
+            return problem(422, "Unprocessable Entity", "give allowedCudaVersions or minCudaVersion, not both")
+        cloud = body.get("cloud", "SECURE")
+        if cloud not in ("SECURE", "COMMUNITY"):
+            return problem(422, "Unprocessable Entity", f"cloud must be SECURE or COMMUNITY, not {cloud!r}")
+        env = body.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            return problem(422, "Unprocessable Entity", "env must be a map of strings")
+        if gpu.get("id") not in CATALOG:
+            return problem(400, "Bad Request", f"GPU type {gpu.get('id')!r} does not exist")
+        count = int(gpu.get("count", 1))
+        key = (gpu["id"], cloud)
+        if self.capacity.get(key, 1) <= 0:
+            return problem(400, "Bad Request", "There are no longer any instances available with the requested "
+                                               "specifications. Please refresh and try again.")
+        if key in self.capacity:
+            self.capacity[key] -= 1
+        pod_id = f"rp{next(self.ids):04d}x"
+        rate = round(CATALOG[gpu["id"]][1][cloud] * count, 4)
+        args = body.get("args") or ""
+        box = Box(self.boxes_dir, f"runpod-{pod_id}", ["/bin/sh", "-c", args] if args else ["/bin/true"], env,
+                  grace_s=self.grace_s)
+        pod = {"id": pod_id, "name": body["name"], "image": body.get("image"), "cloud": cloud,
+               "gpu": {"id": gpu["id"], "count": count, "vcpuCount": 8 * count, "memory": 62 * count},
+               "dataCenterId": "EU-RO-1", "cudaVersion": "12.8", "cost": rate, "createdAt": box.started_at.isoformat() + "Z",
+               "startedAt": box.started_at.isoformat() + "Z", "actions": ["stop", "restart", "terminate"],
+               "ssh": None, "env": env, "args": args, "ports": body.get("ports") or []}
+        with self.lock:
+            self.pods[pod_id], self.boxes[pod_id] = pod, box
+            self.bills[pod_id] = {"name": body["name"], "rate": rate, "start": box.started_at, "end": None, "box": box}
+        return Reply(201, self._view(pod), RATE_HEADERS)
+
+    def _view(self, pod: dict) -> dict:
+        box = self.boxes.get(pod["id"])
+        running = box is not None and box.alive
+        if not running and box is not None:
+            self._stopped_billing(pod["id"], box.stopped_at or now())
+        return {k: v for k, v in pod.items() if k not in ("env", "args")} | {
+            "status": "RUNNING" if running else "EXITED", "cost": pod["cost"] if running else 0,
+            "runtime": {"uptime": int((now() - box.started_at).total_seconds()),
+                        "gpus": [{"util": 90, "memoryUtil": 40}], "ports": []} if running else None}
+
+    def _get(self, pod_id: str) -> Reply:
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            return problem(404, "Not Found", f"pod {pod_id} not found")
+        return Reply(200, self._view(pod), RATE_HEADERS)
+
+    def _delete(self, pod_id: str) -> Reply:
+        with self.lock:
+            pod = self.pods.pop(pod_id, None)
+            box = self.boxes.pop(pod_id, None)
+        if pod is None:
+            return problem(404, "Not Found", f"pod {pod_id} not found")
+        if box is not None:
+            box.stop("terminated")
+            self._stopped_billing(pod_id, now())
+            self.gone[pod_id] = box
+        return Reply(204, None, RATE_HEADERS)
+
+    def _stopped_billing(self, pod_id: str, when) -> None:
+        bill = self.bills.get(pod_id)
+        if bill is not None and bill["end"] is None:
+            bill["end"] = when
+
+    # ------------------------------------------------------------------ logs (SSE)
+
+    def _logs(self, pod_id: str, query: dict, headers: dict) -> Reply:
+        box = self.boxes.get(pod_id) or self.gone.get(pod_id)
+        if pod_id not in self.pods:
+            return problem(404, "Not Found", f"pod {pod_id} not found")
+        tail = min(int(query.get("tail", 100)), 5000)
+        resume = headers.get("Last-Event-ID")
+
+        def events():
+            sent = int(resume) if resume and resume.isdigit() else None
+            lines = box.lines()
+            start = sent if sent is not None else (len(lines) if tail == 0 else max(0, len(lines) - tail))
+            deadline = time.monotonic() + 30
+            while True:
+                lines = box.lines()
+                for number in range(start, len(lines)):
+                    data = json.dumps({"ts": now().isoformat() + "Z", "source": "container", "line": lines[number]})
+                    yield f"id: {number + 1}\ndata: {data}\n\n"
+                start = len(lines)
+                if not box.alive or time.monotonic() > deadline:
+                    return
+                time.sleep(0.2)
+
+        return Reply(200, stream=events())
+
+    # ------------------------------------------------------------------ prices
+
+    def _catalog(self) -> Reply:
+        return Reply(200, {"gpus": [{"id": gpu_id, "name": gpu_id.replace("NVIDIA ", ""), "manufacturer": "NVIDIA",
+                                     "memory": vram, "secure": True, "community": True, "pool": None,
+                                     "price": {"secure": p["SECURE"], "community": p["COMMUNITY"], "serverless": None},
+                                     "maxCount": {"secure": 8, "community": 8}, "availability": "HIGH"}
+                                    for gpu_id, (vram, p) in CATALOG.items()]}, RATE_HEADERS)
+
+    def _graphql(self, body: dict) -> Reply:
+        query = body.get("query") or ""
+        if "myself" in query:
+            spend = sum(b["rate"] for b in self.bills.values() if b["end"] is None)
+            return Reply(200, {"data": {"myself": {"clientBalance": 100.0, "currentSpendPerHr": spend}}})
+        if "gpuTypes" in query:
+            return Reply(200, {"data": {"gpuTypes": [
+                {"id": gpu_id, "displayName": gpu_id.replace("NVIDIA ", ""), "memoryInGb": vram,
+                 "secureCloud": True, "communityCloud": True, "securePrice": p["SECURE"],
+                 "communityPrice": p["COMMUNITY"], "secureSpotPrice": None, "communitySpotPrice": None,
+                 "maxGpuCount": 8, "lowestPrice": {"minimumBidPrice": None, "uninterruptablePrice": p["COMMUNITY"],
+                                                   "stockStatus": "High"}}
+                for gpu_id, (vram, p) in CATALOG.items()]}})
+        return Reply(200, {"errors": [{"message": "unknown operation"}], "data": None})
+
+    # ------------------------------------------------------------------ for tests
+
+    def kill_host(self, pod_id: str) -> None:
+        """The host dies under the pod: the box is killed at once (no report), the pod shows EXITED."""
+        box = self.boxes[pod_id]
+        box.grace_s = 0.0
+        box.stop("host failure", wait=True)
+
+    def live(self) -> list[str]:
+        """Names of pods whose box still runs (orphans, once every job is final)."""
+        return [p["name"] for pid, p in self.pods.items() if self.boxes[pid].alive]
+
+    def billed_usd(self, name_prefix: str = "") -> float:
+        total = 0.0
+        for bill in self.bills.values():
+            if bill["name"].startswith(name_prefix):
+                box = bill["box"]
+                end = bill["end"] or (box.stopped_at if not box.alive and box.stopped_at else now())
+                seconds = -(-(end - bill["start"]).total_seconds() // 1)  # per-second billing, rounded up
+                total += bill["rate"] * seconds / 3600
+        return total

@@ -1,0 +1,245 @@
+"""Fake Vast.ai (note §4), each instance's command run as a real box (tests.simcloud.box).
+
+- `POST /api/v0/bundles/`: the asks, filtered by `id` when the query has `{"id": {"eq": N}}`; each with
+  `dph_total` (on-demand, whole machine), `min_bid`, `storage_cost` ($/GB-month), `num_gpus`, `gpu_name`.
+- `PUT /api/v0/asks/{id}/`: the input limits of create_instance.yaml (image <= 1024 chars, args + args_str +
+  onstart <= 4096, label <= 256, each env entry <= 256, disk >= 8, price 0.001-128) else 400
+  `invalid_args`; an unknown ask is 404 `no_such_ask`; with a `price` the instance is interruptible, and
+  a bid under the ask's current `min_bid` still creates a *stopped* instance: 400 `invalid_price` whose
+  body carries `new_contract` (the caller must destroy it; its storage bills meanwhile).
+  `runtype: "args"` keeps the image entrypoint: the box runs `[onstart] + args` (dstack's headless
+  form: onstart "/bin/sh", args ["-c", script]) or `args_str`; ssh/jupyter run `onstart` as a script.
+- `GET /api/v1/instances/`: 25 rows a page, `after_token` / `next_token` (null on the last page),
+  JSON `select_filters` on stored columns only (actual_status, label, gpu_name, id; others 400);
+  `GET /api/v0/instances/` answers 410 `deprecated_endpoint`; `GET /api/v0/instances/{id}/` still works.
+- `DELETE /api/v0/instances/{id}/` -> {success: true}; 404 `no_such_instance` when gone.
+- `PUT /api/v0/instances/request_logs/{id}/` -> {success, result_url}; the URL answers 404 twice, then the log.
+- An outbid instance is stopped (SIGTERM, SIGKILL after the grace) with cur_state = intended_status =
+  next_state = "stopped"; while stopped it bills storage only. 429s carry no Retry-After.
+- Faults are injected per route: vast.search, vast.create, vast.list, vast.get, vast.delete, vast.logs.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+import uuid
+from pathlib import Path
+
+from tests.simcloud.box import Box, now
+from tests.simcloud.server import FakeServer, Reply
+
+HOURS_PER_MONTH = 720
+PAGE = 25
+STORED_COLUMNS = {"actual_status", "label", "gpu_name", "id"}
+ASKS = {  # ask id -> (gpu name, VRAM GB, on-demand dph, min bid, storage $/GB-month)
+    101: ("RTX 4090", 24, 0.45, 0.30, 0.144),
+    102: ("RTX 4090", 24, 0.50, 0.35, 0.144),
+    103: ("RTX A6000", 48, 0.55, 0.33, 0.144),
+}
+
+
+def err(status: int, error: str, msg: str, **extra) -> Reply:
+    return Reply(status, {"success": False, "error": error, "msg": msg, **extra})
+
+
+class FakeVast(FakeServer):
+    def __init__(self, key: str, boxes_dir: Path, *, grace_s: float = 5.0):
+        super().__init__(key)
+        self.boxes_dir, self.grace_s = Path(boxes_dir), grace_s
+        self.instances: dict[int, dict] = {}
+        self.boxes: dict[int, Box] = {}
+        self.gone: dict[int, Box] = {}
+        self.min_bid = {ask: values[3] for ask, values in ASKS.items()}
+        self.ids = itertools.count(9001)
+        self.bills: dict[int, dict] = {}
+        self.log_urls: dict[str, dict] = {}
+
+    def route(self, method, path, query, body, headers):
+        if path == "/api/v0/bundles/" and method == "POST":
+            return "vast.search", lambda: self._search(body or {})
+        if match := re.fullmatch(r"/api/v0/asks/(\d+)/", path):
+            return "vast.create", lambda: self._create(int(match.group(1)), body or {})
+        if path == "/api/v1/instances/" and method == "GET":
+            return "vast.list", lambda: self._list(query)
+        if path == "/api/v0/instances/" and method == "GET":
+            return "vast.list_v0", lambda: Reply(410, {"success": False, "error": "deprecated_endpoint",
+                                                       "msg": "this endpoint is deprecated; use /api/v1/instances/"})
+        if match := re.fullmatch(r"/api/v0/instances/request_logs/(\d+)/", path):
+            return "vast.logs", lambda: self._request_logs(int(match.group(1)))
+        if match := re.fullmatch(r"/api/v0/instances/(\d+)/", path):
+            instance_id = int(match.group(1))
+            if method == "GET":
+                return "vast.get", lambda: self._get(instance_id)
+            if method == "DELETE":
+                return "vast.delete", lambda: self._delete(instance_id)
+        if match := re.fullmatch(r"/logs/([\w-]+)", path):
+            return "vast.log_url", lambda: self._log_url(match.group(1))
+        return "vast.other", lambda: err(404, "not_found", f"no route {method} {path}")
+
+    def authorized(self, header):
+        return header == f"Bearer {self.key}"
+
+    def unauthorized(self):
+        return err(404, "auth_error", "Invalid user key")  # note §4: a bad key may be 404 auth_error
+
+    # ------------------------------------------------------------------ offers and create
+
+    def _offer(self, ask: int) -> dict:
+        gpu, vram, dph, _, storage = ASKS[ask]
+        return {"id": ask, "ask_contract_id": ask, "gpu_name": gpu, "num_gpus": 1, "gpu_ram": vram * 1024,
+                "dph_total": dph, "dph_base": dph, "min_bid": self.min_bid[ask], "storage_cost": storage,
+                "reliability2": 0.99, "verified": True, "rentable": True, "cuda_max_good": 12.8, "compute_cap": 890,
+                "disk_space": 200, "inet_down": 800, "geolocation": "US"}
+
+    def _search(self, query: dict) -> Reply:
+        wanted = (query.get("id") or {}).get("eq") if isinstance(query.get("id"), dict) else None
+        asks = [a for a in ASKS if wanted is None or a == int(wanted)]
+        return Reply(200, {"offers": [self._offer(a) for a in asks]})
+
+    def _create(self, ask: int, body: dict) -> Reply:
+        if ask not in ASKS:
+            return err(404, "no_such_ask", f"Instance type by id {ask} is not available.", ask_id=ask)
+        problems = []
+        args = body.get("args") or []
+        env = body.get("env") or {}
+        if len(str(body.get("image") or "")) > 1024 or not body.get("image"):
+            problems.append("image is required and at most 1024 characters")
+        if len(json.dumps(args)) + len(body.get("args_str") or "") + len(body.get("onstart") or "") > 4096:
+            problems.append("args + args_str + onstart exceed 4096 characters")
+        if len(body.get("label") or "") > 256:
+            problems.append("label exceeds 256 characters")
+        if not isinstance(env, dict) or any(len(f"{k}={v}") > 256 for k, v in env.items()):
+            problems.append("each env entry must be at most 256 characters")
+        if float(body.get("disk") or 0) < 8:
+            problems.append("disk must be at least 8 GB")
+        price = body.get("price")
+        if price is not None and not 0.001 <= float(price) <= 128:
+            problems.append("price must be within 0.001-128")
+        if problems:
+            return err(400, "invalid_args", "; ".join(problems), ask_id=ask)
+        gpu, _, dph, _, storage_cost = ASKS[ask]
+        storage = storage_cost * float(body["disk"]) / HOURS_PER_MONTH
+        instance_id = next(self.ids)
+        interruptible = price is not None
+        rate = round((float(price) if interruptible else dph) + storage, 6)
+        instance = {"id": instance_id, "label": body.get("label"), "gpu_name": gpu, "num_gpus": 1,
+                    "dph_total": rate, "storage_rate": storage, "is_bid": interruptible, "ask": ask,
+                    "actual_status": "running", "intended_status": "running", "cur_state": "running",
+                    "next_state": "running", "status_msg": "", "image_uuid": body.get("image")}
+        self.bills[instance_id] = {"label": body.get("label") or "", "segments": [[now(), None, rate]]}
+        self.instances[instance_id] = instance
+        if interruptible and float(price) < self.min_bid[ask]:  # a losing bid: created stopped (note §4)
+            self._set_stopped(instance_id, "bid below the current minimum")
+            return err(400, "invalid_price", f"bid {price} is below the minimum {self.min_bid[ask]}",
+                       ask_id=ask, new_contract=instance_id)
+        self.boxes[instance_id] = Box(self.boxes_dir, f"vast-{instance_id}", self._argv(body),
+                                      {str(k): str(v) for k, v in env.items()}, grace_s=self.grace_s)
+        return Reply(200, {"success": True, "new_contract": instance_id})
+
+    @staticmethod
+    def _argv(body: dict) -> list[str]:
+        onstart = body.get("onstart") or ""
+        if body.get("runtype") == "args":
+            rest = list(body.get("args") or []) or shlex.split(body.get("args_str") or "")
+            return ([onstart] if onstart else []) + rest or ["/bin/true"]
+        return ["/bin/sh", "-c", onstart or "true"]
+
+    # ------------------------------------------------------------------ instances
+
+    def _row(self, instance: dict) -> dict:
+        box = self.boxes.get(instance["id"])
+        if box is not None and not box.alive and instance["actual_status"] == "running":
+            instance.update(actual_status="exited", status_msg=f"container exited with code {box.exit_code}")
+        return {k: v for k, v in instance.items() if k not in ("storage_rate", "ask")}
+
+    def _list(self, query: dict) -> Reply:
+        try:
+            filters = json.loads(query.get("select_filters") or "{}")
+        except ValueError:
+            return err(400, "invalid_args", "select_filters is not JSON")
+        if bad := set(filters) - STORED_COLUMNS:
+            return err(400, "invalid_args", f"cannot filter on computed column {sorted(bad)[0]}")
+        rows = [self._row(i) for i in sorted(self.instances.values(), key=lambda i: i["id"])]
+        for column, condition in filters.items():
+            if "eq" in condition:
+                rows = [r for r in rows if r.get(column) == condition["eq"]]
+            if "in" in condition:
+                rows = [r for r in rows if r.get(column) in condition["in"]]
+        after = query.get("after_token")
+        start = int(after) if after and after.isdigit() else 0
+        page = rows[start:start + PAGE]
+        labels: dict[str, int] = {}
+        for r in rows:
+            labels[r.get("label") or ""] = labels.get(r.get("label") or "", 0) + 1
+        return Reply(200, {"instances": page, "total_instances": len(rows), "label_counts": labels,
+                           "next_token": str(start + PAGE) if start + PAGE < len(rows) else None})
+
+    def _get(self, instance_id: int) -> Reply:
+        instance = self.instances.get(instance_id)
+        return Reply(200, {"instances": None if instance is None else self._row(instance)})
+
+    def _delete(self, instance_id: int) -> Reply:
+        instance = self.instances.pop(instance_id, None)
+        if instance is None:
+            return err(404, "no_such_instance", f"instance {instance_id} does not exist")
+        box = self.boxes.pop(instance_id, None)
+        if box is not None:
+            box.stop("destroyed")
+            self.gone[instance_id] = box
+        self._bill_segment(instance_id, None)
+        return Reply(200, {"success": True})
+
+    def _request_logs(self, instance_id: int) -> Reply:
+        if instance_id not in self.instances:
+            return err(404, "invalid_id", f"instance {instance_id} not found")
+        token = uuid.uuid4().hex
+        self.log_urls[token] = {"id": instance_id, "misses": 2}
+        return Reply(200, {"success": True, "result_url": f"{self.url}/logs/{token}", "msg": "logs requested"})
+
+    def _log_url(self, token: str) -> Reply:
+        entry = self.log_urls.get(token)
+        if entry is None:
+            return Reply(404, "<Error>NoSuchKey</Error>")
+        if entry["misses"] > 0:
+            entry["misses"] -= 1
+            return Reply(404, "<Error>NoSuchKey</Error>")
+        box = self.boxes.get(entry["id"]) or self.gone.get(entry["id"])
+        return Reply(200, "\n".join(box.lines()[-1000:]) + "\n" if box else "")
+
+    # ------------------------------------------------------------------ billing and events
+
+    def _set_stopped(self, instance_id: int, why: str) -> None:
+        instance = self.instances[instance_id]
+        instance.update(actual_status="stopped", intended_status="stopped", cur_state="stopped", next_state="stopped",
+                        status_msg=why)
+        self._bill_segment(instance_id, instance["storage_rate"])
+
+    def _bill_segment(self, instance_id: int, rate: float | None) -> None:
+        """End the current billing segment now; start one at `rate` (None: the instance is gone)."""
+        segments = self.bills[instance_id]["segments"]
+        if segments[-1][1] is None:
+            segments[-1][1] = now()
+        if rate is not None:
+            segments.append([now(), None, rate])
+
+    def outbid(self, instance_id: int) -> None:
+        """Someone bid more: the box gets SIGTERM (SIGKILL after the grace), the instance is stopped."""
+        box = self.boxes.get(instance_id)
+        if box is not None:
+            box.stop("outbid")
+        self._set_stopped(instance_id, "outbid")
+
+    def live(self) -> list[str]:
+        return [i["label"] for iid, i in self.instances.items() if iid in self.boxes and self.boxes[iid].alive]
+
+    def billed_usd(self, label_prefix: str = "") -> float:
+        total = 0.0
+        for bill in self.bills.values():
+            if not bill["label"].startswith(label_prefix):
+                continue
+            for start, end, rate in bill["segments"]:
+                seconds = -(-((end or now()) - start).total_seconds() // 1)
+                total += rate * seconds / 3600
+        return total
