@@ -70,7 +70,7 @@ from jobs.toy import WORDS, write_toy_corpus  # noqa: E402
 
 SMALL = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
              num_key_value_heads=2, head_dim=64, max_position_embeddings=4096)
-SMOKE = dict(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+SMOKE = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)\b.*?(?:tokens (\d+))?$")
 SAVE_LINE = re.compile(r"^checkpoint at step (\d+): ([\d.]+) MB in ([\d.]+) s")
@@ -113,8 +113,9 @@ def tokens_per_step(model_dir: Path, batches: list[list], query_max_len: int, do
     return counts
 
 
-def write_long_corpus(path: Path, *, records_per_task: int, doc_tokens: int, query_words: int, seed: int = 0) -> Path:
-    """3 tasks, one hard negative each; documents longer than `doc_tokens` (truncated to it by the job)."""
+def write_long_corpus(path: Path, *, records_per_task: int, doc_tokens: int, query_words: int, seed: int = 0,
+                      negatives: int = 1) -> Path:
+    """3 tasks, `negatives` hard negatives each; documents longer than `doc_tokens` (truncated to it by the job)."""
     rng = random.Random(seed)
     words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
     tasks = {"animals": "Given an animal, find a passage about it", "food": "Given a food, retrieve a passage "
@@ -123,7 +124,8 @@ def write_long_corpus(path: Path, *, records_per_task: int, doc_tokens: int, que
     for task, instruction in tasks.items():
         for _ in range(records_per_task):
             lines.append({"query": words(query_words), "positive": words(doc_tokens + 64),
-                          "negatives": [words(doc_tokens + 64)], "task": task, "instruction": instruction})
+                          "negatives": [words(doc_tokens + 64) for _ in range(negatives)], "task": task,
+                          "instruction": instruction})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -187,6 +189,9 @@ def ours_command(model_dir: Path, data: Path, output: Path, args, *, method: str
                "--cache-dir", str(cache)]
     if args.lr is not None:
         command += ["--lr", str(args.lr)]
+    for flag in ("group_size", "mini_batch_size", "dtype"):
+        if getattr(args, flag, None) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if not gc:
         command.append("--no-gradient-checkpointing")
     if checkpoint is not None:
@@ -429,12 +434,30 @@ def print_cpu(args, runs, checkpoints, params, step_tokens) -> None:
 
 # --- gpu ---------------------------------------------------------------------------------------
 
+def planner_vram_gb(model_dir: Path, method: str, batch_size: int, args, tokens_per_record: float) -> float | None:
+    """The planner's VRAM estimate (planner/plan/estimate.py train_needs) for this run, for comparison.
+    It sizes activations for the whole batch at once, so with gradient caching it over-estimates."""
+    try:
+        try:
+            from planner.plan.estimate import CorpusStats, model_shape, train_needs
+        except ImportError:
+            from planner.estimate import CorpusStats, model_shape, train_needs
+        stats = CorpusStats(records=batch_size * args.steps, mean_tokens=tokens_per_record,
+                            negatives=args.group_size - 1, measured=True)
+        needs = train_needs(model_shape(str(model_dir)), stats, fraction=1.0, method=method, batch_size=batch_size,
+                            query_max_len=args.query_max_len, doc_max_len=args.doc_max_len, max_steps=args.steps)
+        return round(needs.vram_gb * (1024**3) / 1e9, 2)  # its GiB as GB, like peak_memory_gb
+    except Exception as exc:  # the planner is being restructured; the bench still runs without it
+        print(f"planner estimate unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
 def run_gpu(args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
         sys.exit("error: no CUDA GPU; run the gpu mode on a GPU machine, or add --smoke to check the script here")
     if args.smoke:
-        args.steps, args.doc_tokens, args.batch_sizes = 3, 32, [2, 4]
+        args.steps, args.doc_tokens, args.batch_sizes, args.mini_batch_size = 3, 32, [4], 4
     config = SMOKE if args.smoke else QWEN3_4B
     args.doc_max_len, args.query_max_len = args.doc_tokens, 128
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-gpu-"))
@@ -443,7 +466,8 @@ def run_gpu(args: argparse.Namespace) -> None:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
     peak = peak_tflops(gpu, args.peak_tflops) if device == "cuda" else None
     results: dict = {"device": gpu, "torch": torch.__version__, "config": config, "doc_tokens": args.doc_tokens,
-                     "steps": args.steps, "peak_bf16_tflops": peak, "gradient_checkpointing": True, "runs": []}
+                     "steps": args.steps, "peak_bf16_tflops": peak, "gradient_checkpointing": True,
+                     "group_size": args.group_size, "mini_batch_size": args.mini_batch_size, "runs": []}
     try:
         model_dir = work / "model"
         if not (model_dir / "model.safetensors").exists() and not (model_dir / "model.safetensors.index.json").exists():
@@ -452,7 +476,7 @@ def run_gpu(args: argparse.Namespace) -> None:
         results["non_embedding_params"] = params
         per_task = math.ceil(args.steps * max(args.batch_sizes) / 3) + max(args.batch_sizes)
         data = write_long_corpus(work / "corpus.jsonl", records_per_task=per_task, doc_tokens=args.doc_tokens,
-                                 query_words=16)
+                                 query_words=16, negatives=args.group_size - 1)
         for method in args.methods:
             for batch_size in args.batch_sizes:
                 args.batch_size = batch_size
@@ -467,6 +491,11 @@ def run_gpu(args: argparse.Namespace) -> None:
                     rate = rates(run, step_tokens)
                     entry |= rate | {"peak_memory_gb": done["peak_memory_bytes"] / 1e9,
                                      "peak_memory_kind": done["peak_memory_kind"],
+                                     "job_tflops_per_gpu": done.get("tflops_per_gpu"),
+                                     "job_mfu": done["tflops_per_gpu"] / peak if peak and "tflops_per_gpu" in done
+                                     else None,
+                                     "planner_vram_gb": planner_vram_gb(model_dir, method, batch_size, args,
+                                                                        entry["tokens_per_step"] / batch_size),
                                      "mfu_6n": 6 * params * rate["tokens_per_s"] / (peak * 1e12) if peak else None,
                                      "mfu_4n": (4 * params * rate["tokens_per_s"] / (peak * 1e12)
                                                 if peak and method == "lora" else None)}
@@ -491,16 +520,19 @@ def print_gpu(results: dict) -> None:
     print(f"{results['device']}, torch {results['torch']}; {results['non_embedding_params'] / 1e6:,.1f} M "
           f"non-embedding params; documents {results['doc_tokens']} tokens; {results['steps']} steps a run; "
           f"gradient checkpointing; peak bf16 {f'{peak} TFLOP/s' if peak else 'unknown (MFU n/a)'}\n")
-    print("| method | batch | tokens/step | steps/s | tokens/s | MFU (6N) | MFU (4N, LoRA) | peak memory GB |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"group size {results.get('group_size')}, gradient-cache chunks of {results.get('mini_batch_size')} sequences\n")
+    print("| method | batch (queries) | tokens/step | steps/s | tokens/s | MFU (6N) | MFU (4N, LoRA) | job TFLOP/s/GPU "
+          "(planner's FLOPs) | peak memory GB | planner's VRAM estimate GB |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     pct = lambda v: f"{v:.1%}" if v is not None else "n/a"  # noqa: E731
     for run in results["runs"]:
         if "error" in run:
-            print(f"| {run['method']} | {run['batch_size']} | {run['tokens_per_step']:,.0f} | failed | | | | |")
+            print(f"| {run['method']} | {run['batch_size']} | {run['tokens_per_step']:,.0f} | failed | | | | | | |")
             continue
         print(f"| {run['method']} | {run['batch_size']} | {run['tokens_per_step']:,.0f} | {run['steps_per_s']:.3f} | "
               f"{run['tokens_per_s']:,.0f} | {pct(run['mfu_6n'])} | {pct(run['mfu_4n'])} | "
-              f"{run['peak_memory_gb']:.1f} ({run['peak_memory_kind']}) |")
+              f"{run.get('job_tflops_per_gpu')} ({pct(run.get('job_mfu'))}) | "
+              f"{run['peak_memory_gb']:.1f} ({run['peak_memory_kind']}) | {run.get('planner_vram_gb')} |")
     print("\nMFU counts 6 x non-embedding params per token (LoRA also 4 x: no weight gradients); gradient "
           "checkpointing's recomputed forward and attention FLOPs are not counted.")
 
@@ -529,7 +561,10 @@ def main() -> None:
     gpu = modes.add_parser("gpu", help="Qwen3-4B config on a CUDA GPU, bf16, LoRA and full fine-tuning")
     common(gpu, 20, None)
     gpu.add_argument("--methods", nargs="+", choices=["lora", "full"], default=["lora", "full"])
-    gpu.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
+    gpu.add_argument("--batch-sizes", type=int, nargs="+", default=[32], help="queries per step")
+    gpu.add_argument("--group-size", type=int, default=8, help="1 positive + group-size - 1 hard negatives")
+    gpu.add_argument("--mini-batch-size", type=int, default=32, help="gradient-cache chunk (sequences)")
+    gpu.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     gpu.add_argument("--doc-tokens", type=int, default=512)
     gpu.add_argument("--peak-tflops", type=float, help="dense bf16 peak of this GPU, if not in the table")
     gpu.add_argument("--out", default=str(ROOT / "bench" / "out" / "train-gpu.json"))
