@@ -224,6 +224,7 @@ def test_bagging_on_vast_interruptible_with_outbids(sim, tiny_model_dir, toy_cor
 def test_bagging_auto_across_both(sim, tiny_model_dir, toy_corpus, docs, local_run):
     settings, sessions, runpod, vast = sim
     runpod.capacity[("NVIDIA GeForce RTX 4090", "COMMUNITY")] = 3  # then 400 no capacity: the rest go elsewhere
-    plan, states = run_campaign(sim, tiny_model_dir, toy_corpus, docs, "auto", "any")
+    # on-demand: RunPod's community 4090 ($0.44/h) is cheapest until its capacity runs out, then Vast's ($0.46/h)
+    plan, states = run_campaign(sim, tiny_model_dir, toy_corpus, docs, "auto", "on-demand")
     attempts = check_the_run(sim, plan, states, local_run)
     assert {a.provider for a in attempts if a.outcome == "succeeded"} == {"runpod", "vast"}
