@@ -112,3 +112,16 @@ def test_ranks_outcome_combines_like_one_process():
     assert combined_exit([2, -15]) == 2
     assert combined_exit([0, 1]) == 1
     assert combined_exit([75, 1]) == 1  # a crash is a crash even if the other rank saved
+
+
+def test_an_encode_corpus_of_id_and_text_is_sized_from_a_sample(tmp_path, monkeypatch):
+    from planner.plan import estimate
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": i, "text": "word " * 40}) + "\n" for i in range(1000)))
+    small = kinds.size("encode", {"model": "Qwen/Qwen3-0.6B", "input": str(docs)})
+    monkeypatch.setattr(estimate, "TEXT_SAMPLE_BYTES", 5_000)  # only a sample of the file is read
+    sampled = estimate.text_stats(str(docs))
+    assert sampled.measured and sampled.mean_tokens == 50.0
+    assert sampled.records == pytest.approx(1000, rel=0.02)
+    assert small.flops == pytest.approx(2 * estimate.model_shape("Qwen/Qwen3-0.6B").params * 1000 * 50)

@@ -141,6 +141,47 @@ def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_siz
     return CorpusStats(sample.records, sample.mean_tokens_per_record, sample.mean_group_docs - 1, measured=True)
 
 
+TEXT_SAMPLE_BYTES = 4 * 1024 * 1024  # what text_stats reads of a large file: its first 4 MiB
+
+
+def text_stats(uri: str) -> CorpusStats | None:
+    """Records and tokens per record of a JSONL whose records may have any shape: tokens count every
+    string in a record (characters / CHARS_PER_TOKEN); records are the file's size over the sampled
+    lines' mean size (exact when the whole file fits the sample). None: unreadable, or no JSON lines."""
+    import fsspec
+
+    from jobs import storage
+
+    try:
+        if not storage.exists(uri):
+            return None
+        fs, path = fsspec.core.url_to_fs(uri)
+        size = fs.size(path)
+        with fs.open(path, "rb") as handle:
+            head = handle.read(TEXT_SAMPLE_BYTES)
+    except (OSError, ValueError, ImportError):
+        return None
+    lines = head.split(b"\n")
+    if size > len(head):
+        lines = lines[:-1]  # the last one was cut by the sample's end
+    chars, parsed, sampled_bytes = 0, 0, 0
+    for line in lines:
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if record is None:
+            continue
+        parsed += 1
+        sampled_bytes += len(line) + 1
+        chars += sum(len(v) if isinstance(v, str) else sum(len(x) for x in v if isinstance(x, str))
+                     for v in (record.values() if isinstance(record, dict) else [record]) if isinstance(v, (str, list)))
+    if not parsed:
+        return None
+    records = parsed if size <= len(head) else round(size / (sampled_bytes / parsed))
+    return CorpusStats(records, chars / parsed / CHARS_PER_TOKEN, 0.0, measured=True)
+
+
 @dataclass(frozen=True)
 class Needs:
     kind: str  # "train-bag/full", "train-bag/lora", "encode", "merge", "evaluate"

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from jobs import recipe
 from planner.plan.estimate import (
-    CorpusStats, EstimateError, ModelShape, Needs, corpus_stats, encode_needs, merge_needs, model_shape, train_needs,
+    CorpusStats, EstimateError, ModelShape, Needs, corpus_stats, encode_needs, merge_needs, model_shape, text_stats,
+    train_needs,
 )
 
 ShapeOf = Callable[[str], ModelShape]
@@ -43,10 +44,9 @@ def _size_train(p: dict, shape: ShapeOf) -> Needs:
 
 
 def _text_stats(uri: str | None) -> CorpusStats:
-    stats = corpus_stats(uri) if uri and uri.endswith((".jsonl", ".ndjson")) else None
-    if stats is not None and stats.measured:
-        return stats
-    return CorpusStats(1_000_000, 256.0, 0.0, measured=False)
+    """An encode or evaluate input of any record shape (id/text documents, query/positive pairs)."""
+    stats = text_stats(uri) if uri and uri.endswith((".jsonl", ".ndjson")) else None
+    return stats or CorpusStats(1_000_000, 256.0, 0.0, measured=False)
 
 
 def _size_encode(p: dict, shape: ShapeOf) -> Needs:
