@@ -162,13 +162,13 @@ def create_app(settings: Settings, backends: dict | None = None) -> FastAPI:
         from jobs.spec import JobSpec, SpecError
         from planner.plan.choose import Limits
         from planner.plan.estimate import EstimateError
-        from planner.plan.plans import book_offers, choice_summary, plan_job
+        from planner.plan.plans import book_offers, choice_summary, image_limits, plan_job
 
         try:
             spec = JobSpec("plan", request.kind, "plan-only", request.params)
             limits = Limits(spot=request.spot, max_usd_per_hour=request.max_price_per_hour,
                             budget_left_usd=request.budget_usd, max_price_age=settings.max_price_age,
-                            allow_stale=request.allow_stale)
+                            allow_stale=request.allow_stale, **image_limits(settings))
             with sessions() as session:
                 choice = plan_job(session, spec, limits, book_offers(session), store.utcnow())
         except (SpecError, EstimateError, KeyError) as exc:

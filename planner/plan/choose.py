@@ -66,6 +66,9 @@ class Limits:
     checkpoint_hours: float = 0.25  # work lost per interruption is half of this on average
     max_local_hours: float | None = None  # this machine only for jobs it finishes within this (auto placement)
     local_forced: bool = False  # --backend local: obeyed even where the estimate says it does not fit
+    compute_caps: tuple[float, float] | None = None  # what the job image has kernels for: (lowest, upper bound
+                                                     # exclusive), gpus.image_compute_caps; None: not checked
+    job_image: str = ""  # named in the reason an offer's GPU is out of compute_caps
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,8 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
         return f"too few GPUs: {offer.gpu_count} < {needs.gpu_count}"
     if offer.disk_gb is not None and offer.disk_gb and offer.disk_gb < needs.disk_gb:
         return f"too little disk: {offer.disk_gb:.0f} GB < {needs.disk_gb:.0f} GB"
+    if limits.compute_caps is not None and offer.provider != "local" and (problem := image_problem(offer, limits)):
+        return problem
     if limits.providers is not None and offer.provider not in limits.providers:
         return f"provider excluded: {offer.provider} (pinned to {', '.join(sorted(limits.providers))})"
     if limits.gpu_models is not None and offer.gpu_model not in limits.gpu_models:
@@ -283,6 +288,25 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
     if age > limits.max_price_age and not limits.allow_stale and offer.provider != "local":
         return f"stale price: {age.total_seconds() / 3600:.1f} h old (refresh, or --allow-stale)"
     return None
+
+
+def image_problem(offer: Offer, limits: Limits) -> str | None:
+    """Why the job image (limits.job_image, its kernels' compute capabilities limits.compute_caps) cannot
+    run on the offer's GPU, or None. A GPU the table does not know is left to the speed check."""
+    spec = gpus.by_model(offer.gpu_model)
+    if spec is None or limits.compute_caps is None:
+        return None
+    image = f"the job image {limits.job_image}" if limits.job_image else "the job image"
+    if spec.compute_cap is None:
+        return (f"GPU the job image cannot run: {image} is a CUDA build and {spec.model} is an "
+                f"{spec.vendor} GPU (PLANNER_JOB_IMAGE)")
+    low, high = limits.compute_caps
+    if low <= spec.compute_cap < high:
+        return None
+    hint = ("use a CUDA 12.8+ image" if spec.compute_cap >= high else
+            "use an image with a CUDA 12.x build of PyTorch before 2.10")
+    return (f"GPU the job image cannot run: {image} has no kernels for {spec.model} "
+            f"(compute capability {spec.compute_cap:.1f}): {hint} (PLANNER_JOB_IMAGE)")
 
 
 def local_description(offer: Offer) -> str:

@@ -20,7 +20,7 @@ from pricing.db import utcnow
 from planner.plan.estimate import EstimateError, Needs
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
 from planner.records import Job
-from pricing import store
+from pricing import gpus, store
 from pricing.offer import Offer
 
 
@@ -37,7 +37,13 @@ def limits_for(job: Job, settings: Settings, session: Session, *, excluded: froz
     return Limits(spot=job.spot, max_usd_per_hour=job.max_price_per_hour, budget_left_usd=min(left) if left else None,
                   max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded,
                   providers=frozenset([job.pin_provider]) if job.pin_provider else None,
-                  gpu_models=frozenset([job.pin_gpu]) if job.pin_gpu else None, gpu_count=job.pin_gpu_count)
+                  gpu_models=frozenset([job.pin_gpu]) if job.pin_gpu else None, gpu_count=job.pin_gpu_count,
+                  **image_limits(settings))
+
+
+def image_limits(settings: Settings) -> dict:
+    """The Limits fields that keep offers to GPUs the cloud box's image (PLANNER_JOB_IMAGE) has kernels for."""
+    return {"compute_caps": gpus.image_compute_caps(settings.job_image), "job_image": settings.job_image}
 
 
 def plan_job(session: Session, spec: JobSpec, limits: Limits, offers: list[Offer], now: datetime,
@@ -118,8 +124,8 @@ def cloud_hint(session: Session, spec: JobSpec, settings: Settings) -> str:
     """What would run a job this machine cannot: the cheapest fitting cloud offer in the book, and what
     a cloud launch needs."""
     try:
-        choice = plan_job(session, spec, Limits(max_price_age=settings.max_price_age, allow_stale=True),
-                          book_offers(session), utcnow())
+        choice = plan_job(session, spec, Limits(max_price_age=settings.max_price_age, allow_stale=True,
+                                                **image_limits(settings)), book_offers(session), utcnow())
         best = choice.winner
     except EstimateError:
         best = None

@@ -9,7 +9,7 @@ can reach. The provider's status only says whether the box is still there.
 """
 from __future__ import annotations
 
-import re
+import math
 import shlex
 
 from jobs import storage
@@ -18,6 +18,7 @@ from planner.run.backends.base import (
 )
 from planner.run.backends.markers import done_marker_exists
 from planner.run.credentials import storage_credentials
+from pricing.gpus import image_compute_caps, image_cuda  # noqa: F401 (image_cuda: the backends import it from here)
 from pricing.providers.http import RetryPolicy
 
 BID_MARGIN = 0.05  # over the current minimum bid, read just before launch
@@ -49,36 +50,15 @@ class CloudBackend(Backend):
         return report_logs(handle, tail, self.logs_hint)
 
 
-def image_cuda(image: str) -> str | None:
-    """The CUDA version an image tag names: 'pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime' -> '12.4',
-    '...:2.8.0-cu128' -> '12.8'; None when the tag does not say."""
-    tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
-    if match := re.search(r"cuda[-_]?(\d+)\.(\d+)", tag, re.IGNORECASE):
-        return f"{int(match.group(1))}.{int(match.group(2))}"
-    if match := re.search(r"(?<![a-z])cu(\d{2})(\d)(?!\d)", tag, re.IGNORECASE):
-        return f"{int(match.group(1))}.{int(match.group(2))}"
-    return None
-
-
-def image_torch(image: str) -> tuple[int, int] | None:
-    """The PyTorch version of a pytorch/pytorch-style tag ('2.5.1-cuda12.4-...' -> (2, 5))."""
-    tag = image.rpartition(":")[2]
-    match = re.match(r"(\d+)\.(\d+)", tag)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
 def compute_cap_filter(image: str) -> dict:
-    """Vast's `compute_cap` (x100) filter for the image's PyTorch build (reference note §4 table):
-    builds before CUDA 12.8 stop at sm_90 (< 1000: no B200, no RTX 50xx); cu128 builds start at
-    sm_70, from torch 2.10 at sm_75."""
-    cuda = image_cuda(image)
-    if cuda is None:
+    """Vast's `compute_cap` (x100) search filter for the image's PyTorch build: the placement's rule
+    (pricing.gpus.image_compute_caps, reference note §4 table) in Vast's units; {} when the tag names
+    no CUDA version."""
+    caps = image_compute_caps(image)
+    if caps is None:
         return {}
-    major, minor = (int(p) for p in cuda.split("."))
-    if (major, minor) < (12, 8):
-        return {"lt": 1000}
-    torch = image_torch(image)
-    return {"gte": 750 if torch is not None and torch >= (2, 10) else 700}
+    low, high = caps
+    return {"lt": round(high * 100)} if high != math.inf else {"gte": round(low * 100)}
 
 
 def bid_cap(offer, usd_per_hour: float) -> float:
