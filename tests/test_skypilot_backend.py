@@ -169,3 +169,62 @@ def test_every_runpod_gpu_of_our_table_has_a_name_skypilot_knows():
     assert accelerator_name(offer(gpu="A100-80GB-PCIe")) == "A100-80GB" and accelerator_name(offer(gpu="H200")) == \
         "H200-SXM"
     assert accelerator_name(offer("vast", gpu="RTX-A6000", key="1")) == "RTX-A6000"  # Vast keeps our names
+
+
+def test_a_skypilot_dry_run_prints_the_task_it_would_submit(recorded_providers, tiny_model_dir, toy_corpus,
+                                                            monkeypatch, tmp_path):
+    """`launch --backend skypilot --dry-run` shows, after the plan, the task YAML the backend would submit for
+    the winning offer: built by our code (SkyPilot not importable here), inputs at the URIs the launch would
+    upload them to, nothing uploaded."""
+    import json
+    import sys
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from planner.interface.cli import app
+
+    monkeypatch.setitem(sys.modules, "sky", None)  # `import sky` raises ImportError: the cloud extra is absent
+    store_uri = f"memory://sky-dry-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PLANNER_STORAGE_URI", store_uri)
+    monkeypatch.setenv("PLANNER_JOBS_INSTALL", JOBS_INSTALL)
+    monkeypatch.setenv("PLANNER_JOB_IMAGE", "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime")
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["prices", "refresh"]).exit_code in (0, 1)
+    launch = ["launch", "encode", "--model", str(tiny_model_dir), "--input", str(toy_corpus), "--backend", "skypilot",
+              "--dry-run"]
+
+    result = runner.invoke(app, [*launch, "--json"])
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)["jobs"]
+    best = job["ranked"][0]
+    assert job["skypilot_task_problem"] is None
+    task = yaml.safe_load(job["skypilot_task_yaml"])
+    assert task["name"] == f"planner-{job['job_id']}-a1"
+    resources = task["resources"]
+    assert resources["infra"].split("/")[0] == best["provider"] and resources["use_spot"] == best["spot"]
+    assert resources["accelerators"] == {accelerator_name(Offer(
+        provider=best["provider"], offer_key=best["offer_key"], gpu_model=best["gpu"], gpu_name_raw=best["gpu"],
+        vram_gb=best["vram_gb"], gpu_count=best["gpu_count"], on_demand_usd_per_gpu_hour=None,
+        spot_usd_per_gpu_hour=None, tier="", location="", available=True, fetched_at=store.utcnow())):
+        best["gpu_count"]}
+    assert resources["image_id"] == "docker:pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+    spec = JobSpec.from_json(task["envs"]["PLANNER_JOB_SPEC"])
+    assert spec.job_id == job["job_id"] and spec.output_uri.startswith(store_uri)
+    assert spec.params["input"].startswith(f"{store_uri}/inputs/") and spec.params["input"].endswith(toy_corpus.name)
+    assert spec.params["model"] == str(tiny_model_dir) or spec.params["model"].startswith(f"{store_uri}/inputs/")
+    assert task["setup"] == f"pip install --quiet --no-cache-dir '{JOBS_INSTALL}'"
+    assert not storage.exists(storage.join(store_uri, "inputs"))  # a dry run uploads nothing
+
+    text = runner.invoke(app, launch)
+    assert text.exit_code == 0, text.output
+    plan, _, shown = text.stdout.partition("as `--backend skypilot` would submit it on the winning offer:\n")
+    again = yaml.safe_load(shown)  # the YAML verbatim: it parses whole (a new job id each run)
+    assert "SkyPilot task" in plan and again["resources"] == resources and again["setup"] == task["setup"]
+    assert again["name"].startswith("planner-encode-") and again["name"] in again["run"]
+
+    monkeypatch.delenv("PLANNER_JOBS_INSTALL")
+    missing = runner.invoke(app, launch)
+    assert missing.exit_code == 0 and "no SkyPilot task" in missing.stdout and "PLANNER_JOBS_INSTALL" in missing.stdout
+    assert "sky" not in {m.partition(".")[0] for m, mod in sys.modules.items() if mod is not None}

@@ -88,17 +88,25 @@ class Placer:
                 # nothing but this machine could run it, and it cannot: say what would, and fail the job
                 return NoPlacement(f"{reason}; {cloud_hint(session, spec, self.settings)}", impossible=True)
             return NoPlacement(reason, over_budget="over the budget" in reason)
-        # the chunk changes only where the card cannot hold the job's default (the results' bits follow it)
-        chunked = winner.mini_batch is not None and winner.mini_batch < recipe.DEFAULT_MINI_BATCH
-        chosen = {"mini_batch_size": winner.mini_batch} if chunked and "mini_batch_size" not in spec.params else {}
-        job.requirements = json.dumps({"vram_gb": choice.needs.vram_gb, "disk_gb": choice.needs.disk_gb,
-                                       "hours": winner.hours, "expected_usd": winner.expected_usd,
-                                       "needs_kind": choice.needs.kind, "ranks": winner.gpus_used} | chosen)
         backend = self.backends["skypilot" if via_skypilot and winner.offer.provider != "local"
                                 else winner.offer.provider]
-        return Placement(backend=backend.name, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
-                         worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
-                         billing_seconds=backend.billing_seconds, ranks=winner.gpus_used, spec_params=chosen)
+        placement = placement_for(spec, choice, backend.name, backend.billing_seconds)
+        job.requirements = json.dumps({"vram_gb": choice.needs.vram_gb, "disk_gb": choice.needs.disk_gb,
+                                       "hours": winner.hours, "expected_usd": winner.expected_usd,
+                                       "needs_kind": choice.needs.kind, "ranks": winner.gpus_used}
+                                      | placement.spec_params)
+        return placement
+
+
+def placement_for(spec: JobSpec, choice: Choice, backend: str, billing_seconds: int) -> Placement:
+    """The choice's winner as the placement `backend` launches (the Placer's, and a dry run's)."""
+    winner = choice.winner
+    # the chunk changes only where the card cannot hold the job's default (the results' bits follow it)
+    chunked = winner.mini_batch is not None and winner.mini_batch < recipe.DEFAULT_MINI_BATCH
+    chosen = {"mini_batch_size": winner.mini_batch} if chunked and "mini_batch_size" not in spec.params else {}
+    return Placement(backend=backend, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
+                     worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
+                     billing_seconds=billing_seconds, ranks=winner.gpus_used, spec_params=chosen)
 
 
 def local_warning(session: Session, spec: JobSpec, offer: Offer, settings: Settings,

@@ -83,8 +83,10 @@ def local_input_problem(specs: list[JobSpec]) -> str | None:
     return None
 
 
-def stage_inputs(specs: list[JobSpec], storage_uri: str) -> tuple[list[JobSpec], list[Upload]]:
-    """`specs` with every local input uploaded under `storage_uri` and replaced by its URI."""
+def stage_inputs(specs: list[JobSpec], storage_uri: str, *, upload_files: bool = True
+                 ) -> tuple[list[JobSpec], list[Upload]]:
+    """`specs` with every local input uploaded under `storage_uri` and replaced by its URI; with
+    `upload_files` False (a dry run) the same URIs, nothing written or read remotely."""
     uploads: dict[str, Upload] = {}
 
     def staged(spec: JobSpec, param: str, value: str) -> str:
@@ -95,7 +97,8 @@ def stage_inputs(specs: list[JobSpec], storage_uri: str) -> tuple[list[JobSpec],
             raise InputError(f"{flag_of(spec.kind, param)} {value}: no such file or directory")
         key = str(path.resolve())
         if key not in uploads:
-            uploads[key] = upload(path, storage_uri)
+            uploads[key] = upload(path, storage_uri) if upload_files else \
+                Upload(str(path), input_uri(path, storage_uri)[1], skipped=True)
         return uploads[key].uri
 
     out = []
@@ -121,10 +124,15 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def input_uri(path: Path, storage_uri: str) -> tuple[str, str]:
+    """(`<storage>/inputs/<sha256>`, the URI under it that `path` is uploaded to)."""
+    home = storage.join(storage_uri, "inputs", content_digest(path))
+    return home, storage.join(home, path.name)
+
+
 def upload(path: Path, storage_uri: str) -> Upload:
     """Upload `path` to `<storage>/inputs/<sha256>/<name>` unless its marker says it is there already."""
-    home = storage.join(storage_uri, "inputs", content_digest(path))
-    uri = storage.join(home, path.name)
+    home, uri = input_uri(path, storage_uri)
     if storage.exists(storage.join(home, MARKER)):
         return Upload(str(path), uri, skipped=True)
     if path.is_dir():

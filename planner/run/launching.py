@@ -18,11 +18,13 @@ from jobs import storage
 from jobs.spec import JobSpec
 from planner.run.backends.local import LocalBackend, local_offer
 from planner.run.backends import CLOUD_BACKENDS, cloud_backend_class
+from planner.run.backends.base import BackendError
 from planner.run.backends.skypilot import SkyPilotBackend
 from planner.plan.budget import Ledger
 from planner.plan.campaigns import NewJob
 from planner.config import Settings
-from planner.plan.plans import Placer
+from planner.plan.choose import Choice
+from planner.plan.plans import Placer, placement_for
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.run.inputs import Upload, local_input_problem, stage_inputs
 from planner.run.supervisor import Supervisor, TickReport
@@ -103,13 +105,31 @@ def cloud_problem(settings: Settings, backend: str, specs: list[JobSpec]) -> str
     return None
 
 
-def stage_for_cloud(settings: Settings, backend: str, new_jobs: list[NewJob]) -> tuple[list[NewJob], list[Upload]]:
+def stage_for_cloud(settings: Settings, backend: str, new_jobs: list[NewJob], *, upload_files: bool = True
+                    ) -> tuple[list[NewJob], list[Upload]]:
     """The jobs with their local inputs uploaded under PLANNER_STORAGE_URI (planner.run.inputs), when they may
-    run in the cloud: any backend but local, with a storage URI set (without one, auto keeps to this machine)."""
+    run in the cloud: any backend but local, with a storage URI set (without one, auto keeps to this machine).
+    `upload_files` False: the specs a launch would write, uploading nothing (a dry run)."""
     if backend == "local" or not settings.storage_uri:
         return new_jobs, []
-    specs, uploads = stage_inputs([item.spec for item in new_jobs], settings.storage_uri)
+    specs, uploads = stage_inputs([item.spec for item in new_jobs], settings.storage_uri, upload_files=upload_files)
     return [replace(item, spec=spec) for item, spec in zip(new_jobs, specs)], uploads
+
+
+def skypilot_task_yaml(settings: Settings, spec: JobSpec, choice: Choice) -> str:
+    """The SkyPilot task YAML a `--backend skypilot` launch would submit as `spec`'s first attempt on
+    `choice`'s winner (the Placer's placement, SkyPilotBackend.plan's config). Built by our code: needs
+    neither SkyPilot nor its extra. BackendError when the task cannot be built (no winner, no remote
+    output, no PLANNER_JOBS_INSTALL, an offer SkyPilot does not launch)."""
+    import yaml
+
+    if choice.winner is None:
+        raise BackendError(choice.explain_empty())
+    backend = SkyPilotBackend(image=settings.job_image, jobs_install=settings.jobs_install, catalog_offers=list)
+    placement = placement_for(spec, choice, backend.name, backend.billing_seconds)
+    plan = backend.plan(placement.apply(spec), placement.offer, attempt=1, spot=placement.spot,
+                        usd_per_hour=placement.usd_per_hour, disk_gb=choice.needs.disk_gb)
+    return yaml.safe_dump(plan.request["task"], sort_keys=False, width=1_000_000)
 
 
 def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict | None = None) -> Supervisor:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -119,16 +120,49 @@ def _pinned_out(choice: Choice) -> str:
                      for key, reasons in counts.items())
 
 
-def _show_plan(plan: CampaignPlan, options: JobOptions, top: int, allow_stale: bool, as_json: bool) -> None:
+def _show_plan(plan: CampaignPlan, options: JobOptions, top: int, allow_stale: bool, as_json: bool,
+               skypilot_tasks: bool = False) -> None:
     plans = _plans(plan, options, allow_stale)
+    tasks = _skypilot_tasks(plans) if skypilot_tasks else None
     if as_json:
         expected = sum(c.winner.expected_usd for _, c in plans if c.winner)
-        emit_json({"kind": plan.kind, "jobs": [choice_summary(i.spec, i.name, c, top) for i, c in plans],
-                   "expected_total_usd": expected})
+        jobs = [choice_summary(i.spec, i.name, c, top) for i, c in plans]
+        for job, (task, problem) in zip(jobs, tasks or ()):
+            job.update(skypilot_task_yaml=task, skypilot_task_problem=problem)
+        emit_json({"kind": plan.kind, "jobs": jobs, "expected_total_usd": expected})
         return
     total = _render_plan(plans, top)
     if len(plans) > 1:
         out.print(f"[bold]campaign total[/], expected on the winning offers: ${total:.2f}", highlight=False)
+    for (item, _), (task, problem) in zip(plans, tasks or ()):
+        if task is None:
+            out.print(f"[yellow]no SkyPilot task[/] for {item.name} ({item.spec.job_id}): {escape(problem)}",
+                      highlight=False)
+            continue
+        out.print(f"[bold]SkyPilot task[/] for {item.name} ({item.spec.job_id}), as `--backend skypilot` would "
+                  "submit it on the winning offer:", highlight=False)
+        typer.echo(task, nl=False)  # verbatim: no markup, no wrapping
+
+
+def _skypilot_tasks(plans: list[tuple[NewJob, Choice]]) -> list[tuple[str | None, str | None]]:
+    """For `launch --backend skypilot --dry-run`: each job's SkyPilot task YAML as the launch would submit it
+    on its winning offer (inputs at the URIs the launch would upload them to; nothing uploaded, SkyPilot not
+    needed), else None and why not."""
+    from planner.run.backends.base import BackendError
+    from planner.run.launching import skypilot_task_yaml
+
+    cfg = settings()
+    try:
+        staged, _ = stage_for_cloud(cfg, "skypilot", [item for item, _ in plans], upload_files=False)
+    except InputError as exc:
+        return [(None, str(exc))] * len(plans)
+    tasks: list[tuple[str | None, str | None]] = []
+    for item, (_, choice) in zip(staged, plans):
+        try:
+            tasks.append((skypilot_task_yaml(cfg, item.spec, choice), None))
+        except BackendError as exc:
+            tasks.append((None, str(exc)))
+    return tasks
 
 
 # ------------------------------------------------------------------------------------ launching
@@ -136,7 +170,7 @@ def _show_plan(plan: CampaignPlan, options: JobOptions, top: int, allow_stale: b
 def _submit(plan: CampaignPlan, options: JobOptions, *, top: int, allow_stale: bool, yes: bool, wait: bool,
             dry_run: bool, as_json: bool) -> None:
     if not as_json or dry_run:
-        _show_plan(plan, options, top, allow_stale, as_json)
+        _show_plan(plan, options, top, allow_stale, as_json, skypilot_tasks=dry_run and options.backend == "skypilot")
     if dry_run:
         return
     cfg = settings()
@@ -247,7 +281,8 @@ def _run_options(planning: bool) -> list[tuple[str, object, object]]:
         ("yes", bool, _opt(None, "--yes", "-y", help="Launch without asking.", default=False, **launch_only)),
         ("wait", bool, _opt(None, "--wait", help="Supervise until the jobs end (exit 1 if one fails).",
                             default=False, **launch_only)),
-        ("dry_run", bool, _opt(None, "--dry-run", help="Show the plan and stop.", default=False, **launch_only)),
+        ("dry_run", bool, _opt(None, "--dry-run", help="Show the plan and stop (with --backend skypilot, also the "
+                               "SkyPilot task YAML it would submit).", default=False, **launch_only)),
         ("as_json", bool, JsonOpt),
     ]
 
