@@ -94,6 +94,17 @@ class CheckpointStore:
             self._uploads.put(step_name(step))
         return sum(f.stat().st_size for f in final.iterdir())
 
+    def report_progress(self, progress: dict) -> None:
+        """Between checkpoints: the progress file alone (a few hundred bytes), so people and the planner
+        see where the job is; `checkpoint_step` says what a resume would restart from."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        storage.write_json_atomic(self.local / PROGRESS, progress)
+        if self._uploader is not None:
+            try:
+                storage.write_bytes_atomic(storage.join(self.uri, PROGRESS), (self.local / PROGRESS).read_bytes())
+            except Exception as exc:  # the store is briefly unreachable: the next report or save catches up
+                print(f"warning: could not write progress to {self.uri}: {exc}", file=sys.stderr)
+
     def _prune(self, keep: str) -> None:
         steps = sorted(p for p in self.local.glob("step-*") if p.is_dir())
         for old in steps[:-KEEP]:

@@ -102,6 +102,7 @@ METHODS = ("full", "lora")
 DTYPES = ("bfloat16", "float32")
 KD_LOSSES = ("m3", "kl", "none")
 OPTIMIZERS = ("adamw", "torch-adamw")
+PROGRESS_EVERY_S = 15.0  # the progress file between checkpoints (planner jobs show, the dashboard)
 DISK_BYTES_PER_SECOND = 200e6  # save-time guess before the first measured save
 RESOLVED = ("method", "batch_size", "lr", "kd_loss", "dtype")  # None until resolve() fills them in
 
@@ -520,7 +521,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
 
     n_params = recipe.parameter_count(cfg)
     started = time.monotonic()
-    last_save_time, save_seconds = started, None
+    last_save_time, save_seconds, last_report_time, saved_step = started, None, started, step
     tokens_this_run, flops_this_run, steps_this_run, cache = 0, 0.0, 0, {}
 
     def throughput() -> dict:
@@ -531,19 +532,22 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
                 "tflops_per_gpu": float(f"{flops_this_run / elapsed / ranks.world / 1e12:.4g}"), "gpus": ranks.world,
                 "eta_s": round(seconds_per_step * (total_steps - step), 1) if steps_this_run else None}
 
+    def progress_now(wall: float) -> dict:
+        return {"step": step, "total_steps": total_steps, "tokens_seen": tokens_seen, "loss": loss_value,
+                "wall": wall, "checkpoint_step": saved_step} | throughput()
+
     def save() -> None:
         """Every rank's RNG state goes in (dropout masks differ per rank); rank 0 writes, the others wait."""
-        nonlocal last_save_time, save_seconds
+        nonlocal last_save_time, save_seconds, saved_step
         t0 = time.monotonic()
         wall = wall_before + t0 - started
         state = {"scheduler": scheduler.state_dict(), "rng": rng_state(), "tokens_seen": tokens_seen,
                  "loss": loss_value, "wall_s": wall}
         if ranks.world > 1:
             state["rng_ranks"] = ranks.gather_objects(state["rng"])
+        saved_step = step
         if ranks.is_main:
-            size = store.save(step, params, optimizer.state_dict(), state, identity,
-                              {"step": step, "total_steps": total_steps, "tokens_seen": tokens_seen,
-                               "loss": loss_value, "wall": wall} | throughput())
+            size = store.save(step, params, optimizer.state_dict(), state, identity, progress_now(wall))
             log(f"checkpoint at step {step}: {size / 1e6:.1f} MB in {time.monotonic() - t0:.2f} s", file=sys.stderr,
                 flush=True)
         ranks.barrier()
@@ -584,6 +588,9 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
         if step < total_steps and (step % config.save_every_steps == 0 or ranks.any(  # ranks' clocks differ
                 time.monotonic() - last_save_time >= 60 * config.save_every_minutes)):
             save()
+        elif ranks.is_main and time.monotonic() - last_report_time >= PROGRESS_EVERY_S:
+            store.report_progress(progress_now(wall_before + time.monotonic() - started))
+            last_report_time = time.monotonic()
 
     wall = wall_before + time.monotonic() - started
     if not ranks.is_main:

@@ -87,6 +87,9 @@ def remaining_fraction(raw: dict | None) -> float:
     progress = parse(raw)
     if progress is None or progress.unit != "step" or progress.fraction is None:
         return 1.0
+    resumes_at = raw.get("checkpoint_step")  # progress reported between checkpoints runs ahead of the resume point
+    if isinstance(resumes_at, (int, float)) and progress.total:
+        return 1.0 - max(0.0, min(1.0, resumes_at / progress.total))
     return 1.0 - progress.fraction
 
 

@@ -27,16 +27,16 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.lifecycle import EXIT_BAD_INPUT
+from jobs.lifecycle import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec
 from planner.run.backends.base import (
-    RESUMABLE_EXIT, Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
+    Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
 )
 from planner.plan.budget import job_spent
 from planner.run import progress
@@ -205,7 +205,8 @@ class Supervisor:
         label = instance_label(job.id, attempt.number)
         found = [h for h in backend.list_labeled() if h.label == label] if backend else []
         if found:
-            attempt.instance_id, attempt.handle, attempt.outcome = found[0].instance_id, _handle_json(found[0]), "running"
+            handle = _adopted(found[0], JobSpec.from_json(job.spec), attempt)
+            attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
             job.state = "running"
         else:
             attempt.outcome, attempt.ended_at, attempt.detail = "lost", self.clock(), "launch cut off before the instance existed"
@@ -252,11 +253,11 @@ class Supervisor:
             session.commit()
             report.relaunch(job.id, ("preempted" if result.status is Status.PREEMPTED else "lost")
                             + (f": {result.detail}" if result.detail else ""))
-        elif result.exit_code == RESUMABLE_EXIT:
+        elif result.exit_code == EXIT_INTERRUPTED:
             self._end_attempt(session, job, attempt, "preempted", result)
             job.state = "preempted"
             session.commit()
-            report.relaunch(job.id, f"interrupted: exit {RESUMABLE_EXIT}, resumable")
+            report.relaunch(job.id, f"interrupted: exit {EXIT_INTERRUPTED}, resumable")
         elif result.exit_code == EXIT_BAD_INPUT:  # the runner refused its input: a relaunch would refuse it again
             tail = _tail(backend, handle)
             reason = bad_input_reason(tail)
@@ -466,6 +467,14 @@ def bad_input_reason(log_tail: str) -> str:
 def _handle_json(handle: Handle) -> str:
     return json.dumps({"backend": handle.backend, "instance_id": handle.instance_id, "label": handle.label,
                        "data": handle.data})
+
+
+def _adopted(found: Handle, spec: JobSpec, attempt: Attempt) -> Handle:
+    """A cut-off launch's instance as the listing found it, with what its launch would have recorded: a
+    listing knows only id and label, and a cloud backend's poll reads the output URI and the spot flag
+    from the handle (what the backend found itself wins)."""
+    data = {"output_uri": spec.output_uri, "spot": attempt.spot, "usd_per_hour": attempt.usd_per_hour, **found.data}
+    return replace(found, data=data)
 
 
 def handle_of(attempt: Attempt) -> Handle:

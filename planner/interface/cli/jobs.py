@@ -22,7 +22,7 @@ from planner.plan.estimate import EstimateError
 from planner.interface import views
 from planner.plan.campaigns import CampaignPlan, NewJob
 from planner.run.launching import (
-    JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem, find_jobs, run_until_final,
+    JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem, run_until_final,
     stage_for_cloud,
 )
 from planner.run.inputs import InputError

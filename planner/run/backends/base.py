@@ -21,7 +21,6 @@ from planner.config import Settings
 from pricing.offer import Offer
 
 LABEL_PREFIX = "planner-"
-RESUMABLE_EXIT = 75  # EX_TEMPFAIL: the runner checkpointed (or kept its last checkpoint) and can resume
 DEFAULT_IMAGE = Settings.model_fields["job_image"].default  # one default: PLANNER_JOB_IMAGE's
 
 

@@ -13,8 +13,9 @@ import math
 import shlex
 
 from jobs import storage
+from jobs.lifecycle import EXIT_INTERRUPTED
 from planner.run.backends.base import (
-    RESUMABLE_EXIT, Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
+    Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
 )
 from planner.run.backends.markers import done_marker_exists
 from planner.run.credentials import storage_credentials
@@ -118,7 +119,7 @@ def ended(output_uri: str, label: str) -> PollResult | None:
     code = report.get("exit_code")
     if code == 0 and done_marker_exists(output_uri):
         return PollResult(Status.SUCCEEDED, exit_code=0)
-    if code == RESUMABLE_EXIT:
+    if code == EXIT_INTERRUPTED:
         return PollResult(Status.FAILED, exit_code=code, detail="interrupted; resumable from its checkpoint")
     detail = "exited 0 but wrote no DONE marker" if code == 0 else f"exited {code}"
     return PollResult(Status.FAILED, exit_code=code, detail=detail)
