@@ -436,10 +436,13 @@ def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, grou
                         lines.append(line)
                         read_bytes += len(line)
     records, query_tokens, doc_tokens, group_docs, scored, tasks = 0, 0.0, 0.0, 0.0, 0, set()
+    first_problem = None
     for number, line in enumerate(lines, start=1):
         try:
-            record = parse_record(line.decode("utf-8", errors="replace"), f"{uri}:sample {number}")
-        except BadData:
+            record = parse_record(line.decode("utf-8", errors="replace"),
+                                  f"{uri}:{number}" if exact else f"{uri}:sample {number}")
+        except BadData as exc:
+            first_problem = first_problem or exc
             continue
         records += 1
         prompt = f"Instruct: {record.instruction or 'Given a web search query, retrieve relevant passages'}\nQuery:"
@@ -450,7 +453,7 @@ def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, grou
         scored += record.has_teacher_scores
         tasks.add(record.task)
     if not records:
-        raise BadData(f"{uri}: no parsable records in the sample")
+        raise BadData(str(first_problem) if first_problem else f"{uri}: no parsable records in the sample")
     mean_bytes = (sum(len(line) + 1 for line in lines) / len(lines)) if exact else read_bytes / len(lines)
     count = records if exact else max(records, round(size / mean_bytes))
     mean_query, mean_doc, mean_docs = query_tokens / records, doc_tokens / records, group_docs / records

@@ -93,10 +93,12 @@ def test_an_interruption_is_resumed_to_the_same_weights(world, tiny_model_dir, t
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
 
 
-def test_bad_input_exit_2_fails_the_job_after_one_attempt_with_the_runners_reason(world, tiny_model_dir, tmp_path):
+def test_bad_input_exit_2_fails_the_job_after_one_attempt_with_the_runners_reason(world, tiny_model_dir, toy_corpus,
+                                                                                  tmp_path):
     settings, sessions = world
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"query": "q"}\n')
+    bad = tmp_path / "bad.jsonl"  # the planner sizes it (good lines parse); the runner reads every line
+    bad.write_text(toy_corpus.read_text() + '{"query": "q"}\n')
+    bad_line = len(toy_corpus.read_text().splitlines()) + 1
     spec = submit(world, tiny_model_dir, bad, options=JobOptions(backend="local", max_failures=3))
     states = run_until_final(build_supervisor(settings, sessions), [spec.job_id], interval_s=0.1, timeout_s=300)
     assert states == {spec.job_id: "failed"}
@@ -105,8 +107,21 @@ def test_bad_input_exit_2_fails_the_job_after_one_attempt_with_the_runners_reaso
         [attempt] = attempts_of(session, spec.job_id)  # exit 2 is final: a relaunch would refuse it again
         assert attempt.outcome == "failed" and attempt.exit_code == 2
         assert job.error.startswith("bad input (exit 2): ") and "\n" not in job.error
-        assert "bad.jsonl:1: " in job.error  # file:line
+        assert f"bad.jsonl:{bad_line}: " in job.error  # file:line
         assert "'positive' must be a non-empty string" in job.error
+
+
+def test_a_corpus_with_no_good_line_fails_at_planning_naming_the_line_and_costs_nothing(world, tiny_model_dir,
+                                                                                        tmp_path):
+    settings, sessions = world
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q"}\n')
+    spec = submit(world, tiny_model_dir, bad, options=JobOptions(backend="local", max_failures=3))
+    states = run_until_final(build_supervisor(settings, sessions), [spec.job_id], interval_s=0.1, timeout_s=300)
+    assert states == {spec.job_id: "failed"}
+    with sessions() as session:
+        assert attempts_of(session, spec.job_id) == []  # nothing launched, nothing billed
+        assert "bad.jsonl:1: 'positive' must be a non-empty string" in session.get(Job, spec.job_id).error
 
 
 def test_the_relaunch_line_says_how_the_attempt_ended():
