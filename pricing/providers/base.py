@@ -14,16 +14,15 @@ class ProviderError(Exception):
 
 
 class Provider(ABC):
+    """A registered provider class (pricing.providers.PROVIDERS) also has `from_settings(settings, retry)`:
+    built from planner settings (duck-typed: pricing never imports planner) and the shared RetryPolicy.
+    Tests feed providers directly, so it is not part of this abstract interface."""
+
     name: str
     last_report: dict  # what the last fetch noticed (unknown GPUs, dropped rows, ...), stored as snapshot notes
 
     def __init__(self) -> None:
         self.last_report = {}
-
-    @classmethod
-    @abstractmethod
-    def from_settings(cls, settings, retry) -> Provider:
-        """Built from planner settings (duck-typed: pricing never imports planner) and the shared RetryPolicy."""
 
     @abstractmethod
     def fetch(self) -> list[Offer]:
