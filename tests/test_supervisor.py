@@ -157,14 +157,15 @@ def test_cancel_terminates_the_instance(world, tiny_model_dir, toy_corpus):
 
 
 def test_the_job_budget_stops_a_running_job_before_it_is_passed(world, tiny_model_dir, toy_corpus):
-    """A minute of (fake) time per tick at $3.60/h: the job is stopped before the next minute would pass $1.20."""
+    """A minute of (fake) time per tick at $3.60/h: the job is stopped before the next minute would pass $2.40
+    (a budget its worst-case estimate fits, so it launches, and which the fake clock then runs out)."""
     settings, sessions = world
     settings = settings.model_copy(update={"poll_interval_s": 60.0})
-    spec = submit(world, tiny_model_dir, toy_corpus, options=JobOptions(backend="local", budget_usd=1.2), epochs=50)
+    spec = submit(world, tiny_model_dir, toy_corpus, options=JobOptions(backend="local", budget_usd=2.4), epochs=50)
     supervisor = build_supervisor(settings, sessions)
     now = [datetime.now(timezone.utc)]
     supervisor.clock = lambda: now[0]
-    for _ in range(40):
+    for _ in range(60):
         report = supervisor.tick()
         if report.finished:
             break
@@ -173,8 +174,8 @@ def test_the_job_budget_stops_a_running_job_before_it_is_passed(world, tiny_mode
     with sessions() as session:
         [attempt] = attempts_of(session, spec.job_id)
         assert attempt.outcome == "stopped-by-budget"
-        assert 1.2 - 0.06 < attempt.dollars <= 1.2
-        assert "over the job budget of $1.20" in session.get(Job, spec.job_id).error
+        assert 2.4 - 0.06 < attempt.dollars <= 2.4
+        assert "over the job budget of $2.40" in session.get(Job, spec.job_id).error
     assert supervisor.backends["local"].list_labeled() == []
 
 
