@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-# The one definition of the runner exit codes (DESIGN.md); the planner's supervisor and backends read
+# The one definition of the runner exit codes (ARCHITECTURE.md); the planner's supervisor and backends read
 # them from here: EXIT_INTERRUPTED is what planner/run/backends/base.py called RESUMABLE_EXIT.
 EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 75
 

@@ -1,6 +1,7 @@
 """The views the CLI and the HTTP API both render: one definition each, so `--json` and the API agree."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -39,9 +40,9 @@ def job_progress(job: Job, attempts: list[Attempt], *, fresh: bool = True) -> di
     if parsed is None:
         return None
     if job.state == "succeeded" and parsed.total:  # the last file predates the last step
-        parsed = progress_file.Progress(**{**parsed.__dict__, "done": parsed.total, "eta_s": 0.0})
+        parsed = replace(parsed, done=parsed.total, eta_s=0.0)
     elif job.state in FINAL_STATES:  # stopped short: no time left to estimate
-        parsed = progress_file.Progress(**{**parsed.__dict__, "eta_s": None})
+        parsed = replace(parsed, eta_s=None)
     return parsed.as_dict() | {"text": progress_file.describe(parsed)}
 
 

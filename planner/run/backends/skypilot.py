@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from planner.run.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
@@ -107,7 +108,7 @@ class SkyPilotBackend(Backend):
         }
         config = {"name": plan.label, "envs": dict(sorted(plan.env.items())), "setup": "\n".join(plan.setup),
                   "run": shlex.join(plan.command), "resources": resources}
-        return LaunchPlan(**{**plan.__dict__, "request": {**plan.request, "task": config}})
+        return replace(plan, request={**plan.request, "task": config})
 
     def launch(self, plan: LaunchPlan) -> Handle:
         export_catalog(self.catalog_offers(), self.catalog_root)  # SkyPilot prices (and bids) from our book
