@@ -203,7 +203,13 @@ class Supervisor:
             return
         backend = self.backends.get(attempt.backend)
         label = instance_label(job.id, attempt.number)
-        found = [h for h in backend.list_labeled() if h.label == label] if backend else []
+        try:
+            listed = backend.list_labeled() if backend else []
+        except (BackendError, ProviderError) as exc:  # provider weather: look again next tick, never guess "lost"
+            log.warning("job %s attempt %d: cannot list %s instances to adopt a cut-off launch (%s); next tick",
+                        job.id, attempt.number, attempt.backend, exc)
+            return
+        found = [h for h in listed if h.label == label]
         if found:
             handle = _adopted(found[0], JobSpec.from_json(job.spec), attempt)
             attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
