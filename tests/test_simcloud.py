@@ -7,29 +7,24 @@ what the simulated providers billed."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load as load_safetensors
 from sqlalchemy import text
 
-from jobs import storage
 from planner.config import load_settings
 from planner.plan import campaigns
 from planner.records import Attempt, Job
 from planner.run.launching import JobOptions, add_jobs, build_supervisor, run_until_final, stage_for_cloud
-from pricing import store
 from pricing.db import session_factory
-from pricing.offer import Offer
 from tests.simcloud.runpod import FakeRunPod
 from tests.simcloud.s3 import S3Server
 from tests.simcloud.vast import FakeVast
+from tests.simcloud.world import (
+    BILLING_TOLERANCE, RUNPOD_KEY, VAST_KEY, build_wheel, settings_overrides, stop_fakes, weights, write_book,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNPOD_KEY, VAST_KEY = "rp-sim-key-7f3a9c", "vast-sim-key-2b8e1d"
 TRAIN = {"batch_size": 4, "max_steps": 3, "save_every_steps": 1}
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 BUDGET = 5.0
@@ -37,11 +32,7 @@ BUDGET = 5.0
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("simcloud-wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(work), str(ROOT)], check=True, timeout=300, capture_output=True)
-    [built] = work.glob("planner-*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("simcloud-wheel"))
 
 
 @pytest.fixture(scope="session")
@@ -90,31 +81,6 @@ def local_run(tmp_path_factory, tiny_model_dir, toy_corpus, docs):
     return weights(merged)
 
 
-def weights(output_uri: str) -> dict:
-    names = [n for n in storage.listing(output_uri) if str(n).endswith(".safetensors")]
-    tensors = {}
-    for name in sorted(names):
-        tensors.update(load_safetensors(storage.read_bytes(storage.join(output_uri, Path(str(name)).name))))
-    assert tensors, f"no weights at {output_uri}"
-    return tensors
-
-
-def book(sessions):
-    def offer(provider, key, gpu, vram, on_demand, spot, tier):
-        return Offer(provider=provider, offer_key=key, gpu_model=gpu, gpu_name_raw=gpu, vram_gb=vram, gpu_count=1,
-                     on_demand_usd_per_gpu_hour=on_demand, spot_usd_per_gpu_hour=spot, tier=tier, location="US",
-                     available=True, fetched_at=store.utcnow(), reliability=0.99)
-
-    with sessions() as session:
-        store.write_snapshot(session, "runpod", store.utcnow(), [
-            offer("runpod", "NVIDIA GeForce RTX 4090|community", "RTX4090", 24, 0.44, None, "community"),
-            offer("runpod", "NVIDIA RTX A6000|secure", "A6000", 48, 0.79, None, "secure")])
-        store.write_snapshot(session, "vast", store.utcnow(), [
-            offer("vast", "101", "RTX4090", 24, 0.45 + 0.01, 0.30 + 0.01, "verified"),
-            offer("vast", "102", "RTX4090", 24, 0.50 + 0.01, 0.35 + 0.01, "verified"),
-            offer("vast", "103", "A6000", 48, 0.55 + 0.01, 0.33 + 0.01, "verified")])
-
-
 @pytest.fixture
 def sim(db_url, tmp_path, monkeypatch, s3, wheel):
     boxes = tmp_path / "boxes"
@@ -122,17 +88,13 @@ def sim(db_url, tmp_path, monkeypatch, s3, wheel):
     for name, value in s3.env().items():  # the lab's shell: this machine reaches the store with these
         monkeypatch.setenv(name, value)
     bucket = s3.bucket()
-    settings = load_settings(db_url=db_url, runs_dir=tmp_path / "runs", runpod_url=runpod.url, vast_url=vast.url,
-                             runpod_api_key=RUNPOD_KEY, vast_api_key=VAST_KEY, jobs_install=f"planner @ {wheel.as_uri()}",
-                             storage_uri=f"s3://{bucket}/planner", poll_interval_s=0.3, http_retry_wait_s=0.01,
-                             local_max_hours=1e-9)  # auto: only the cloud
+    settings = load_settings(runpod_api_key=RUNPOD_KEY, vast_api_key=VAST_KEY, **settings_overrides(
+        db_url=db_url, runs_dir=tmp_path / "runs", runpod=runpod, vast=vast, storage_uri=f"s3://{bucket}/planner",
+        wheel=wheel))
     sessions = session_factory(db_url)
-    book(sessions)
+    write_book(sessions)
     yield settings, sessions, runpod, vast
-    for fake in (runpod, vast):
-        for box in list(fake.boxes.values()):
-            box.stop("test over", wait=False)
-        fake.close()
+    stop_fakes(runpod, vast)
 
 
 def run_campaign(sim, tiny_model_dir, toy_corpus, docs, backend, spot, on_tick=None):
@@ -182,7 +144,7 @@ def check_the_run(sim, plan, states, local_run):
                          for row in session.execute(text(f"SELECT * FROM {table}")))
     billed = runpod.billed_usd("planner-") + vast.billed_usd("planner-")
     assert settled <= BUDGET
-    assert settled == pytest.approx(billed, rel=0.05, abs=2e-4), (settled, billed)
+    assert settled == pytest.approx(billed, **BILLING_TOLERANCE), (settled, billed)
     secret = json.loads(json.dumps(dict(__import__("os").environ)))["AWS_SECRET_ACCESS_KEY"]
     assert secret not in dump and RUNPOD_KEY not in dump and VAST_KEY not in dump
     assert RUNPOD_KEY not in runpod.everything_sent() and VAST_KEY not in vast.everything_sent()
