@@ -189,6 +189,9 @@ class Supervisor:
             self._after_launch_failure(session, job, attempt, report)
             return
         attempt.usd_per_hour = handle.data.get("usd_per_hour", plan.usd_per_hour)  # a bid read at launch is paid
+        # billed from when the instance exists: the answer to the create, not the row written before the host
+        # search, the bid read and any rate-limited retries of the create (a cut-off launch keeps the row's time)
+        attempt.launched_at = self.clock()
         attempt.billed_usd_per_hour = _rate(handle.data.get("billed_usd_per_hour"))
         attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
         job.state, job.lease_owner, job.lease_until, job.updated_at = "running", None, None, self.clock()
