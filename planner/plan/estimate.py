@@ -39,6 +39,7 @@ ENCODE_ACT = 12  # inference keeps ~a few hidden-sized tensors per token alive a
 CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length (no tokenizer in the planner)
 DISK_GBPS = 0.5  # sustained read+write of a rented box's local disk, for the merge
 ASSUMED_QUERY_TOKENS, ASSUMED_DOC_TOKENS = 64, 128  # an unreadable corpus: instruction + query, one document
+CHECKPOINTS_KEPT = 2  # jobs.checkpoint.KEEP: the newest and the one before it
 MIN_CHUNK = 4  # the smallest gradient-cache chunk worth running: smaller chunks leave the GPU idle
 VRAM_USABLE = 0.92  # of a GPU's VRAM; the allocator's fragmentation takes the rest
 LORA_RANK = recipe.LORA["r"]
@@ -280,11 +281,13 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
     if max_steps is not None:
         tokens = min(tokens, max_steps * batch_size * stats.mean_tokens)
     flops = recipe.train_flops_per_token(P, method, gradient_checkpointing=gradient_checkpointing) * tokens
-    checkpoint_gb = (2 * P + (12 * P if method == "full" else 16 * shape.lora_params(LORA_RANK))) / GB
+    # a checkpoint: bf16 weights + compensation and fp32 moments (full), or the fp32 adapter and its moments
+    checkpoint_gb = (12 * P if method == "full" else 12 * shape.lora_params(LORA_RANK)) / GB
+    disk_gb = 2 * P / GB + 4 * P / GB + CHECKPOINTS_KEPT * checkpoint_gb + 10  # bf16 base, float32 output, slack
     notes = () if stats.measured else (f"corpus not reachable: assumed {stats.records:,} records of "
                                        f"{stats.mean_tokens:.0f} tokens",)
     notes += (f"{method}, {batch_size} queries per step x a group of {docs_per_query} documents",)
-    return Needs(f"train-bag/{method}", _floor(breakdown), disk_gb=2 * P / GB * 2 + 2 * checkpoint_gb + 10,
+    return Needs(f"train-bag/{method}", _floor(breakdown), disk_gb=disk_gb,
                  ram_gb=max(8.0, 2 * P / GB * 1.5), flops=flops, io_bytes=0.0, breakdown=breakdown, notes=notes,
                  data_parallel=True, sequences_per_step=sequences if chunked else 0, fixed_gb=fixed,
                  gb_per_sequence=per_sequence, fixed_mini_batch=mini_batch_size or None,

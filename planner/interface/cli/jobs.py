@@ -93,13 +93,15 @@ def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
             continue
         total += choice.winner.expected_usd
         table = Table(show_edge=False, pad_edge=False)
-        for column in ("#", "provider", "GPU", "VRAM", "tier", "spot", "$/h", "work h", "expected $", "worst $",
-                       "why not"):
-            table.add_column(column, justify="right" if column in ("VRAM", "$/h", "work h", "expected $", "worst $")
-                             else "left")
+        chunked = bool(needs.sequences_per_step)  # train-bag: the gradient-cache chunk chosen for each card
+        for column in ("#", "provider", "GPU", "VRAM", "tier", "spot", *(("chunk",) if chunked else ()), "$/h",
+                       "work h", "expected $", "worst $", "why not"):
+            table.add_column(column, justify="right" if column in ("VRAM", "chunk", "$/h", "work h", "expected $",
+                                                                   "worst $") else "left")
         for rank, c in enumerate(choice.ranked[:top], start=1):
+            chunk = (str(c.mini_batch) if c.mini_batch else "-",) if chunked else ()
             table.add_row(str(rank), c.offer.provider, f"{c.offer.gpu_count}x {c.offer.gpu_model}",
-                          f"{c.offer.vram_gb:.0f}", c.offer.tier, "spot" if c.spot else "on-demand",
+                          f"{c.offer.vram_gb:.0f}", c.offer.tier, "spot" if c.spot else "on-demand", *chunk,
                           f"{c.usd_per_hour:.3f}", f"{c.hours:.3g}", f"{c.expected_usd:.2f}",
                           f"{c.worst_case_usd:.2f}", c.why_lost or "best")
         out.print(table)
