@@ -541,6 +541,10 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     shards = plan_shards(len(corpus.ids), args.shard_size)
     mine = [s for s in shards if s.index % world == rank]
     todo = [s for s in mine if not storage.exists(marker(args.output, s))]
+    if not storage.is_remote(args.output):  # a writer killed mid-write leaves its temporary file behind
+        for shard in todo:
+            for stale in storage.local_path(args.output).glob(f".{shard.file}.*.tmp"):
+                stale.unlink(missing_ok=True)
     print(f"rank {rank}/{world}: {len(todo)} of {len(mine)} shards to encode ({len(mine) - len(todo)} already done)",
           file=sys.stderr, flush=True)
     if todo:

@@ -104,8 +104,10 @@ def test_offer_filters_and_sortable_columns(served):
                                ".every(td => td.textContent === 'vast')")
         assert 0 < page.locator("#offers tbody tr").count() < everything
         page.select_option("#f-provider", "")
+        page.wait_for_function(f"document.querySelectorAll('#offers tbody tr').length === {everything}")
         page.select_option("#f-vram", "48")
-        page.wait_for_function(f"document.querySelectorAll('#offers tbody tr').length < {everything}")
+        page.wait_for_function("[...document.querySelectorAll('#offers tbody tr td:nth-child(3)')]"
+                               ".every(td => parseInt(td.textContent) >= 48)")
         vram = [int(t.split()[0]) for t in page.locator("#offers tbody td:nth-child(3)").all_inner_texts()]
         assert vram and min(vram) >= 48
         page.select_option("#f-vram", "3")
