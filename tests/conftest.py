@@ -83,3 +83,21 @@ def v2_catalog() -> dict:
                      "price": {"secure": g.get("securePrice"), "community": g.get("communityPrice")},
                      "availability": stock.upper() if stock else "NONE"})
     return {"gpus": gpus}
+
+
+@pytest.fixture
+def cli():
+    """Invoke the planner CLI in-process; asserts the exit code (None: any) and returns the result."""
+    from typer.testing import CliRunner
+
+    from planner.interface.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int | None = 0):
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        if code is not None:
+            assert result.exit_code == code, result.output + result.stderr
+        return result
+
+    return invoke

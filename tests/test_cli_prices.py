@@ -6,25 +6,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from planner.interface.cli import app
 
 RUNPOD_KEY = "rpa_SECRET_runpod_0123456789"
 VAST_KEY = "vast_SECRET_0123456789abcdef"
-
-
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int | None = 0):
-        result = runner.invoke(app, list(args), catch_exceptions=False)
-        if code is not None:
-            assert result.exit_code == code, result.output + result.stderr
-        return result
-
-    return invoke
 
 
 def test_commands_ask_for_upgrade_first(cli):

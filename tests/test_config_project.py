@@ -7,23 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from planner.config import ConfigError, load_project, load_settings
-from planner.interface.cli import app
-
-
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int | None = 0):
-        result = runner.invoke(app, list(args), catch_exceptions=False)
-        if code is not None:
-            assert result.exit_code == code, result.output + result.stderr
-        return result
-
-    return invoke
 
 
 @pytest.fixture
