@@ -1,7 +1,8 @@
 """A simulated box: the create request's command run as a local subprocess in a scratch directory.
 
-The box's environment is only what the create request carried, plus what a stock PyTorch image
-provides: an interpreter on PATH (this test environment's, so torch is there), HOME, and a pip
+The box's environment is only what the create request carried, plus what the provider injects into
+every container (`provided_env`: the instance's id and instance-scoped key), plus what a stock PyTorch
+image provides: an interpreter on PATH (this test environment's, so torch is there), HOME, and a pip
 configured to install into the box's own site directory without dependencies (PIP_TARGET,
 PIP_NO_DEPS, PIP_NO_INDEX: the image already has torch and friends), which is first on PYTHONPATH.
 Nothing else of the test process's environment reaches it, so a credential the request forgot
@@ -29,13 +30,14 @@ def now() -> datetime:
 
 
 class Box:
-    def __init__(self, root: Path, name: str, argv: list[str], env: dict[str, str], *, grace_s: float = 5.0):
+    def __init__(self, root: Path, name: str, argv: list[str], env: dict[str, str], *, grace_s: float = 5.0,
+                 provided_env: dict[str, str] | None = None):
         self.dir = Path(root) / name
         (self.dir / "work").mkdir(parents=True, exist_ok=True)
         site = self.dir / "site"
         site.mkdir(exist_ok=True)
         self.argv, self.request_env, self.grace_s = list(argv), dict(env), grace_s
-        self.env = {**self.request_env, **IMAGE_ENV, "HOME": str(self.dir), "PYTHONPATH": str(site),
+        self.env = {**self.request_env, **(provided_env or {}), **IMAGE_ENV, "HOME": str(self.dir), "PYTHONPATH": str(site),
                     "PIP_TARGET": str(site),
                     "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])}
         self.log_path = self.dir / "log"

@@ -70,6 +70,10 @@ class FakeRunPod(FakeServer):
                 return "rp.delete", lambda: self._delete(pod_id)
         return "rp.other", lambda: problem(404, "Not Found", f"no route {method} {path}")
 
+    def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
+        """A pod-scoped key acts on its own pod only: read it, delete it, its actions and logs."""
+        return re.fullmatch(rf"/v2/pods/{re.escape(instance_id)}(/action|/logs)?", path) is not None
+
     # ------------------------------------------------------------------ pods
 
     def _create(self, body) -> Reply:
@@ -106,8 +110,11 @@ class FakeRunPod(FakeServer):
         pod_id = f"rp{next(self.ids):04d}x"
         rate = round(CATALOG[gpu["id"]][1][cloud] * count, 4)
         args = body.get("args") or ""
+        # RunPod injects the pod's id and a pod-scoped key into every pod (runpod/docs
+        # pods/templates/environment-variables.mdx, "Runpod-provided variables")
+        provided = {"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": self.issue_instance_key(pod_id)}
         box = Box(self.boxes_dir, f"runpod-{pod_id}", ["/bin/sh", "-c", args] if args else ["/bin/true"], env,
-                  grace_s=self.grace_s)
+                  grace_s=self.grace_s, provided_env=provided)
         pod = {"id": pod_id, "name": body["name"], "image": body.get("image"), "cloud": cloud,
                "gpu": {"id": gpu["id"], "count": count, "vcpuCount": 8 * count, "memory": 62 * count},
                "dataCenterId": "EU-RO-1", "cudaVersion": "12.8", "cost": rate, "createdAt": box.started_at.isoformat() + "Z",

@@ -1,8 +1,16 @@
 """What both fake providers share: a threaded JSON server on 127.0.0.1 with a bearer key, every request
-kept (for the secrets checks), and injectable faults (a status and body for the next N calls of a route)."""
+kept (for the secrets checks), and injectable faults (a status and body for the next N calls of a route).
+
+Besides the account key, each instance gets its own instance-scoped key (`issue_instance_key`), which
+the provider injects into the container (RunPod `RUNPOD_API_KEY`, "Pod-scoped API key": runpod/docs
+pods/templates/environment-variables.mdx; Vast `CONTAINER_API_KEY`, which "can only start, stop, or
+destroy that specific instance": vast-ai/docs api-reference/hello-world.mdx). A scoped key is accepted
+only on its own instance's routes (`scope_allows`); anywhere else the provider refuses it (`forbidden`).
+Rotating the account key (`rotate_key`) leaves the instance keys working, as each is its own key."""
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +38,7 @@ class FakeServer:
 
     def __init__(self, key: str):
         self.key = key
+        self.instance_keys: dict[str, str] = {}  # instance-scoped key -> the instance id it may act on
         self.requests: list[dict] = []
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
@@ -49,9 +58,11 @@ class FakeServer:
                 with api.lock:
                     api.requests.append({"method": self.command, "path": url.path, "query": query, "body": body,
                                          "raw": raw.decode(errors="replace"), "headers": dict(self.headers)})
-                if not url.path.startswith("/logs/") and not api.authorized(self.headers.get("Authorization")):
-                    # /logs/...: a pre-signed log URL (Vast's result_url) needs no key
-                    reply = api.unauthorized()
+                # /logs/...: a pre-signed log URL (Vast's result_url) needs no key
+                refused = None if url.path.startswith("/logs/") else api.refusal(
+                    self.headers.get("Authorization"), self.command, url.path)
+                if refused is not None:
+                    reply = refused
                 else:
                     try:
                         reply = api.dispatch(self.command, url.path, query, body, dict(self.headers))
@@ -97,6 +108,37 @@ class FakeServer:
 
     def unauthorized(self) -> Reply:
         return Reply(401, {"title": "Unauthorized", "status": 401, "detail": "invalid API key"})
+
+    def forbidden(self) -> Reply:
+        return Reply(403, {"title": "Forbidden", "status": 403, "detail": "this key may not act on that resource"})
+
+    def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
+        """Whether an instance-scoped key for `instance_id` may make this request (the provider's rule)."""
+        return False
+
+    def refusal(self, header: str | None, method: str, path: str) -> Reply | None:
+        """None when the request's key may make it; else the provider's answer."""
+        if self.authorized(header):
+            return None
+        token = (header or "").removeprefix("Bearer ")
+        with self.lock:
+            instance = self.instance_keys.get(token)
+        if instance is None:
+            return self.unauthorized()
+        return None if self.scope_allows(instance, method, path) else self.forbidden()
+
+    def issue_instance_key(self, instance_id) -> str:
+        key = f"inst-{secrets.token_hex(12)}"
+        with self.lock:
+            self.instance_keys[key] = str(instance_id)
+        return key
+
+    def rotate_key(self) -> str:
+        """The account key is replaced (a rotation or revocation): the old one stops working, and the
+        new one is returned for the planner's next start."""
+        with self.lock:
+            self.key = f"{self.key.split('~')[0]}~{secrets.token_hex(4)}"
+        return self.key
 
     def route(self, method: str, path: str, query: dict, body, headers: dict) -> tuple[str, Reply]:
         raise NotImplementedError

@@ -84,6 +84,13 @@ class FakeVast(FakeServer):
     def unauthorized(self):
         return err(404, "auth_error", "Invalid user key")  # note §4: a bad key may be 404 auth_error
 
+    def forbidden(self):
+        return err(403, "not_authorized", "this API key's scope does not include that")
+
+    def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
+        """A per-instance key starts, stops, shows or destroys its own instance, nothing else."""
+        return path == f"/api/v0/instances/{instance_id}/" and method in ("GET", "PUT", "DELETE")
+
     # ------------------------------------------------------------------ offers and create
 
     def _offer(self, ask: int) -> dict:
@@ -134,8 +141,12 @@ class FakeVast(FakeServer):
             self._set_stopped(instance_id, "bid below the current minimum")
             return err(400, "invalid_price", f"bid {price} is below the minimum {self.min_bid[ask]}",
                        ask_id=ask, new_contract=instance_id)
+        # every instance gets its id and a per-instance key (vast-ai/docs guides/instances/docker-environment.mdx,
+        # "Predefined Variables"), which "can only start, stop, or destroy that specific instance" (hello-world.mdx)
+        provided = {"CONTAINER_ID": str(instance_id), "CONTAINER_API_KEY": self.issue_instance_key(instance_id)}
         self.boxes[instance_id] = Box(self.boxes_dir, f"vast-{instance_id}", self._argv(body),
-                                      {str(k): str(v) for k, v in env.items()}, grace_s=self.grace_s)
+                                      {str(k): str(v) for k, v in env.items()}, grace_s=self.grace_s,
+                                      provided_env=provided)
         return Reply(200, {"success": True, "new_contract": instance_id})
 
     @staticmethod

@@ -1,0 +1,136 @@
+"""A box ends itself (jobs.boxend) with the instance-scoped identity its provider injects, and only its own
+instance: against the simulated RunPod and Vast.ai (tests/simcloud), whose scoped keys follow the providers'
+documentation (cited there)."""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import requests
+
+from jobs import boxend
+from tests.simcloud.runpod import FakeRunPod
+from tests.simcloud.vast import FakeVast
+from tests.simcloud.world import RUNPOD_KEY, VAST_KEY, stop_fakes
+
+SLEEP = "sleep 60"
+
+
+@pytest.fixture(params=["runpod", "vast"])
+def cloud(request, tmp_path):
+    fake = (FakeRunPod(RUNPOD_KEY, tmp_path / "boxes", grace_s=1.0) if request.param == "runpod"
+            else FakeVast(VAST_KEY, tmp_path / "boxes", grace_s=1.0))
+    yield request.param, fake
+    stop_fakes(fake)
+
+
+def rent(provider: str, fake, name: str, script: str = SLEEP):
+    """One instance created with the account key, as the planner's backends create them; its box."""
+    if provider == "runpod":
+        answer = requests.post(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {fake.key}"}, timeout=10,
+                               json={"name": name, "image": "pytorch", "gpu": {"id": "NVIDIA RTX A6000", "count": 1},
+                                     "cloud": "SECURE", "ports": [], "args": script, "env": {"A": "1"}})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["id"], fake.boxes[answer.json()["id"]]
+    answer = requests.put(f"{fake.url}/api/v0/asks/103/", headers={"Authorization": f"Bearer {fake.key}"}, timeout=10,
+                          json={"client_id": "me", "image": "pytorch", "disk": 10, "label": name, "runtype": "args",
+                                "onstart": "/bin/sh", "args": ["-c", script], "env": {"A": "1"}})
+    assert answer.status_code == 200, answer.text
+    instance = answer.json()["new_contract"]
+    return str(instance), fake.boxes[instance]
+
+
+def box_environ(provider: str, fake, box) -> dict[str, str]:
+    """What jobs.boxend reads on the box: the provider's injected identity plus what the launch sets."""
+    return {**box.env, boxend.PROVIDER_ENV: provider, boxend.URL_ENV: fake.url}
+
+
+def live(provider: str, fake, instance: str) -> bool:
+    return (instance in fake.pods) if provider == "runpod" else (int(instance) in fake.instances)
+
+
+def test_a_box_deletes_its_own_instance_and_no_other(cloud):
+    provider, fake = cloud
+    mine, my_box = rent(provider, fake, "planner-j1-a1")
+    other, _ = rent(provider, fake, "planner-j2-a1")
+    environ = box_environ(provider, fake, my_box)
+    id_var, key_var = boxend.IDENTITY[provider][:2]
+    assert environ[id_var] == mine and environ[key_var] not in (RUNPOD_KEY, VAST_KEY)
+    assert key_var not in my_box.request_env  # injected by the provider, never sent by us
+
+    # the instance key on another instance's route, or on the account's listing, is refused
+    path = boxend.IDENTITY[provider][3].format(id=other)
+    for method, url in (("DELETE", fake.url + path), ("GET", fake.url + ("/v2/pods" if provider == "runpod"
+                                                                           else "/api/v1/instances/"))):
+        request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {environ[key_var]}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+    assert live(provider, fake, other)
+
+    assert boxend.end_self(environ, sleep=lambda s: None) is None
+    assert not live(provider, fake, mine) and live(provider, fake, other)
+    deadline = time.monotonic() + 10
+    while my_box.alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not my_box.alive  # the provider stopped the container, billing ended
+    assert boxend.end_self(environ, sleep=lambda s: None) is None  # already gone: quiet
+
+
+def test_instance_keys_outlive_a_rotated_account_key(cloud):
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    fake.rotate_key()
+    assert requests.get(fake.url + ("/v2/pods" if provider == "runpod" else "/api/v1/instances/"), timeout=10,
+                        headers={"Authorization": f"Bearer {RUNPOD_KEY if provider == 'runpod' else VAST_KEY}"}
+                        ).status_code in (401, 404)  # Vast answers a bad key with 404 auth_error
+    assert boxend.end_self(box_environ(provider, fake, box), sleep=lambda s: None) is None
+    assert not live(provider, fake, mine)
+
+
+def test_a_revoked_instance_key_is_not_read_as_gone(cloud):
+    """Vast answers a bad key with 404 `auth_error`: only `no_such_instance` means the instance is gone."""
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    environ = box_environ(provider, fake, box)
+    environ[boxend.IDENTITY[provider][1]] = "revoked"
+    why = boxend.end_self(environ, sleep=lambda s: None)
+    assert why is not None and "revoked" not in why and ("401" in why or "404" in why)
+    assert live(provider, fake, mine)
+
+
+def test_retries_provider_weather_then_deletes(cloud):
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    route = "rp.delete" if provider == "runpod" else "vast.delete"
+    fake.inject(route, 429, {"title": "Too Many Requests", "status": 429}, times=2)
+    fake.inject(route, 503, "<html>unavailable</html>", times=1)
+    waits = []
+    assert boxend.end_self(box_environ(provider, fake, box), sleep=waits.append, log=lambda *a, **k: None) is None
+    assert waits == [1, 2, 4] and not live(provider, fake, mine)
+
+
+def test_no_identity_means_no_delete():
+    assert boxend.end_self({boxend.PROVIDER_ENV: "runpod"}) == "no instance identity in the environment"
+    assert boxend.own_instance({"RUNPOD_POD_ID": "x", "RUNPOD_API_KEY": "k"}) is None  # the launch named no provider
+
+
+def test_stop_times_leave_the_grace_for_the_report_and_the_delete():
+    environ = {boxend.DEADLINE_ENV: "1000", boxend.STOP_GRACE_ENV: "100"}
+    assert boxend.stop_times(environ) == (900.0, 1000 - 100 * boxend.KILL_MARGIN_S)
+    assert boxend.stop_times({}) is None
+
+
+def test_install_failed_waits_the_startup_window_then_ends_the_box(cloud):
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    environ = {**box_environ(provider, fake, box), boxend.STARTUP_ENV: "30"}
+    now = [1000.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    assert boxend.install_failed(environ, clock=lambda: now[0], sleep=sleep, log=lambda *a, **k: None) == 1
+    assert not live(provider, fake, mine) and now[0] >= 1030.0
