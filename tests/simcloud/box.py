@@ -37,8 +37,8 @@ class Box:
         site = self.dir / "site"
         site.mkdir(exist_ok=True)
         self.argv, self.request_env, self.grace_s = list(argv), dict(env), grace_s
-        self.env = {**self.request_env, **(provided_env or {}), **IMAGE_ENV, "HOME": str(self.dir), "PYTHONPATH": str(site),
-                    "PIP_TARGET": str(site),
+        self.env = {**self.request_env, **(provided_env or {}), **IMAGE_ENV, "HOME": str(self.dir),
+                    "PYTHONPATH": str(site), "PIP_TARGET": str(site),
                     "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])}
         self.log_path = self.dir / "log"
         self.started_at = now()
