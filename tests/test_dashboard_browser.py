@@ -5,6 +5,7 @@ progress moving, its log and its spend, and cancels it. Skipped where no Chromiu
 Screenshots of the job page and the chart go to /tmp/dashboard-*.png for people to look at."""
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 import threading
@@ -64,10 +65,7 @@ def test_dashboard_shows_book_and_history(served, tmp_path):
 
     _, url = served
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        browser, page, errors = browse(p)
         page.goto(url + "/")
         page.wait_for_selector("#offers tbody tr")
         rows = page.locator("#offers tbody tr")
@@ -83,7 +81,7 @@ def test_dashboard_shows_book_and_history(served, tmp_path):
 
 def browse(p):
     browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page = browser.new_page(viewport={"width": 1280, "height": 800})  # a laptop screen
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: dialog.accept())  # the Cancel button asks first
@@ -164,7 +162,7 @@ def test_the_chart_draws_a_seeded_history_with_time_axis_tooltips_and_toggles(se
         page.wait_for_selector("#tooltip", state="visible")
         tip = page.locator("#tooltip").inner_text()
         assert "UTC" in tip and "vast seeded-a on-demand: $0." in tip
-        page.screenshot(path="/tmp/dashboard-chart.png", clip={"x": 0, "y": box["y"] - 90, "width": 1300,
+        page.screenshot(path="/tmp/dashboard-chart.png", clip={"x": 0, "y": box["y"] - 90, "width": 1280,
                                                                "height": box["height"] + 200})
         page.locator("#chart .u-legend .u-series", has_text="vast seeded-a on-demand").click()
         assert page.evaluate("() => window.priceChart.series.find(s => s.label === 'vast seeded-a on-demand').show") is False
@@ -237,7 +235,10 @@ def test_a_jobs_page_shows_progress_moving_and_cancel_cancels_it(served, backend
 def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_model_dir, toy_corpus, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    from sqlalchemy import select
+
     from planner.plan import campaigns
+    from planner.records import Attempt
     from planner.run.launching import JobOptions, add_jobs, build_supervisor, run_until_final
     from pricing.db import session_factory
 
@@ -249,14 +250,20 @@ def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_
         add_jobs(session, [job], JobOptions(backend="local"))
     states = run_until_final(build_supervisor(settings, sessions), [job.spec.job_id], interval_s=0.2, timeout_s=300)
     assert states == {job.spec.job_id: "succeeded"}
+    with sessions() as session:  # the bill from the recorded times, not from how fast this machine ran it
+        attempts = session.scalars(select(Attempt).where(Attempt.job_id == job.spec.job_id)).all()
+        expected = sum(a.usd_per_hour * math.ceil((a.ended_at - a.launched_at).total_seconds() / a.billing_seconds)
+                       * a.billing_seconds / 3600 for a in attempts)
+    assert [a.usd_per_hour for a in attempts] == [3.6]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
+        browser, page, errors = browse(p)
         page.goto(url + "/")
         row = page.locator("#jobs tbody tr", has_text=job.spec.job_id)
         row.wait_for()
+        page.wait_for_selector("#budget:has-text('committed')")
         cells = [c.strip() for c in row.locator("td").all_inner_texts()]
         assert cells[1] == "evaluate" and cells[2] == "succeeded" and cells[5] == "1"
-        assert cells[6].startswith("$") and float(cells[6].lstrip("$")) > 0 and cells[7].startswith("local")
-        assert "committed" in page.locator("#budget").inner_text()
+        assert cells[6].startswith("$") and float(cells[6].lstrip("$")) == pytest.approx(expected, abs=0.005)
+        assert cells[7].startswith("local")
+        assert not errors, errors
         browser.close()
