@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8377, ge=1, le=65535)
     api_token: SecretStr | None = None  # required to serve beyond localhost
+    notify_url: SecretStr | None = None  # a Slack-compatible incoming webhook (planner.run.notify): a secret
     runs_dir: Path = Field(default_factory=default_runs_dir, description="local backend: logs and scratch")
     local_usd_per_hour: float = Field(default=0.0, ge=0, description="what an hour of this machine costs")
     local_gpus: int | None = Field(default=None, ge=1, description="GPUs of this machine a data-parallel job uses "
@@ -324,7 +325,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 def _file_has_keys(path: Path) -> bool:
     text = path.read_text(errors="replace").lower()
-    return "api_key" in text
+    return "api_key" in text or "notify_url" in text  # a webhook URL is a secret too
 
 
 def setting_sources(project: Project | None = None) -> dict[str, str]:

@@ -140,3 +140,22 @@ class Reservation(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     usd: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Notification(Base):
+    """A notification, one row per event (`key`, e.g. "job:ID:succeeded") claimed before it is sent, so no
+    tick or process sends it twice (planner.run.notify). The webhook URL is never stored: only the text
+    and whether it arrived."""
+
+    __tablename__ = "notifications"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # job-succeeded | ... | campaign-finished | orphan-reaped | ...
+    subject: Mapped[str] = mapped_column(String(200))  # the job, campaign or instance it is about
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)  # built once, in the background
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it was not delivered (no URL in it)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the notifier delivering it
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -229,11 +229,12 @@ def prune(session: Session, retention: timedelta) -> int:
 
 # ---------------------------------------------------------------- reads
 
-def current_snapshot_ids(session: Session) -> dict[str, int]:
-    rows = session.execute(
-        select(Snapshot.provider, func.max(Snapshot.id)).where(Snapshot.status == "ok").group_by(Snapshot.provider)
-    )
-    return {provider: sid for provider, sid in rows}
+def current_snapshot_ids(session: Session, as_of: datetime | None = None) -> dict[str, int]:
+    """Each provider's newest good snapshot (finished by `as_of`: the book as it was then)."""
+    stmt = select(Snapshot.provider, func.max(Snapshot.id)).where(Snapshot.status == "ok")
+    if as_of is not None:
+        stmt = stmt.where(Snapshot.finished_at <= as_of)
+    return {provider: sid for provider, sid in session.execute(stmt.group_by(Snapshot.provider))}
 
 
 def latest_snapshots(session: Session) -> dict[str, dict[str, Snapshot | None]]:
@@ -261,6 +262,7 @@ class OfferQuery:
     region: str | None = None  # a substring of the location, case-insensitive ("US", "Texas", "EU-RO")
     max_usd_per_gpu_hour: float | None = None  # on the price the query sorts on (spot, on-demand or cheaper)
     sort: str = "price"  # price (cheapest first) | vram (most first) | reliability (most first)
+    as_of: datetime | None = None  # the book as it was then (its offers are kept PLANNER_RETENTION_DAYS)
 
     def __post_init__(self) -> None:
         if self.sort not in SORTS:
@@ -283,7 +285,7 @@ def price_of(offer: Offer | OfferRow, spot: bool | None) -> float | None:
 def current_offers(session: Session, query: OfferQuery = OfferQuery(limit=None)) -> list[Offer]:
     """Offers of each provider's current snapshot matching `query`, in `query.sort` order (by default the
     cheapest per GPU-hour first; ties by price)."""
-    snapshot_ids = list(current_snapshot_ids(session).values())
+    snapshot_ids = list(current_snapshot_ids(session, query.as_of).values())
     if not snapshot_ids:
         return []
     stmt = select(OfferRow).where(OfferRow.snapshot_id.in_(snapshot_ids))
