@@ -39,7 +39,8 @@ from planner.run.backends.local import LocalBackend  # noqa: E402
 from planner.config import load_settings  # noqa: E402
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor  # noqa: E402
 from planner.records import FINAL_STATES, Job  # noqa: E402
-from planner.run.supervisor import ADOPT_AFTER, handle_of  # noqa: E402
+from planner.run.backends.base import Handle  # noqa: E402
+from planner.run.supervisor import ADOPT_AFTER  # noqa: E402
 from pricing.db import session_factory, upgrade  # noqa: E402
 from pricing.db import utcnow  # noqa: E402
 
@@ -128,7 +129,7 @@ def run_schedule(index: int, seed: int, model: Path, corpus: Path, work: Path) -
         if time.monotonic() - started > 600:
             raise RuntimeError(f"schedule {index}: the job is still {state} after 10 minutes")
         if live and faults["interruptions"] < 3 and rng.random() < 0.06:
-            backend.preempt(handle_of(live[0]), grace_s=5.0)
+            backend.preempt(Handle.from_attempt(live[0]), grace_s=5.0)
             faults["interruptions"] += 1
         if rng.random() < 0.05:
             backend.failing_polls = rng.randint(1, 25)

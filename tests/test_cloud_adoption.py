@@ -12,7 +12,7 @@ from jobs.spec import JobSpec
 from planner.plan.placement import NoPlacement
 from planner.records import Attempt, Job
 from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Status, instance_label
-from planner.run.supervisor import Supervisor, handle_of
+from planner.run.supervisor import Supervisor
 from pricing.db import session_factory, utcnow
 
 
@@ -72,7 +72,7 @@ def test_a_cut_off_cloud_launch_is_adopted_with_its_output_uri(db_url):
     with sessions() as session:
         [attempt] = session.query(Attempt).all()
         assert attempt.outcome == "running" and attempt.instance_id == "i-42"
-        data = handle_of(attempt).data
+        data = Handle.from_attempt(attempt).data
     assert data["output_uri"] == spec.output_uri and data["spot"] is True
     assert backend.polled and backend.polled[-1]["output_uri"] == spec.output_uri
     assert json.loads(json.dumps(data)) == data

@@ -28,7 +28,7 @@ from planner.run.backends.remote import report_uri
 from planner.config import load_settings
 from planner.plan.plans import book_offers
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem
-from planner.run.supervisor import handle_of
+from planner.run.backends.base import Handle
 from planner.records import Job
 from pricing import store
 from pricing.db import session_factory
@@ -416,7 +416,7 @@ def test_runpod_logs_stream_and_resume_with_last_event_id(cloud, toy_corpus):
     runpod.drop_logs_after = 2  # every connection drops after two events
     backend = supervisor.backends["runpod"]
     with sessions() as session:
-        handle = handle_of(attempts_of(session, spec.job_id)[0])
+        handle = Handle.from_attempt(attempts_of(session, spec.job_id)[0])
     assert backend.logs(handle, tail=3) == "step 3\nstep 4"  # the last 3 from step 3: two events, then the drop
 
     stop, got = threading.Event(), []
@@ -506,7 +506,7 @@ def test_vast_logs_through_request_logs_and_the_result_url(cloud, toy_corpus):
     backend.api.sleep = lambda s: None
     with sessions() as session:
         [attempt] = attempts_of(session, spec.job_id)
-        handle = handle_of(attempt)
+        handle = Handle.from_attempt(attempt)
         assert json.loads(attempt.handle)["data"]["billed_usd_per_hour"] == pytest.approx(0.46)  # dph_total
     assert backend.logs(handle, tail=2) == "step 1\nstep 2"
     stop = threading.Event()

@@ -169,7 +169,8 @@ def test_concurrent_reservations_never_overspend_the_monthly_budget(db_url):
     for t in threads:
         t.join()
     assert sum(r is None for r in results.values()) == 3
-    assert all("monthly budget" in r for r in results.values() if r is not None)
+    assert all("monthly budget" in r.reason and r.scope is budget.BudgetScope.MONTHLY
+               for r in results.values() if r is not None)
     with sessions() as session:
         assert budget.committed(session) == pytest.approx(90.0)
 
@@ -281,7 +282,7 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
             third = Job(id="c", name="c", kind="merge", backend="stub", campaign_id="c1", spec="{}")
             session.add(third)
             session.commit()
-            assert "campaign budget: $38.00 left" in budget.Ledger(clock=lambda: clock[0]).reserve(session, third, 40.0)
+            assert "campaign budget: $38.00 left" in budget.Ledger(clock=lambda: clock[0]).reserve(session, third, 40.0).reason
 
 
 def test_a_running_campaign_job_is_stopped_before_the_campaign_passes_its_budget(db_url):

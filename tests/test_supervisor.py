@@ -16,14 +16,15 @@ import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-from planner.run.backends.base import instance_label
+from planner.run.backends.base import Handle, instance_label
 from planner.config import load_settings
 from planner.run.launching import (
     JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final,
 )
 from planner.plan import campaigns
 from planner.records import Attempt, Job
-from planner.run.supervisor import attempt_cost, handle_of
+from planner.run import reaper
+from planner.plan.billing import attempt_cost
 from pricing.db import session_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_an_interruption_is_resumed_to_the_same_weights(world, tiny_model_dir, t
     wait_until(checkpoint.exists)
     with sessions() as session:
         [attempt] = attempts_of(session, spec.job_id)
-        handle = handle_of(attempt)
+        handle = Handle.from_attempt(attempt)
     supervisor.backends["local"].preempt(handle, grace_s=5, wait=True)  # SIGTERM, SIGKILL after 5 s
     states = run_until_final(supervisor, [spec.job_id], interval_s=0.1, timeout_s=300)
     assert states == {spec.job_id: "succeeded"}
@@ -88,7 +89,7 @@ def test_an_interruption_is_resumed_to_the_same_weights(world, tiny_model_dir, t
         first, second = attempts_of(session, spec.job_id)
         assert first.outcome == "preempted" and second.outcome == "succeeded"
         assert first.dollars > 0 and second.dollars > 0
-    assert "resuming from step" in supervisor.backends["local"].logs(handle_of(second))
+    assert "resuming from step" in supervisor.backends["local"].logs(Handle.from_attempt(second))
     mine, ref = load_file(f"{spec.output_uri}/model.safetensors"), load_file(str(reference / "model.safetensors"))
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
 
@@ -125,13 +126,14 @@ def test_a_corpus_with_no_good_line_fails_at_planning_naming_the_line_and_costs_
 
 
 def test_the_relaunch_line_says_how_the_attempt_ended():
-    from planner.run.supervisor import TickReport, bad_input_reason
+    from planner.run.logs import bad_input_reason
+    from planner.run.tick_report import TickReport
 
     report = TickReport()
     report.relaunch("j1", "interrupted: exit 75, resumable")
     report.relaunch("j2", "crashed with exit 1")
     report.relaunch("j3", "preempted: outbid: the instance was stopped")
-    report.relaunch("j4", "launch failed")
+    report.launch_failure("j4", "launch failed")
     assert report.lines() == [
         "j1: attempt ended early (interrupted: exit 75, resumable); relaunching from its checkpoint",
         "j2: attempt ended early (crashed with exit 1); relaunching from its checkpoint",
@@ -146,7 +148,7 @@ def test_cancel_terminates_the_instance(world, tiny_model_dir, toy_corpus):
     supervisor = build_supervisor(settings, sessions)
     supervisor.tick()
     with sessions() as session:
-        handle = handle_of(attempts_of(session, spec.job_id)[0])
+        handle = Handle.from_attempt(attempts_of(session, spec.job_id)[0])
         session.get(Job, spec.job_id).cancel_requested = True
         session.commit()
     report = supervisor.tick()
@@ -232,7 +234,8 @@ def test_an_orphan_instance_is_reaped(world):
     plan = backend.plan(spec, None, attempt=1, spot=False, usd_per_hour=0)
     plan = type(plan)(**{**plan.__dict__, "command": (sys.executable, "-c", "import time; time.sleep(60)")})
     backend.launch(plan)
-    reaped = build_supervisor(settings, sessions).reap()
+    supervisor = build_supervisor(settings, sessions)
+    reaped = reaper.reap(supervisor.sessions, supervisor.backends)
     assert reaped == [instance_label("ghost", 1)]
     wait_until(lambda: backend.list_labeled() == [], timeout=20)
 
@@ -246,7 +249,7 @@ def test_keys_never_reach_the_job_or_the_database(world, tiny_model_dir, toy_cor
     supervisor = build_supervisor(load_settings(db_url=db_url, runs_dir=settings.runs_dir), sessions)
     supervisor.tick()
     with sessions() as session:
-        handle = handle_of(attempts_of(session, spec.job_id)[0])
+        handle = Handle.from_attempt(attempts_of(session, spec.job_id)[0])
     wrapper = handle.data["pid"]
     children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
     for pid in [wrapper, *map(int, children)]:

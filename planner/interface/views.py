@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from planner.run import progress as progress_file
 from planner.run.launching import attempts_of, find_jobs
-from planner.run.supervisor import attempt_cost
+from planner.plan.billing import attempt_cost
 from pricing import gpus
 from pricing.db import utcnow
 

@@ -124,7 +124,7 @@ def create_app(settings: Settings, backends: dict | None = None) -> FastAPI:
     def job_logs(job_id: str, tail: int = Query(50, ge=1, le=5000)) -> dict:
         """The last lines of the log of a job's latest attempt."""
         from planner.run.launching import attempts_of
-        from planner.run.supervisor import handle_of
+        from planner.run.backends.base import Handle
 
         with sessions() as session:
             attempts = attempts_of(session, job_id)
@@ -134,7 +134,7 @@ def create_app(settings: Settings, backends: dict | None = None) -> FastAPI:
         if backend is None:
             raise HTTPException(501, f"the {attempts[-1].backend} backend is not available here")
         try:
-            text = backend.logs(handle_of(attempts[-1]), tail=tail)
+            text = backend.logs(Handle.from_attempt(attempts[-1]), tail=tail)
         except Exception as exc:  # provider weather: the page shows why, the next refresh tries again
             raise HTTPException(502, f"cannot read the log: {type(exc).__name__}")
         return {"job": job_id, "attempt": attempts[-1].number, "lines": text.splitlines()}

@@ -11,6 +11,8 @@ Spend itself is never stored twice: it is the sum of the attempts' settled dolla
 """
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
@@ -20,6 +22,25 @@ from planner.records import Attempt, Budget, Campaign, Job, Reservation
 from pricing.db import utcnow
 
 MONTHLY = "monthly"
+
+
+class BudgetScope(enum.Enum):
+    """Which budget refused: a job's own cannot grow by waiting; a shared one (a campaign's, the month's)
+    gets room back as other jobs' reservations settle."""
+
+    JOB = "job"
+    CAMPAIGN = "campaign"
+    MONTHLY = "monthly"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    scope: BudgetScope
+    reason: str  # one line: what is committed, what was asked, how to raise it
+
+    @property
+    def shared(self) -> bool:
+        return self.scope is not BudgetScope.JOB
 
 
 def month_start(now: datetime) -> datetime:
@@ -85,7 +106,7 @@ class Ledger:
     def __init__(self, clock=utcnow):
         self.clock = clock
 
-    def reserve(self, session: Session, job: Job, worst_case_usd: float) -> str | None:
+    def reserve(self, session: Session, job: Job, worst_case_usd: float) -> Refusal | None:
         """Hold spend-so-far + `worst_case_usd` for `job`; None when held, else why not (nothing held)."""
         session.commit()  # start a fresh transaction whose first statement takes the lock
         session.execute(update(Budget).where(Budget.scope == MONTHLY).values(updated_at=self.clock()))
@@ -93,20 +114,22 @@ class Ledger:
         wanted = spent + worst_case_usd
         if job.budget_usd is not None and spent >= job.budget_usd:
             session.rollback()
-            return f"job budget of ${job.budget_usd:.2f} is spent (${spent:.2f}); raise it to go on"
+            return Refusal(BudgetScope.JOB, f"job budget of ${job.budget_usd:.2f} is spent (${spent:.2f}); raise it to go on")
         campaign_room = campaign_left(session, job)
         if campaign_room is not None and worst_case_usd > campaign_room:
             session.rollback()
-            return (f"campaign budget: ${max(campaign_room, 0.0):.2f} left to this job, this attempt may cost up to "
-                    f"${worst_case_usd:.2f}; raise the campaign's --budget to go on")
+            return Refusal(BudgetScope.CAMPAIGN,
+                           f"campaign budget: ${max(campaign_room, 0.0):.2f} left to this job, this attempt may cost "
+                           f"up to ${worst_case_usd:.2f}; raise the campaign's --budget to go on")
         existing = session.get(Reservation, job.id)
         cap = monthly_budget(session)
         if cap is not None:
             others = committed(session, self.clock(), except_job=job.id)
             if others + worst_case_usd > cap:
                 session.rollback()
-                return (f"monthly budget: ${others:.2f} of ${cap:.2f} committed, this attempt may cost up to "
-                        f"${worst_case_usd:.2f}; raise it with `planner budget set --monthly USD`")
+                return Refusal(BudgetScope.MONTHLY,
+                               f"monthly budget: ${others:.2f} of ${cap:.2f} committed, this attempt may cost up to "
+                               f"${worst_case_usd:.2f}; raise it with `planner budget set --monthly USD`")
         if existing:
             existing.usd = wanted
         else:

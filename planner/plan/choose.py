@@ -20,6 +20,7 @@ A caller without a session (a simulator, a what-if) hands choose its own measure
 """
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -87,11 +88,38 @@ class Candidate:
     mini_batch: int | None = None  # the gradient-cache chunk chosen for this offer's GPUs
 
 
+class Rejection(enum.Enum):
+    """Why an offer lost on a hard limit; the value is how plans count them ("3 too little VRAM")."""
+
+    NOT_AVAILABLE = "not available"
+    TOO_LITTLE_VRAM = "too little VRAM"
+    TOO_LITTLE_VRAM_HERE = "too little VRAM here"  # this machine's GPU
+    TOO_LITTLE_RAM_HERE = "too little RAM here"  # this machine, CPU only
+    TOO_FEW_GPUS = "too few GPUs"
+    TOO_LITTLE_DISK = "too little disk"
+    IMAGE_CANNOT_RUN = "GPU the job image cannot run"
+    PROVIDER_EXCLUDED = "provider excluded"
+    OTHER_GPU = "other GPU"  # pinned elsewhere (--gpu)
+    OTHER_GPU_COUNT = "other GPU count"
+    TIER_EXCLUDED = "tier excluded"
+    REGION_EXCLUDED = "region excluded"
+    COOLING_DOWN = "cooling down"
+    STALE_PRICE = "stale price"
+    UNKNOWN_GPU_SPEED = "unknown GPU speed"
+    TOO_SLOW_HERE = "too slow here"
+    OVER_PRICE_CAP = "over the price cap"
+    OVER_BUDGET = "over the budget"
+
+
+PIN_REJECTIONS = frozenset({Rejection.OTHER_GPU, Rejection.OTHER_GPU_COUNT, Rejection.PROVIDER_EXCLUDED})
+
+
 @dataclass(frozen=True)
 class Rejected:
     offer: Offer
     spot: bool | None
-    reason: str
+    code: Rejection
+    reason: str  # the code's words with this offer's numbers, for people
 
 
 @dataclass
@@ -108,17 +136,24 @@ class Choice:
         """Why nothing qualified, with what would fit."""
         if not self.rejected:
             return "the price book is empty: run `planner prices refresh`"
-        counts: dict[str, int] = {}
-        for item in self.rejected:
-            key = item.reason.split(":")[0]
-            counts[key] = counts.get(key, 0) + 1
-        summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        if all(r.reason.startswith("too little VRAM") for r in self.rejected):
+        counts = self.rejection_counts()
+        summary = ", ".join(f"{n} {code.value}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        if set(counts) <= {Rejection.TOO_LITTLE_VRAM, Rejection.TOO_LITTLE_VRAM_HERE}:
             largest = max(r.offer.vram_gb for r in self.rejected)
             short = self.needs.vram_gb - largest
             return (f"no GPU offered fits: the job needs {self.needs.vram_gb:.1f} GB of VRAM per GPU, "
                     f"{short:.1f} GB more than the largest offered; try " + "; or ".join(suggestions(self.needs, largest)))
         return f"no offer qualifies ({summary})"
+
+    def rejection_counts(self) -> dict[Rejection, int]:
+        """Offers that lost on a hard limit, counted by why, in the order first seen."""
+        counts: dict[Rejection, int] = {}
+        for item in self.rejected:
+            counts[item.code] = counts.get(item.code, 0) + 1
+        return counts
+
+    def rejected_for(self, code: Rejection) -> bool:
+        return any(item.code is code for item in self.rejected)
 
 
 def interruption_rates(session: Session | None) -> dict[tuple[str, str, bool], tuple[float, float]]:
@@ -203,18 +238,20 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
     rejected: list[Rejected] = []
     efficiency_cache: dict[tuple[str, int], float] = {}
     for offer in offers:
-        reason = _offer_problem(offer, needs, limits, now)
-        if reason:
-            rejected.append(Rejected(offer, None, reason))
+        problem = _offer_problem(offer, needs, limits, now)
+        if problem:
+            rejected.append(Rejected(offer, None, *problem))
             continue
         spec = gpus.by_model(offer.gpu_model)
         if spec is None and needs.kind != "merge" and offer.provider != "local":
-            rejected.append(Rejected(offer, None, f"unknown GPU speed: {offer.gpu_name_raw} is not in the GPU table"))
+            rejected.append(Rejected(offer, None, Rejection.UNKNOWN_GPU_SPEED,
+                                     f"unknown GPU speed: {offer.gpu_name_raw} is not in the GPU table"))
             continue
         ranks = needs.gpus_used(offer.gpu_count)
         mini_batch = needs.mini_batch_on(offer.vram_gb, ranks)
         if needs.sequences_per_step and mini_batch is None and offer.provider != "local":
-            rejected.append(Rejected(offer, None, f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"))
+            rejected.append(Rejected(offer, None, Rejection.TOO_LITTLE_VRAM,
+                                     f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"))
             continue
         key = (offer.gpu_model, ranks)
         if key not in efficiency_cache:
@@ -224,9 +261,10 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
         hours = needs.hours_on(peak, efficiency_cache[key], ranks, needs.flops_on(offer.vram_gb, ranks))
         if (offer.provider == "local" and not limits.local_forced and limits.max_local_hours is not None
                 and hours > limits.max_local_hours):
-            rejected.append(Rejected(offer, None, f"too slow here: about {hours:,.0f} h on this machine "
-                                                  f"({local_description(offer)}), over PLANNER_LOCAL_MAX_HOURS = "
-                                                  f"{limits.max_local_hours:g} h"))
+            rejected.append(Rejected(offer, None, Rejection.TOO_SLOW_HERE,
+                                     f"too slow here: about {hours:,.0f} h on this machine "
+                                     f"({local_description(offer)}), over PLANNER_LOCAL_MAX_HOURS = "
+                                     f"{limits.max_local_hours:g} h"))
             continue
         spot_price = offer.spot_usd_per_gpu_hour if providers.offers_spot(offer.provider) else None  # RunPod: never
         for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, spot_price)):
@@ -234,8 +272,8 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
                 continue
             price = per_gpu * offer.gpu_count
             if limits.max_usd_per_hour is not None and price > limits.max_usd_per_hour:
-                rejected.append(Rejected(offer, spot, f"over the price cap: ${price:.3f}/h > "
-                                                      f"${limits.max_usd_per_hour:.3f}/h"))
+                rejected.append(Rejected(offer, spot, Rejection.OVER_PRICE_CAP, f"over the price cap: ${price:.3f}/h > "
+                                                                                f"${limits.max_usd_per_hour:.3f}/h"))
                 continue
             rate = rate_for(offer, spot, observed) if offer.provider != "local" else 0.0
             interruptions = rate * hours
@@ -244,8 +282,8 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             expected = sum(breakdown.values())
             worst = WORST_CASE_FACTOR * expected
             if limits.budget_left_usd is not None and worst > limits.budget_left_usd:
-                rejected.append(Rejected(offer, spot, f"over the budget: worst case ${worst:.2f} > "
-                                                      f"${limits.budget_left_usd:.2f} left"))
+                rejected.append(Rejected(offer, spot, Rejection.OVER_BUDGET, f"over the budget: worst case ${worst:.2f} > "
+                                                                             f"${limits.budget_left_usd:.2f} left"))
                 continue
             ranked.append(Candidate(offer, spot, price, hours, rate, expected, worst, breakdown,
                                     hours + STARTUP_HOURS + rework_hours, gpus_used=ranks, mini_batch=mini_batch))
@@ -256,37 +294,38 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
     return Choice(needs, ranked, rejected)
 
 
-def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) -> str | None:
+def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) -> tuple[Rejection, str] | None:
     if not offer.available:
-        return "not available: out of stock"
+        return Rejection.NOT_AVAILABLE, "not available: out of stock"
     if offer.provider == "local":
         if not limits.local_forced and (problem := local_memory_problem(offer, needs)):
-            return problem
+            return (Rejection.TOO_LITTLE_VRAM_HERE if offer.vram_gb > 0 else Rejection.TOO_LITTLE_RAM_HERE), problem
     elif offer.vram_gb < needs.vram_gb:
-        return f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
+        return Rejection.TOO_LITTLE_VRAM, f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
     if offer.gpu_count < needs.gpu_count:
-        return f"too few GPUs: {offer.gpu_count} < {needs.gpu_count}"
+        return Rejection.TOO_FEW_GPUS, f"too few GPUs: {offer.gpu_count} < {needs.gpu_count}"
     if offer.disk_gb is not None and offer.disk_gb and offer.disk_gb < needs.disk_gb:
-        return f"too little disk: {offer.disk_gb:.0f} GB < {needs.disk_gb:.0f} GB"
+        return Rejection.TOO_LITTLE_DISK, f"too little disk: {offer.disk_gb:.0f} GB < {needs.disk_gb:.0f} GB"
     if limits.compute_caps is not None and offer.provider != "local" and (problem := image_problem(offer, limits)):
-        return problem
+        return Rejection.IMAGE_CANNOT_RUN, problem
     if limits.providers is not None and offer.provider not in limits.providers:
-        return f"provider excluded: {offer.provider} (pinned to {', '.join(sorted(limits.providers))})"
+        return (Rejection.PROVIDER_EXCLUDED,
+                f"provider excluded: {offer.provider} (pinned to {', '.join(sorted(limits.providers))})")
     if limits.gpu_models is not None and offer.gpu_model not in limits.gpu_models:
-        return f"other GPU: {offer.gpu_model} (pinned to {', '.join(sorted(limits.gpu_models))})"
+        return Rejection.OTHER_GPU, f"other GPU: {offer.gpu_model} (pinned to {', '.join(sorted(limits.gpu_models))})"
     if limits.gpu_count is not None and offer.gpu_count != limits.gpu_count:
-        return f"other GPU count: {offer.gpu_count} (pinned to {limits.gpu_count})"
+        return Rejection.OTHER_GPU_COUNT, f"other GPU count: {offer.gpu_count} (pinned to {limits.gpu_count})"
     if offer.provider in limits.exclude_providers:
-        return f"provider excluded: {offer.provider}"
+        return Rejection.PROVIDER_EXCLUDED, f"provider excluded: {offer.provider}"
     if limits.tiers is not None and offer.tier not in limits.tiers:
-        return f"tier excluded: {offer.tier}"
+        return Rejection.TIER_EXCLUDED, f"tier excluded: {offer.tier}"
     if limits.regions and not any(r.lower() in (offer.location or "").lower() for r in limits.regions):
-        return f"region excluded: {offer.location}"
+        return Rejection.REGION_EXCLUDED, f"region excluded: {offer.location}"
     if offer.offer_key in limits.exclude_offer_keys and offer.provider != "local":  # our own box has no market
-        return "cooling down: interrupted recently"
+        return Rejection.COOLING_DOWN, "cooling down: interrupted recently"
     age = now - offer.fetched_at
     if age > limits.max_price_age and not limits.allow_stale and offer.provider != "local":
-        return f"stale price: {age.total_seconds() / 3600:.1f} h old (refresh, or --allow-stale)"
+        return Rejection.STALE_PRICE, f"stale price: {age.total_seconds() / 3600:.1f} h old (refresh, or --allow-stale)"
     return None
 
 

@@ -47,3 +47,4 @@ class PlacementContext:
     remaining_fraction: float  # of the job's work, from the runner's progress
     spent_usd: float  # settled over the job's attempts so far
     now: datetime
+    excluded_backends: frozenset[str] = frozenset()  # backends that cannot launch now (an account out of funds)

@@ -15,7 +15,7 @@ from jobs import recipe, storage
 from jobs.spec import JobSpec
 from planner.config import Settings
 from planner.plan import budget, kinds
-from planner.plan.choose import Choice, Limits, choose
+from planner.plan.choose import Choice, Limits, Rejection, choose
 from pricing.db import utcnow
 from planner.plan.estimate import EstimateError, Needs
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
@@ -30,15 +30,24 @@ def needs_for(spec: JobSpec, remaining_fraction: float = 1.0, shapes: dict[str, 
     return kinds.size(spec.kind, spec.params, shapes).remaining(remaining_fraction)
 
 
-def limits_for(job: Job, settings: Settings, session: Session, *, excluded: frozenset[str] = frozenset(),
-               spent_usd: float = 0.0, allow_stale: bool = False) -> Limits:
+def limits_for(job: Job | None, settings: Settings, session: Session | None = None, *,
+               excluded: frozenset[str] = frozenset(), spent_usd: float = 0.0, allow_stale: bool = False) -> Limits:
+    """The one place Limits are assembled. From `job` (a stored row, or an unsaved one holding what a
+    `plan` was asked: spot, price cap, pins, budget, backend, campaign): its own limits, its budget less
+    `spent_usd`, and the campaign's and the month's budget left (read in `session`). From settings: the
+    price age, the job image's GPUs, this machine's hours. `job` None: no user limits and no budgets, what
+    the hints ask ("what would run it at all"). `excluded`: offers cooling down after an interruption."""
+    common = dict(max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded,
+                  max_local_hours=settings.local_max_hours, **image_limits(settings))
+    if job is None:
+        return Limits(**common)
     left = [v for v in (budget.left_this_month(session), budget.campaign_left(session, job),
                         None if job.budget_usd is None else job.budget_usd - spent_usd) if v is not None]
-    return Limits(spot=job.spot, max_usd_per_hour=job.max_price_per_hour, budget_left_usd=min(left) if left else None,
-                  max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded,
+    return Limits(spot=job.spot or "any", max_usd_per_hour=job.max_price_per_hour,
+                  budget_left_usd=min(left) if left else None,
                   providers=frozenset([job.pin_provider]) if job.pin_provider else None,
                   gpu_models=frozenset([job.pin_gpu]) if job.pin_gpu else None, gpu_count=job.pin_gpu_count,
-                  **image_limits(settings))
+                  local_forced=job.backend == "local", **common)
 
 
 def image_limits(settings: Settings) -> dict:
@@ -67,16 +76,16 @@ class Placer:
 
     def __call__(self, session: Session, job: Job, context: PlacementContext) -> Placement | NoPlacement:
         spec = JobSpec.from_json(job.spec)
+        backends = {name: b for name, b in self.backends.items() if name not in context.excluded_backends}
         offers = []
-        if "local" in self.backends and job.backend in ("auto", "local") and self.local_offer is not None:
+        if "local" in backends and job.backend in ("auto", "local") and self.local_offer is not None:
             offers.append(self.local_offer)
-        via_skypilot = job.backend == "skypilot" and "skypilot" in self.backends
+        via_skypilot = job.backend == "skypilot" and "skypilot" in backends
         if job.backend != "local" and storage.is_remote(spec.output_uri):  # a cloud box cannot see our disk
-            offers += [o for o in book_offers(session) if (o.provider in self.backends
+            offers += [o for o in book_offers(session) if (o.provider in backends
                        and job.backend in ("auto", o.provider)) or (via_skypilot and o.provider in ("runpod", "vast"))]
-        limits = replace(limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
-                                    spent_usd=context.spent_usd),
-                         max_local_hours=self.settings.local_max_hours, local_forced=job.backend == "local")
+        limits = limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
+                            spent_usd=context.spent_usd)
         try:
             choice = plan_job(session, spec, limits, offers, context.now, context.remaining_fraction)
         except EstimateError as exc:
@@ -84,10 +93,12 @@ class Placer:
         winner = choice.winner
         if winner is None:
             reason = choice.explain_empty()
-            if offers and all(o.provider == "local" for o in offers) and "over the budget" not in reason:
+            over_budget = choice.rejected_for(Rejection.OVER_BUDGET)
+            if offers and all(o.provider == "local" for o in offers) and not over_budget \
+                    and not context.excluded_backends:
                 # nothing but this machine could run it, and it cannot: say what would, and fail the job
                 return NoPlacement(f"{reason}; {cloud_hint(session, spec, self.settings)}", impossible=True)
-            return NoPlacement(reason, over_budget="over the budget" in reason)
+            return NoPlacement(reason, over_budget=over_budget)
         backend = self.backends["skypilot" if via_skypilot and winner.offer.provider != "local"
                                 else winner.offer.provider]
         placement = placement_for(spec, choice, backend.name, backend.billing_seconds)
@@ -116,7 +127,8 @@ def local_warning(session: Session, spec: JobSpec, offer: Offer, settings: Setti
     from planner.plan.choose import local_description, local_memory_problem
 
     try:
-        choice = plan_job(session, spec, Limits(local_forced=True), [offer], utcnow(), shapes=shapes)
+        choice = plan_job(session, spec, replace(limits_for(None, settings), local_forced=True), [offer], utcnow(),
+                          shapes=shapes)
     except EstimateError:
         return None
     if choice.winner is None:
@@ -132,8 +144,7 @@ def cloud_hint(session: Session, spec: JobSpec, settings: Settings) -> str:
     """What would run a job this machine cannot: the cheapest fitting cloud offer in the book, and what
     a cloud launch needs."""
     try:
-        choice = plan_job(session, spec, Limits(max_price_age=settings.max_price_age, allow_stale=True,
-                                                **image_limits(settings)), book_offers(session), utcnow())
+        choice = plan_job(session, spec, limits_for(None, settings, allow_stale=True), book_offers(session), utcnow())
         best = choice.winner
     except EstimateError:
         best = None
@@ -158,14 +169,5 @@ def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
             "needs": {"vram_gb": needs.vram_gb, "disk_gb": needs.disk_gb, "ram_gb": needs.ram_gb,
                       "tflop": needs.flops / 1e12, "breakdown_gb": needs.breakdown, "notes": list(needs.notes)},
             "ranked": [candidate(c) for c in choice.ranked[:top]],
-            "rejected": _rejected_counts(choice),
+            "rejected": {code.value: n for code, n in choice.rejection_counts().items()},
             "no_offer": None if choice.winner else choice.explain_empty()}
-
-
-def _rejected_counts(choice: Choice) -> dict[str, int]:
-    """Offers that lost on a hard limit, counted by reason (too little VRAM, other GPU, price cap, ...)."""
-    counts: dict[str, int] = {}
-    for item in choice.rejected:
-        key = item.reason.split(":")[0]
-        counts[key] = counts.get(key, 0) + 1
-    return counts

@@ -83,7 +83,7 @@ def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda messa
     from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final
     from planner.plan.plans import book_offers, plan_job
     from planner.records import Campaign, Job
-    from planner.run.supervisor import handle_of
+    from planner.run.backends.base import Handle
 
     settings = demo_settings(directory, "http://127.0.0.1:9").model_copy(
         update={"runs_dir": directory / "runs", "poll_interval_s": 0.5})
@@ -128,7 +128,7 @@ def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda messa
             with sessions() as session:
                 live = [a for a in attempts_of(session, victim.job_id) if a.outcome == "running"]
             if live:
-                backend.preempt(handle_of(live[0]), grace_s=5.0)
+                backend.preempt(Handle.from_attempt(live[0]), grace_s=5.0)
                 interrupted.append(victim.job_id)
                 on_event(f"injected a spot interruption into {victim.job_id} (SIGTERM, SIGKILL after 5 s)")
 

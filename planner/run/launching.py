@@ -27,7 +27,8 @@ from planner.plan.choose import Choice
 from planner.plan.plans import Placer, placement_for
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.run.inputs import Upload, local_input_problem, stage_inputs
-from planner.run.supervisor import Supervisor, TickReport
+from planner.run.supervisor import Supervisor
+from planner.run.tick_report import TickReport
 from pricing.providers import PROVIDERS
 from pricing.providers.http import RetryPolicy
 

@@ -1,4 +1,5 @@
-"""A job attempt's log, followed until the attempt ends (`planner jobs logs --follow`).
+"""A job attempt's log: its tail, the runner's reason for refusing its input, and following it until the
+attempt ends (`planner jobs logs --follow`).
 
 A backend that can stream its log implements `follow_logs(handle, stop, tail=N)`: an iterator of
 lines (without newlines) that starts with the last `tail` lines, yields each new line as it comes
@@ -15,6 +16,24 @@ from planner.run.backends.base import Backend, BackendError, Handle, Status
 from pricing.providers.base import ProviderError
 
 LIVE = (Status.RUNNING, Status.PENDING)
+
+
+def log_tail(backend: Backend, handle: Handle, lines: int = 30) -> str:
+    """The last `lines` of the attempt's log, or why there is none (provider weather is no error here)."""
+    try:
+        return backend.logs(handle, tail=lines)
+    except (BackendError, ProviderError) as exc:
+        return f"(no log: {exc})"
+
+
+def bad_input_reason(tail: str) -> str:
+    """The runner's one-line reason for exit 2: its last `error: ...` line (file:line for a corpus)."""
+    for line in reversed(tail.splitlines()):
+        line = line.strip()
+        if line.startswith("error: "):
+            return line[len("error: "):][:400]
+    lines = [line.strip() for line in tail.splitlines() if line.strip() and not line.startswith("(")]
+    return lines[-1][:400] if lines else "the runner refused its input (no reason in its log)"
 
 
 def attempt_ended(backend: Backend, handle: Handle) -> bool:

@@ -15,19 +15,18 @@ any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
 
 Every attempt row is written before its instance is created, so a supervisor killed mid-launch
 finds the instance again by its label on restart (adopted, not duplicated). The reaper terminates
-labelled instances that no live attempt owns. An attempt costs its price per hour times its
-elapsed time rounded up to the provider's billing granularity.
+labelled instances that no live attempt owns (planner.run.reaper). An attempt costs what
+planner.plan.billing says.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
@@ -35,16 +34,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.lifecycle import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec
-from planner.run.backends.base import (
-    Backend, BackendError, Handle, PollResult, Status, instance_label, job_of_label,
-)
+from planner.plan.billing import attempt_cost, billed_rate
 from planner.plan.budget import job_spent
-from planner.run import progress
-from planner.run.backends.markers import read_done
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
-from pricing.providers.base import ProviderError
+from planner.run import progress, reaper
+from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Scope, Status, instance_label
+from planner.run.backends.markers import read_done
+from planner.run.logs import bad_input_reason, log_tail
+from planner.run.tick_report import TickReport
 from pricing.db import utcnow
+from pricing.providers.base import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +52,6 @@ LAUNCH_LEASE = timedelta(minutes=10)  # a claim on a job that a crashed supervis
 ADOPT_AFTER = timedelta(minutes=2)  # an attempt row without an instance id this old was cut off mid-launch
 MAX_LAUNCH_FAILURES = 8  # launches failing in a row (nothing started between them) before the job fails
 MAX_POLL_FAILURES = 20  # consecutive failed polls (provider down) before the attempt counts as lost
-
-
-@dataclass
-class TickReport:
-    launched: list[str] = field(default_factory=list)
-    finished: list[tuple[str, str]] = field(default_factory=list)  # (job id, state)
-    relaunching: list[str] = field(default_factory=list)
-    reaped: list[str] = field(default_factory=list)  # labels
-    why: dict[str, str] = field(default_factory=dict)  # job id -> how its attempt ended (relaunching)
-
-    def relaunch(self, job_id: str, why: str) -> None:
-        self.relaunching.append(job_id)
-        self.why[job_id] = why
-
-    def lines(self) -> list[str]:
-        """What happened in this tick, one line per event, for people watching."""
-        return ([f"launched {job_id}" for job_id in self.launched]
-                + [f"{job_id}: attempt ended early ({self.why.get(job_id, 'ended')}); relaunching from its checkpoint"
-                   if not self.why.get(job_id, "").startswith("launch failed") else
-                   f"{job_id}: {self.why[job_id]}; placing it again" for job_id in self.relaunching]
-                + [f"{job_id}: {state}" for job_id, state in self.finished]
-                + [f"reaped orphan {label}" for label in self.reaped])
 
 
 class Supervisor:
@@ -88,6 +66,7 @@ class Supervisor:
         self.poll_interval_s = poll_interval_s
         self.cooldown = cooldown
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.unpaid: dict[str, datetime] = {}  # backend -> until when it launches nothing (its account cannot pay)
 
     # ------------------------------------------------------------------ the loop
 
@@ -100,7 +79,7 @@ class Supervisor:
                 job = session.get(Job, job_id)
                 if job is not None and job.state not in FINAL_STATES:
                     self._step(session, job, report)
-        report.reaped = self.reap()
+        report.reaped = reaper.reap(self.sessions, self.backends)
         return report
 
     def open_jobs(self) -> int:
@@ -142,7 +121,7 @@ class Supervisor:
             return
         session.refresh(job)
         context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
-                                   job_spent(session, job.id), now)
+                                   job_spent(session, job.id), now, self._unpaid_backends(now))
         placement = self.place(session, job, context)
         if isinstance(placement, NoPlacement):
             if placement.over_budget and (wait := self._budget_wait(session, job)):
@@ -156,11 +135,11 @@ class Supervisor:
             return
         if self.budget is not None:
             refusal = self.budget.reserve(session, job, placement.worst_case_usd)
-            if refusal and refusal.startswith(("monthly", "campaign")) and (wait := self._budget_wait(session, job)):
+            if refusal and refusal.shared and (wait := self._budget_wait(session, job)):
                 self._release_claim(session, job, error=wait)
                 return
             if refusal:
-                self._finish(session, job, "stopped-by-budget", refusal, report)
+                self._finish(session, job, "stopped-by-budget", refusal.reason, report)
                 return
         backend = self.backends[placement.backend]
         number = (session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)) or 0) + 1
@@ -182,8 +161,11 @@ class Supervisor:
         except (BackendError, ProviderError) as exc:  # provider weather, not the job's fault: re-plan next tick
             attempt.outcome, attempt.ended_at, attempt.detail = "launch-failed", self.clock(), f"launch failed: {exc}"
             attempt.dollars = 0.0  # nothing started, nothing billed
-            if getattr(exc, "scope", "offer") != "offer":  # our malformed request (422), an empty balance (402)
-                session.commit()
+            scope = getattr(exc, "scope", Scope.OFFER)
+            if scope is Scope.BACKEND:  # an empty balance (402): nothing launches there until it is topped up
+                self.unpaid[backend.name] = self.clock() + self.cooldown
+            if scope is Scope.JOB or (scope is Scope.BACKEND and job.backend == backend.name):
+                session.commit()  # our malformed request (422); a job that may run only on the unpaid backend
                 self._finish(session, job, "failed", str(exc), report)
                 return
             self._after_launch_failure(session, job, attempt, report)
@@ -192,8 +174,8 @@ class Supervisor:
         # billed from when the instance exists: the answer to the create, not the row written before the host
         # search, the bid read and any rate-limited retries of the create (a cut-off launch keeps the row's time)
         attempt.launched_at = self.clock()
-        attempt.billed_usd_per_hour = _rate(handle.data.get("billed_usd_per_hour"))
-        attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
+        attempt.billed_usd_per_hour = billed_rate(handle.data.get("billed_usd_per_hour"))
+        attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, handle.to_json(), "running"
         job.state, job.lease_owner, job.lease_until, job.updated_at = "running", None, None, self.clock()
         session.commit()
         report.launched.append(job.id)
@@ -215,7 +197,7 @@ class Supervisor:
         found = [h for h in listed if h.label == label]
         if found:
             handle = _adopted(found[0], JobSpec.from_json(job.spec), attempt)
-            attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, _handle_json(handle), "running"
+            attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, handle.to_json(), "running"
             job.state = "running"
         else:
             attempt.outcome, attempt.ended_at, attempt.detail = "lost", self.clock(), "launch cut off before the instance existed"
@@ -227,7 +209,7 @@ class Supervisor:
 
     def _watch(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         backend = self.backends[attempt.backend]
-        handle = handle_of(attempt)
+        handle = Handle.from_attempt(attempt)
         try:
             result = backend.poll(handle)
             attempt.poll_failures = 0
@@ -239,7 +221,7 @@ class Supervisor:
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
         attempt.polled_at = self.clock()
-        if _rate(result.billed_usd_per_hour) is not None:  # 0 once a pod has exited: keep the running rate
+        if billed_rate(result.billed_usd_per_hour) is not None:  # 0 once a pod has exited: keep the running rate
             attempt.billed_usd_per_hour = result.billed_usd_per_hour
         self._read_progress(job, attempt)
         if result.status in (Status.RUNNING, Status.PENDING):
@@ -268,13 +250,13 @@ class Supervisor:
             session.commit()
             report.relaunch(job.id, f"interrupted: exit {EXIT_INTERRUPTED}, resumable")
         elif result.exit_code == EXIT_BAD_INPUT:  # the runner refused its input: a relaunch would refuse it again
-            tail = _tail(backend, handle)
+            tail = log_tail(backend, handle)
             reason = bad_input_reason(tail)
             attempt.detail = f"bad input (exit {EXIT_BAD_INPUT}): {reason}; log tail:\n{tail}"
             self._end_attempt(session, job, attempt, "failed", result)
             self._finish(session, job, "failed", f"bad input (exit {EXIT_BAD_INPUT}): {reason}", report)
         else:
-            attempt.detail = f"{result.detail or 'failed'}; log tail:\n{_tail(backend, handle)}"
+            attempt.detail = f"{result.detail or 'failed'}; log tail:\n{log_tail(backend, handle)}"
             self._end_attempt(session, job, attempt, "failed", result)
             self._after_failure(session, job, attempt, report)
 
@@ -289,7 +271,7 @@ class Supervisor:
         else:
             job.state, job.lease_owner, job.lease_until = "pending", None, None
             session.commit()
-            report.relaunch(job.id, "launch failed")
+            report.launch_failure(job.id, "launch failed")
 
     def _after_failure(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         failures = session.scalar(select(func.count()).select_from(Attempt)
@@ -308,7 +290,7 @@ class Supervisor:
         backend = self.backends.get(attempt.backend)
         if backend is not None and attempt.instance_id:
             try:
-                backend.cancel(handle_of(attempt))
+                backend.cancel(Handle.from_attempt(attempt))
             except (BackendError, ProviderError) as exc:
                 log.warning("job %s attempt %d: terminate failed (%s); the reaper will retry", job.id, attempt.number, exc)
         attempt.outcome, attempt.exit_code = outcome, result.exit_code
@@ -367,6 +349,9 @@ class Supervisor:
         live = self._live_attempt(session, job)
         return job_spent(session, job.id) + (attempt_cost(live, until) if live is not None else 0.0)
 
+    def _unpaid_backends(self, now: datetime) -> frozenset[str]:
+        return frozenset(name for name, until in self.unpaid.items() if until > now)
+
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
         rows = session.scalars(select(Attempt.offer_key).where(
             Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed")),
@@ -405,77 +390,11 @@ class Supervisor:
         return session.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.outcome.in_(LIVE_ATTEMPT))
                                .order_by(Attempt.number.desc())).first()
 
-    # ------------------------------------------------------------------ orphans
-
-    def reap(self) -> list[str]:
-        """Terminate every labelled instance that no live attempt owns; returns their labels."""
-        reaped = []
-        with self.sessions() as session:
-            live = {(a.job_id, a.number): a.instance_id for a in
-                    session.scalars(select(Attempt).where(Attempt.outcome.in_(LIVE_ATTEMPT)))}
-        for backend in self.backends.values():
-            try:
-                handles = backend.list_labeled()
-            except (BackendError, ProviderError) as exc:
-                log.warning("reaper: cannot list %s instances (%s); next tick", backend.name, exc)
-                continue
-            for handle in handles:
-                owner = job_of_label(handle.label)
-                if owner is None:
-                    continue
-                if owner in live and live[owner] in (None, handle.instance_id):
-                    continue  # owned, or mid-launch (the row exists before the instance id is known)
-                try:
-                    backend.cancel(handle)
-                    reaped.append(handle.label)
-                    log.warning("reaper: terminated orphan %s (%s)", handle.label, handle.instance_id)
-                except (BackendError, ProviderError) as exc:
-                    log.warning("reaper: cannot terminate %s (%s); next tick", handle.label, exc)
-        return reaped
-
 
 def _record_throughput(attempt: Attempt, report: dict) -> None:
     measured = report.get("tflops_per_gpu")  # achieved, FLOPs counted as the planner counts them (jobs.recipe)
     if isinstance(measured, (int, float)) and measured > 0:
         attempt.measured_tflops = float(measured)
-
-
-def attempt_cost(attempt: Attempt, until: datetime) -> float:
-    """Price per hour x elapsed time, rounded up to the provider's billing granularity. The price is the rate
-    the provider said it bills (Attempt.billed_usd_per_hour) when it said one, else the planned one."""
-    seconds = max(0.0, (until - attempt.launched_at).total_seconds())
-    granularity = max(1, attempt.billing_seconds)
-    billed = math.ceil(seconds / granularity) * granularity
-    return attempt_rate(attempt) * billed / 3600
-
-
-def attempt_rate(attempt: Attempt) -> float:
-    """$/h the attempt is settled at: billed when known, else planned."""
-    billed = _rate(getattr(attempt, "billed_usd_per_hour", None))
-    return attempt.usd_per_hour if billed is None else billed
-
-
-def _rate(value) -> float | None:
-    """A billed rate worth keeping: a positive number (RunPod reports 0 once a pod has exited)."""
-    try:
-        return float(value) if value is not None and float(value) > 0 else None
-    except (TypeError, ValueError):
-        return None
-
-
-def bad_input_reason(log_tail: str) -> str:
-    """The runner's one-line reason for exit 2: its last `error: ...` line (file:line for a corpus)."""
-    for line in reversed(log_tail.splitlines()):
-        line = line.strip()
-        if line.startswith("error: "):
-            return line[len("error: "):][:400]
-    lines = [line.strip() for line in log_tail.splitlines() if line.strip() and not line.startswith("(")]
-    return lines[-1][:400] if lines else "the runner refused its input (no reason in its log)"
-
-
-def _handle_json(handle: Handle) -> str:
-    return json.dumps({"backend": handle.backend, "instance_id": handle.instance_id, "label": handle.label,
-                       "data": handle.data})
 
 
 def _adopted(found: Handle, spec: JobSpec, attempt: Attempt) -> Handle:
@@ -484,16 +403,3 @@ def _adopted(found: Handle, spec: JobSpec, attempt: Attempt) -> Handle:
     from the handle (what the backend found itself wins)."""
     data = {"output_uri": spec.output_uri, "spot": attempt.spot, "usd_per_hour": attempt.usd_per_hour, **found.data}
     return replace(found, data=data)
-
-
-def handle_of(attempt: Attempt) -> Handle:
-    raw = json.loads(attempt.handle or "{}")
-    return Handle(backend=raw.get("backend", attempt.backend), instance_id=raw.get("instance_id", attempt.instance_id),
-                  label=raw.get("label", ""), data=raw.get("data", {}))
-
-
-def _tail(backend: Backend, handle: Handle, lines: int = 30) -> str:
-    try:
-        return backend.logs(handle, tail=lines)
-    except (BackendError, ProviderError) as exc:
-        return f"(no log: {exc})"

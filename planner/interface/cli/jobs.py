@@ -583,7 +583,7 @@ def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "
     import json
 
     from planner.run.logs import follow as follow_log
-    from planner.run.supervisor import handle_of
+    from planner.run.backends.base import Handle
 
     cfg = settings()
     sessionmaker = sessions(cfg)
@@ -594,7 +594,7 @@ def jobs_logs(job_id: str = typer.Argument(...), tail: int = typer.Option(100, "
     backend = build_backends(cfg).get(attempts[-1].backend)
     if backend is None:
         fail(f"the {attempts[-1].backend} backend is not available in this build")
-    handle = handle_of(attempts[-1])
+    handle = Handle.from_attempt(attempts[-1])
     if not follow:
         lines = backend.logs(handle, tail=tail).splitlines()
         sys.stdout.write(json.dumps(lines) + "\n" if as_json else "".join(line + "\n" for line in lines))

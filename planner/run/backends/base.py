@@ -11,6 +11,7 @@ away (spot), and FAILED with the exit code otherwise.
 from __future__ import annotations
 
 import enum
+import json
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ LABEL_PREFIX = "planner-"
 DEFAULT_IMAGE = Settings.model_fields["job_image"].default  # one default: PLANNER_JOB_IMAGE's
 
 
+class Scope(enum.Enum):
+    """What a failed launch rules out."""
+
+    OFFER = "offer"  # this offer for a while: the job is placed again on the next candidate
+    JOB = "job"  # the job: retrying anywhere sends the same bad request
+    BACKEND = "backend"  # every launch on this backend until the account is put right
+
+
 class BackendError(RuntimeError):
     """A backend call failed; the message is one line, secret-free, and says what to do.
 
@@ -31,7 +40,7 @@ class BackendError(RuntimeError):
     placed again. Two subclasses say more (the supervisor reads `scope`):
     """
 
-    scope = "offer"  # what the failure rules out: "offer" (try the next candidate), "job", "backend"
+    scope = Scope.OFFER
 
 
 class NoCapacity(BackendError):
@@ -43,14 +52,14 @@ class RequestRejected(BackendError):
     """The provider refused our request as malformed (RunPod 422: a field it does not know). Our bug,
     not weather: retrying elsewhere sends the same request; fail the job with this message."""
 
-    scope = "job"
+    scope = Scope.JOB
 
 
 class OutOfFunds(BackendError):
     """The account cannot pay (RunPod 402): no launch on this backend can succeed until it is topped
     up; stop launching there and say so."""
 
-    scope = "backend"
+    scope = Scope.BACKEND
 
 
 class Status(enum.Enum):
@@ -113,6 +122,18 @@ class Handle:
     # "usd_per_hour" (what the attempt is recorded at) and "billed_usd_per_hour" (the rate the provider
     # said it bills at create: RunPod pod.cost, Vast dph_total; None when it said nothing)
     data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_attempt(cls, attempt) -> Handle:
+        """The handle an attempt row stored (planner.records.Attempt.handle), its columns filling gaps."""
+        raw = json.loads(attempt.handle or "{}")
+        return cls(backend=raw.get("backend", attempt.backend), instance_id=raw.get("instance_id", attempt.instance_id),
+                   label=raw.get("label", ""), data=raw.get("data", {}))
+
+    def to_json(self) -> str:
+        """What an attempt row stores; `from_attempt` reads it back."""
+        return json.dumps({"backend": self.backend, "instance_id": self.instance_id, "label": self.label,
+                           "data": self.data})
 
 
 def attempt_env(spec, attempt: int) -> dict[str, str]:
