@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose, efficiency_from  # noqa: E402
+from planner.plan import naive  # noqa: E402
 from planner.plan.kinds import efficiency_prior  # noqa: E402
 from planner.plan.estimate import QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
 from pricing import gpus  # noqa: E402
@@ -181,7 +182,7 @@ class Traces:
             options = [(price / o.gpu_count, o.offer_key, spot, o, price) for o in offers
                        for spot in ((False, True) if spot_allowed else (False,))
                        if (price := self.price(o, spot, t)) is not None]
-            self.cheapest[slot] = min(options, key=lambda x: x[:3]) if options else None
+            self.cheapest[slot] = min(options, key=lambda x: naive.order(x[3], x[2], x[4])) if options else None
         return self.cheapest[slot]
 
 
@@ -226,18 +227,11 @@ def pick_ours(needs, book, t, state) -> Pick | None:
     return Pick(winner.offer, winner.spot, winner.usd_per_hour, winner.worst_case_usd)
 
 
-def fits(needs, offer: Offer) -> bool:
-    """Enough VRAM per GPU for the job (for a bag: for the smallest gradient-cache chunk on this many GPUs)."""
-    return (offer.available and offer.vram_gb >= needs.vram_gb
-            and (not needs.sequences_per_step or needs.mini_batch_on(offer.vram_gb, needs.gpus_used(offer.gpu_count))
-                 is not None))
-
-
 def pick_cheapest(needs, offers, t, state, spot_allowed: bool, traces) -> Pick | None:
-    """The cheapest $/GPU-hour that fits; the whole instance is paid for."""
+    """The cheapest $/GPU-hour that fits; the whole instance is paid for (the rule: planner.plan.naive)."""
     key = (needs.vram_gb, needs.sequences_per_step)  # what `fits` depends on (one book per run's traces)
     if key not in traces.fitting:
-        traces.fitting[key] = [o for o in offers if fits(needs, o)]
+        traces.fitting[key] = [o for o in offers if naive.fits(needs, o)]
     best = traces.cheapest_at(key, traces.fitting[key], spot_allowed, t)
     if best is None:
         return None
