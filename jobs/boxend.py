@@ -8,7 +8,7 @@ ever sent to a box:
 - RunPod: `RUNPOD_POD_ID` and `RUNPOD_API_KEY`, "Pod-scoped API key" (runpod/docs
   pods/templates/environment-variables.mdx @a900806e, "Runpod-provided variables"; the older
   pods/references/environment-variables.mdx: "limited in scope to only the pod"). The box deletes
-  itself with `DELETE /v2/pods/{id}` (reference note provider-apis-2026-12 §2.3). Unverified: that the
+  itself with `DELETE /v2/pods/{id}` (docs/providers/runpod.md, "Pods"). Unverified: that the
   pod-scoped key is accepted by REST v2's DELETE (RunPod's docs show it only for the pod's own calls).
 - Vast.ai: `CONTAINER_ID` and `CONTAINER_API_KEY`, a "per-instance API key" (vast-ai/docs
   guides/instances/docker-environment.mdx @c6246226, "Predefined Variables"; api-reference/hello-world.mdx:
@@ -21,16 +21,19 @@ by which the box must be gone (PLANNER_BOX_DEADLINE: the attempt's worst-case ho
 reservation), how long before it the job is stopped to checkpoint (PLANNER_BOX_STOP_GRACE_S), and how
 long the box may take to start the job (PLANNER_BOX_STARTUP_S).
 
-Standard library only: the box script runs this file by itself (`python -c`, compressed) when the
-install of the jobs package fails, so even a box that never gets to run the job ends itself:
-`python boxend.py install-failed` waits out the startup window (the supervisor, if alive, reads the
-container log and ends the box first), then deletes the instance.
+Standard library only: the box script runs this file by itself (`python -c`, compressed), before the
+install of the jobs package: `guard` in the background deletes the instance at the deadline whatever
+else happens on the box, and `install-failed` (when the install fails, so even a box that never gets to
+run the job ends itself) waits out the startup window (the supervisor, if alive, reads the container
+log and ends the box first), then deletes the instance.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -133,6 +136,34 @@ def stop_times(environ=None) -> tuple[float, float] | None:
     return end - grace, end - grace * KILL_MARGIN_S
 
 
+def started_uri(report_uri: str) -> str:
+    """Where `jobs.run --report` notes that the box started the job (the install worked): beside the report."""
+    return report_uri.removesuffix(".json") + ".started.json"
+
+
+def watch_deadline(child, environ=None, *, clock=time.time, log=print) -> threading.Event:
+    """At the box's stop time, SIGTERM `child` (the job checkpoints and exits 75); at the kill time, SIGKILL
+    it. Returns an event set once the deadline acted (a daemon thread watches; nothing without a deadline)."""
+    acted = threading.Event()
+    times = stop_times(environ)
+    if times is None:
+        return acted
+
+    def watch():
+        for when, sig, what in ((times[0], signal.SIGTERM, "asking the job to checkpoint and stop"),
+                                (times[1], signal.SIGKILL, "the job did not stop in time: killing it")):
+            while child.poll() is None and clock() < when:
+                time.sleep(min(1.0, max(0.01, when - clock())))
+            if child.poll() is not None:
+                return
+            acted.set()
+            log(f"box: the box's deadline (its reservation) is near: {what}", file=sys.stderr, flush=True)
+            child.send_signal(sig)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return acted
+
+
 def end_or_wait(environ=None, *, every_s: float = 60.0, clock=time.time, sleep=time.sleep, log=print) -> None:
     """After the job's report is written: delete this instance, and return once it is deleted (the
     provider's stop follows). Where that fails, keep trying every `every_s` (sooner near the deadline).
@@ -155,11 +186,14 @@ def install_failed(environ=None, *, clock=time.time, sleep=time.sleep, log=print
     """The box could not install the jobs package: wait out the startup window (so the container log
     can be read), then end the box. Returns 1 (what the box script exits with)."""
     environ = os.environ if environ is None else environ
+    if own_instance(environ) is None:  # another backend's box: its own machinery ends it
+        log("box: the jobs package did not install", file=sys.stderr, flush=True)
+        return 1
     try:
         window = float(environ.get(STARTUP_ENV, "600"))
     except ValueError:
         window = 600.0
-    until = clock() + window
+    until = clock() + window * 1.5  # past the supervisor's own startup check, which reads this log first
     end = deadline(environ)
     if end is not None:
         until = min(until, end - stop_grace_s(environ) * KILL_MARGIN_S)
@@ -171,7 +205,22 @@ def install_failed(environ=None, *, clock=time.time, sleep=time.sleep, log=print
     return 1
 
 
+def guard(environ=None, *, clock=time.time, sleep=time.sleep, log=print) -> int:
+    """The box's watchdog, started before anything else on it: at the deadline the instance is deleted,
+    whatever the job, the install or the planner are doing (jobs.run has stopped the job to checkpoint
+    just before). Returns at once where the launch set no deadline."""
+    environ = os.environ if environ is None else environ
+    end = deadline(environ)
+    if end is None or own_instance(environ) is None:
+        return 0
+    while clock() < end:
+        sleep(min(60.0, max(0.0, end - clock())))
+    log("box: its deadline (the attempt's reservation) has come: ending the box", file=sys.stderr, flush=True)
+    end_or_wait(environ, clock=clock, sleep=sleep, log=log)
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[-1] == "install-failed":
-        sys.exit(install_failed())
-    sys.exit(0 if end_self() is None else 1)
+    mode = sys.argv[-1]
+    sys.exit(install_failed() if mode == "install-failed" else guard() if mode == "guard"
+             else 0 if end_self() is None else 1)

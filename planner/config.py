@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     max_failures: int = Field(default=3, ge=1, description="non-resumable failures before a job fails")
     job_image: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
     jobs_install: str = Field(default="", description="pip requirement for the jobs extra on the GPU box")
+    box_startup_minutes: float = Field(default=20.0, gt=0, description="a cloud box that has not started its job "
+                                       "this long after its create (image pull, install) is ended and counted as "
+                                       "a failure")
     storage_uri: str | None = Field(default=None, description="fsspec URI for job outputs and checkpoints "
                                     "(s3://bucket/prefix); cloud backends need one")
 

@@ -134,3 +134,23 @@ def test_install_failed_waits_the_startup_window_then_ends_the_box(cloud):
 
     assert boxend.install_failed(environ, clock=lambda: now[0], sleep=sleep, log=lambda *a, **k: None) == 1
     assert not live(provider, fake, mine) and now[0] >= 1030.0
+
+
+def test_guard_ends_the_box_at_its_deadline_and_not_before(cloud):
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    environ = {**box_environ(provider, fake, box), boxend.DEADLINE_ENV: "1500"}
+    now = [1000.0]
+    seen = []
+
+    def sleep(seconds):
+        seen.append(live(provider, fake, mine))
+        now[0] += seconds
+
+    assert boxend.guard(environ, clock=lambda: now[0], sleep=sleep, log=lambda *a, **k: None) == 0
+    assert all(seen) and now[0] >= 1500 and not live(provider, fake, mine)
+    assert boxend.guard({}, sleep=lambda s: pytest.fail("no deadline: nothing to wait for")) == 0
+
+
+def test_install_failed_without_an_identity_returns_at_once():
+    assert boxend.install_failed({}, sleep=lambda s: pytest.fail("nothing to wait for"), log=lambda *a, **k: None) == 1

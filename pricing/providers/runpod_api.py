@@ -88,6 +88,15 @@ class RunPodAPI:
             raise ProviderError("unexpected GraphQL answer: no data object")
         return data
 
+    def balance(self) -> float:
+        """The account's prepaid balance in USD: GraphQL `myself { clientBalance }`, the only balance read
+        until GraphQL retires (docs/providers/runpod.md, "GraphQL")."""
+        myself = self.graphql("query { myself { clientBalance } }").get("myself")
+        value = myself.get("clientBalance") if isinstance(myself, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ProviderError("unexpected GraphQL answer: no myself.clientBalance number")
+        return float(value)
+
     # ------------------------------------------------------------------ catalog
 
     def catalog_gpus(self, cloud: str, count: int = 1) -> list[dict]:

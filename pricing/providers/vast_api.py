@@ -66,6 +66,16 @@ class VastAPI:
         """POST /api/v0/bundles/: the raw answer (decoded by `decode`)."""
         return self.call("POST", "/api/v0/bundles/", body=query, decode=decode)
 
+    def balance(self) -> float:
+        """The account's prepaid credit in USD: `GET /api/v0/users/current/` (docs/providers/vast.md,
+        "Account": `credit` is read, `balance` where it is missing)."""
+        user = self.call("GET", "/api/v0/users/current/")
+        value = next((user[k] for k in ("credit", "balance") if isinstance(user, dict)
+                      and isinstance(user.get(k), (int, float)) and not isinstance(user.get(k), bool)), None)
+        if value is None:
+            raise ProviderError("unexpected /api/v0/users/current/ schema: no credit or balance number")
+        return float(value)
+
     def offers(self, query: dict) -> list[dict]:
         body = self.search(query)
         offers = body.get("offers") if isinstance(body, dict) else None

@@ -48,8 +48,13 @@ class FakeRunPod(FakeServer):
         self.ids = itertools.count(1)
         self.bills: dict[str, dict] = {}  # pod id -> {"name", "rate", "start", "end", "box"}
         self.gone: dict[str, Box] = {}  # deleted pods' boxes (their logs stay readable)
+        self.funds = 100.0  # USD deposited; what is left is funds - billed (clientBalance)
 
     # ------------------------------------------------------------------ routing
+
+    def dispatch(self, method, path, query, body, headers) -> Reply:
+        self.enforce_balance()
+        return super().dispatch(method, path, query, body, headers)
 
     def route(self, method, path, query, body, headers):
         if path == "/graphql" and method == "POST":
@@ -105,10 +110,12 @@ class FakeRunPod(FakeServer):
         if self.capacity.get(key, 1) <= 0:
             return problem(400, "Bad Request", "There are no longer any instances available with the requested "
                                                "specifications. Please refresh and try again.")
+        rate = round(CATALOG[gpu["id"]][1][cloud] * count, 4)
+        if self.balance() < rate:  # "at least one hour's worth of credits" to deploy (runpod/docs pods/pricing.mdx)
+            return problem(402, "Payment Required", "Insufficient balance to create this pod.")
         if key in self.capacity:
             self.capacity[key] -= 1
         pod_id = f"rp{next(self.ids):04d}x"
-        rate = round(CATALOG[gpu["id"]][1][cloud] * count, 4)
         args = body.get("args") or ""
         # RunPod injects the pod's id and a pod-scoped key into every pod (runpod/docs
         # pods/templates/environment-variables.mdx, "Runpod-provided variables")
@@ -197,7 +204,8 @@ class FakeRunPod(FakeServer):
         query = body.get("query") or ""
         if "myself" in query:
             spend = sum(b["rate"] for b in self.bills.values() if b["end"] is None)
-            return Reply(200, {"data": {"myself": {"clientBalance": 100.0, "currentSpendPerHr": spend}}})
+            return Reply(200, {"data": {"myself": {"clientBalance": round(self.balance(), 4),
+                                                   "currentSpendPerHr": spend}}})
         if "gpuTypes" in query:
             return Reply(200, {"data": {"gpuTypes": [
                 {"id": gpu_id, "displayName": gpu_id.replace("NVIDIA ", ""), "memoryInGb": vram,
@@ -207,6 +215,19 @@ class FakeRunPod(FakeServer):
                                                    "stockStatus": "High"}}
                 for gpu_id, (vram, p) in CATALOG.items()]}})
         return Reply(200, {"errors": [{"message": "unknown operation"}], "data": None})
+
+    # ------------------------------------------------------------------ the balance
+
+    def balance(self) -> float:
+        return self.funds - self.billed_usd()
+
+    def enforce_balance(self) -> None:
+        """At $0 pods are stopped, and those without a network volume (all of ours) terminated (runpod/docs
+        pods/pricing.mdx, "Account limits")."""
+        if self.balance() > 0:
+            return
+        for pod_id in [pid for pid, box in list(self.boxes.items()) if box.alive]:
+            self._delete(pod_id)
 
     # ------------------------------------------------------------------ for tests
 

@@ -55,8 +55,16 @@ class FakeVast(FakeServer):
         self.ids = itertools.count(9001)
         self.bills: dict[int, dict] = {}
         self.log_urls: dict[str, dict] = {}
+        self.funds = 100.0  # USD deposited; what is left is funds - billed (`credit`)
+
+    def dispatch(self, method, path, query, body, headers) -> Reply:
+        self.enforce_balance()
+        return super().dispatch(method, path, query, body, headers)
 
     def route(self, method, path, query, body, headers):
+        if path == "/api/v0/users/current/" and method == "GET":  # show_user.yaml; authentication.mdx: `credit`
+            return "vast.user", lambda: Reply(200, {"id": 4242, "email": "lab@example.com",
+                                                    "credit": round(self.balance(), 4)})
         if path == "/api/v0/bundles/" and method == "POST":
             return "vast.search", lambda: self._search(body or {})
         if match := re.fullmatch(r"/api/v0/asks/(\d+)/", path):
@@ -234,6 +242,19 @@ class FakeVast(FakeServer):
             segments[-1][1] = now()
         if rate is not None:
             segments.append([now(), None, rate])
+
+    def balance(self) -> float:
+        return self.funds - self.billed_usd()
+
+    def enforce_balance(self) -> None:
+        """At $0 running instances are stopped; their disk keeps billing (vast-ai/docs guides/reference/billing.mdx,
+        "When your balance reaches zero"; guides/instances/pricing.mdx)."""
+        if self.balance() > 0:
+            return
+        for instance_id, box in list(self.boxes.items()):
+            if box.alive and self.instances.get(instance_id, {}).get("actual_status") == "running":
+                box.stop("balance reached zero")
+                self._set_stopped(instance_id, "stopped: the account's balance reached zero")
 
     def outbid(self, instance_id: int) -> None:
         """Someone bid more: the box gets SIGTERM (SIGKILL after the grace), the instance is stopped."""
