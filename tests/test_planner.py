@@ -45,7 +45,7 @@ def test_full_fine_tuning_memory_by_hand():
                         mini_batch_size=0)
     P = shape.params
     tokens = 4 * (10 + 2 * 20)  # queries + positive + one negative each
-    activations = 2 * tokens * 100 * 2 + estimate.ACT_PER_TOKEN_LAYER * tokens * 100
+    activations = 2 * tokens * 100 * 2 + estimate.SAVED_PER_LAYER["full"].of(shape) * tokens  # 2 layers' inputs + 1
     # bf16 weights and gradients, bf16 Kahan compensation, fp32 AdamW moments (jobs.optim)
     assert needs.breakdown["weights"] + needs.breakdown["gradients"] + needs.breakdown["compensation"] + \
         needs.breakdown["adam moments"] == pytest.approx(14 * P / GB)

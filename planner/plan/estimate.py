@@ -34,8 +34,6 @@ from jobs import recipe, storage
 GB = 1024**3
 MIN_VRAM_GB = 3.0
 WORKSPACE_GB = 1.5
-ACT_PER_TOKEN_LAYER = 34  # bytes per token per hidden unit for one bf16 decoder layer's saved activations
-ENCODE_ACT = 12  # inference keeps ~a few hidden-sized tensors per token alive at once
 CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length (no tokenizer in the planner)
 DISK_GBPS = 0.5  # sustained read+write of a rented box's local disk, for the merge
 ASSUMED_QUERY_TOKENS, ASSUMED_DOC_TOKENS = 64, 128  # an unreadable corpus: instruction + query, one document
@@ -43,6 +41,65 @@ CHECKPOINTS_KEPT = 2  # jobs.checkpoint.KEEP: the newest and the one before it
 MIN_CHUNK = 4  # the smallest gradient-cache chunk worth running: smaller chunks leave the GPU idle
 VRAM_USABLE = 0.92  # of a GPU's VRAM; the allocator's fragmentation takes the rest
 LORA_RANK = recipe.LORA["r"]
+ACTIVATION_MARGIN = 1.25  # over the saved-tensor count: the recomputed layer's backward holds gradients of its
+                          # activations beside them, and the caching allocator rounds every block up
+PROCESS_RAM_GB = 3.0  # a job process's own RSS: Python, torch and CUDA's host side, transformers, the tokenizer
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """Bytes per token as coefficients of a Qwen3 decoder layer's widths: h (hidden), I (intermediate),
+    q (heads x head_dim), kv (kv heads x head_dim), the head counts, head_dim, a constant, and the LoRA
+    adapters' rank x targets. tests/test_memory_model.py counts the real tensors at two small widths and
+    holds these coefficients to the count, so the formula cannot drift from the model code."""
+    hidden: int = 0
+    intermediate: int = 0
+    q: int = 0
+    kv: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    constant: int = 0
+    adapter: int = 0  # per unit of rank per LoRA target
+
+    def of(self, shape: ModelShape, lora_rank: int = 0, lora_targets: int = 0) -> int:
+        return (self.hidden * shape.hidden + self.intermediate * shape.intermediate
+                + self.q * shape.heads * shape.head_dim + self.kv * shape.kv_heads * shape.head_dim
+                + self.heads * shape.heads + self.kv_heads * shape.kv_heads + self.head_dim * shape.head_dim
+                + self.constant + self.adapter * lora_rank * lora_targets)
+
+
+# What autograd saves for backward in one bf16 Qwen3 decoder layer (torch.autograd.graph.saved_tensors_hooks,
+# parameters excluded), per token. full: every weight trains (bf16 matmul inputs, the fp32 RMSNorm inputs and
+# their rstd, q/k norms, rotary outputs, SDPA's output and logsumexp, the SwiGLU's three I-wide tensors).
+# lora: the frozen base keeps what its input gradients need, and each of the seven adapters (jobs.recipe.LORA,
+# fp32 under peft's autocast_adapter_dtype) its own fp32 input after dropout and its rank-wide A output.
+# Qwen3-4B: full 170,280 B (66.5 per hidden unit), lora 333,992 B (130.5); the old single constant was 34.
+SAVED_PER_LAYER = {
+    "full": PerToken(hidden=16, intermediate=8, q=10, kv=10, heads=8, kv_heads=4, constant=8),
+    "lora": PerToken(hidden=48, intermediate=14, q=16, kv=8, heads=8, kv_heads=4, constant=8, adapter=4),
+}
+CHECKPOINTED_LAYER = PerToken(hidden=2)  # gradient checkpointing keeps each layer's bf16 input, nothing else
+# The peak of live tensors in a no-grad bf16 forward (encode, the gradient cache's first pass), per token:
+# inside the SwiGLU of a layer, with the embeddings, the residual, the attention sum and the normed input
+# (4 x 2h), three I-wide tensors (6I), the rotary cos/sin (4 head_dim), and the batch's int64 ids and mask
+# with the forward's positions (24).
+ENCODE_PEAK = PerToken(hidden=8, intermediate=6, head_dim=4, constant=24)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A checkpoint's weight-only quantization (config.json `quantization_config`): the decoder layers'
+    linear weights are stored in `bits` with one 16-bit scale (and a `bits`-wide zero point) per
+    `group_size` weights of a row (-1: per row); embeddings, norms and every module in `kept` stay 16-bit."""
+    method: str  # "gptq" | "compressed-tensors" | "awq"
+    bits: int
+    group_size: int
+    kept: tuple[str, ...] = ()  # linear modules left unquantized (compressed-tensors `ignore`), beside the lm_head
+
+    def bytes_per_weight(self, row: int) -> float:
+        group = row if self.group_size <= 0 else self.group_size
+        return self.bits / 8 + (2 + self.bits / 8) / group
 
 
 @dataclass(frozen=True)
@@ -56,6 +113,19 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     tied: bool = True
+    quantization: Quantization | None = None
+
+    @property
+    def linear_params(self) -> int:
+        """The decoder layers' projection weights: what weight-only quantization packs."""
+        return self.layers * self.hidden * (self.head_dim * (2 * self.heads + 2 * self.kv_heads) + 3 * self.intermediate)
+
+    def weight_bytes(self, dtype_bytes: float = 2.0) -> float:
+        """The embedder's weights in memory: every parameter at `dtype_bytes`, or, for a quantized
+        checkpoint, its packed projections plus everything else in 16 bits."""
+        if self.quantization is None:
+            return dtype_bytes * self.params
+        return self.linear_params * self.quantization.bytes_per_weight(self.hidden) + 2 * (self.params - self.linear_params)
 
     @property
     def params(self) -> int:
@@ -81,6 +151,37 @@ QWEN3 = {
 }
 QWEN3 |= {name.replace("Qwen3-", "Qwen3-Embedding-"): shape for name, shape in QWEN3.items()
           if name.endswith(("0.6B", "4B", "8B"))}
+# GPTQ W4A16, group 128, of Qwen3-Embedding-4B (its model card: 4-bit weights, 16-bit activations, G128)
+QWEN3["boboliu/Qwen3-Embedding-4B-W4A16-G128"] = replace(QWEN3["Qwen/Qwen3-Embedding-4B"],
+                                                         name="boboliu/Qwen3-Embedding-4B-W4A16-G128",
+                                                         quantization=Quantization("gptq", 4, 128))
+
+
+def quantization_of(config: dict) -> Quantization | None:
+    """The weight-only quantization a config.json declares, or None (bitsandbytes is chosen at load time
+    by jobs.encode --dtype, not stored). Reads GPTQ (`bits`, `group_size`, `lm_head`), AWQ (`bits` or
+    `w_bit`, `group_size` or `q_group_size`) and compressed-tensors (`config_groups.*.weights.num_bits`,
+    `group_size`, `ignore`). A format this does not know is an error, not a silent 16-bit plan."""
+    q = config.get("quantization_config")
+    if not q:
+        return None
+    method = q.get("quant_method", "")
+    if method in ("gptq", "awq"):
+        return Quantization(method, int(q.get("bits") or q.get("w_bit")),
+                            int(q.get("group_size") or q.get("q_group_size") or -1))
+    if method == "compressed-tensors":
+        weights = [group.get("weights") or {} for group in (q.get("config_groups") or {}).values()]
+        bits = [w for w in weights if w.get("num_bits")]
+        if not bits or any(w.get("type", "int") not in ("int", "float") for w in bits):
+            raise EstimateError("cannot size a compressed-tensors checkpoint without integer weight groups "
+                                "(config_groups.*.weights.num_bits)")
+        widest = max(bits, key=lambda w: w["num_bits"])
+        return Quantization(method, int(widest["num_bits"]), int(widest.get("group_size") or -1),
+                            tuple(name for name in q.get("ignore") or () if name != "lm_head"))
+    if method == "bitsandbytes":
+        return Quantization(method, 4 if q.get("load_in_4bit") else 8, 64 if q.get("load_in_4bit") else -1)
+    raise EstimateError(f"cannot size a {method or 'quantized'} checkpoint: known quantization_config formats "
+                        "are gptq, awq, compressed-tensors and bitsandbytes")
 
 
 class EstimateError(ValueError):
@@ -106,7 +207,7 @@ def model_shape(model: str) -> ModelShape:
         return ModelShape(model, config["vocab_size"], config["hidden_size"], config["intermediate_size"],
                           config["num_hidden_layers"], heads, config.get("num_key_value_heads", heads),
                           config.get("head_dim") or config["hidden_size"] // heads,
-                          config.get("tie_word_embeddings", True))
+                          config.get("tie_word_embeddings", True), quantization_of(config))
     if model in QWEN3:
         return QWEN3[model]
     raise EstimateError(f"cannot size model {model!r}: give a local model directory with config.json or one of "
@@ -201,6 +302,18 @@ class Needs:
     gb_per_sequence: float = 0.0  # activations of one sequence in a chunk
     fixed_mini_batch: int | None = None  # the user chose --mini-batch-size
     cache_flops: float = 0.0  # the gradient cache's extra first forward, when the batch is chunked
+    ram_breakdown: dict[str, float] = field(default_factory=dict)  # GB of host RAM per component (rank 0)
+    ram_per_extra_rank_gb: float = 0.0  # each further data-parallel rank's process on the same box
+
+    def ram_on(self, gpu_count: int = 1) -> float:
+        """Host RAM of an instance with `gpu_count` GPUs running the job (one process per rank)."""
+        return self.ram_gb + (self.gpus_used(gpu_count) - 1) * self.ram_per_extra_rank_gb
+
+    def vram_at(self, chunk: int | None) -> float:
+        """VRAM per GPU at a gradient-cache chunk of `chunk` sequences (the planned need on a card)."""
+        if chunk is None or not self.sequences_per_step:
+            return self.vram_gb
+        return max(MIN_VRAM_GB, self.fixed_gb + chunk * self.gb_per_sequence)
 
     def remaining(self, fraction: float) -> Needs:
         """The same job with only `fraction` of its work left (a relaunch from a checkpoint): every
@@ -223,7 +336,7 @@ class Needs:
         per_gpu = math.ceil(self.sequences_per_step / self.gpus_used(gpu_count))
         if self.fixed_mini_batch is not None:
             return min(self.fixed_mini_batch, per_gpu)
-        room = vram_gb * VRAM_USABLE - self.fixed_gb
+        room = vram_gb * VRAM_USABLE - self.fixed_gb  # VRAM_USABLE and ACTIVATION_MARGIN: the safety margin
         if room < MIN_CHUNK * self.gb_per_sequence:
             return None
         chunk = MIN_CHUNK
@@ -245,6 +358,16 @@ class Needs:
         return (self.flops if flops is None else flops) / (peak_tflops * 1e12 * efficiency * gpus) / 3600
 
 
+def saved_bytes_per_token(shape: ModelShape, method: str, gradient_checkpointing: bool = True) -> int:
+    """Activation bytes a training forward keeps per token until its backward (SAVED_PER_LAYER): with
+    gradient checkpointing each layer's input plus one layer recomputed in full during the backward,
+    without it every layer's saved tensors."""
+    layer = SAVED_PER_LAYER[method].of(shape, LORA_RANK, len(recipe.LORA_TARGETS))
+    if gradient_checkpointing:
+        return CHECKPOINTED_LAYER.of(shape) * shape.layers + layer
+    return layer * shape.layers
+
+
 def _floor(breakdown: dict[str, float]) -> float:
     return max(MIN_VRAM_GB, sum(breakdown.values()))
 
@@ -256,14 +379,17 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
     """A train-bag job's needs. `method` and `batch_size` default to the BOOM recipe for the model's
     size (jobs.recipe.recipe_for: LoRA with 128 queries per step from 1 B parameters up, full below);
     `mini_batch_size` None lets the planner choose the gradient-cache chunk per GPU, 0 turns caching off."""
+    if shape.quantization is not None:
+        raise EstimateError(f"{shape.name} is a {shape.quantization.bits}-bit {shape.quantization.method} checkpoint: "
+                            "train-bag fine-tunes a 16-bit base; give the unquantized model")
     boom = recipe.recipe_for(shape.params)
     method, batch_size = method or boom["method"], batch_size or boom["batch_size"]
     P = shape.params
     docs_per_query = min(group_size, 1 + math.ceil(stats.negatives))
     sequences = batch_size * (1 + docs_per_query)
-    per_token = (2 * shape.hidden * shape.layers + ACT_PER_TOKEN_LAYER * shape.hidden if gradient_checkpointing
-                 else ACT_PER_TOKEN_LAYER * shape.hidden * shape.layers) / GB
-    per_sequence = per_token * max(query_max_len, doc_max_len)  # a chunk of the longer kind sets the peak
+    per_token = saved_bytes_per_token(shape, method, gradient_checkpointing) / GB
+    longest = max(query_max_len, doc_max_len)  # a chunk of the longer kind sets the peak
+    per_sequence = per_token * ACTIVATION_MARGIN * longest
     if method == "lora":
         model = {"weights": 2 * P / GB, "lora weights+grads+adam": 16 * shape.lora_params(LORA_RANK) / GB}
     else:
@@ -273,8 +399,9 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
     fixed = sum(model.values()) + embeddings + WORKSPACE_GB
     chunked = mini_batch_size != 0
     step_tokens = batch_size * (query_max_len + docs_per_query * doc_max_len)
-    activations = min(mini_batch_size or MIN_CHUNK, sequences) * per_sequence if chunked else step_tokens * per_token
-    breakdown = model | {"activations": activations, "workspace": WORKSPACE_GB}
+    activations = (min(mini_batch_size or MIN_CHUNK, sequences) * longest if chunked else step_tokens) * per_token
+    breakdown = model | {"activations": activations, "activation margin": activations * (ACTIVATION_MARGIN - 1),
+                         "workspace": WORKSPACE_GB}
     if chunked:
         breakdown["embedding cache"] = embeddings
     tokens = stats.records * fraction * epochs * stats.mean_tokens
@@ -287,8 +414,13 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
     notes = () if stats.measured else (f"corpus not reachable: assumed {stats.records:,} records of "
                                        f"{stats.mean_tokens:.0f} tokens",)
     notes += (f"{method}, {batch_size} queries per step x a group of {docs_per_query} documents",)
+    # host RAM: rank 0 ends by building the float32 output on the CPU (the LoRA merge re-reads the base in
+    # float32: jobs.train_bag.float32_model); every rank first loads the bf16 base there before moving it
+    output = "float32 output (base re-read in float32, adapter merged)" if method == "lora" else "float32 output"
+    ram = {"process": PROCESS_RAM_GB, output: 4 * P / GB}
     return Needs(f"train-bag/{method}", _floor(breakdown), disk_gb=disk_gb,
-                 ram_gb=max(8.0, 2 * P / GB * 1.5), flops=flops, io_bytes=0.0, breakdown=breakdown, notes=notes,
+                 ram_gb=sum(ram.values()), ram_breakdown=ram, ram_per_extra_rank_gb=PROCESS_RAM_GB + 2 * P / GB,
+                 flops=flops, io_bytes=0.0, breakdown=breakdown, notes=notes,
                  data_parallel=True, sequences_per_step=sequences if chunked else 0, fixed_gb=fixed,
                  gb_per_sequence=per_sequence, fixed_mini_batch=mini_batch_size or None,
                  cache_flops=2 * P * tokens if chunked else 0.0)
@@ -299,11 +431,18 @@ ENCODE_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "n
 
 def encode_needs(shape: ModelShape, records: int, mean_tokens: float, *, dtype: str = "bfloat16",
                  batch_tokens: int = 32768) -> Needs:
+    """Weights (a quantized checkpoint as stored: Quantization; else `dtype`, bitsandbytes int8/nf4 at
+    load time), the largest batch's live activations (ENCODE_PEAK per token, no margin needed: nothing is
+    kept for a backward) and, for a packed checkpoint, one projection dequantized to 16 bits at a time."""
     P = shape.params
-    breakdown = {"weights": ENCODE_BYTES[dtype] * P / GB, "activations": ENCODE_ACT * batch_tokens * shape.hidden / GB,
-                 "workspace": WORKSPACE_GB}
-    return Needs("encode", _floor(breakdown), disk_gb=4 * P / GB + records * shape.hidden * 4 / GB + 10,
-                 ram_gb=8.0, flops=2 * P * records * mean_tokens, io_bytes=0.0, breakdown=breakdown)
+    breakdown = {"weights": shape.weight_bytes(ENCODE_BYTES[dtype]) / GB,
+                 "activations": ENCODE_PEAK.of(shape) * batch_tokens / GB, "workspace": WORKSPACE_GB}
+    if shape.quantization is not None:
+        breakdown["dequantized projection"] = 2 * shape.hidden * shape.intermediate / GB
+    ram = {"process": PROCESS_RAM_GB, "weights loaded on the CPU first": breakdown["weights"]}
+    return Needs("encode", _floor(breakdown), disk_gb=shape.weight_bytes(4) / GB + records * shape.hidden * 4 / GB + 10,
+                 ram_gb=sum(ram.values()), ram_breakdown=ram, flops=2 * P * records * mean_tokens, io_bytes=0.0,
+                 breakdown=breakdown)
 
 
 def merge_needs(shape: ModelShape, models: int, dtype_bytes: int = 4) -> Needs:
