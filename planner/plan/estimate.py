@@ -9,13 +9,19 @@ of at most T tokens each:
               (jobs.optim.KahanAdamW: 14 bytes per parameter, the precision-safe bf16 update)
   train LoRA  bf16 base 2P + the fp32 adapter's weights, gradients and moments (16 bytes per LoRA parameter)
   activations with gradient checkpointing: 2*S*T*h per layer (the saved layer inputs) plus one layer
-              recomputed in full, ACT_PER_TOKEN_LAYER*S*T*h bytes; without it that full layer cost x L
+              recomputed in full, SAVED_PER_LAYER[method] bytes per token (counted: tests/test_memory_model.py);
+              without it that full layer cost x L; x ACTIVATION_MARGIN
   gradient cache (jobs.train_bag --mini-batch-size): the step's whole batch (Q queries x a group of
               G documents) is embedded in chunks of S sequences, so activations scale with S, not with
               Q*(1+G); the chunk is chosen per GPU: the largest power of two that fits its VRAM
               (Needs.mini_batch_on); the cached first pass costs one more forward, 2P per token
-  encode      weights P x (2 bf16 | 1 int8 | 0.56 nf4) + ENCODE_ACT*T*h for the largest batch
-  all         + CUDA context and allocator slack (WORKSPACE_GB), and never under MIN_VRAM_GB (3 GB)
+  encode      weights P x (2 bf16 | 1 int8 | 0.56 nf4), or as a quantized checkpoint stores them (Quantization),
+              + ENCODE_PEAK bytes per token of the largest batch (the live peak of a no-grad forward)
+  all         + CUDA context and allocator slack (WORKSPACE_GB), and never under MIN_VRAM_GB (3 GB); a card
+              holds a need when need <= VRAM_USABLE x its VRAM
+Host RAM: the process (PROCESS_RAM_GB) plus what the job builds on the CPU: train-bag's float32 output
+(the LoRA merge re-reads the base in float32), encode's weights before they move to the GPU; each
+further data-parallel rank loads the bf16 base there too (Needs.ram_on).
 Work: FLOPs per trained token from jobs.recipe.train_flops_per_token, the formula the job itself uses
 to report achieved TFLOP/s (full 8P with checkpointing, LoRA 6P, + 2P with the gradient cache); encode
 2*P*tokens; merge: bytes read and written. Hours on N GPUs = FLOPs / (N x peak bf16 FLOP/s x
