@@ -8,9 +8,11 @@ On a cloud box (`--report URI --hold`) the job runs as a child process instead: 
 are forwarded to it (the runner is the container's PID 1), its output passes through to the
 provider's log, and when it ends the runner writes `URI` (JSON: exit code, the log's last lines)
 atomically, so the supervisor learns how the attempt ended from the durable store, not from a
-provider status that cannot tell "exited" from "interrupted". `--hold` then keeps the container
-alive until the supervisor terminates it: a provider that restarts exited containers must not rerun
-a finished or failed job behind the supervisor's back.
+provider status that cannot tell "exited" from "interrupted". It notes first that the job started
+(jobs.boxend.started_uri: the install worked), and at the box's deadline (its reservation, from the
+launch) stops the job to checkpoint (exit 75). `--hold` then ends the box: it deletes its own instance
+with its provider's instance-scoped identity (jobs.boxend), or, without one, waits to be terminated.
+A container that its provider restarts finds its report and does not run the job twice.
 
 A spec with `ranks` N > 1 (a data-parallel job on an N-GPU offer) starts N copies of the job with
 torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; jobs.distributed reads it),
@@ -32,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import boxenv, storage
+from jobs import boxend, boxenv, storage
+from jobs.lifecycle import EXIT_BAD_INPUT, EXIT_DONE, EXIT_INTERRUPTED
 from jobs.spec import SPEC_ENV, JobSpec, SpecError
 
 LOG_TAIL_LINES = 200
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, help=f"a JobSpec JSON file (default: ${SPEC_ENV})")
     parser.add_argument("--report", metavar="URI", help="run the job as a child and write its exit report here")
-    parser.add_argument("--hold", action="store_true", help="after --report, wait until terminated")
+    parser.add_argument("--hold", action="store_true", help="after --report, end this box (jobs.boxend) or wait "
+                        "until terminated")
     args = parser.parse_args(argv)
     boxenv.restore()  # entries a provider's length limit split, and a GCS key passed by value
     try:
@@ -68,12 +72,27 @@ def main(argv: list[str] | None = None) -> int:
         if spec.ranks > 1:
             return run_ranks(spec)
         return importlib.import_module(spec.module).main(spec.argv())
-    code = run_and_report(spec, args.report)
+    reported = _report(args.report)
+    if reported is not None:  # a container its provider restarted: the job ran; do not run it twice
+        print(f"job {spec.job_id}: this attempt already ended (exit {reported.get('exit_code')}); not rerunning it",
+              file=sys.stderr, flush=True)
+        code = reported.get("exit_code", EXIT_INTERRUPTED)
+    else:
+        code = run_and_report(spec, args.report)
     if args.hold:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(code))
+        boxend.end_or_wait()  # the box deletes its own instance; the provider's SIGTERM follows
         while True:
             time.sleep(3600)
     return code
+
+
+def _report(uri: str) -> dict | None:
+    try:
+        report = storage.read_json(uri)
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def run_and_report(spec: JobSpec, report_uri: str) -> int:
@@ -83,6 +102,8 @@ def run_and_report(spec: JobSpec, report_uri: str) -> int:
                              env=os.environ | {SPEC_ENV: spec.to_json()})
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: child.send_signal(number))
+    storage.write_json_atomic(boxend.started_uri(report_uri), {"job_id": spec.job_id, "started_at": time.time()})
+    deadline = boxend.watch_deadline(child)  # the box's reservation ends: checkpoint, report, end the box
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
     for raw in child.stdout:
         line = raw.decode(errors="replace")
@@ -90,7 +111,10 @@ def run_and_report(spec: JobSpec, report_uri: str) -> int:
         sys.stderr.flush()
         tail.append(line.rstrip("\n"))
     code = child.wait()
-    storage.write_json_atomic(report_uri, {"job_id": spec.job_id, "exit_code": code, "log_tail": "\n".join(tail)})
+    if deadline.is_set() and code not in (EXIT_DONE, EXIT_BAD_INPUT):
+        code = EXIT_INTERRUPTED  # stopped at the box's deadline: it resumes from its last checkpoint
+    storage.write_json_atomic(report_uri, {"job_id": spec.job_id, "exit_code": code, "log_tail": "\n".join(tail),
+                                           "deadline": deadline.is_set()})
     return code
 
 

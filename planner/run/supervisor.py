@@ -224,6 +224,10 @@ class Supervisor:
         if billed_rate(result.billed_usd_per_hour) is not None:  # 0 once a pod has exited: keep the running rate
             attempt.billed_usd_per_hour = result.billed_usd_per_hour
         self._read_progress(job, attempt)
+        stalled = getattr(backend, "stalled", None)  # a cloud box: up past its startup window, the job never started
+        if result.status in (Status.RUNNING, Status.PENDING) and stalled is not None and (
+                why := stalled(handle, attempt.launched_at, self.clock())):
+            result = PollResult(Status.FAILED, detail=why)  # ended below with its log tail, and counted
         if result.status in (Status.RUNNING, Status.PENDING):
             if result.detail:  # e.g. SkyPilot recovering the attempt from a preemption on its own
                 attempt.detail = result.detail

@@ -166,7 +166,7 @@ class RunPodAPI:
             if not response.ok:
                 raise ProviderError(f"HTTP {response.status_code} on {where}")
             try:
-                for event in parse_sse(response.iter_lines(decode_unicode=True)):
+                for event in parse_sse(response.iter_lines(chunk_size=1, decode_unicode=True)):  # lines as they come
                     yield event
                     if stop():
                         return

@@ -6,13 +6,28 @@ extra (PLANNER_JOBS_INSTALL, a pip requirement pinned to the launching version),
 the job's output (`OUTPUT/.attempts/LABEL.json`), so the job's outputs and how each attempt ended
 live in the same durable store (s3://, gs://, ...) that every provider's boxes and the supervisor
 can reach. The provider's status only says whether the box is still there.
+
+A box ends itself (jobs.boxend): once its report is written it deletes its own instance with the
+instance-scoped identity its provider injects, and at its deadline (the script's start plus the attempt's
+`max_hours`, what its budget reservation pays for) it stops the job to checkpoint, reports and ends, so
+no box spends past its reservation even with the supervisor gone. The script starts jobs.boxend on its
+own first (compressed into the script: it needs only the standard library) as the deadline's watchdog,
+and runs it again when the install fails, to end the box after its startup window. A box that ends
+without a report, or that has not started the job within that window, is a failure of the attempt
+(counted toward the job's max failures), not a preemption, except where the provider took a spot box.
 """
 from __future__ import annotations
 
+import ast
+import base64
+import functools
+import inspect
 import math
 import shlex
+import zlib
+from datetime import datetime
 
-from jobs import storage
+from jobs import boxend, storage
 from jobs.lifecycle import EXIT_INTERRUPTED
 from planner.run.backends.base import (
     Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
@@ -28,6 +43,12 @@ BID_CAP_OVER_PLAN = 1.2  # a bid may exceed the planned spot price by this much,
 
 DEFAULT_DISK_GB = 50.0  # when the job's requirements give none
 RELIABILITY_FLOOR = 0.9  # Vast hosts below this are not rented (dstack's floor, reference note §4)
+# From the create to the job's start (the runner's started note): the image pull (a ~10 GB PyTorch image at
+# >= 50 MB/s, 4 min) and the jobs install (2 min), with room for a slow host; the model download is the
+# job's own first work, inside its hours. PLANNER_BOX_STARTUP_MINUTES overrides it.
+DEFAULT_STARTUP_S = 20 * 60.0
+STOP_GRACE_SHARE, STOP_GRACE_MAX_S = 0.1, boxend.DEFAULT_STOP_GRACE_S  # of the box's hours: to checkpoint and end
+
 
 
 class CloudBackend(Backend):
@@ -36,11 +57,13 @@ class CloudBackend(Backend):
 
     logs_hint = "the job's log tail arrives with its report when it ends"
 
-    def __init__(self, api, *, image: str, jobs_install: str, disk_gb: float = DEFAULT_DISK_GB):
+    def __init__(self, api, *, image: str, jobs_install: str, disk_gb: float = DEFAULT_DISK_GB,
+                 startup_s: float = DEFAULT_STARTUP_S):
         self.api = api
         self.image = image
         self.jobs_install = jobs_install
         self.disk_gb = disk_gb
+        self.startup_s = startup_s
 
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> CloudBackend:
@@ -49,6 +72,25 @@ class CloudBackend(Backend):
 
     def logs(self, handle: Handle, tail: int = 200) -> str:
         return report_logs(handle, tail, self.logs_hint)
+
+    def stalled(self, handle: Handle, launched_at: datetime, now: datetime) -> str | None:
+        """Why a box that is up has not started its job within the startup window, or None: no started
+        note and no report from it that long after its create (the install failed, the image cannot run
+        the runner, the host hangs)."""
+        waited = (now - launched_at).total_seconds()
+        output = handle.data.get("output_uri")
+        if waited <= self.startup_s or not output:
+            return None
+        report = report_uri(output, handle.label)
+        for uri in (boxend.started_uri(report), report):
+            try:
+                storage.read_json(uri)
+                return None
+            except (OSError, ValueError):
+                continue
+        return (f"the box did not start the job within {waited / 60:.0f} min of its create (the startup window is "
+                f"{self.startup_s / 60:.0f} min: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
+
 
 
 def compute_cap_filter(image: str) -> dict:
@@ -92,22 +134,49 @@ def require_remote_output(spec) -> None:
 
 def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hour: float, image: str,
              jobs_install: str, disk_gb: float, request: dict | None = None, hold: bool = True,
-             secret_env: dict[str, str] | None = None) -> LaunchPlan:
+             secret_env: dict[str, str] | None = None, max_hours: float | None = None, api_url: str | None = None,
+             startup_s: float = DEFAULT_STARTUP_S) -> LaunchPlan:
     """The attempt as a start script for a stock image (pure but for the storage credentials, read from this
-    machine's environment unless given; the provider request is the caller's). `hold` keeps the container
-    alive after the job, for providers that restart exited containers."""
+    machine's environment unless given; the provider request is the caller's). `hold` ends the box after the
+    job (jobs.boxend, through the provider's API at `api_url`), or keeps it until it is terminated; the box
+    is gone `max_hours` after its script starts (None: when its job ends)."""
     require_remote_output(spec)
     if not jobs_install:
         raise BackendError("PLANNER_JOBS_INSTALL is not set: give the pip requirement that installs this "
                            "project's jobs extra on the box, e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
     label = instance_label(spec.job_id, attempt)
-    env = attempt_env(spec, attempt)
-    setup = (f"pip install --quiet --no-cache-dir {shlex.quote(jobs_install)}",)
+    env = attempt_env(spec, attempt) | {boxend.PROVIDER_ENV: backend, boxend.STARTUP_ENV: f"{startup_s:.0f}"}
+    env |= {boxend.URL_ENV: api_url} if api_url else {}
+    deadline = ()
+    if max_hours:
+        seconds = max_hours * 3600
+        env[boxend.STOP_GRACE_ENV] = f"{min(STOP_GRACE_MAX_S, max(5.0, STOP_GRACE_SHARE * seconds)):.0f}"
+        now_plus = f"python -c 'import time;print(int(time.time()+{seconds:.0f}))'"
+        deadline = (f"export {boxend.DEADLINE_ENV}=$({now_plus})",)
+    setup = (*deadline, f"B={shlex.quote(_boxend_inline())}",  # jobs.boxend, before the install: the watchdog
+             '{ python -c "$B" guard & }',
+             f'pip install --quiet --no-cache-dir {shlex.quote(jobs_install)} || {{ python -c "$B" install-failed; '
+             'exit 1; }')
     command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label)) + (("--hold",) if hold else ())
     return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                       command=command, env=env, offer=offer, image=image, setup=setup, disk_gb=disk_gb,
                       request={"output_uri": spec.output_uri, **(request or {})},
                       secret_env=storage_credentials(spec.output_uri) if secret_env is None else dict(secret_env))
+
+
+@functools.cache
+def _boxend_inline() -> str:
+    """jobs.boxend's own code as a `python -c` program, run where the install failed and the package cannot
+    be imported: its docstrings dropped, zlib-compressed and base64-encoded, so the box script stays within
+    Vast's 4096 characters for args + onstart (create_instance.yaml)."""
+    tree = ast.parse(inspect.getsource(boxend))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            body[:1] = [] if len(body) > 1 else [ast.Pass()]
+    packed = base64.b64encode(zlib.compress(ast.unparse(tree).encode(), 9)).decode()
+    return f"import zlib,base64;exec(zlib.decompress(base64.b64decode('{packed}')))"
 
 
 def ended(output_uri: str, label: str) -> PollResult | None:
@@ -135,10 +204,15 @@ def report_logs(handle: Handle, tail: int, hint: str) -> str:
 
 
 def vanished(output_uri: str, label: str, spot: bool, why: str) -> PollResult:
-    """The box is gone or stopped: a report says how the job ended; without one, a spot box was taken."""
+    """The box is gone or stopped: a report says how the job ended. Without one, a spot box (`spot`: the
+    provider may have taken it) was preempted; any other box broke before the job could end, a failure
+    counted toward the job's max failures (an install that failed, an image that cannot start, a host
+    that died): relaunching such a box without a count would rent boxes without end."""
     result = ended(output_uri, label)
     if result is not None:
         return result
     if done_marker_exists(output_uri):
         return PollResult(Status.SUCCEEDED, exit_code=0)
-    return PollResult(Status.PREEMPTED if spot else Status.LOST, detail=why)
+    if spot:
+        return PollResult(Status.PREEMPTED, detail=why)
+    return PollResult(Status.FAILED, detail=f"{why} without a report: the box ended before its job did")
