@@ -55,7 +55,8 @@ class RunPodBackend(CloudBackend):
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> RunPodBackend:
         return cls(RunPodAPI(settings.runpod_url, settings.runpod_api_key, timeout=settings.http_timeout,
-                             retry=retry), image=settings.job_image, jobs_install=settings.jobs_install)
+                             retry=retry), image=settings.job_image, jobs_install=settings.jobs_install,
+                   startup_s=settings.box_startup_minutes * 60)
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
              disk_gb: float | None = None) -> LaunchPlan:
@@ -68,7 +69,8 @@ class RunPodBackend(CloudBackend):
             raise BackendError(f"RunPod offer {offer.offer_key} names no cloud tier (secure or community)")
         disk = max(1, math.ceil(disk_gb or self.disk_gb))
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=False, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk)
+                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk,
+                        api_url=self.api.base_url, startup_s=self.startup_s)
         gpu = {"id": gpu_type, "count": offer.gpu_count}
         if cuda := image_cuda(plan.image):
             gpu["minCudaVersion"] = cuda

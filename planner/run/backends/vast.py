@@ -53,7 +53,8 @@ class VastBackend(CloudBackend):
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> VastBackend:
         return cls(VastAPI(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout, retry=retry),
-                   image=settings.job_image, jobs_install=settings.jobs_install, disk_gb=settings.vast_disk_gb)
+                   image=settings.job_image, jobs_install=settings.jobs_install, disk_gb=settings.vast_disk_gb,
+                   startup_s=settings.box_startup_minutes * 60)
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
              disk_gb: float | None = None) -> LaunchPlan:
@@ -61,7 +62,8 @@ class VastBackend(CloudBackend):
             raise BackendError("the Vast.ai backend needs a Vast.ai offer")
         disk = max(MIN_DISK_GB, math.ceil(disk_gb or self.disk_gb))
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk)
+                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk,
+                        api_url=self.api.base_url, startup_s=self.startup_s)
         body = {"client_id": "me", "image": plan.image, "disk": disk, "label": plan.label, "runtype": "args",
                 "onstart": ENTRYPOINT, "args": ["-c", plan.shell_script()], "cancel_unavail": not spot}
         request = {"ask_id": int(offer.offer_key), "body": body, "host_filters": self.host_filters(disk)}
@@ -107,12 +109,14 @@ class VastBackend(CloudBackend):
         instance = self._call(self.api.instance, handle.instance_id, handle.label)
         output, spot = handle.data["output_uri"], handle.data.get("spot", False)
         if not instance:
-            return vanished(output, handle.label, spot, "the instance is gone")
+            # Vast stops an outbid instance, it does not delete it: gone without a report is a broken box
+            return vanished(output, handle.label, False, "the instance is gone")
         actual = instance.get("actual_status")
         billed = _float(instance.get("dph_total"))
         if is_outbid(instance) or actual in GONE:
             why = "outbid: the instance was stopped" if is_outbid(instance) and spot else f"instance {actual}"
-            return vanished(output, handle.label, spot, why)
+            # a container that exited (its job broke, or its install) was not taken: a failure, spot or not
+            return vanished(output, handle.label, spot and is_outbid(instance), why)
         message = instance.get("status_msg") or ""
         if actual == "created" and "OCI runtime create failed" in message:
             return PollResult(Status.FAILED, detail=f"the container did not start: {message[:200]}",
