@@ -71,7 +71,7 @@ from pricing import gpus  # noqa: E402
 from pricing.offer import Offer  # noqa: E402
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
-CHECKPOINT_HOURS = 0.25
+CHECKPOINT_HOURS = Limits().checkpoint_hours  # the jobs' default interval (jobs.protocol), as the planner prices it
 BID_MARGIN = 0.05
 DEADLINE_HOURS = 168.0
 COOLDOWN_HOURS = 1.0

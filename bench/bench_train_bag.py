@@ -92,7 +92,7 @@ def job_config(model_dir: Path, data: Path, args, **overrides):
 
 def planned_batches(config) -> list[list]:
     """The batch of each optimizer step of jobs.train_bag with this config (grad-accum 1), in its order."""
-    from jobs.train_bag import build_bag, schedule, step_batches
+    from jobs.data import build_bag, schedule, step_batches
 
     bag = build_bag(config)
     per_epoch, total = schedule(bag, config)

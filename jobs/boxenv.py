@@ -12,7 +12,8 @@ import os
 import tempfile
 from collections.abc import MutableMapping
 
-GCS_JSON = "PLANNER_GCS_CREDENTIALS_JSON"
+from jobs.protocol import GCS_JSON
+
 PARTS = "__PARTS"
 
 

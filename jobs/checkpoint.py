@@ -16,7 +16,6 @@ training never waits on the network; a fresh machine resumes from whatever the r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -30,11 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jobs import storage
+from jobs.protocol import CHECKPOINTS_KEPT, PROGRESS_FILE, progress_uri
 
 LATEST = "LATEST"
-PROGRESS = "progress.json"
 FILES = ("trainable.safetensors", "optimizer.pt", "state.pt", "identity.json")
-KEEP = 2  # the newest and its predecessor, in case the newest is being uploaded
 
 
 @dataclass
@@ -54,7 +52,7 @@ class CheckpointStore:
     def __init__(self, uri: str, cache_dir: Path):
         self.uri = uri
         if storage.is_remote(uri):
-            self.local = Path(cache_dir) / "checkpoints" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+            self.local = Path(cache_dir) / "checkpoints" / storage.short_digest(uri)
             self._uploads: queue.Queue[str | None] = queue.Queue()
             self._upload_error: BaseException | None = None
             self._uploader = threading.Thread(target=self._upload_loop, name="checkpoint-upload", daemon=True)
@@ -83,7 +81,7 @@ class CheckpointStore:
         if final.exists():  # left by an attempt killed after the rename but before LATEST moved
             shutil.rmtree(final)
         os.replace(tmp, final)
-        storage.write_json_atomic(self.local / PROGRESS, progress)
+        storage.write_json_atomic(self.local / PROGRESS_FILE, progress)
         storage.write_bytes_atomic(self.local / LATEST, step_name(step).encode())
         self._prune(keep=step_name(step))
         if self._uploader is not None:
@@ -98,16 +96,16 @@ class CheckpointStore:
         """Between checkpoints: the progress file alone (a few hundred bytes), so people and the planner
         see where the job is; `checkpoint_step` says what a resume would restart from."""
         self.local.mkdir(parents=True, exist_ok=True)
-        storage.write_json_atomic(self.local / PROGRESS, progress)
+        storage.write_json_atomic(self.local / PROGRESS_FILE, progress)
         if self._uploader is not None:
             try:
-                storage.write_bytes_atomic(storage.join(self.uri, PROGRESS), (self.local / PROGRESS).read_bytes())
+                storage.write_bytes_atomic(progress_uri(self.uri), (self.local / PROGRESS_FILE).read_bytes())
             except Exception as exc:  # the store is briefly unreachable: the next report or save catches up
                 print(f"warning: could not write progress to {self.uri}: {exc}", file=sys.stderr)
 
     def _prune(self, keep: str) -> None:
         steps = sorted(p for p in self.local.glob("step-*") if p.is_dir())
-        for old in steps[:-KEEP]:
+        for old in steps[:-CHECKPOINTS_KEPT]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in self.local.glob(".step-*.tmp-*"):
@@ -126,7 +124,7 @@ class CheckpointStore:
     def _upload(self, name: str) -> None:
         try:
             storage.upload_tree(self.local / name, storage.join(self.uri, name))
-            storage.write_bytes_atomic(storage.join(self.uri, PROGRESS), (self.local / PROGRESS).read_bytes())
+            storage.write_bytes_atomic(progress_uri(self.uri), (self.local / PROGRESS_FILE).read_bytes())
             storage.write_bytes_atomic(storage.join(self.uri, LATEST), name.encode())
         except Exception as exc:  # reported on the next save or at flush
             self._upload_error = exc

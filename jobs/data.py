@@ -386,6 +386,55 @@ def in_batch_negatives(task: str) -> bool:
     return not task.endswith(NO_IN_BATCH_NEG)
 
 
+# --- a bag and its schedule: which records each optimizer step trains on ---------------------------
+# `config` is the trainer's (jobs.train_bag): data, fraction, seed, replay_data, replay_fraction,
+# cache_dir, batch_size, grad_accum, epochs, max_steps, group_size are read.
+
+def build_bag(config) -> Bag:
+    corpus = open_corpus(config.data, Path(config.cache_dir))
+    parts = [(corpus, stratified_sample(corpus, config.fraction, config.seed))]
+    if config.replay_data:
+        old = open_corpus(config.replay_data, Path(config.cache_dir))
+        parts.append((old, stratified_sample(old, config.replay_fraction, config.seed, salt="replay")))
+    return Bag(parts)
+
+
+def schedule(bag, config) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps)."""
+    per_epoch = math.ceil(len(epoch_batches(bag, config.batch_size, config.seed, 0)) / config.grad_accum)
+    return per_epoch, config.max_steps or config.epochs * per_epoch
+
+
+def step_indices(bag, config, step: int, per_epoch: int, cache: dict) -> tuple[int, list[list[int]]]:
+    """(epoch, the bag indices of each batch of optimizer step `step`): a pure function of the step."""
+    epoch, index = divmod(step, per_epoch)
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = epoch_batches(bag, config.batch_size, config.seed, epoch)
+    return epoch, cache[epoch][index * config.grad_accum:(index + 1) * config.grad_accum]
+
+
+def step_batches(bag, config, step: int, per_epoch: int, cache: dict) -> list[list]:
+    """The records of each batch of optimizer step `step`."""
+    return [[bag[i] for i in batch] for batch in step_indices(bag, config, step, per_epoch, cache)[1]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    task: str
+    groups: list[Group]  # in batch order; rank r encodes groups[r::world]
+
+
+def step_groups(bag, config, step: int, per_epoch: int, cache: dict) -> list[Batch]:
+    epoch, batches = step_indices(bag, config, step, per_epoch, cache)
+    out = []
+    for batch in batches:
+        records = [bag[i] for i in batch]
+        out.append(Batch(records[0].task, [make_group(r, config.group_size, f"group:{config.seed}:{epoch}:{i}")
+                                           for i, r in zip(batch, records)]))
+    return out
+
+
 # --- a cheap estimate for the planner ---------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -50,12 +50,12 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import storage
 from jobs.lifecycle import BadInput, StopRequest, run_job
+from jobs.protocol import done_uri
 
 JOB = ".encode/job.json"
 MARKERS = ".encode"
@@ -249,19 +249,6 @@ def load_encoder(path: Path, device, dtype: str):
         net = load_model(path, device=device, dtype=getattr(torch, dtype))
     net.config.use_cache = False
     return net.eval()
-
-
-def content_hash(directory: Path) -> str:
-    """sha256 over the sorted (relative path, sha256 of the file) pairs of every file in `directory`."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not _hidden(p.relative_to(directory)))
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # hashlib releases the GIL
-        hashes = list(pool.map(storage.sha256_file, files))
-    listing = "".join(f"{f.relative_to(directory).as_posix()}\t{h}\n" for f, h in zip(files, hashes))
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 # --- the plan: shards by position, batches by a token budget ------------------------------------
@@ -487,7 +474,7 @@ def finish(output: str, identity: dict, shards: list[Shard]) -> bool:
     storage.write_json_atomic(storage.join(output, MANIFEST), {**identity, "shards": [
         {"file": s.file, "first_record": s.start, "records": s.stop - s.start,
          "sha256": storage.read_bytes(marker(output, s)).decode()} for s in shards]})
-    storage.write_bytes_atomic(storage.join(output, "DONE"), b"")
+    storage.write_bytes_atomic(done_uri(output), b"")
     return True
 
 
@@ -504,7 +491,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
 
     command = {key: getattr(args, key) for key in ("model", "input", "text_field", "id_field", "prompt_name",
                                                     "instruction", "dim", "dtype", "max_length", "shard_size")}
-    if storage.exists(storage.join(args.output, "DONE")):
+    if storage.exists(done_uri(args.output)):
         if storage.read_json(storage.join(args.output, MANIFEST)).get("command") != command:
             raise BadInput(f"{args.output} holds a finished encode of a different command; choose a new --output")
         print(f"{args.output} is already encoded", file=sys.stderr)
@@ -522,7 +509,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     if args.dim is not None and args.dim > model.hidden_size:
         raise BadInput(f"--dim {args.dim} exceeds the model's {model.hidden_size} dimensions")
     identity = {
-        "command": command, "model": args.model, "model_sha256": content_hash(model.path),
+        "command": command, "model": args.model, "model_sha256": storage.content_digest(model.path),
         "input": args.input, "input_sha256": storage.sha256_file(input_path), "records": len(corpus.ids),
         "dim": args.dim or model.hidden_size, "dtype": dtype,
         "prompt": resolve_prompt(model, args.model, args.prompt_name, args.instruction),

@@ -23,6 +23,7 @@ from pathlib import Path
 from jobs import storage
 from jobs.data import BadData, Record, read_corpus
 from jobs.lifecycle import BadInput
+from jobs.protocol import done_uri
 
 K = 10
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if not model.joinpath("config.json").exists():
         print(f"error: {args.model} has no config.json; give a model directory", file=sys.stderr)
         return 2
-    if args.output and storage.exists(storage.join(args.output, "DONE")):
+    if args.output and storage.exists(done_uri(args.output)):
         print(f"{args.output} is already evaluated", file=sys.stderr)
         return 0
     try:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(str(model), records, args.batch_size, args.max_length) | {"model": args.model}
     if args.output:
         storage.write_json_atomic(storage.join(args.output, "metrics.json"), metrics)
-        storage.write_bytes_atomic(storage.join(args.output, "DONE"), b"")
+        storage.write_bytes_atomic(done_uri(args.output), b"")
     print(json.dumps(metrics, indent=2))
     return 0
 

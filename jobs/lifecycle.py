@@ -2,7 +2,7 @@
 
 A job's body raises BadInput for anything the user must fix (one line, exit 2, nothing written) and
 polls its StopRequest at safe points; `run_job` maps both to the exit codes the planner's supervisor
-reads: 0 done, 2 bad input, 75 interrupted and resumable.
+reads (jobs.protocol: 0 done, 2 bad input, 75 interrupted and resumable).
 """
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-# The one definition of the runner exit codes (ARCHITECTURE.md); the planner's supervisor and backends read
-# them from here: EXIT_INTERRUPTED is what planner/run/backends/base.py called RESUMABLE_EXIT.
-EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 75
+from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
 
 class BadInput(ValueError):
@@ -77,7 +75,7 @@ def quiet_progress_bars(stream=None) -> bool:
 
 
 def run_job(body: Callable[[StopRequest], int], resume_hint: str, *, repeat_raises: bool = False) -> int:
-    """Run `body` with SIGTERM/SIGINT noted in a StopRequest; BadInput -> 2, Interrupted -> 75."""
+    """Run `body` with SIGTERM/SIGINT noted in a StopRequest; BadInput -> EXIT_BAD_INPUT, Interrupted -> EXIT_INTERRUPTED."""
     quiet_progress_bars()
     stop = StopRequest(repeat_raises)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -89,6 +87,13 @@ def run_job(body: Callable[[StopRequest], int], resume_hint: str, *, repeat_rais
     except Interrupted as exc:
         print(f"interrupted by {exc}; {resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        from jobs import memory
+
+        if not memory.is_out_of_memory(exc):
+            raise
+        print(memory.out_of_memory_line(exc), file=sys.stderr)  # the planner relaunches smaller or bigger
+        return memory.EXIT_OUT_OF_MEMORY
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -33,19 +33,19 @@ import math
 import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jobs import card, storage
 from jobs.lifecycle import BadInput, StopRequest, run_job
+from jobs.protocol import DONE_MARKER, done_uri
 
 METHOD = "multislerp"
 INDEX = "model.safetensors.index.json"
 RECIPE = "merge_recipe.json"
 MARKERS = ".merge"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
-NOT_COPIED = {"README.md", RECIPE, "DONE"}
+NOT_COPIED = {"README.md", RECIPE, DONE_MARKER}
 TIED_OUTPUT_EMBEDDING = "lm_head.weight"  # dropped when the config ties it to the input embedding
 FLOATS = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2)}
 DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # output dtype -> safetensors code
@@ -285,9 +285,10 @@ def merge(recipe: Recipe, output: str, *, shard_bytes: int = 2 * 10**9, cache_di
     recorded = storage.read_json(storage.join(output, RECIPE)) if storage.exists(storage.join(output, RECIPE)) else None
     if recorded is not None and {key: recorded.get(key) for key in identity} != _as_json(identity):
         raise BadInput(f"{output} holds a different merge ({RECIPE} differs); choose a new --output or delete it")
-    if recorded is None and storage.exists(output) and storage.listing(output):
+    # hidden entries are the planner's (.attempts: how each attempt on a box went), not another output
+    if recorded is None and storage.exists(output) and [n for n in storage.listing(output) if not n.startswith(".")]:
         raise BadInput(f"{output} exists and is not a merge output; choose a new or empty --output")
-    if storage.exists(storage.join(output, "DONE")):
+    if storage.exists(done_uri(output)):
         print(f"{output} is already merged", file=sys.stderr)
         return
 
@@ -302,7 +303,7 @@ def merge(recipe: Recipe, output: str, *, shard_bytes: int = 2 * 10**9, cache_di
     if recorded is not None and recorded.get("shards") != _as_json(identity["shards"]):
         raise BadInput(f"the inputs' tensors changed since {output} was started; choose a new --output or delete it")
     if recorded is None:
-        hashes = _sha256_files([file for m in inputs for file in m.weight_files])
+        hashes = storage.sha256_files([file for m in inputs for file in m.weight_files])
         storage.write_json_atomic(storage.join(output, RECIPE), {**identity, "inputs": {
             m.uri: {str(file.relative_to(m.path)): hashes[file] for file in m.weight_files} for m in inputs}})
 
@@ -313,7 +314,7 @@ def merge(recipe: Recipe, output: str, *, shard_bytes: int = 2 * 10**9, cache_di
     })
     _copy_model_files(template, output, recipe.dtype)
     card.write_card(output, model_card(recipe, models, base))
-    storage.write_bytes_atomic(storage.join(output, "DONE"), b"")
+    storage.write_bytes_atomic(done_uri(output), b"")
 
 
 def _write_shards(plan: list[Shard], models: list[InputModel], base: InputModel | None, recipe: Recipe,
@@ -401,16 +402,11 @@ def model_card(recipe: Recipe, models: list[InputModel], base: InputModel | None
 
 
 def _done_of(model: InputModel) -> dict:
-    marker = model.path / "DONE"
+    marker = model.path / DONE_MARKER
     try:
         return json.loads(marker.read_text()) if marker.exists() else {}
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _sha256_files(files: list[Path]) -> dict[Path, str]:
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # hashlib releases the GIL
-        return dict(zip(files, pool.map(storage.sha256_file, files)))
 
 
 def _as_json(value):

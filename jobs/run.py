@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 from jobs import boxend, boxenv, storage
-from jobs.lifecycle import EXIT_BAD_INPUT, EXIT_DONE, EXIT_INTERRUPTED
-from jobs.spec import SPEC_ENV, JobSpec, SpecError
+from jobs.protocol import EXIT_BAD_INPUT, EXIT_DONE, EXIT_INTERRUPTED, SPEC_ENV
+from jobs.spec import JobSpec, SpecError
 
 LOG_TAIL_LINES = 200
 RANK_GRACE_S = 60.0  # after one rank ends badly, how long the others get to finish their own save
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"job {spec.job_id}: python -m {spec.module} {' '.join(spec.argv())}", file=sys.stderr, flush=True)
     if args.report is None:
         if spec.ranks > 1:
@@ -145,15 +145,15 @@ def run_ranks(spec: JobSpec) -> int:
 
 def combined_exit(codes: list[int]) -> int:
     """One exit code for a job's ranks (negative: killed by that signal, e.g. by us after another failed)."""
-    ended = [c for c in codes if c != 0]
+    ended = [c for c in codes if c != EXIT_DONE]
     if not ended:
-        return 0
-    if 2 in ended:
-        return 2
+        return EXIT_DONE
+    if EXIT_BAD_INPUT in ended:
+        return EXIT_BAD_INPUT
     own = [c for c in ended if c > 0]
-    if own and all(c == 75 for c in own):
-        return 75
-    crashes = [c for c in own if c != 75] or ended
+    if own and all(c == EXIT_INTERRUPTED for c in own):
+        return EXIT_INTERRUPTED
+    crashes = [c for c in own if c != EXIT_INTERRUPTED] or ended
     return crashes[0]
 
 

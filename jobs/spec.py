@@ -1,9 +1,14 @@
-"""JobSpec: everything a runner needs to do one job, and nothing else (no keys, no prices).
+"""JobSpec: everything a runner needs to do one job, and nothing else (no keys, no prices); and KINDS,
+the one declaration of each job kind both the box and the planner read.
 
-The planner writes it, a backend passes it to the GPU box as JSON in the PLANNER_JOB_SPEC environment
-variable (or a file), and `python -m jobs.run` turns it into the kind's own command line, so a spec
-runs exactly what a user typing the flags would run. The job id is stable across attempts: every
-attempt of a job resumes from the same checkpoint URI and finishes at the same output URI.
+The planner writes a spec, a backend passes it to the GPU box as JSON in the PLANNER_JOB_SPEC environment
+variable (jobs.protocol.SPEC_ENV; or a file), and `python -m jobs.run` turns it into the kind's own
+command line, so a spec runs exactly what a user typing the flags would run. The job id is stable across
+attempts: every attempt of a job resumes from the same checkpoint URI and finishes at the same output URI.
+
+Adding a job kind (ARCHITECTURE.md, "Adding a job kind"): its runner module in jobs/, an entry in KINDS
+below, its sizing in planner/plan/kinds.py, a constructor in planner/plan/campaigns.py and a command in
+the CLI; tests/test_architecture.py fails until all of them exist.
 """
 from __future__ import annotations
 
@@ -11,14 +16,29 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SPEC_ENV = "PLANNER_JOB_SPEC"
 
-# kind -> (module run by `python -m`, whether it takes --checkpoint, whether it runs data-parallel)
-KINDS: dict[str, tuple[str, bool, bool]] = {
-    "train-bag": ("jobs.train_bag", True, True),
-    "merge": ("jobs.merge", False, False),
-    "encode": ("jobs.encode", False, False),
-    "evaluate": ("jobs.evaluate", False, False),
+@dataclass(frozen=True)
+class Kind:
+    """A job kind as the box runs it and the planner stages it (its sizing: planner/plan/kinds.py)."""
+    module: str  # run by `python -m` on the box; takes the spec's params as --flags
+    inputs: dict[str, str]  # param naming a file, directory or model the job reads -> the CLI flag that sets it
+    model_inputs: tuple[str, ...] = ()  # those inputs that name a model: a hub id there is no local path
+    checkpointed: bool = False  # takes --checkpoint URI and resumes from it (else it resumes from its output)
+    data_parallel: bool = False  # may run as several ranks, one per GPU of the offer
+
+    def flag(self, param: str) -> str:
+        return self.inputs.get(param) or "--" + param.replace("_", "-")
+
+
+KINDS: dict[str, Kind] = {
+    "train-bag": Kind("jobs.train_bag", {"model": "--model (or --previous)", "data": "--data (or --new-data)",
+                                         "replay_data": "--replay-data"},
+                      model_inputs=("model",), checkpointed=True, data_parallel=True),
+    "merge": Kind("jobs.merge", {"models": "--models (or --previous)", "base_model": "--base-model"},
+                  model_inputs=("models", "base_model")),
+    "encode": Kind("jobs.encode", {"model": "--model", "input": "--input (or bagging's --encode)"},
+                   model_inputs=("model",)),
+    "evaluate": Kind("jobs.evaluate", {"model": "--model", "data": "--eval"}, model_inputs=("model",)),
 }
 
 
@@ -40,7 +60,7 @@ class JobSpec:
             raise SpecError(f"unknown job kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         if not self.job_id or not self.output_uri:
             raise SpecError("a job spec needs a job_id and an output_uri")
-        if self.ranks < 1 or (self.ranks > 1 and not KINDS[self.kind][2]):
+        if self.ranks < 1 or (self.ranks > 1 and not KINDS[self.kind].data_parallel):
             raise SpecError(f"{self.kind} runs as one process; ranks must be 1, got {self.ranks}")
         reserved = {"output", "checkpoint", "spec"} & set(self.params)
         if reserved:
@@ -48,7 +68,7 @@ class JobSpec:
 
     @property
     def module(self) -> str:
-        return KINDS[self.kind][0]
+        return KINDS[self.kind].module
 
     def argv(self) -> list[str]:
         """The kind's command-line flags: params as --flag value (lists comma-joined, True as a bare flag)."""
@@ -64,7 +84,7 @@ class JobSpec:
             else:
                 args += [flag, str(value)]
         args += ["--output", self.output_uri]
-        if self.checkpoint_uri and KINDS[self.kind][1]:
+        if self.checkpoint_uri and KINDS[self.kind].checkpointed:
             args += ["--checkpoint", self.checkpoint_uri]
         return args
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ def cached_local_copy(uri: str, cache_dir: Path) -> Path:
     if not is_remote(uri):
         return local_path(uri)
     fs, root = fsspec.core.url_to_fs(uri)
-    target = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = Path(cache_dir) / short_digest(uri)
     if fs.isdir(root):
         marker = target / ".complete"
         if not marker.exists():
@@ -145,6 +146,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_files(files: list[Path]) -> dict[Path, str]:
+    """sha256 of each file, hashed in parallel (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(files, pool.map(sha256_file, files)))
+
+
+def content_digest(path: Path) -> str:
+    """The one content address of a file or directory (a model, a corpus, an upload): a file's sha256;
+    a directory's is the sha256 of its sorted `relative/path<TAB>file sha256` lines. Hidden entries (a
+    name starting with ".") are tools' metadata, e.g. huggingface_hub's download timestamps, not content."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    hashes = sha256_files(files)
+    listing = "".join(f"{f.relative_to(path).as_posix()}\t{hashes[f]}\n" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def looks_like_hub_id(model: str) -> bool:
@@ -193,10 +214,10 @@ def publish_file(local: Path, uri: str) -> None:
 
 
 def listing(uri: str) -> list[str]:
-    """The names in a directory (local or remote); a file lists as itself."""
+    """The names (not paths) in a directory, local or remote; a file lists as its own name."""
     if is_remote(uri):
         fs, path = fsspec.core.url_to_fs(uri)
-        return fs.ls(path)
+        return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]
     path = local_path(uri)
     return os.listdir(path) if path.is_dir() else [path.name]
 

@@ -66,7 +66,8 @@ optimizer state includes the compensation buffers. Rerunning the same command re
 newest one and, on CPU, ends with bitwise the same weights as an uninterrupted run, in either
 dtype. progress.json (beside the checkpoints) and the DONE marker carry the measured throughput:
 `tokens_per_s` (all GPUs), `tokens_per_s_per_gpu`, `tflops_per_gpu` (achieved, FLOPs counted as
-jobs.recipe.train_flops_per_token, the planner's formula), `eta_s` (progress only). The output
+jobs.recipe.train_flops_per_token, the planner's formula), `eta_s` (progress only), and `memory`
+(jobs.memory: peak VRAM allocated and reserved and peak RSS, rank 0 in progress, every rank in DONE). The output
 directory loads with SentenceTransformer(path) and AutoModel.from_pretrained(path) (safetensors,
 float32) and has a README.md model card; LoRA runs also keep the adapter in adapter/. DONE is
 written last; a rerun with DONE present exits 0 at once.
@@ -91,9 +92,9 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from jobs import recipe, storage
-from jobs.data import (BadData, Bag, Group, content_hash, epoch_batches, in_batch_negatives, make_group, open_corpus,
-                       stratified_sample)
+from jobs import memory, recipe, storage
+from jobs.data import (BadData, Batch, Group, build_bag, content_hash, in_batch_negatives, schedule,
+                       step_groups)
 from jobs.distributed import Group as Ranks
 from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
 
@@ -201,53 +202,6 @@ def resolve(config: Config, device_type: str, model_cfg: dict) -> tuple[Config, 
               "lr": config.learning_rate, "kd_loss": config.kd_loss or boom["kd_loss"],
               "dtype": config.dtype or ("bfloat16" if device_type == "cuda" else "float32")}
     return replace(config, **values), boom
-
-
-# --- the bag ------------------------------------------------------------------------------------
-
-def build_bag(config: Config) -> Bag:
-    corpus = open_corpus(config.data, Path(config.cache_dir))
-    parts = [(corpus, stratified_sample(corpus, config.fraction, config.seed))]
-    if config.replay_data:
-        old = open_corpus(config.replay_data, Path(config.cache_dir))
-        parts.append((old, stratified_sample(old, config.replay_fraction, config.seed, salt="replay")))
-    return Bag(parts)
-
-
-def schedule(bag, config: Config) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps)."""
-    per_epoch = math.ceil(len(epoch_batches(bag, config.batch_size, config.seed, 0)) / config.grad_accum)
-    return per_epoch, config.max_steps or config.epochs * per_epoch
-
-
-def step_indices(bag, config: Config, step: int, per_epoch: int, cache: dict) -> tuple[int, list[list[int]]]:
-    """(epoch, the bag indices of each batch of optimizer step `step`): a pure function of the step."""
-    epoch, index = divmod(step, per_epoch)
-    if epoch not in cache:
-        cache.clear()
-        cache[epoch] = epoch_batches(bag, config.batch_size, config.seed, epoch)
-    return epoch, cache[epoch][index * config.grad_accum:(index + 1) * config.grad_accum]
-
-
-def step_batches(bag, config: Config, step: int, per_epoch: int, cache: dict) -> list[list]:
-    """The records of each batch of optimizer step `step`."""
-    return [[bag[i] for i in batch] for batch in step_indices(bag, config, step, per_epoch, cache)[1]]
-
-
-@dataclass(frozen=True)
-class Batch:
-    task: str
-    groups: list[Group]  # in batch order; rank r encodes groups[r::world]
-
-
-def step_groups(bag, config: Config, step: int, per_epoch: int, cache: dict) -> list[Batch]:
-    epoch, batches = step_indices(bag, config, step, per_epoch, cache)
-    out = []
-    for batch in batches:
-        records = [bag[i] for i in batch]
-        out.append(Batch(records[0].task, [make_group(r, config.group_size, f"group:{config.seed}:{epoch}:{i}")
-                                           for i, r in zip(batch, records)]))
-    return out
 
 
 # --- model and loss -----------------------------------------------------------------------------
@@ -534,7 +488,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
 
     def progress_now(wall: float) -> dict:
         return {"step": step, "total_steps": total_steps, "tokens_seen": tokens_seen, "loss": loss_value,
-                "wall": wall, "checkpoint_step": saved_step} | throughput()
+                "wall": wall, "checkpoint_step": saved_step, "memory": {"ranks": [memory.usage(device)]}} | throughput()
 
     def save() -> None:
         """Every rank's RNG state goes in (dropout masks differ per rank); rank 0 writes, the others wait."""
@@ -593,6 +547,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
             last_report_time = time.monotonic()
 
     wall = wall_before + time.monotonic() - started
+    used = ranks.gather_objects(memory.usage(device))  # every rank's peaks; rank 0's again after the output
     if not ranks.is_main:
         ranks.barrier()  # rank 0 writes the output and DONE
         return 0
@@ -607,6 +562,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
             "bag_records": len(bag), "bag_sha256": identity["bag_sha256"], "recipe_source": boom["source"],
             "config": identity}
     write_output(config, net, tokenizer, optimizer, done)
+    done["memory"] = {"ranks": [memory.usage(device), *used[1:]]}  # RSS with the float32 output built
     store.flush()
     storage.write_json_atomic(storage.join(config.output, DONE), done)
     if config.checkpoint is None:

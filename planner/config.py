@@ -1,4 +1,4 @@
-"""Settings from the environment (PLANNER_*, RUNPOD_API_KEY, VAST_API_KEY), a project file and a user file.
+"""Settings from the environment (PLANNER_* and each provider's key variable), a project file and a user file.
 
 Precedence: explicit arguments (flags) > environment > project file > user config file > defaults.
 
@@ -14,6 +14,10 @@ Precedence: explicit arguments (flags) > environment > project file > user confi
 Unknown keys in either file are an error naming the nearest known key; so is a TOML syntax error
 (with its line and column). API keys are SecretStr: they print as '**********' and are read with
 get_secret_value() only where a request header is built.
+
+Each registered provider (pricing.providers.registry) gets two settings made from its entry,
+`<name>_url` (PLANNER_<NAME>_URL) and `<name>_api_key` (its key variable, e.g. RUNPOD_API_KEY); code
+reads them as `settings.providers[name].url` / `.api_key`.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args
 
 try:
     import tomllib
@@ -32,8 +36,10 @@ except ModuleNotFoundError:  # Python 3.10: pydantic-settings brings tomli
     import tomli as tomllib
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, create_model, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pricing.providers.registry import PROVIDERS
 
 APP = "planner"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -68,18 +74,41 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
-class Settings(BaseSettings):
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """How to reach one provider: `Settings.providers[name]`."""
+
+    url: str
+    api_key: SecretStr | None
+
+
+def provider_setting_names(name: str) -> tuple[str, str]:
+    """The settings a registered provider gets: (its URL's, its API key's)."""
+    return f"{name}_url", f"{name}_api_key"
+
+
+def _provider_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for entry in PROVIDERS.values():
+        url, key = provider_setting_names(entry.name)
+        fields[url] = (Annotated[str, AfterValidator(_http_url)], entry.default_url)
+        fields[key] = (SecretStr | None, Field(default=None, validation_alias=AliasChoices(entry.key_env, key)))
+    return fields
+
+
+_ProviderSettingFields = create_model("_ProviderSettingFields", __base__=BaseSettings, **_provider_fields())
+
+
+class Settings(_ProviderSettingFields):
     model_config = SettingsConfigDict(env_prefix="PLANNER_", extra="ignore", populate_by_name=True)
 
     db_url: str = Field(default_factory=default_db_url)
-    runpod_url: str = "https://api.runpod.io"
-    vast_url: str = "https://console.vast.ai"
-    runpod_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("RUNPOD_API_KEY", "runpod_api_key")
-    )
-    vast_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("VAST_API_KEY", "vast_api_key")
-    )
     refresh_cron: str = "0 * * * *"
     max_price_age: timedelta = timedelta(hours=2)
     retention_days: int = Field(default=14, ge=1)
@@ -115,12 +144,11 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> timedelta:
         return parse_duration(value)
 
-    @field_validator("runpod_url", "vast_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+    @property
+    def providers(self) -> dict[str, ProviderSettings]:
+        """Each registered provider's URL and API key, by provider name."""
+        return {name: ProviderSettings(*(getattr(self, setting) for setting in provider_setting_names(name)))
+                for name in PROVIDERS}
 
     @field_validator("db_url")
     @classmethod
@@ -166,12 +194,12 @@ JOB_KEYS: dict[str, tuple[type, Any, str]] = {
     "epochs": (int, None, "training epochs (default: the recipe's)"),
     "batch_size": (int, None, "training batch size (default: the recipe's)"),
     "max_steps": (int, None, "stop training after this many steps"),
-    "backend": (str, "auto", "auto | local | runpod | vast | skypilot"),
+    "backend": (str, "auto", " | ".join(("auto", "local", *PROVIDERS, "skypilot"))),
     "budget": (float, None, "USD for one job (a campaign: for all its jobs)"),
     "spot": (bool, None, "true: only spot, false: only on-demand (unset: either)"),
     "max_price_per_hour": (float, None, "cap in USD per instance-hour"),
 }
-CHOICES = {"method": ("full", "lora"), "backend": ("auto", "local", "runpod", "vast", "skypilot")}
+CHOICES = {"method": ("full", "lora"), "backend": ("auto", "local", *PROVIDERS, "skypilot")}
 PATH_KEYS = ("data", "eval", "encode")  # always paths or URIs; `model` may also be a hub id
 # The settings a project file may hold: where this project's database, outputs and job code live.
 PROJECT_SETTINGS = ("db_url", "storage_uri", "runs_dir", "jobs_install", "job_image")
@@ -236,7 +264,7 @@ def read_user_config() -> dict[str, Any]:
         return {}
     raw = read_toml(path)
     known = set(Settings.model_fields)
-    aliases = {"runpod_api_key", "vast_api_key"}
+    aliases = {entry.key_env.lower() for entry in PROVIDERS.values()}  # a key may be written as its variable
     for key in raw:
         if key not in known and key.lower() not in aliases:
             hint = " (a job default: it belongs in a project's planner.toml, see planner init)" \
@@ -349,3 +377,17 @@ def setting_sources(project: Project | None = None) -> dict[str, str]:
         else:
             sources[name] = "default"
     return sources
+
+
+def secret_env_names() -> tuple[str, ...]:
+    """Every environment variable a secret setting is read from (the provider keys, the API token), upper
+    case: no job and no box gets them (planner.run.credentials, the local backend). Names are matched
+    without regard to case, as the settings read them."""
+    names: list[str] = []
+    for name, info in Settings.model_fields.items():
+        if SecretStr not in (info.annotation, *get_args(info.annotation)):
+            continue
+        alias = info.validation_alias
+        names += [str(choice).upper() for choice in alias.choices] if isinstance(alias, AliasChoices) else []
+        names.append(f"PLANNER_{name.upper()}")
+    return tuple(dict.fromkeys(names))

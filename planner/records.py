@@ -6,7 +6,8 @@ attempts   one launch of a job on one offer: where, at what price, how it ended,
 
 Job states: pending -> launching -> running -> (preempted -> launching ...) -> succeeded | failed |
 cancelled | stopped-by-budget. Attempt outcomes: launching, running, preempted, lost, succeeded, failed,
-launch-failed (the provider refused or failed the launch), cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
+launch-failed (the provider refused or failed the launch), out-of-memory (CUDA's, or the host's OOM
+killer: relaunched with a smaller chunk or more memory), cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
 only one supervisor process can hold, so a restarted or doubled supervisor never launches twice.
 """
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, validates
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, validates
 
 from pricing.db import Base, UTCDateTime, utcnow
 
@@ -23,7 +24,7 @@ JOB_STATES = ("pending", "launching", "running", "preempted", "succeeded", "fail
               "stopped-by-budget")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped-by-budget")
 ATTEMPT_OUTCOMES = ("launching", "launch-failed", "running", "preempted", "lost", "succeeded", "failed",
-                    "cancelled", "stopped-by-budget")
+                    "out-of-memory", "cancelled", "stopped-by-budget")
 LIVE_ATTEMPT = ("launching", "running")
 
 
@@ -31,6 +32,23 @@ def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; one of {', '.join(allowed)}")
     return value
+
+
+class Project(Base):
+    """This database's project: one row, made by `planner db upgrade` (migration 0008). Its id is in every
+    instance label and local run the project makes, so its reaper touches only its own boxes."""
+
+    __tablename__ = "project"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def project_id(session: Session) -> str:
+    found = session.scalars(select(Project.id).order_by(Project.created_at)).first()
+    if found is None:
+        raise LookupError("this database has no project row; run: planner db upgrade")
+    return found
 
 
 class Campaign(Base):
@@ -116,6 +134,19 @@ class Attempt(Base):
     progress: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the runner's progress.json
     measured_tflops: Mapped[float | None] = mapped_column(Float, nullable=True)  # achieved, per GPU
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it ended; log tail on failure
+    # memory (migration 0009): the chunk it ran with and what the planner planned at it, and the peaks the
+    # runner reported (jobs.memory: the largest rank's VRAM, allocated and reserved; rank 0's RSS), in GB
+    mini_batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    planned_vram_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    planned_ram_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ram_gb: Mapped[float | None] = mapped_column(Float, nullable=True)  # the instance's host RAM, as offered
+    peak_vram_allocated_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_vram_reserved_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_rss_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the claim on the create (migration 0008): the launcher renews the lease (database clock) while its
+    # create is in flight; recovering a cut-off launch bumps the fence, so a late answer is not recorded
+    launch_fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    launch_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     @validates("outcome")
     def _known_outcome(self, _key: str, outcome: str) -> str:

@@ -47,6 +47,19 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def database_now(session) -> datetime:
+    """The database's clock, in UTC: the one clock every host sharing the database agrees on, so leases and
+    claims compare times from one source however far the hosts' own clocks drift apart."""
+    from sqlalchemy import text
+
+    if session.get_bind().dialect.name == "sqlite":  # a file on this host: its clock, to the millisecond
+        value = session.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    now = "clock_timestamp()" if session.get_bind().dialect.name == "postgresql" else "CURRENT_TIMESTAMP"
+    value = session.execute(text(f"SELECT {now}")).scalar_one()  # clock_timestamp: now, not the transaction's start
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 class SchemaBehind(RuntimeError):
     """The database is missing or older than this code; the fix is `planner db upgrade`."""
 

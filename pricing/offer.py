@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from pricing.providers.registry import has_spot
+
 MAX_USD_PER_GPU_HOUR = 100.0  # above this a price is a broken answer: dropped by a provider, refused by a refresh
+# The longest text each field may hold: the width of its column in pricing.store (a test holds them equal).
+# An identity longer than its column makes the offer invalid; a longer description is cut.
+IDENTITY_LIMITS = {"provider": 32, "offer_key": 200, "gpu_model": 100, "tier": 32}
+DESCRIPTION_LIMITS = {"gpu_name_raw": 200, "location": 200, "stock": 32}
+NUMBERS = ("vram_gb", "gpu_count", "on_demand_usd_per_gpu_hour", "spot_usd_per_gpu_hour", "reliability", "vcpus",
+           "ram_gb", "disk_gb", "tflops")
+
+
+class InvalidOffer(ValueError):
+    """A provider's row that cannot be an offer (a number that is not finite, an identity too long for its
+    column): the provider skips and counts it; one bad row never costs the others."""
 
 
 @dataclass(frozen=True)
@@ -17,7 +31,7 @@ class Offer:
     GPU is unknown to our table (then `known_gpu` is False and the offer is kept, never dropped).
     """
 
-    provider: str  # a pricing.providers.NAMES entry, or "local"
+    provider: str  # a pricing.providers.registry name, or "local"
     offer_key: str  # provider-side id: RunPod gpu type id + tier, Vast ask id
     gpu_model: str  # canonical model, e.g. "H100-SXM", or the raw name when unknown
     gpu_name_raw: str  # the provider's own name, e.g. "NVIDIA H100 80GB HBM3" / "H100 SXM"
@@ -36,6 +50,27 @@ class Offer:
     disk_gb: float | None = None
     stock: str | None = None  # RunPod stockStatus: High/Medium/Low
     tflops: float | None = None  # measured peak per GPU where no table entry gives it (this machine's CPU)
+
+    def __post_init__(self) -> None:
+        """The offer boundary: every number finite, every text within its column, and no spot price from
+        a provider without spot (pricing.providers.registry: declared there, enforced here only)."""
+        for name in NUMBERS:
+            value = getattr(self, name)
+            try:
+                finite = value is None or (not isinstance(value, bool) and math.isfinite(value))
+            except TypeError:
+                finite = False
+            if not finite:
+                raise InvalidOffer(f"offer {str(self.offer_key)[:80]!r}: {name} is {value!r}, not a finite number")
+        for name, limit in IDENTITY_LIMITS.items():
+            if len(str(getattr(self, name))) > limit:
+                raise InvalidOffer(f"offer {str(self.offer_key)[:80]!r}: {name} is longer than {limit} characters")
+        for name, limit in DESCRIPTION_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and len(value) > limit:
+                object.__setattr__(self, name, value[:limit])
+        if self.spot_usd_per_gpu_hour is not None and not has_spot(self.provider):
+            object.__setattr__(self, "spot_usd_per_gpu_hour", None)
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)

@@ -70,7 +70,7 @@ def recorded_providers(httpserver, monkeypatch):
 
 def v2_catalog() -> dict:
     """The recorded GraphQL gpuTypes as RunPod REST v2 `/v2/catalog/gpus?include=AVAILABILITY` answers
-    (reference note provider-apis-2026-12 §2.1: per-GPU list prices, availability upper case)."""
+    (docs/providers/runpod.md, "Prices and availability": per-GPU list prices, availability upper case)."""
     import json
 
     from planner.run.replay import recorded_payload
@@ -81,7 +81,8 @@ def v2_catalog() -> dict:
         gpus.append({"id": g["id"], "name": g.get("displayName"), "manufacturer": "NVIDIA", "memory": g["memoryInGb"],
                      "secure": bool(g.get("securePrice")), "community": bool(g.get("communityPrice")),
                      "price": {"secure": g.get("securePrice"), "community": g.get("communityPrice")},
-                     "availability": stock.upper() if stock else "NONE"})
+                     "availability": stock.upper() if stock else "NONE",
+                     "dataCenters": [{"id": "US-TX-3", "name": "US-TX-3", "availability": stock.upper()}] if stock else []})
     return {"gpus": gpus}
 
 

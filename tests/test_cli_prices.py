@@ -147,7 +147,8 @@ def test_refresh_piped_prints_only_the_results(cli, recorded_providers):
     assert [line.split(":")[0] for line in result.stdout.splitlines() if line.strip()] == ["runpod", "vast"]
 
 
-def test_export_skypilot_catalog(cli, recorded_providers, tmp_path):
+def test_export_skypilot_catalog(cli, recorded_providers, tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp-test-key")  # v2 prices name their data centres (SkyPilot's zones)
     cli("db", "upgrade")
     cli("prices", "refresh")
     cli("prices", "export-skypilot", "--dir", str(tmp_path / "cat"))

@@ -1,5 +1,5 @@
 """The RunPod and Vast.ai backends under the real supervisor and planner, against fake provider APIs on
-127.0.0.1 written from /work/shared/reference/provider-apis-2026-12.md (RunPod REST v2 §2, Vast §4):
+127.0.0.1 written from docs/providers/runpod.md and docs/providers/vast.md:
 RunPod on-demand only, Vast bids read just before launch, create errors mapped to what the supervisor
 does, interruptions relaunched elsewhere, success only with DONE and the attempt's report, failures
 with the log tail, provider logs, orphans reaped through the v1 listing, keys only in the
@@ -28,7 +28,8 @@ from planner.run.backends.remote import report_uri
 from planner.config import load_settings
 from planner.plan.plans import book_offers
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem
-from planner.run.backends.base import Handle
+from planner.run.backends.base import Handle, instance_label
+from planner import records
 from planner.records import Job
 from pricing import store
 from pricing.db import session_factory
@@ -103,7 +104,7 @@ GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPer
 
 
 class FakeRunPod(FakeAPI):
-    """RunPod REST v2 as the reference note provider-apis-2026-12 §2.2-2.3 documents it: a strict
+    """RunPod REST v2 as docs/providers/runpod.md ("Pods", "Logs") documents it: a strict
     POST /v2/pods (422 naming an unknown field), 400 for no capacity, 402 for a low balance, 429 with
     Retry-After, RFC 9457 bodies, the status enum and `cost`, DELETE 204, a list that ignores its
     parameters, and SSE logs resumed with Last-Event-ID."""
@@ -178,7 +179,7 @@ class FakeRunPod(FakeAPI):
 
 
 class FakeVast(FakeAPI):
-    """Vast.ai as the reference note §4 documents it: v0 instance listing 410, the v1 listing paged by
+    """Vast.ai as docs/providers/vast.md documents it: v0 instance listing 410, the v1 listing paged by
     25 with next_token/after_token and label select_filters, creates whose error body may still carry
     a new_contract, host filters on the bundles search, request_logs with a result_url."""
 
@@ -255,10 +256,14 @@ class FakeVast(FakeAPI):
 
 def _passes(value, rule: dict) -> bool:
     op, expected = next(iter(rule.items()))
+    if op == "eq" and expected == "any":  # vast-cli's form for "no filter"
+        return True
     if value is None:
         return False
-    return {"eq": value == expected, "gte": value >= expected, "lte": value <= expected, "lt": value < expected,
-            "gt": value > expected, "neq": value != expected}[op]
+    if op in ("in", "notin"):
+        return (value in expected) == (op == "in")
+    return {"eq": lambda: value == expected, "gte": lambda: value >= expected, "lte": lambda: value <= expected,
+            "lt": lambda: value < expected, "gt": lambda: value > expected, "neq": lambda: value != expected}[op]()
 
 
 def book_offer(provider, key, gpu, on_demand, spot, tier):
@@ -296,6 +301,12 @@ def submit(cloud, corpus, backend, spot="any"):
     return job.spec
 
 
+def label_of(cloud, spec: JobSpec, attempt: int = 1) -> str:
+    """planner-PROJECT-JOB-aN: the label names this database's project (the reaper's scope)."""
+    with cloud[1]() as session:
+        return instance_label(spec.job_id, attempt, records.project_id(session))
+
+
 def finish(spec: JobSpec, label: str, code: int, log_tail: str = "", done: bool = True):
     """What jobs.run --report does on the box when the job ends."""
     if done:
@@ -309,7 +320,7 @@ def pod_script(pod_input: dict) -> str:
     return base64.b64decode(encoded).decode()
 
 
-def test_runpod_v2_on_demand_pod_lost_relaunched_elsewhere_then_success(cloud, toy_corpus):
+def test_runpod_v2_on_demand_pod_ended_without_report_is_a_failure_relaunched_elsewhere_then_success(cloud, toy_corpus):
     settings, sessions, runpod, _ = cloud
     spec = submit(cloud, toy_corpus, "runpod", spot="any")  # the book's stale RunPod spot price is never planned
     supervisor = build_supervisor(settings, sessions)
@@ -317,7 +328,7 @@ def test_runpod_v2_on_demand_pod_lost_relaunched_elsewhere_then_success(cloud, t
     [pod] = runpod.pods.values()
     sent = pod["input"]  # the fake is strict: an unknown field would have been a 422
     assert sent["gpu"] == {"id": "NVIDIA GeForce RTX 4090", "count": 1, "minCudaVersion": "12.4"}
-    assert sent["cloud"] == "COMMUNITY" and sent["ports"] == [] and sent["name"] == f"planner-{spec.job_id}-a1"
+    assert sent["cloud"] == "COMMUNITY" and sent["ports"] == [] and sent["name"] == label_of(cloud, spec)
     with sessions() as session:
         needs = json.loads(session.get(Job, spec.job_id).requirements)
         [attempt] = attempts_of(session, spec.job_id)
@@ -328,7 +339,7 @@ def test_runpod_v2_on_demand_pod_lost_relaunched_elsewhere_then_success(cloud, t
     script = pod_script(sent)
     assert "python -m jobs.run --report" in script and "--hold" in script and sent["args"].startswith("sh -c ")
 
-    runpod.exit(pod["id"])  # gone without a report: lost, relaunched from the checkpoint
+    runpod.exit(pod["id"])  # ended without a report: a broken box, counted, relaunched elsewhere
     assert supervisor.tick().relaunching == [spec.job_id]
     assert runpod.pods[pod["id"]]["status"] == "TERMINATED"  # DELETE /v2/pods/{id}
     assert supervisor.tick().launched == [spec.job_id]
@@ -340,7 +351,7 @@ def test_runpod_v2_on_demand_pod_lost_relaunched_elsewhere_then_success(cloud, t
     assert second["status"] == "TERMINATED"
     with sessions() as session:
         first, last = attempts_of(session, spec.job_id)
-        assert (first.outcome, last.outcome) == ("lost", "succeeded") and not first.spot and not last.spot
+        assert (first.outcome, last.outcome) == ("failed", "succeeded") and not first.spot and not last.spot
         dump = "\n".join(str(row) for table in ("jobs", "attempts", "snapshots")
                          for row in session.execute(text(f"SELECT * FROM {table}")))
     assert RUNPOD_KEY not in dump and RUNPOD_KEY not in runpod.everything_sent()
@@ -432,15 +443,21 @@ def test_runpod_logs_stream_and_resume_with_last_event_id(cloud, toy_corpus):
 
 def test_vast_outbid_then_a_failure_with_its_log_tail_and_orphans_reaped(cloud, toy_corpus):
     settings, sessions, _, vast = cloud
-    vast.instances[5000] = {"id": 5000, "label": "planner-ghost-1234-a1", "actual_status": "running"}  # nobody's
+    with sessions() as session:
+        project = records.project_id(session)
+    ghost = instance_label("ghost-1234", 1, project)  # this project's, of no live attempt: an orphan
+    vast.instances[5000] = {"id": 5000, "label": ghost, "actual_status": "running"}
     vast.instances[5001] = {"id": 5001, "label": "my-notebook", "actual_status": "running"}  # not ours at all
+    vast.instances[5002] = {"id": 5002, "label": instance_label("ghost-1234", 1, "p0123abcd"),  # another project's
+                            "actual_status": "running"}
     for n in range(30):  # more than one v1 page (25 rows)
         vast.instances[6000 + n] = {"id": 6000 + n, "label": f"other-{n}", "actual_status": "running"}
-    vast.instances[6100] = {"id": 6100, "label": "planner-ghost-5678-a2", "actual_status": "running"}  # page 2
+    vast.instances[6100] = {"id": 6100, "label": instance_label("ghost-5678", 2, project), "actual_status": "running"}
     spec = submit(cloud, toy_corpus, "vast", spot="spot")
     supervisor = build_supervisor(settings, sessions)
     assert supervisor.tick().launched == [spec.job_id]
-    assert 5000 not in vast.instances and 6100 not in vast.instances and 5001 in vast.instances
+    assert 5000 not in vast.instances and 6100 not in vast.instances  # page 2 too
+    assert 5001 in vast.instances and 5002 in vast.instances
     assert any("after_token=25" in r["path"] for r in vast.requests)  # the reaper walked the pages
     assert not any(r["path"].startswith("/api/v0/instances/?") or r["path"] == "/api/v0/instances/"
                    for r in vast.requests)  # v0 listing answers 410
@@ -448,7 +465,7 @@ def test_vast_outbid_then_a_failure_with_its_log_tail_and_orphans_reaped(cloud, 
     created = vast.instances[contract]
     assert created["ask"] == 101 and created["body"]["price"] == pytest.approx(0.30 * 1.05, abs=1e-4)
     body = created["body"]
-    assert body["label"] == f"planner-{spec.job_id}-a1" and body["runtype"] == "args"
+    assert body["label"] == label_of(cloud, spec) and body["runtype"] == "args"
     assert body["onstart"] == "/bin/sh" and body["args"][0] == "-c" and "jobs.run" in body["args"][1]
     assert body["disk"] >= 8 and all(len(k) + 1 + len(v) <= 256 for k, v in body["env"].items())
     search = next(r["body"] for r in vast.requests if r["path"] == "/api/v0/bundles/")
@@ -461,7 +478,7 @@ def test_vast_outbid_then_a_failure_with_its_log_tail_and_orphans_reaped(cloud, 
     vast.outbid(contract)
     assert supervisor.tick().relaunching == [spec.job_id]
     assert contract not in vast.instances  # destroyed: a stopped instance still bills storage
-    assert any("planner-" + spec.job_id in unquote(r["path"]) for r in vast.requests
+    assert any(label_of(cloud, spec) in unquote(r["path"]) for r in vast.requests
                if r["path"].startswith("/api/v1/instances/"))  # polled through a label-filtered v1 page
     supervisor.tick()
     [second] = [c for c in vast.instances if c >= 9000]

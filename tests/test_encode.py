@@ -239,7 +239,10 @@ def signal_after_shards(process: subprocess.Popen, shards: int, signum: int) -> 
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.glob("shard-*.parquet")}
+    """The finished shards: a shard is done once its marker is written, after its file (a kill between the
+    two leaves a file the resumed job rewrites)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.glob("shard-*.parquet")
+            if (directory / ".encode" / f"{p.name}.done").exists()}
 
 
 def test_killed_job_resumes_only_the_remaining_shards_with_identical_bytes(tiny_model_dir, tmp_path):

@@ -81,3 +81,47 @@ def test_the_fakes_refuse_a_create_below_an_hour_of_credit_and_stop_boxes_at_zer
     runpod.funds = runpod.billed_usd()  # spent
     requests.get(f"{runpod.url}/v2/pods", headers={"Authorization": f"Bearer {RUNPOD_KEY}"}, timeout=10)
     assert runpod.pods == {}
+
+
+def qwen3_4b_config(directory) -> str:
+    """A Qwen3-4B as the planner sizes it: its config (the architecture's widths), no weights needed to plan."""
+    import json
+
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 2560, "intermediate_size": 9728,
+        "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "vocab_size": 151936, "max_position_embeddings": 40960, "torch_dtype": "bfloat16",
+        "tie_word_embeddings": True}))
+    return str(directory)
+
+
+def test_a_launch_with_fifty_cents_rents_nothing_and_says_why(cli, db_url, tmp_path, monkeypatch):
+    """The headline command, pinned to RunPod, against an account holding $0.50: exit 1 before any create,
+    naming the balance and what the launch would reserve."""
+    import json
+
+    runpod = FakeRunPod(RUNPOD_KEY, tmp_path / "boxes")
+    try:
+        runpod.funds = 0.50
+        write_book(session_factory(db_url))
+        for name, value in {"RUNPOD_API_KEY": RUNPOD_KEY, "PLANNER_RUNPOD_URL": runpod.url,
+                            "PLANNER_STORAGE_URI": "s3://lab-bucket/planner",
+                            "PLANNER_JOBS_INSTALL": "planner[jobs] @ git+https://example.org/planner@abc"}.items():
+            monkeypatch.setenv(name, value)
+        corpus = tmp_path / "train.jsonl"
+        words = " ".join(f"word{i}" for i in range(150))
+        corpus.write_text("".join(json.dumps({"query": f"q{i} {words}", "positive": f"p{i} {words}",
+                                              "negative": [f"n{i} {words}"]}) + "\n" for i in range(20000)))
+        model = qwen3_4b_config(tmp_path / "Qwen3-4B")
+        result = cli("launch", "train-bag", "--fraction", "0.4", "--model", model, "--data", str(corpus),
+                     "--method", "lora", "--backend", "runpod", "--yes", code=1)
+        said = result.output + result.stderr
+        assert "balance is $0.50" in said and "--ignore-balance" in said, said
+        assert not [r for r in runpod.requests if r["method"] == "POST" and r["path"] == "/v2/pods"]  # no create
+        assert runpod.pods == {} and RUNPOD_KEY not in said
+        plain = cli("launch", "train-bag", "--fraction", "0.4", "--model", model, "--data", str(corpus), "--method",
+                    "lora", "--backend", "runpod", "--yes", "--ignore-balance", "--dry-run")  # the flag exists
+        assert "balance" not in plain.output
+    finally:
+        stop_fakes(runpod)

@@ -23,7 +23,7 @@ def setup(tiny_model_dir, toy_corpus, method: str):
     tokenizer, net, _ = train_bag.load_trainable(config, torch.device("cpu"), torch.float32)
     records = data.read_corpus(str(toy_corpus))[:6]  # one task
     groups = [data.make_group(r, 8, f"k{i}") for i, r in enumerate(records)]
-    return config, tokenizer, net, train_bag.Batch(records[0].task, groups)
+    return config, tokenizer, net, data.Batch(records[0].task, groups)
 
 
 def gradients(net, tokenizer, batch, config, mini: int, seed: int = 1):

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from jobs.protocol import duration
 from planner.config import load_settings
 from planner.interface.cli import app
 from planner.run import progress
@@ -32,8 +33,7 @@ def test_a_progress_file_reads_as_one_line():
     records = progress.parse({"records": 30, "total_records": 100, "records_per_s": 5.0, "wall": 6.0})
     assert records.unit == "record" and records.eta_s == pytest.approx(14.0)  # from the pace so far
     assert progress.parse({}) is None and progress.remaining_fraction(None) == 1.0
-    assert [progress.clock(s) for s in (5, 125, 3 * 3600 + 300, 2 * 86400 + 4 * 3600)] == ["5s", "2m05s", "3h05m",
-                                                                                           "2d04h"]
+    assert [duration(s) for s in (5, 125, 3 * 3600 + 300, 2 * 86400 + 4 * 3600)] == ["5s", "2m05s", "3h05m", "2d04h"]
 
 
 @pytest.fixture

@@ -233,7 +233,7 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
         name = "stub"
         finished: set[str] = set()
 
-        def plan(self, spec, offer, *, attempt, spot, usd_per_hour, disk_gb=None):
+        def plan(self, spec, offer, *, attempt, spot, usd_per_hour, disk_gb=None, max_hours=None):
             return LaunchPlan("stub", spec.job_id, attempt, spot, usd_per_hour, ("true",), {})
 
         def launch(self, plan):

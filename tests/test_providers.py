@@ -62,7 +62,7 @@ def test_runpod_normalizes_recorded_payload(httpserver):
 
 
 def test_runpod_has_no_spot_even_when_a_stale_answer_carries_spot_fields(httpserver):
-    """Reference note §1: spot pods are gone; the query asks for no spot field and ignores any sent."""
+    """docs/providers/runpod.md, "No spot": spot pods are gone; the query asks for no spot field and ignores any sent."""
     assert any(g.get("secureSpotPrice") for g in RUNPOD["data"]["gpuTypes"])  # the recording still has some
     httpserver.expect_request("/graphql", method="POST").respond_with_json(RUNPOD)
     offers = runpod(httpserver).fetch()
@@ -71,7 +71,7 @@ def test_runpod_has_no_spot_even_when_a_stale_answer_carries_spot_fields(httpser
     assert "SpotPrice" not in query and "minimumBidPrice" not in query
 
 
-CATALOG = {"gpus": [  # /v2/catalog/gpus?include=AVAILABILITY&product=POD, as in the reference note §2.1
+CATALOG = {"gpus": [  # /v2/catalog/gpus?include=AVAILABILITY&product=POD, as docs/providers/runpod.md, "Prices and availability" shows it
     {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "pool": None, "manufacturer": "NVIDIA", "memory": 80,
      "secure": True, "community": True, "price": {"secure": 2.99, "community": 2.69, "serverless": None},
      "maxCount": {"secure": 8, "community": 8}, "availability": "HIGH",
@@ -90,15 +90,17 @@ def test_runpod_with_a_key_reads_the_v2_catalog_once_per_cloud(httpserver):
     httpserver.expect_request("/v2/catalog/gpus", method="GET").respond_with_json(CATALOG)
     provider = runpod(httpserver, key=KEY)
     offers = {o.offer_key: o for o in provider.fetch()}
-    queries = sorted((r.args["cloud"], r.args["include"], r.args["product"]) for r, _ in httpserver.log)
+    queries = sorted((r.args["cloud"], r.args["include"], r.args["product"]) for r, _ in httpserver.log
+                     if r.args["count"] == "1")  # multi-GPU pods are asked for separately (their own test)
     assert queries == [("COMMUNITY", "AVAILABILITY", "POD"), ("SECURE", "AVAILABILITY", "POD")]
     assert all(r.headers["Authorization"] == f"Bearer {KEY}" for r, _ in httpserver.log)
-    assert set(offers) == {"NVIDIA H100 80GB HBM3|secure", "NVIDIA H100 80GB HBM3|community",
-                           "NVIDIA A100 80GB PCIe|secure", "AMD Instinct MI300X OAM|secure"}
+    assert {key for key, o in offers.items() if o.gpu_count == 1} == {
+        "NVIDIA H100 80GB HBM3|secure", "NVIDIA H100 80GB HBM3|community", "NVIDIA A100 80GB PCIe|secure",
+        "AMD Instinct MI300X OAM|secure"}
     h100 = offers["NVIDIA H100 80GB HBM3|community"]
     assert (h100.gpu_model, h100.on_demand_usd_per_gpu_hour, h100.spot_usd_per_gpu_hour, h100.stock) == (
         "H100-SXM", 2.69, None, "HIGH")
-    assert offers["NVIDIA A100 80GB PCIe|secure"].available is False  # NONE, upper case (note §2.1)
+    assert offers["NVIDIA A100 80GB PCIe|secure"].available is False  # NONE, upper case (docs/providers/runpod.md)
     assert offers["AMD Instinct MI300X OAM|secure"].available and offers["AMD Instinct MI300X OAM|secure"].known_gpu
     assert provider.last_report["source"] == "REST v2 catalog"
 
@@ -124,13 +126,13 @@ def test_429_waits_retry_after_when_given_and_backs_off_without(httpserver):
         "slow down", status=429, headers={"Retry-After": "7"})
     httpserver.expect_request("/v2/catalog/gpus").respond_with_json(CATALOG)
     RunPodProvider(httpserver.url_for(""), SecretStr(KEY), retry=policy).fetch()
-    assert waits == [7.0]  # RunPod's Retry-After, integer seconds (note §2.3)
+    assert waits == [7.0]  # RunPod's Retry-After, integer seconds (docs/providers/runpod.md)
     httpserver.clear()
     waits.clear()
     httpserver.expect_ordered_request("/api/v0/bundles/").respond_with_data("API requests too frequent", status=429)
     httpserver.expect_request("/api/v0/bundles/").respond_with_handler(vast_answer(VAST["offers"]))
     VastProvider(httpserver.url_for(""), retry=policy, min_interval_s=0).fetch()
-    assert len(waits) == 1 and 0 <= waits[0] <= 0.01  # Vast sends none (note §4): our own backoff
+    assert len(waits) == 1 and 0 <= waits[0] <= 0.01  # Vast sends none (docs/providers/vast.md): our own backoff
 
 
 def test_runpod_graphql_error_at_200_fails(httpserver):

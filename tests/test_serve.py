@@ -13,6 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from planner.interface.web import check_bind, create_app
+
+LOCAL = "http://127.0.0.1"  # the Host a local browser sends; TestClient's default "testserver" is answered 421
+LAN = "http://192.0.2.10:8000"  # an address of this machine's, served with `--host 0.0.0.0`
 from planner.config import load_settings
 from planner.run.scheduler import build_scheduler, serve
 from pricing import db
@@ -47,14 +50,16 @@ def test_bad_cron_is_a_clear_error(upgraded, monkeypatch):
 
 def test_serve_refreshes_stale_book_and_stops_cleanly(upgraded, recorded_providers):
     stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(upgraded, "127.0.0.1", 0), kwargs={"stop": stop})
+    thread = threading.Thread(target=serve, args=(upgraded, "127.0.0.1", 0), kwargs={"stop": stop}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    client = TestClient(create_app(upgraded))
-    while time.monotonic() < deadline and not client.get("/prices").json()["offers"]:
-        time.sleep(0.2)
-    stop.set()
-    thread.join(30)
+    try:  # a failing assertion must still stop the server: its thread would keep the test run from exiting
+        deadline = time.monotonic() + 30
+        client = TestClient(create_app(upgraded), base_url=LOCAL)
+        while time.monotonic() < deadline and not client.get("/prices").json()["offers"]:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(30)
     assert not thread.is_alive()
     assert client.get("/prices").json()["stale_providers"] == []
 
@@ -113,7 +118,7 @@ def test_api_prices_history_and_dashboard(upgraded, recorded_providers):
     from planner.run.pricebook import refresh_book
 
     refresh_book(upgraded)
-    client = TestClient(create_app(upgraded))
+    client = TestClient(create_app(upgraded), base_url=LOCAL)
     offers = client.get("/prices", params={"min_vram": 40, "spot": True}).json()["offers"]
     assert offers and all(o["vram_gb"] >= 40 and o["spot_usd_per_gpu_hour"] is not None for o in offers)
     history = client.get("/prices/history", params={"gpu": "RTX 4090"}).json()
@@ -138,16 +143,16 @@ def test_api_prices_history_and_dashboard(upgraded, recorded_providers):
 
 
 def test_cancel_needs_the_token_beyond_localhost_and_refuses_other_origins(upgraded, monkeypatch):
-    client = TestClient(create_app(upgraded))  # its requests come from host "testclient", not loopback
+    client = TestClient(create_app(upgraded), base_url=LOCAL)  # its peer is "testclient", not a loopback address
     assert client.post("/jobs/nope/cancel").status_code == 403
     monkeypatch.setenv("PLANNER_API_TOKEN", "s3cret-token")
-    client = TestClient(create_app(load_settings()))
+    client = TestClient(create_app(load_settings(), host="0.0.0.0"), base_url=LAN)
     auth = {"Authorization": "Bearer s3cret-token"}
     assert client.post("/jobs/nope/cancel").status_code == 401
     assert client.post("/jobs/nope/cancel", headers=auth).status_code == 404
     evil = client.post("/jobs/nope/cancel", headers={**auth, "Origin": "https://evil.example"})
     assert evil.status_code == 403 and "cross-origin" in evil.text
-    assert client.post("/jobs/nope/cancel", headers={**auth, "Origin": "http://testserver"}).status_code == 404
+    assert client.post("/jobs/nope/cancel", headers={**auth, "Origin": LAN}).status_code == 404
 
 
 def test_token_required_beyond_localhost(upgraded, monkeypatch):
@@ -157,7 +162,7 @@ def test_token_required_beyond_localhost(upgraded, monkeypatch):
     monkeypatch.setenv("PLANNER_API_TOKEN", "s3cret-token")
     settings = load_settings()
     check_bind("0.0.0.0", settings)
-    client = TestClient(create_app(settings))
+    client = TestClient(create_app(settings, host="0.0.0.0"), base_url=LAN)
     assert client.get("/prices").status_code == 401
     assert client.get("/prices", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/prices", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
@@ -170,13 +175,17 @@ def test_supervisor_ticks_beside_the_refresh(upgraded):
     assert job.trigger.interval == timedelta(seconds=upgraded.poll_interval_s)
 
 
-def test_api_plan_and_jobs(upgraded, recorded_providers, tiny_model_dir, toy_corpus):
+def test_api_plan_and_jobs(upgraded, recorded_providers, tiny_model_dir, toy_corpus, monkeypatch):
     from planner.plan import campaigns
     from planner.run.launching import JobOptions, add_jobs
     from planner.run.pricebook import refresh_book, sessions_for
 
     refresh_book(upgraded)
-    client = TestClient(create_app(upgraded))
+    outside = TestClient(create_app(upgraded), base_url=LOCAL).post(
+        "/plan", json={"kind": "train-bag", "params": {"model": "Qwen/Qwen3-4B", "data": str(toy_corpus)}})
+    assert outside.status_code == 422 and "only under" in outside.text  # the corpus is outside the project
+    monkeypatch.chdir(toy_corpus.parent)  # the project directory: the API may read the corpus now
+    client = TestClient(create_app(upgraded), base_url=LOCAL)
     plan = client.post("/plan", json={"kind": "train-bag", "params": {"model": "Qwen/Qwen3-4B", "data": str(toy_corpus),
                                                                      "fraction": 0.4, "method": "lora"},
                                       "allow_stale": True, "top": 3}).json()
@@ -193,3 +202,22 @@ def test_api_plan_and_jobs(upgraded, recorded_providers, tiny_model_dir, toy_cor
     assert [j["id"] for j in listing["jobs"]] == [job.spec.job_id] and "no monthly budget" in listing["budget"]
     assert client.get(f"/jobs/{job.spec.job_id}").json()["jobs"][0]["attempts"] == []
     assert client.get("/jobs/missing").status_code == 404
+
+
+def test_a_rebound_name_an_oversized_body_and_a_foreign_origin_are_refused_before_any_endpoint(upgraded):
+    """DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example,
+    and is answered 421; bodies are capped; a state change from a page of another host is refused."""
+    local = TestClient(create_app(upgraded), base_url=LOCAL)
+    assert local.get("/health").status_code == 200
+    rebound = TestClient(create_app(upgraded), base_url="http://evil.example:8000")
+    answer = rebound.get("/prices")
+    assert answer.status_code == 421 and "evil.example" in answer.text
+    assert TestClient(create_app(upgraded), base_url="http://app.localhost:8000").get("/health").status_code == 200
+    big = local.post("/plan", content=b"{" + b" " * (70 * 1024) + b"}", headers={"Content-Type": "application/json"})
+    assert big.status_code == 413
+    foreign = local.post("/jobs/nope/cancel", headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "cross-origin" in foreign.text
+    bound = TestClient(create_app(upgraded, host="192.0.2.10"), base_url="http://192.0.2.10:8000")
+    assert bound.get("/health").status_code == 200
+    assert TestClient(create_app(upgraded, host="192.0.2.10"), base_url="http://192.0.2.11").get(
+        "/health").status_code == 421

@@ -129,7 +129,7 @@ def check_the_run(sim, plan, states, local_run):
     with sessions() as session:
         for job in session.query(Job):
             errors[job.id] = job.error
-    assert set(states.values()) == {"succeeded"}, (states, errors)
+    assert set(states.values()) == {"succeeded"}, [(j, states[j], errors[j]) for j in states if states[j] != "succeeded"]
     merged = [j for j in plan.jobs if j.spec.kind == "merge"][0].spec.output_uri
     assert merged.startswith("s3://")
     cloud = weights(merged)

@@ -10,6 +10,7 @@ import pytest
 
 from jobs import storage
 from jobs.spec import JobSpec
+from planner import records
 from planner.plan import campaigns
 from planner.run.backends.base import Status
 from planner.run.backends.remote import report_uri
@@ -27,7 +28,7 @@ JOBS_INSTALL = "planner[jobs] @ git+https://example.invalid/planner@0123abc"
 def offer(provider="runpod", tier="community", gpu="RTX4090", raw="NVIDIA GeForce RTX 4090", key=None) -> Offer:
     return Offer(provider=provider, offer_key=key or f"{raw}|{tier}", gpu_model=gpu, gpu_name_raw=raw, vram_gb=24,
                  gpu_count=1, on_demand_usd_per_gpu_hour=0.69, spot_usd_per_gpu_hour=0.20, tier=tier,
-                 location="US" if provider == "runpod" else "Texas, US", available=True, fetched_at=store.utcnow(),
+                 location="US-TX-3" if provider == "runpod" else "Texas, US", available=True, fetched_at=store.utcnow(),
                  vcpus=16, ram_gb=62.0)
 
 
@@ -53,6 +54,13 @@ class FakeSky:
         self.records[job_id]["status"] = "CANCELLED"
 
 
+def assert_box_setup(setup: str) -> None:
+    """SkyPilot's setup is our box script's: the deadline's watchdog (jobs.boxend guard) first, then the install,
+    which ends the box when it fails (tests/test_box_lifecycle.py runs that script)."""
+    guard, install = setup.index('python -c "$B" guard &'), setup.index(f"pip install --quiet --no-cache-dir '{JOBS_INSTALL}'")
+    assert guard < install and 'python -c "$B" install-failed' in setup[install:]
+
+
 def spec(output="memory://sky-test/out") -> JobSpec:
     return JobSpec("bag40-1", "train-bag", output, {"model": "Qwen/Qwen3-0.6B", "data": "s3://b/c.jsonl",
                                                     "fraction": 0.4, "seed": 0}, output + "/ckpt")
@@ -68,7 +76,7 @@ def test_the_task_is_pinned_to_the_planners_choice(tmp_path):
         "use_spot": False, "disk_size": 50, "image_id": "docker:pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
         "job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 0}}
     assert JobSpec.from_json(task["envs"]["PLANNER_JOB_SPEC"]) == spec()
-    assert task["setup"] == f"pip install --quiet --no-cache-dir '{JOBS_INSTALL}'"
+    assert_box_setup(task["setup"])
     assert task["run"] == "python -m jobs.run --report memory://sky-test/out/.attempts/planner-bag40-1-a2.json"
     vast = backend.plan(spec(), offer("vast", "verified", key="4242"), attempt=1, spot=False,
                         usd_per_hour=0.5).request["task"]["resources"]
@@ -91,7 +99,9 @@ def test_supervised_through_skypilot_recovery_to_success(db_url, tmp_path, toy_c
     supervisor = build_supervisor(settings, sessions, {"skypilot": backend})
     assert supervisor.tick().launched == [job.spec.job_id]
     [(task, name)] = fake.launched
-    assert name == f"planner-{job.spec.job_id}-a1" and not task["resources"]["use_spot"]
+    with sessions() as session:
+        project = records.project_id(session)
+    assert name == f"planner-{project}-{job.spec.job_id}-a1" and not task["resources"]["use_spot"]
     with open(tmp_path / "catalog" / "runpod" / "vms.csv") as rows:  # SkyPilot prices and bids from our book
         [row] = list(csv.DictReader(rows))
     assert row["InstanceType"] == task["resources"]["instance_type"] and row["SpotPrice"] == ""  # no RunPod spot
@@ -214,7 +224,7 @@ def test_a_skypilot_dry_run_prints_the_task_it_would_submit(recorded_providers, 
     assert spec.job_id == job["job_id"] and spec.output_uri.startswith(store_uri)
     assert spec.params["input"].startswith(f"{store_uri}/inputs/") and spec.params["input"].endswith(toy_corpus.name)
     assert spec.params["model"] == str(tiny_model_dir) or spec.params["model"].startswith(f"{store_uri}/inputs/")
-    assert task["setup"] == f"pip install --quiet --no-cache-dir '{JOBS_INSTALL}'"
+    assert_box_setup(task["setup"])
     assert not storage.exists(storage.join(store_uri, "inputs"))  # a dry run uploads nothing
 
     text = runner.invoke(app, launch)

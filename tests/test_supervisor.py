@@ -22,7 +22,7 @@ from planner.run.launching import (
     JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final,
 )
 from planner.plan import campaigns
-from planner.records import Attempt, Job
+from planner.records import Attempt, Job, project_id
 from planner.run import reaper
 from planner.plan.billing import attempt_cost
 from pricing.db import session_factory
@@ -230,13 +230,15 @@ def test_an_orphan_instance_is_reaped(world):
     from planner.run.backends.local import LocalBackend
 
     backend = LocalBackend(settings.runs_dir)
+    with sessions() as session:
+        backend.project = project_id(session)  # an orphan of this project (a label of no project is another's)
     spec = JobSpec("ghost", "evaluate", "/tmp/none", {})
     plan = backend.plan(spec, None, attempt=1, spot=False, usd_per_hour=0)
     plan = type(plan)(**{**plan.__dict__, "command": (sys.executable, "-c", "import time; time.sleep(60)")})
     backend.launch(plan)
     supervisor = build_supervisor(settings, sessions)
     reaped = reaper.reap(supervisor.sessions, supervisor.backends)
-    assert reaped == [instance_label("ghost", 1)]
+    assert reaped == [instance_label("ghost", 1, backend.project)]
     wait_until(lambda: backend.list_labeled() == [], timeout=20)
 
 

@@ -241,7 +241,7 @@ def test_replay_mixes_a_share_of_the_old_corpus(tiny_model_dir, toy_corpus, tmp_
     new.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}", "task": "new"}) + "\n" for i in range(10)))
     config = train_bag.Config(model=str(tiny_model_dir), data=str(new), fraction=1.0, seed=0, output="x",
                               replay_data=str(toy_corpus), replay_fraction=0.4)
-    bag = train_bag.build_bag(config)
+    bag = data.build_bag(config)
     assert Counter(r.task for r in bag) == {"new": 10, "animals": 10, "food": 10, "cities": 10}
 
 

@@ -88,7 +88,11 @@ def attempt_summary(a: Attempt) -> dict:
             "usd_per_hour": a.usd_per_hour, "billed_usd_per_hour": a.billed_usd_per_hour,
             "outcome": a.outcome, "exit_code": a.exit_code,
             "launched_at": a.launched_at.isoformat(), "ended_at": a.ended_at and a.ended_at.isoformat(),
-            "dollars": round(a.dollars, 6), "detail": a.detail}
+            "dollars": round(a.dollars, 6), "detail": a.detail,
+            "memory": {"mini_batch_size": a.mini_batch_size, "planned_vram_gb": a.planned_vram_gb,
+                       "planned_ram_gb": a.planned_ram_gb, "host_ram_gb": a.ram_gb,
+                       "peak_vram_allocated_gb": a.peak_vram_allocated_gb,
+                       "peak_vram_reserved_gb": a.peak_vram_reserved_gb, "peak_rss_gb": a.peak_rss_gb}}
 
 
 def job_detail(session: Session, job: Job) -> dict:

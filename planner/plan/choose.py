@@ -6,8 +6,8 @@ For an offer at p $/h (whole instance) on which the job takes h hours of work:
 
 startup is the image pull and model download before the first step; for a spot offer, `rate`
 interruptions per hour each lose on average half a checkpoint interval of work (`lost`) plus a
-restart. Rates start from a prior per provider and tier (PRIOR_RATE, per hour) and are updated by
-our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
+restart. Rates start from a prior per provider and tier (its entry in pricing.providers.registry, per
+hour) and are updated by our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
 (prior hours + hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
 expected cost: the supervisor stops a job before it passes its own budget, so that bound holds.
 
@@ -21,6 +21,7 @@ A caller without a session (a simulator, a what-if) hands choose its own measure
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -30,18 +31,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from planner.plan.estimate import Needs, suggestions
-from pricing import gpus, providers
+from jobs.protocol import CHECKPOINT_MINUTES
+from planner.plan import memory
+from planner.plan.estimate import MIN_CHUNK, VRAM_USABLE, Needs, suggestions
+from pricing import gpus
+from pricing.providers import registry
 from pricing.offer import Offer
 
-PRIOR_RATE = {  # interruptions per hour of a running instance
-    ("runpod", True): 0.05, ("vast", True): 0.10, ("runpod", False): 0.002, ("vast", False): 0.01,
-}
 PRIOR_HOURS = 20.0  # weight of the prior, in instance-hours
-UNVERIFIED_EXTRA_RATE = 0.02  # Vast hosts without datacentre verification fail more often
 STARTUP_HOURS = 0.15  # image pull, dependency install, model download
 RESTART_HOURS = 0.15
 WORST_CASE_FACTOR = 2.0
+LOCAL_RAM_USABLE = 0.8  # of this machine's RAM: the desktop, the supervisor and the page cache keep the rest
 DP_SCALING_PER_DOUBLING = 0.92  # our prior: each doubling of data-parallel GPUs keeps 92 % per GPU (all-reduce
                                 # and all-gather over PCIe on rented boxes); measured attempts replace it
 
@@ -64,12 +65,13 @@ class Limits:
     exclude_offer_keys: frozenset[str] = frozenset()
     gpu_models: frozenset[str] | None = None  # pinned hardware (`--gpu H100-SXM:2`): only these models
     gpu_count: int | None = None  # ... with exactly this many GPUs per instance
-    checkpoint_hours: float = 0.25  # work lost per interruption is half of this on average
+    checkpoint_hours: float = CHECKPOINT_MINUTES / 60  # the jobs' default; an interruption loses half of it
     max_local_hours: float | None = None  # this machine only for jobs it finishes within this (auto placement)
     local_forced: bool = False  # --backend local: obeyed even where the estimate says it does not fit
     compute_caps: tuple[float, float] | None = None  # what the job image has kernels for: (lowest, upper bound
                                                      # exclusive), gpus.image_compute_caps; None: not checked
     job_image: str = ""  # named in the reason an offer's GPU is out of compute_caps
+    memory_failures: memory.Failures = memory.Failures()  # the job's earlier out-of-memory attempts: never again
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class Candidate:
     why_lost: str = ""
     gpus_used: int = 1  # the job's ranks on this offer
     mini_batch: int | None = None  # the gradient-cache chunk chosen for this offer's GPUs
+    vram_need_gb: float = 0.0  # the job's VRAM per GPU at that chunk (Needs.vram_at): never above the card's
 
 
 class Rejection(enum.Enum):
@@ -94,7 +97,9 @@ class Rejection(enum.Enum):
     NOT_AVAILABLE = "not available"
     TOO_LITTLE_VRAM = "too little VRAM"
     TOO_LITTLE_VRAM_HERE = "too little VRAM here"  # this machine's GPU
-    TOO_LITTLE_RAM_HERE = "too little RAM here"  # this machine, CPU only
+    TOO_LITTLE_RAM_HERE = "too little RAM here"  # this machine
+    RAN_OUT_OF_MEMORY = "ran out of memory before"  # this job, on this much memory (planner.plan.memory)
+    TOO_LITTLE_RAM = "too little RAM"  # the instance's host memory (Offer.ram_gb) against Needs.ram_on
     TOO_FEW_GPUS = "too few GPUs"
     TOO_LITTLE_DISK = "too little disk"
     IMAGE_CANNOT_RUN = "GPU the job image cannot run"
@@ -164,7 +169,7 @@ def interruption_rates(session: Session | None) -> dict[tuple[str, str, bool], t
 
     rows = session.execute(
         select(Attempt.provider, Attempt.tier, Attempt.spot, Attempt.outcome, Attempt.launched_at, Attempt.ended_at)
-        .where(Attempt.ended_at.is_not(None), Attempt.provider.in_(("runpod", "vast")))).all()
+        .where(Attempt.ended_at.is_not(None), Attempt.provider.in_(registry.NAMES))).all()
     observed: dict[tuple[str, str, bool], list[float]] = {}
     for provider, tier, spot, outcome, start, end in rows:
         events, hours = observed.setdefault((provider, tier or "", bool(spot)), [0.0, 0.0])
@@ -217,9 +222,7 @@ def _median(values: list[float]) -> float:
 
 
 def rate_for(offer: Offer, spot: bool, observed: dict) -> float:
-    prior = PRIOR_RATE.get((offer.provider, spot), 0.0)
-    if offer.provider == "vast" and offer.tier == "unverified":
-        prior += UNVERIFIED_EXTRA_RATE
+    prior = registry.prior_interruptions_per_hour(offer.provider, spot, offer.tier)
     events, hours = observed.get((offer.provider, offer.tier, spot), (0.0, 0.0))
     return (prior * PRIOR_HOURS + events) / (PRIOR_HOURS + hours)
 
@@ -227,17 +230,24 @@ def rate_for(offer: Offer, spot: bool, observed: dict) -> float:
 def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, now: datetime,
            session: Session | None = None, efficiency_prior: float = 0.3,
            observed: dict[tuple[str, str, bool], tuple[float, float]] | None = None,
-           efficiency: Callable[[str, int], float] | None = None) -> Choice:
+           efficiency: Callable[[str, int], float] | None = None,
+           memory_correction: Callable[[str], float] | None = None) -> Choice:
     """Rank the offers by expected dollars to finish. Interruption rates learn from `observed`
     ((provider, tier, spot) -> (interruptions, hours)), by default our attempts in `session`; the
     efficiency per GPU on N GPUs of a model is `efficiency(gpu_model, N)` when given (data-parallel
-    losses included), else learned_efficiency from `session` and `efficiency_prior`."""
+    losses included), else learned_efficiency from `session` and `efficiency_prior`. The job's VRAM on
+    a GPU model is scaled by `memory_correction(gpu_model)` (measured / planned), by default what our
+    attempts on that model measured (planner.plan.memory.correction)."""
     if observed is None:
         observed = interruption_rates(session)
+    planned = needs
+    if memory_correction is None:
+        memory_correction = functools.cache(lambda gpu_model: memory.correction(session, planned.kind, gpu_model))
     ranked: list[Candidate] = []
     rejected: list[Rejected] = []
     efficiency_cache: dict[tuple[str, int], float] = {}
     for offer in offers:
+        needs = planned.scaled(memory_correction(offer.gpu_model))
         problem = _offer_problem(offer, needs, limits, now)
         if problem:
             rejected.append(Rejected(offer, None, *problem))
@@ -253,6 +263,10 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             rejected.append(Rejected(offer, None, Rejection.TOO_LITTLE_VRAM,
                                      f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"))
             continue
+        mini_batch, ran_out = _clear_of_memory_failures(limits.memory_failures, offer, mini_batch)
+        if ran_out:
+            rejected.append(Rejected(offer, None, Rejection.RAN_OUT_OF_MEMORY, ran_out))
+            continue
         key = (offer.gpu_model, ranks)
         if key not in efficiency_cache:
             efficiency_cache[key] = (efficiency(offer.gpu_model, ranks) if efficiency is not None else
@@ -266,8 +280,8 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
                                      f"({local_description(offer)}), over PLANNER_LOCAL_MAX_HOURS = "
                                      f"{limits.max_local_hours:g} h"))
             continue
-        spot_price = offer.spot_usd_per_gpu_hour if providers.offers_spot(offer.provider) else None  # RunPod: never
-        for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, spot_price)):
+        # a provider without spot has no spot price on any Offer (pricing.offer drops it)
+        for spot, per_gpu in ((False, offer.on_demand_usd_per_gpu_hour), (True, offer.spot_usd_per_gpu_hour)):
             if per_gpu is None or (limits.spot == "spot" and not spot) or (limits.spot == "on-demand" and spot):
                 continue
             price = per_gpu * offer.gpu_count
@@ -286,12 +300,27 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
                                                                              f"${limits.budget_left_usd:.2f} left"))
                 continue
             ranked.append(Candidate(offer, spot, price, hours, rate, expected, worst, breakdown,
-                                    hours + STARTUP_HOURS + rework_hours, gpus_used=ranks, mini_batch=mini_batch))
+                                    hours + STARTUP_HOURS + rework_hours, gpus_used=ranks, mini_batch=mini_batch,
+                                    vram_need_gb=needs.vram_at(mini_batch)))
     ranked.sort(key=lambda c: (c.expected_usd, c.hours, c.offer.provider, c.offer.offer_key, c.spot))
     if ranked:
         best = ranked[0]
         ranked = [best] + [_with_reason(c, best) for c in ranked[1:]]
-    return Choice(needs, ranked, rejected)
+    return Choice(planned, ranked, rejected)
+
+
+def _clear_of_memory_failures(failed: memory.Failures, offer: Offer, chunk: int | None) -> tuple[int | None, str | None]:
+    """The chunk to run on `offer` after the job's out-of-memory attempts (halved until clear of them),
+    or why the offer is out: the same memory ran out before."""
+    if failed.host_ram_gb is not None and (offer.ram_gb or 0.0) <= failed.host_ram_gb:
+        return chunk, (f"ran out of memory before: the host's OOM killer ended the job on {failed.host_ram_gb:.0f} GB "
+                       f"of RAM, this one has {offer.ram_gb or 0:.0f} GB")
+    while memory.ran_out_before(failed, offer.vram_gb, chunk):
+        if chunk is None or chunk // 2 < MIN_CHUNK:
+            return chunk, (f"ran out of memory before: out of GPU memory on a {offer.vram_gb:.0f} GB card at "
+                           + (f"chunk {chunk}" if chunk is not None else "the job's batch"))
+        chunk //= 2
+    return chunk, None
 
 
 def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) -> tuple[Rejection, str] | None:
@@ -299,9 +328,13 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
         return Rejection.NOT_AVAILABLE, "not available: out of stock"
     if offer.provider == "local":
         if not limits.local_forced and (problem := local_memory_problem(offer, needs)):
-            return (Rejection.TOO_LITTLE_VRAM_HERE if offer.vram_gb > 0 else Rejection.TOO_LITTLE_RAM_HERE), problem
-    elif offer.vram_gb < needs.vram_gb:
-        return Rejection.TOO_LITTLE_VRAM, f"too little VRAM: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
+            return (Rejection.TOO_LITTLE_RAM_HERE if "RAM" in problem else Rejection.TOO_LITTLE_VRAM_HERE), problem
+    elif offer.vram_gb * VRAM_USABLE < needs.vram_gb:
+        return Rejection.TOO_LITTLE_VRAM, (f"too little VRAM: {offer.vram_gb:.0f} GB ({VRAM_USABLE:.0%} usable) < "
+                                           f"{needs.vram_gb:.1f} GB")
+    elif offer.ram_gb and offer.ram_gb < needs.ram_on(offer.gpu_count):  # unknown RAM (None) is not held against it
+        return Rejection.TOO_LITTLE_RAM, (f"too little RAM: {offer.ram_gb:.0f} GB < {needs.ram_on(offer.gpu_count):.1f} GB "
+                                          f"({', '.join(needs.ram_breakdown) or 'the job'} on the host)")
     if offer.gpu_count < needs.gpu_count:
         return Rejection.TOO_FEW_GPUS, f"too few GPUs: {offer.gpu_count} < {needs.gpu_count}"
     if offer.disk_gb is not None and offer.disk_gb and offer.disk_gb < needs.disk_gb:
@@ -357,14 +390,13 @@ def local_description(offer: Offer) -> str:
 
 
 def local_memory_problem(offer: Offer, needs: Needs) -> str | None:
-    """This machine's memory against the job's: VRAM per GPU, or RAM on a CPU-only box (the model, its
-    gradients and optimizer state live there)."""
-    if offer.vram_gb > 0:
-        if offer.vram_gb < needs.vram_gb:
-            return f"too little VRAM here: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
-        return None
-    if offer.ram_gb is not None and offer.ram_gb * 0.8 < needs.vram_gb:
-        return f"too little RAM here: {offer.ram_gb:.0f} GB (80 % usable) < {needs.vram_gb:.1f} GB"
+    """This machine's memory against the job's: VRAM per GPU with VRAM, RAM with the job's host RAM; on a
+    CPU-only box the device memory (the model, its gradients and optimizer state) is RAM too."""
+    if offer.vram_gb > 0 and offer.vram_gb < needs.vram_gb:
+        return f"too little VRAM here: {offer.vram_gb:.0f} GB < {needs.vram_gb:.1f} GB"
+    ram = needs.ram_on(offer.gpu_count) + (needs.vram_gb if offer.vram_gb <= 0 else 0.0)
+    if offer.ram_gb is not None and offer.ram_gb * LOCAL_RAM_USABLE < ram:
+        return f"too little RAM here: {offer.ram_gb:.0f} GB ({LOCAL_RAM_USABLE:.0%} usable) < {ram:.1f} GB"
     return None
 
 

@@ -36,14 +36,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs import recipe, storage
+from jobs.protocol import CHARS_PER_TOKEN, CHECKPOINTS_KEPT
 
 GB = 1024**3
 MIN_VRAM_GB = 3.0
 WORKSPACE_GB = 1.5
-CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length (no tokenizer in the planner)
 DISK_GBPS = 0.5  # sustained read+write of a rented box's local disk, for the merge
 ASSUMED_QUERY_TOKENS, ASSUMED_DOC_TOKENS = 64, 128  # an unreadable corpus: instruction + query, one document
-CHECKPOINTS_KEPT = 2  # jobs.checkpoint.KEEP: the newest and the one before it
 MIN_CHUNK = 4  # the smallest gradient-cache chunk worth running: smaller chunks leave the GPU idle
 VRAM_USABLE = 0.92  # of a GPU's VRAM; the allocator's fragmentation takes the rest
 LORA_RANK = recipe.LORA["r"]
@@ -314,6 +313,14 @@ class Needs:
     def ram_on(self, gpu_count: int = 1) -> float:
         """Host RAM of an instance with `gpu_count` GPUs running the job (one process per rank)."""
         return self.ram_gb + (self.gpus_used(gpu_count) - 1) * self.ram_per_extra_rank_gb
+
+    def scaled(self, factor: float) -> Needs:
+        """The same job with its VRAM scaled by a learned measured / planned ratio (planner.plan.memory)."""
+        if factor == 1.0:
+            return self
+        return replace(self, vram_gb=max(MIN_VRAM_GB, self.vram_gb * factor), fixed_gb=self.fixed_gb * factor,
+                       gb_per_sequence=self.gb_per_sequence * factor,
+                       breakdown=self.breakdown | {"learned correction": (factor - 1) * sum(self.breakdown.values())})
 
     def vram_at(self, chunk: int | None) -> float:
         """VRAM per GPU at a gradient-cache chunk of `chunk` sequences (the planned need on a card)."""

@@ -1,9 +1,8 @@
-"""One table of job kinds, as the planner sees them: how to size a spec, the efficiency prior, and
-which existing model a job's output has the architecture of (so a campaign's later jobs can be sized
-before their inputs exist).
-
-Adding a kind is one entry here plus its runner in jobs/ (jobs.spec.KINDS: the module a box runs);
-a test holds the two tables to the same kinds.
+"""How the planner sizes each job kind: the needs of a spec, the efficiency prior, and which existing
+model a job's output has the architecture of (so a campaign's later jobs can be sized before their
+inputs exist). What a kind is (its runner module, inputs, checkpointing, data-parallel) is declared
+once in jobs.spec.KINDS; tests/test_architecture.py holds this table, the campaign constructors and
+the CLI commands to the same kinds.
 """
 from __future__ import annotations
 

@@ -25,6 +25,14 @@ class Placement:
     billing_seconds: int = 1
     ranks: int = 1  # processes on the box: every GPU of the offer for a data-parallel job
     spec_params: dict = field(default_factory=dict)  # chosen for this offer, e.g. the gradient-cache chunk
+    mini_batch: int | None = None  # the gradient-cache chunk the attempt runs with (None: not chunked)
+    planned_vram_gb: float | None = None  # per GPU at that chunk, and host RAM: what the attempt records
+    planned_ram_gb: float | None = None
+
+    @property
+    def max_hours(self) -> float | None:
+        """How long the reservation pays for at this price: the longest the attempt may run."""
+        return self.worst_case_usd / self.usd_per_hour if self.usd_per_hour > 0 else None
 
     def apply(self, spec: JobSpec) -> JobSpec:
         """The job's spec as this attempt runs it."""

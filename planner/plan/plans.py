@@ -14,13 +14,14 @@ from sqlalchemy.orm import Session
 from jobs import recipe, storage
 from jobs.spec import JobSpec
 from planner.config import Settings
-from planner.plan import budget, kinds
+from planner.plan import budget, kinds, memory
 from planner.plan.choose import Choice, Limits, Rejection, choose
 from pricing.db import utcnow
 from planner.plan.estimate import EstimateError, Needs
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
 from planner.records import Job
 from pricing import gpus, store
+from pricing.providers import registry
 from pricing.offer import Offer
 
 
@@ -47,7 +48,9 @@ def limits_for(job: Job | None, settings: Settings, session: Session | None = No
                   budget_left_usd=min(left) if left else None,
                   providers=frozenset([job.pin_provider]) if job.pin_provider else None,
                   gpu_models=frozenset([job.pin_gpu]) if job.pin_gpu else None, gpu_count=job.pin_gpu_count,
-                  local_forced=job.backend == "local", **common)
+                  local_forced=job.backend == "local",
+                  memory_failures=memory.failures(session, job.id) if session is not None and job.id else memory.Failures(),
+                  **common)
 
 
 def image_limits(settings: Settings) -> dict:
@@ -83,7 +86,7 @@ class Placer:
         via_skypilot = job.backend == "skypilot" and "skypilot" in backends
         if job.backend != "local" and storage.is_remote(spec.output_uri):  # a cloud box cannot see our disk
             offers += [o for o in book_offers(session) if (o.provider in backends
-                       and job.backend in ("auto", o.provider)) or (via_skypilot and o.provider in ("runpod", "vast"))]
+                       and job.backend in ("auto", o.provider)) or (via_skypilot and o.provider in registry.skypilot_providers())]
         limits = limits_for(job, self.settings, session, excluded=context.excluded_offer_keys,
                             spent_usd=context.spent_usd)
         try:
@@ -112,12 +115,16 @@ class Placer:
 def placement_for(spec: JobSpec, choice: Choice, backend: str, billing_seconds: int) -> Placement:
     """The choice's winner as the placement `backend` launches (the Placer's, and a dry run's)."""
     winner = choice.winner
-    # the chunk changes only where the card cannot hold the job's default (the results' bits follow it)
-    chunked = winner.mini_batch is not None and winner.mini_batch < recipe.DEFAULT_MINI_BATCH
-    chosen = {"mini_batch_size": winner.mini_batch} if chunked and "mini_batch_size" not in spec.params else {}
+    # the chunk changes only where the card cannot hold the job's default or the user's (the results' bits
+    # follow it), or where that chunk ran out of memory before (planner.plan.memory)
+    chunked = winner.mini_batch is not None and winner.mini_batch < (spec.params.get("mini_batch_size")
+                                                                     or recipe.DEFAULT_MINI_BATCH)
+    chosen = {"mini_batch_size": winner.mini_batch} if chunked else {}
     return Placement(backend=backend, offer=winner.offer, spot=winner.spot, usd_per_hour=winner.usd_per_hour,
                      worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
-                     billing_seconds=billing_seconds, ranks=winner.gpus_used, spec_params=chosen)
+                     billing_seconds=billing_seconds, ranks=winner.gpus_used, spec_params=chosen,
+                     mini_batch=winner.mini_batch, planned_vram_gb=winner.vram_need_gb,
+                     planned_ram_gb=choice.needs.ram_on(winner.gpus_used))
 
 
 def local_warning(session: Session, spec: JobSpec, offer: Offer, settings: Settings,
@@ -150,7 +157,8 @@ def cloud_hint(session: Session, spec: JobSpec, settings: Settings) -> str:
         best = None
     where = (f"it fits {best.offer.gpu_count}x {best.offer.gpu_model} on {best.offer.provider} "
              f"(${best.usd_per_hour:.2f}/h, about {best.hours:.2g} h)" if best else "it needs a cloud GPU")
-    return (f"{where}: launch with --backend runpod or vast, which needs RUNPOD_API_KEY or VAST_API_KEY, "
+    return (f"{where}: launch with --backend {' or '.join(registry.NAMES)}, which needs "
+            f"{' or '.join(entry.key_env for entry in registry.PROVIDERS.values())}, "
             "PLANNER_STORAGE_URI and PLANNER_JOBS_INSTALL")
 
 
@@ -162,12 +170,13 @@ def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
                 "usd_per_hour": c.usd_per_hour, "work_hours": c.hours, "expected_hours": c.expected_hours,
                 "expected_usd": c.expected_usd, "worst_case_usd": c.worst_case_usd, "breakdown": c.breakdown,
                 "interruptions_per_hour": c.interruption_rate, "why_lost": c.why_lost or None,
-                "gpus_used": c.gpus_used, "mini_batch_size": c.mini_batch}
+                "gpus_used": c.gpus_used, "mini_batch_size": c.mini_batch, "vram_need_gb": c.vram_need_gb}
 
     needs = choice.needs
     return {"job_id": spec.job_id, "name": name, "kind": spec.kind, "params": spec.params,
             "needs": {"vram_gb": needs.vram_gb, "disk_gb": needs.disk_gb, "ram_gb": needs.ram_gb,
-                      "tflop": needs.flops / 1e12, "breakdown_gb": needs.breakdown, "notes": list(needs.notes)},
+                      "tflop": needs.flops / 1e12, "breakdown_gb": needs.breakdown,
+                      "ram_breakdown_gb": needs.ram_breakdown, "notes": list(needs.notes)},
             "ranked": [candidate(c) for c in choice.ranked[:top]],
             "rejected": {code.value: n for code, n in choice.rejection_counts().items()},
             "no_offer": None if choice.winner else choice.explain_empty()}

@@ -1,7 +1,8 @@
 """The credentials a cloud box needs for PLANNER_STORAGE_URI, and nothing else.
 
 A box reads its inputs from, and writes checkpoints, reports and outputs to, the storage URI, so it
-needs that store's credentials; it never gets the provider API keys or PLANNER_API_TOKEN. They come
+needs that store's credentials; it never gets a secret setting (planner.config.secret_env_names: the
+provider API keys, PLANNER_API_TOKEN). They come
 from the lab's own configuration, in this order:
 
   s3://   the AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
@@ -21,10 +22,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from jobs.protocol import GCS_JSON
+from planner.config import secret_env_names
+
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
             "AWS_ENDPOINT_URL")
-GCS_JSON = "PLANNER_GCS_CREDENTIALS_JSON"
-NEVER = ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_API_TOKEN", "PLANNER_RUNPOD_API_KEY", "PLANNER_VAST_API_KEY")
 
 
 class CredentialsError(ValueError):
@@ -41,7 +43,8 @@ def storage_credentials(storage_uri: str | None, environ: Mapping[str, str] | No
         found = _gcs(environ)
     else:
         found = {}
-    return {k: v for k, v in found.items() if v and k not in NEVER}
+    never = set(secret_env_names())
+    return {k: v for k, v in found.items() if v and k.upper() not in never}
 
 
 def _aws(environ: Mapping[str, str]) -> dict[str, str]:

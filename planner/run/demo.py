@@ -79,11 +79,10 @@ def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda messa
     """The campaign on the local backend, supervised, with one injected interruption (after run_price_book)."""
     from jobs.toy import WORDS, build_tiny_model, write_toy_corpus
     from planner.plan import campaigns
-    from planner.plan.choose import Limits
-    from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final
-    from planner.plan.plans import book_offers, plan_job
-    from planner.records import Campaign, Job
+    from planner.plan.plans import book_offers, limits_for, plan_job
+    from planner.records import Job
     from planner.run.backends.base import Handle
+    from planner.run.launching import JobOptions, attempts_of, build_supervisor, run_until_final, submit
 
     settings = demo_settings(directory, "http://127.0.0.1:9").model_copy(
         update={"runs_dir": directory / "runs", "poll_interval_s": 0.5})
@@ -104,13 +103,11 @@ def run_pipeline(directory: Path, on_event: Callable[[str], None] = lambda messa
         now = max(o.fetched_at for o in offers)  # the recorded book's own time: its prices are "fresh" then
         shapes = plan.model_shapes()
         for item in plan.jobs:
-            winner = plan_job(session, item.spec, Limits(), offers, now, shapes=shapes).winner
+            winner = plan_job(session, item.spec, limits_for(None, settings), offers, now, shapes=shapes).winner
             rows.append({"job": item.spec.job_id, "name": item.name, "provider": winner.offer.provider,
                          "gpu": winner.offer.gpu_model, "spot": winner.spot, "usd_per_hour": winner.usd_per_hour,
                          "expected_usd": winner.expected_usd})
-        campaign = Campaign(id=campaigns.new_id("bagging"), kind="bagging", params=json.dumps(plan.params))
-        add_jobs(session, plan.jobs, JobOptions(backend="local"), campaign)
-        campaign_id = campaign.id
+    campaign_id = submit(settings, sessions, plan, JobOptions(backend="local")).campaign
     on_event(f"campaign {campaign_id}: {len(plan.jobs)} jobs")
 
     supervisor = build_supervisor(settings, sessions)

@@ -11,7 +11,6 @@ it to from_pretrained (jobs.storage.resolve_model).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,21 +18,8 @@ from pathlib import Path
 import fsspec
 
 from jobs import storage
-from jobs.spec import JobSpec
+from jobs.spec import KINDS, JobSpec
 
-# kind -> its parameters that are inputs; the model-valued ones may be hub ids
-INPUT_PARAMS: dict[str, tuple[str, ...]] = {
-    "train-bag": ("model", "data", "replay_data"),
-    "merge": ("models", "base_model"),
-    "encode": ("model", "input"),
-    "evaluate": ("model", "data"),
-}
-MODEL_PARAMS = ("model", "models", "base_model")
-FLAGS = {("train-bag", "model"): "--model (or --previous)", ("train-bag", "data"): "--data (or --new-data)",
-         ("train-bag", "replay_data"): "--replay-data", ("merge", "models"): "--models (or --previous)",
-         ("merge", "base_model"): "--base-model", ("encode", "model"): "--model",
-         ("encode", "input"): "--input (or bagging's --encode)", ("evaluate", "model"): "--model",
-         ("evaluate", "data"): "--eval"}
 MARKER = ".uploaded"
 
 
@@ -46,10 +32,6 @@ class Upload:
     path: str  # on this machine
     uri: str  # under the storage URI
     skipped: bool  # already there
-
-
-def flag_of(kind: str, param: str) -> str:
-    return FLAGS.get((kind, param), "--" + param.replace("_", "-"))
 
 
 def is_local_input(value: str, *, model: bool) -> bool:
@@ -66,11 +48,11 @@ def is_local_input(value: str, *, model: bool) -> bool:
 
 def local_inputs(spec: JobSpec) -> list[tuple[str, str]]:
     """(parameter, value) for each input of `spec` on this machine's disk (a list parameter: each item)."""
-    found = []
-    for param in INPUT_PARAMS.get(spec.kind, ()):
+    found, kind = [], KINDS[spec.kind]
+    for param in kind.inputs:
         value = spec.params.get(param)
         values = value if isinstance(value, list) else ([] if value is None else [value])
-        found += [(param, str(v)) for v in values if is_local_input(str(v), model=param in MODEL_PARAMS)]
+        found += [(param, str(v)) for v in values if is_local_input(str(v), model=param in kind.model_inputs)]
     return found
 
 
@@ -78,7 +60,7 @@ def local_input_problem(specs: list[JobSpec]) -> str | None:
     """Why a cloud launch without PLANNER_STORAGE_URI cannot run these specs (None: every input is remote)."""
     for spec in specs:
         for param, value in local_inputs(spec):
-            return (f"{flag_of(spec.kind, param)} {value} is on this machine, which a cloud box cannot read: set "
+            return (f"{KINDS[spec.kind].flag(param)} {value} is on this machine, which a cloud box cannot read: set "
                     "PLANNER_STORAGE_URI (e.g. s3://bucket/planner) so launch uploads it, or pass an s3://... URI")
     return None
 
@@ -90,11 +72,12 @@ def stage_inputs(specs: list[JobSpec], storage_uri: str, *, upload_files: bool =
     uploads: dict[str, Upload] = {}
 
     def staged(spec: JobSpec, param: str, value: str) -> str:
-        if not is_local_input(value, model=param in MODEL_PARAMS):
+        kind = KINDS[spec.kind]
+        if not is_local_input(value, model=param in kind.model_inputs):
             return value
         path = Path(os.path.expanduser(value))
         if not path.exists():
-            raise InputError(f"{flag_of(spec.kind, param)} {value}: no such file or directory")
+            raise InputError(f"{kind.flag(param)} {value}: no such file or directory")
         key = str(path.resolve())
         if key not in uploads:
             uploads[key] = upload(path, storage_uri) if upload_files else \
@@ -104,7 +87,7 @@ def stage_inputs(specs: list[JobSpec], storage_uri: str, *, upload_files: bool =
     out = []
     for spec in specs:
         params = dict(spec.params)
-        for param in INPUT_PARAMS.get(spec.kind, ()):
+        for param in KINDS[spec.kind].inputs:
             value = params.get(param)
             if isinstance(value, list):
                 params[param] = [staged(spec, param, str(v)) for v in value]
@@ -114,19 +97,9 @@ def stage_inputs(specs: list[JobSpec], storage_uri: str, *, upload_files: bool =
     return out, list(uploads.values())
 
 
-def content_digest(path: Path) -> str:
-    """sha256 of a file, or of a directory's sorted (relative path, file sha256) lines."""
-    if path.is_file():
-        return storage.sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{storage.sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
 def input_uri(path: Path, storage_uri: str) -> tuple[str, str]:
     """(`<storage>/inputs/<sha256>`, the URI under it that `path` is uploaded to)."""
-    home = storage.join(storage_uri, "inputs", content_digest(path))
+    home = storage.join(storage_uri, "inputs", storage.content_digest(path))
     return home, storage.join(home, path.name)
 
 

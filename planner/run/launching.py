@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,20 +18,25 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import storage
 from jobs.spec import JobSpec
 from planner.run.backends.local import LocalBackend, local_offer
-from planner.run.backends import CLOUD_BACKENDS, cloud_backend_class
+from planner.run.backends import cloud_backend_class
 from planner.run.backends.base import BackendError
 from planner.run.backends.skypilot import SkyPilotBackend
+from planner.plan import campaigns
 from planner.plan.budget import Ledger
-from planner.plan.campaigns import NewJob
+from planner.plan.campaigns import CampaignPlan, NewJob
 from planner.config import Settings
-from planner.plan.choose import Choice
-from planner.plan.plans import Placer, placement_for
+from planner.plan.choose import Choice, Limits
+from planner.plan.plans import Placer, limits_for, placement_for
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
-from planner.run.inputs import Upload, local_input_problem, stage_inputs
+from planner.run import funds
+from planner.run.inputs import InputError, Upload, local_input_problem, stage_inputs
+from planner.run.notify import Notifier
 from planner.run.supervisor import Supervisor
 from planner.run.tick_report import TickReport
-from pricing.providers import PROVIDERS
+from pricing.providers.registry import PROVIDERS
 from pricing.providers.http import RetryPolicy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,75 @@ class JobOptions:
     gpu: str | None = None  # pinned canonical GPU model (`--gpu H100-SXM`), None: any that fits
     gpu_count: int | None = None  # pinned GPUs per instance (`--gpu H100-SXM:2`)
     provider: str | None = None  # pinned provider (`--provider vast`)
+    ignore_balance: bool = False  # launch even where an account's balance cannot cover what the launch reserves
+
+    def limits(self, settings: Settings, session: Session, job_id: str, *, allow_stale: bool = False) -> Limits:
+        """The limits a job launched with these options would be planned under (plans.limits_for: pins, the
+        job's budget, what is left of the monthly budget): `planner plan` and `POST /plan` rank with them."""
+        probe = Job(id=job_id, backend=self.backend, spot=self.spot, max_price_per_hour=self.max_price_per_hour,
+                    budget_usd=self.budget_usd, pin_gpu=self.gpu, pin_gpu_count=self.gpu_count,
+                    pin_provider=self.provider)
+        return limits_for(probe, settings, session, allow_stale=allow_stale)
+
+
+class LaunchError(Exception):
+    """A launch that cannot go ahead, in one line naming the fix; `code` 2: the user's to fix, 1: weather."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Submitted:
+    campaign: str | None  # the campaign's id (None: a single job)
+    jobs: list[str]
+    uploads: list[Upload]
+
+
+def submit(settings: Settings, sessions: sessionmaker, plan: CampaignPlan, options: JobOptions, *,
+           confirm: Callable[[CampaignPlan, list[Upload]], bool] = lambda plan, uploads: True) -> Submitted | None:
+    """Launch a plan: check the backend can run it, upload its local inputs under the storage URI when it
+    may run in the cloud, ask `confirm` (with the jobs as they will be written), then write the campaign
+    row (for more than one job) and one pending `jobs` row per job in one transaction. The supervisor does
+    the rest (placing, reserving against the budgets, launching). None: `confirm` said no; nothing written.
+    LaunchError: nothing written (inputs already uploaded stay: they are content-addressed)."""
+    problem = cloud_problem(settings, options.backend, [item.spec for item in plan.jobs])
+    if problem:
+        raise LaunchError(problem)
+    if not options.ignore_balance:
+        funds_problem(settings, sessions, plan, options)
+    try:
+        staged, uploads = stage_for_cloud(settings, options.backend, plan.jobs)
+    except InputError as exc:
+        raise LaunchError(str(exc)) from None
+    except OSError as exc:  # the store refused or is unreachable: its message names the bucket, not a key
+        raise LaunchError(f"cannot upload the inputs to {settings.storage_uri}: "
+                          f"{' '.join(str(exc).split())[:300]}", code=1) from None
+    plan = replace(plan, jobs=staged)
+    if not confirm(plan, uploads):
+        return None
+    campaign = None
+    if len(plan.jobs) > 1:
+        campaign = Campaign(id=campaigns.new_id(plan.kind), kind=plan.kind, params=json.dumps(plan.params),
+                            budget_usd=options.budget_usd)
+    with sessions() as session:
+        rows = add_jobs(session, plan.jobs, options, campaign)
+        return Submitted(campaign.id if campaign else None, [row.id for row in rows], uploads)
+
+
+def funds_problem(settings: Settings, sessions: sessionmaker, plan: CampaignPlan, options: JobOptions) -> None:
+    """LaunchError (exit 1) when an account the launch would rent from cannot cover the worst case it reserves
+    there (planner.run.funds); a balance that cannot be read is logged and the launch goes on."""
+    backends = {name: b for name, b in build_backends(settings).items() if options.backend in (name, "auto")}
+    with sessions() as session:
+        needed = funds.needed_by_provider(session, [item.spec for item in plan.jobs],
+                                          lambda spec: options.limits(settings, session, spec.job_id), set(backends))
+    short, warnings = funds.shortfalls(backends, needed)
+    for warning in warnings:
+        log.warning("%s", warning)
+    if short:
+        raise LaunchError("; ".join(s.message() for s in short), code=1)
 
 
 def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, campaign: Campaign | None = None) -> list[Job]:
@@ -67,11 +142,11 @@ def add_jobs(session: Session, new_jobs: list[NewJob], options: JobOptions, camp
 
 
 def build_backends(settings: Settings) -> dict:
-    """Local always; RunPod and Vast.ai where their API key is configured; SkyPilot where its extra is installed."""
+    """Local always; each registered provider where its API key is configured; SkyPilot where its extra is installed."""
     backends = {"local": LocalBackend(settings.runs_dir)}
     retry = RetryPolicy.from_settings(settings)
-    for name in CLOUD_BACKENDS:  # the provider backends whose API key is configured
-        if getattr(settings, f"{name}_api_key", None) is not None:
+    for name, provider in settings.providers.items():  # the provider backends whose API key is configured
+        if provider.api_key is not None:
             backends[name] = cloud_backend_class(name).from_settings(settings, retry)
     if importlib.util.find_spec("sky") is not None:  # the optional cloud extra; SkyPilot keeps its own credentials
         backends["skypilot"] = SkyPilotBackend(image=settings.job_image, jobs_install=settings.jobs_install,
@@ -137,7 +212,7 @@ def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict 
     backends = backends or build_backends(settings)
     placer = Placer(settings, backends, local_offer(settings.local_usd_per_hour, settings.local_gpus) if "local" in backends else None)
     return Supervisor(sessions, backends, placer, budget=Ledger(), poll_interval_s=settings.poll_interval_s,
-                      cooldown=settings.preempted_cooldown)
+                      cooldown=settings.preempted_cooldown, notifier=Notifier.from_settings(settings, sessions))
 
 
 def run_until_final(supervisor: Supervisor, job_ids: list[str], *, interval_s: float,

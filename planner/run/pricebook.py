@@ -6,24 +6,24 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import sessionmaker
 
 from planner.config import Settings
-from pricing import db, providers, store
+from pricing import db, store
 from pricing.providers.base import Provider
+from pricing.providers import registry
 from pricing.providers.http import RetryPolicy, secret_value
 from pricing.refresh import ProgressFn, ProviderResult, refresh
 
-PROVIDERS = providers.NAMES
+PROVIDERS = registry.NAMES
 
 
 def build_providers(settings: Settings, only: str | None = None) -> list[Provider]:
-    """Every registered provider (pricing.providers.PROVIDERS), or `only` that one, with one RetryPolicy."""
+    """Every registered provider (pricing.providers.registry), or `only` that one, with one RetryPolicy."""
     retry = RetryPolicy.from_settings(settings)
-    return [info.provider_class().from_settings(settings, retry)
-            for name, info in providers.PROVIDERS.items() if only in (None, name)]
+    return [registry.load(entry.prices).from_settings(settings, retry)
+            for name, entry in registry.PROVIDERS.items() if only in (None, name)]
 
 
 def secrets_of(settings: Settings) -> tuple[str, ...]:
-    return tuple(value for value in (secret_value(getattr(settings, f"{name}_api_key", None))
-                                     for name in providers.NAMES) if value)
+    return tuple(value for value in (secret_value(p.api_key) for p in settings.providers.values()) if value)
 
 
 def sessions_for(settings: Settings) -> sessionmaker:

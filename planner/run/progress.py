@@ -1,4 +1,4 @@
-"""The runner's progress file (`progress.json` beside a job's checkpoints), read and understood once.
+"""The runner's progress file (jobs.protocol.PROGRESS_FILE beside a job's checkpoints), read and understood once.
 
 The runner (jobs/) writes what it knows: train-bag `{step, total_steps, tokens_seen, loss, wall,
 tokens_per_s, tflops_per_gpu, eta_s, ...}`; other kinds may write `records`/`total_records` and
@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from jobs.protocol import duration, progress_uri
 from jobs.spec import JobSpec
-from jobs.storage import join, read_json
-
-PROGRESS_FILE = "progress.json"
+from jobs.storage import read_json
 
 
 def read(spec: JobSpec | str) -> dict | None:
@@ -23,7 +22,7 @@ def read(spec: JobSpec | str) -> dict | None:
     if not spec.checkpoint_uri:
         return None
     try:
-        data = read_json(join(spec.checkpoint_uri, PROGRESS_FILE))
+        data = read_json(progress_uri(spec.checkpoint_uri))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -93,20 +92,6 @@ def remaining_fraction(raw: dict | None) -> float:
     return 1.0 - progress.fraction
 
 
-def clock(seconds: float | None) -> str:
-    """A duration as people read it: 45s, 12m, 3h05m, 2d04h."""
-    if seconds is None:
-        return "?"
-    seconds = int(round(max(seconds, 0)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-
-
 def _count(value: float) -> str:
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if value >= size:
@@ -130,5 +115,5 @@ def describe(progress: Progress | None) -> str:
     if progress.loss is not None:
         parts.append(f"loss {progress.loss:.4f}")
     if progress.eta_s is not None and (progress.fraction or 0) < 1:
-        parts.append(f"ETA {clock(progress.eta_s)}")
+        parts.append(f"ETA {duration(progress.eta_s)}")
     return " · ".join(parts)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from jobs import storage
 from jobs.spec import JobSpec
 from planner.plan import naive as naive_rule
-from planner.run.supervisor import attempt_cost
+from planner.plan.billing import attempt_cost
 from planner.plan.campaigns import CampaignPlan, NewJob
 from planner.plan.choose import Limits
 from planner.plan.estimate import EstimateError
@@ -75,7 +75,8 @@ def campaign_report(session: Session, campaign_id: str, *, naive: bool = True, n
                            else None, "params": json.loads(campaign.params or "{}")},
               "generated_at": now.isoformat(), "totals": totals, "jobs": rows,
               "book": None if book is None else {"as_of": book["as_of"], "offers": book["offers"]},
-              "evaluation": evaluation(jobs), "spend": spend_over_time([a for job in jobs for a in attempts[job.id]], now)}
+              "evaluation": evaluation(jobs),
+              "spend": spend_over_time([a for job in jobs for a in attempts[job.id]], now)}
     return report | {"headline": headline(report)}
 
 
@@ -84,7 +85,8 @@ def headline(report: dict) -> str:
     t = report["totals"]
     parts = [f"{t['succeeded']}/{t['jobs']} jobs succeeded",
              f"${t['planned_usd']:.2f} planned, ${t['billed_usd']:.2f} billed"
-             + (f" (${t['interrupted_usd']:.2f} on {t['interruptions']} interrupted attempts)" if t["interruptions"] else "")]
+             + (f" (${t['interrupted_usd']:.2f} on {t['interruptions']} interrupted attempt"
+                f"{'s' if t['interruptions'] > 1 else ''})" if t["interruptions"] else "")]
     if t.get("naive_on_book_usd") is not None and t.get("ours_on_book_usd") is not None:
         parts.append(f"on its book: planner ${t['ours_on_book_usd']:.2f} vs naive cheapest-per-hour "
                      f"${t['naive_on_book_usd']:.2f}")
@@ -104,8 +106,10 @@ def _job_row(job: Job, attempts: list[Attempt], now: datetime) -> dict:
     listed = [_attempt_row(a, now) for a in attempts]
     return {"id": job.id, "name": job.name, "kind": job.kind, "state": job.state, "error": job.error,
             "depends_on": job.dependencies,
-            "planned_usd": float(planned.get("expected_usd") or 0.0), "planned_hours": float(planned.get("hours") or 0.0),
-            "billed_usd": round(sum(a["dollars"] for a in listed), 6), "hours": round(sum(a["hours"] for a in listed), 6),
+            "planned_usd": float(planned.get("expected_usd") or 0.0),
+            "planned_hours": float(planned.get("hours") or 0.0),
+            "billed_usd": round(sum(a["dollars"] for a in listed), 6),
+            "hours": round(sum(a["hours"] for a in listed), 6),
             "interrupted_usd": round(sum(a["dollars"] for a in listed if a["outcome"] in INTERRUPTED), 6),
             "attempts": listed}
 

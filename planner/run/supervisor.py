@@ -13,10 +13,18 @@ any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
   no live attempt         dependencies done -> claim the job (a lease: only one supervisor launches
                           it), place it on the best offer now, reserve the worst case, launch
 
-Every attempt row is written before its instance is created, so a supervisor killed mid-launch
-finds the instance again by its label on restart (adopted, not duplicated). The reaper terminates
-labelled instances that no live attempt owns (planner.run.reaper). An attempt costs what
-planner.plan.billing says.
+Each job's step is isolated: whatever it raises (a poisoned spec, a deleted run directory, an object
+store that is down) is recorded on that job and tried again next tick; the other jobs go on. A job
+whose attempt runs on a backend this process cannot reach (its key is not set here) waits, saying so.
+
+Exactly one launch per attempt. Every attempt row is written before its instance is created, holding
+a claim on the create: a lease on the database's clock that the launcher renews while the create is in
+flight, however slow, and a fence. A supervisor finding an attempt without an instance id recovers it
+only once the claim has lapsed (its launcher died): it takes the claim (bumps the fence), then adopts
+the instance by its label or records the launch as lost. The launcher records the create's answer only
+while its fence holds; a late answer finds it gone and ends its own instance. The reaper terminates
+this project's labelled instances that no live attempt owns (planner.run.reaper). An attempt costs
+what planner.plan.billing says; budgets count what live attempts accrue, every tick.
 """
 from __future__ import annotations
 
@@ -24,70 +32,97 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.lifecycle import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec
 from planner.plan.billing import attempt_cost, billed_rate
+from planner.plan import budget as budgets
+from planner.plan import memory
 from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
-from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
+from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
 from planner.run import progress, reaper
 from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Scope, Status, instance_label
 from planner.run.backends.markers import read_done
 from planner.run.logs import bad_input_reason, log_tail
+from planner.run.notify import Notifier
 from planner.run.tick_report import TickReport
-from pricing.db import utcnow
+from pricing.db import database_now
 from pricing.providers.base import ProviderError
 
 log = logging.getLogger(__name__)
 
 LAUNCH_LEASE = timedelta(minutes=10)  # a claim on a job that a crashed supervisor left behind expires
-ADOPT_AFTER = timedelta(minutes=2)  # an attempt row without an instance id this old was cut off mid-launch
+CREATE_LEASE = timedelta(seconds=60)  # a claim on an attempt's create, renewed every quarter of it while in flight
 MAX_LAUNCH_FAILURES = 8  # launches failing in a row (nothing started between them) before the job fails
 MAX_POLL_FAILURES = 20  # consecutive failed polls (provider down) before the attempt counts as lost
 
 
 class Supervisor:
     def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: PlaceFn, *,
-                 budget=None, clock: Callable[[], datetime] = utcnow, poll_interval_s: float = 30.0,
-                 cooldown: timedelta = timedelta(hours=1), owner: str | None = None):
+                 budget=None, clock: Callable[[], datetime] | None = None, poll_interval_s: float = 30.0,
+                 cooldown: timedelta = timedelta(hours=1), owner: str | None = None,
+                 notifier: Notifier | None = None):
         self.sessions = sessions
         self.backends = backends
         self.place = place
         self.budget = budget  # planner.plan.budget.Ledger (reserve/release), or None for no global caps
-        self.clock = clock
+        self.clock = clock or self._database_clock  # attempts' times and budgets; leases use the database's
         self.poll_interval_s = poll_interval_s
         self.cooldown = cooldown
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.unpaid: dict[str, datetime] = {}  # backend -> until when it launches nothing (its account cannot pay)
+        with sessions() as session:
+            self.project = project_id(session)
+        for backend in backends.values():
+            backend.project = self.project  # its instances carry this project's label
+        self.notify = notifier or Notifier(None, sessions)  # PLANNER_NOTIFY_URL's messages; without one, none
 
     # ------------------------------------------------------------------ the loop
 
     def tick(self) -> TickReport:
         report = TickReport()
+        self.notify.resume_unsent()
         with self.sessions() as session:
             job_ids = session.scalars(select(Job.id).where(Job.state.not_in(FINAL_STATES)).order_by(Job.created_at)).all()
         for job_id in job_ids:
-            with self.sessions() as session:
-                job = session.get(Job, job_id)
-                if job is not None and job.state not in FINAL_STATES:
-                    self._step(session, job, report)
-        report.reaped = reaper.reap(self.sessions, self.backends)
+            self._isolated_step(job_id, report)
+        report.reaped = reaper.reap(self.sessions, self.backends, on_reaped=self.notify.orphan_reaped)
         return report
 
     def open_jobs(self) -> int:
         with self.sessions() as session:
             return session.scalar(select(func.count()).select_from(Job).where(Job.state.not_in(FINAL_STATES)))
 
+    def _isolated_step(self, job_id: str, report: TickReport) -> None:
+        """One job's step; what it raises stays with that job: recorded on it, tried again next tick."""
+        try:
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                if job is not None and job.state not in FINAL_STATES:
+                    self._step(session, job, report)
+        except Exception as exc:  # noqa: BLE001 (the point: one job's fault, e.g. a store that is down, is that job's)
+            why = fault_line(exc)
+            log.warning("job %s: its step failed (%s); tried again next tick", job_id, why)
+            report.faults[job_id] = why
+            with self.sessions() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(error=f"tick failed: {why}; retried"))
+                session.commit()
+
     def _step(self, session: Session, job: Job, report: TickReport) -> None:
         attempt = self._live_attempt(session, job)
+        if attempt is not None and attempt.backend not in self.backends:
+            self._wait_for_backend(session, job, attempt, report)
+            return
         if job.cancel_requested:
             if attempt is not None:
                 self._end_attempt(session, job, attempt, "cancelled", PollResult(Status.FAILED, detail="cancelled"))
@@ -110,11 +145,11 @@ class Supervisor:
     # ------------------------------------------------------------------ launching
 
     def _launch(self, session: Session, job: Job, report: TickReport) -> None:
-        now = self.clock()
+        now, db_now = self.clock(), database_now(session)
         claimed = session.execute(
             update(Job).where(Job.id == job.id, Job.state.in_(("pending", "preempted")),
-                              or_(Job.lease_owner.is_(None), Job.lease_until < now, Job.lease_owner == self.owner))
-            .values(lease_owner=self.owner, lease_until=now + LAUNCH_LEASE)
+                              or_(Job.lease_owner.is_(None), Job.lease_until < db_now, Job.lease_owner == self.owner))
+            .values(lease_owner=self.owner, lease_until=db_now + LAUNCH_LEASE)
         ).rowcount
         session.commit()
         if claimed != 1:
@@ -149,33 +184,42 @@ class Supervisor:
                           gpu_count=offer.gpu_count if offer else 1, tier=offer.tier if offer else None,
                           location=offer.location if offer else None, spot=placement.spot,
                           usd_per_hour=placement.usd_per_hour, billing_seconds=placement.billing_seconds,
-                          outcome="launching", launched_at=now)
+                          outcome="launching", launched_at=now, launch_fence=1, mini_batch_size=placement.mini_batch,
+                          planned_vram_gb=placement.planned_vram_gb, planned_ram_gb=placement.planned_ram_gb,
+                          ram_gb=offer.ram_gb if offer else None,
+                          launch_lease_until=database_now(session) + CREATE_LEASE)
         session.add(attempt)
         job.state, job.updated_at, job.error = "launching", now, None
         session.commit()  # the attempt exists before the instance does: a crash from here on is recoverable
         spec = placement.apply(JobSpec.from_json(job.spec))
         try:
             plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour,
-                                disk_gb=json.loads(job.requirements or "{}").get("disk_gb"))
-            handle = backend.launch(plan)
+                                disk_gb=json.loads(job.requirements or "{}").get("disk_gb"),
+                                max_hours=placement.max_hours)
+            with self._create_claim(attempt):
+                handle = backend.launch(plan)
         except (BackendError, ProviderError) as exc:  # provider weather, not the job's fault: re-plan next tick
-            attempt.outcome, attempt.ended_at, attempt.detail = "launch-failed", self.clock(), f"launch failed: {exc}"
-            attempt.dollars = 0.0  # nothing started, nothing billed
+            if not self._record_create(session, attempt, outcome="launch-failed", ended_at=self.clock(),
+                                       detail=f"launch failed: {exc}", dollars=0.0):  # nothing started, nothing billed
+                return  # another supervisor took the attempt over meanwhile: it is theirs now
             scope = getattr(exc, "scope", Scope.OFFER)
             if scope is Scope.BACKEND:  # an empty balance (402): nothing launches there until it is topped up
                 self.unpaid[backend.name] = self.clock() + self.cooldown
+                self.notify.provider_paused(backend.name, str(exc))
             if scope is Scope.JOB or (scope is Scope.BACKEND and job.backend == backend.name):
                 session.commit()  # our malformed request (422); a job that may run only on the unpaid backend
                 self._finish(session, job, "failed", str(exc), report)
                 return
             self._after_launch_failure(session, job, attempt, report)
             return
-        attempt.usd_per_hour = handle.data.get("usd_per_hour", plan.usd_per_hour)  # a bid read at launch is paid
         # billed from when the instance exists: the answer to the create, not the row written before the host
         # search, the bid read and any rate-limited retries of the create (a cut-off launch keeps the row's time)
-        attempt.launched_at = self.clock()
-        attempt.billed_usd_per_hour = billed_rate(handle.data.get("billed_usd_per_hour"))
-        attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, handle.to_json(), "running"
+        if not self._record_create(
+                session, attempt, usd_per_hour=handle.data.get("usd_per_hour", plan.usd_per_hour),  # a bid read is paid
+                launched_at=self.clock(), billed_usd_per_hour=billed_rate(handle.data.get("billed_usd_per_hour")),
+                instance_id=handle.instance_id, handle=handle.to_json(), outcome="running"):
+            self._disown(session, backend, attempt, handle)
+            return
         job.state, job.lease_owner, job.lease_until, job.updated_at = "running", None, None, self.clock()
         session.commit()
         report.launched.append(job.id)
@@ -183,27 +227,104 @@ class Supervisor:
                  attempt.gpu_model, attempt.usd_per_hour)
 
     def _recover_cut_off_launch(self, session: Session, job: Job, attempt: Attempt) -> None:
-        """An attempt row with no instance id: a launch in flight, or one a dead supervisor cut off."""
-        if self.clock() - attempt.launched_at < ADOPT_AFTER:
+        """An attempt row with no instance id: a create in flight (its launcher renews the claim: leave it), or
+        one a dead supervisor cut off (the claim lapsed): take the claim over, then adopt or call it lost."""
+        db_now = database_now(session)
+        taken = session.execute(
+            update(Attempt).where(Attempt.id == attempt.id, Attempt.launch_fence == attempt.launch_fence,
+                                  Attempt.outcome == "launching", Attempt.instance_id.is_(None),
+                                  or_(Attempt.launch_lease_until.is_(None), Attempt.launch_lease_until < db_now))
+            .values(launch_fence=Attempt.launch_fence + 1, launch_lease_until=db_now + CREATE_LEASE)).rowcount
+        session.commit()
+        if taken != 1:
             return
-        backend = self.backends.get(attempt.backend)
-        label = instance_label(job.id, attempt.number)
+        session.refresh(attempt)
+        labels = {instance_label(job.id, attempt.number, self.project), instance_label(job.id, attempt.number)}
         try:
-            listed = backend.list_labeled() if backend else []
+            found = [h for h in self.backends[attempt.backend].list_labeled() if h.label in labels]
         except (BackendError, ProviderError) as exc:  # provider weather: look again next tick, never guess "lost"
             log.warning("job %s attempt %d: cannot list %s instances to adopt a cut-off launch (%s); next tick",
                         job.id, attempt.number, attempt.backend, exc)
+            session.execute(update(Attempt).where(Attempt.id == attempt.id, Attempt.launch_fence == attempt.launch_fence)
+                            .values(launch_lease_until=None))  # free for the next tick, whoever runs it
+            session.commit()
             return
-        found = [h for h in listed if h.label == label]
         if found:
             handle = _adopted(found[0], JobSpec.from_json(job.spec), attempt)
-            attempt.instance_id, attempt.handle, attempt.outcome = handle.instance_id, handle.to_json(), "running"
-            job.state = "running"
+            recorded = self._record_create(session, attempt, instance_id=handle.instance_id, handle=handle.to_json(),
+                                           outcome="running")
         else:
-            attempt.outcome, attempt.ended_at, attempt.detail = "lost", self.clock(), "launch cut off before the instance existed"
-            job.state = "preempted"
-        job.lease_owner = job.lease_until = None
+            recorded = self._record_create(session, attempt, outcome="lost", ended_at=self.clock(),
+                                           detail="launch cut off before the instance existed")
+        if recorded:
+            job.state = "running" if found else "preempted"
+            job.lease_owner = job.lease_until = None
+            session.commit()
+
+    def _record_create(self, session: Session, attempt: Attempt, **values) -> bool:
+        """Write how the attempt's create ended, if this supervisor still holds its claim (the fence it saw)."""
+        recorded = session.execute(
+            update(Attempt).where(Attempt.id == attempt.id, Attempt.launch_fence == attempt.launch_fence,
+                                  Attempt.outcome == "launching")
+            .values(launch_lease_until=None, **values)).rowcount == 1
         session.commit()
+        session.refresh(attempt)
+        return recorded
+
+    def _disown(self, session: Session, backend: Backend, attempt: Attempt, handle: Handle) -> None:
+        """Our create answered after another supervisor had taken the attempt over: unless it adopted this very
+        instance, nobody owns it, so end it now (the reaper would, a tick later, while it bills)."""
+        if attempt.instance_id == handle.instance_id:
+            return
+        log.warning("job %s attempt %d: the create answered after the attempt was taken over; ending %s",
+                    attempt.job_id, attempt.number, handle.instance_id)
+        try:
+            backend.cancel(handle)
+        except (BackendError, ProviderError) as exc:
+            log.warning("job %s attempt %d: cannot end %s (%s); the reaper will", attempt.job_id, attempt.number,
+                        handle.instance_id, exc)
+
+    @contextmanager
+    def _create_claim(self, attempt: Attempt) -> Iterator[None]:
+        """Renew the attempt's claim on the database's clock while its create is in flight, however long the
+        provider takes (429 retries, a slow host search), so no other supervisor takes it for cut off."""
+        stop = threading.Event()
+        attempt_id, fence = attempt.id, attempt.launch_fence
+
+        def renew() -> None:
+            while not stop.wait(CREATE_LEASE.total_seconds() / 4):
+                try:
+                    with self.sessions() as session:
+                        session.execute(update(Attempt).where(Attempt.id == attempt_id, Attempt.launch_fence == fence,
+                                                              Attempt.outcome == "launching")
+                                        .values(launch_lease_until=database_now(session) + CREATE_LEASE))
+                        session.commit()
+                except Exception as exc:  # noqa: BLE001 (the database briefly away: the next renewal tries again)
+                    log.warning("attempt %s: cannot renew its create claim (%s)", attempt_id, fault_line(exc))
+
+        renewer = threading.Thread(target=renew, name=f"create-claim-{attempt_id}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+
+    def _wait_for_backend(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
+        """The live attempt runs on a backend this process cannot reach (its API key is not set here): the job
+        waits, saying what to set; a cancel cannot end its instance from here, and says so."""
+        key = f"{attempt.backend.upper()}_API_KEY"
+        where = f"its attempt runs on {attempt.backend}" + (f" ({attempt.instance_id})" if attempt.instance_id else "")
+        why = (f"waiting: cannot end {where} from here: set {key} where the supervisor runs" if job.cancel_requested
+               else f"waiting: {where}, which this process cannot reach: set {key}")
+        if job.error != why:
+            job.error, job.updated_at = why, self.clock()
+            session.commit()
+        report.waiting[job.id] = why
+
+    def _database_clock(self) -> datetime:
+        with self.sessions() as session:
+            return database_now(session)
 
     # ------------------------------------------------------------------ watching
 
@@ -259,6 +380,14 @@ class Supervisor:
             attempt.detail = f"bad input (exit {EXIT_BAD_INPUT}): {reason}; log tail:\n{tail}"
             self._end_attempt(session, job, attempt, "failed", result)
             self._finish(session, job, "failed", f"bad input (exit {EXIT_BAD_INPUT}): {reason}", report)
+        elif (oom := memory.out_of_memory(result.exit_code)) is not None:  # never the same memory again
+            self._end_attempt(session, job, attempt, "out-of-memory", result)
+            where = (f"{attempt.gpu_count}x {attempt.gpu_model}" if attempt.gpu_model else attempt.provider) + (
+                f" at chunk {attempt.mini_batch_size}" if attempt.mini_batch_size else "")
+            attempt.detail = f"{oom} on {where}; log tail:\n{log_tail(backend, handle)}"
+            job.state, job.lease_owner, job.lease_until = "pending", None, None
+            session.commit()
+            report.relaunch(job.id, f"{oom} on {where}: placing it with a smaller chunk or more memory")
         else:
             attempt.detail = f"{result.detail or 'failed'}; log tail:\n{log_tail(backend, handle)}"
             self._end_attempt(session, job, attempt, "failed", result)
@@ -314,6 +443,7 @@ class Supervisor:
         if self.budget is not None:
             self.budget.release(session, job)
         session.commit()
+        self.notify.job_ended(session, job)
         report.finished.append((job.id, state))
         log.info("job %s %s%s", job.id, state, f": {error}" if error else "")
 
@@ -338,7 +468,21 @@ class Supervisor:
             if others + projected > campaign.budget_usd:
                 return (f"the campaign's spend would reach ${others + projected:.2f} by the next check, over its "
                         f"budget of ${campaign.budget_usd:.2f}; raise it to go on")
-        return None
+        return self._over_monthly_budget(session, job, projected, ahead)
+
+    def _over_monthly_budget(self, session: Session, job: Job, projected: float, ahead: datetime) -> str | None:
+        """The month's money by the next check: what was settled, what every live attempt will have accrued,
+        and what other jobs hold. Over the cap, the job stops when it is the one past its own reservation (or
+        holds none); jobs inside theirs were promised that money when they launched."""
+        cap = budgets.monthly_budget(session)
+        if cap is None:
+            return None
+        month = budgets.committed(session, ahead)
+        reservation = session.get(Reservation, job.id)
+        if month <= cap or (reservation is not None and projected <= reservation.usd):
+            return None
+        return (f"this month's spend would reach ${month:.2f} by the next check, over the monthly budget of "
+                f"${cap:.2f}; raise it with `planner budget set --monthly USD` to go on")
 
     def _budget_wait(self, session: Session, job: Job) -> str | None:
         """Other jobs' reservations hold part of the budget: wait for them to settle instead of stopping,
@@ -357,8 +501,11 @@ class Supervisor:
         return frozenset(name for name, until in self.unpaid.items() if until > now)
 
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
+        """Offers this job left within the cool-down: taken (preempted), gone (lost), refused at create, or
+        broken under it (failed: a box that ended without its job, a host whose CUDA failed); a relaunch
+        goes elsewhere first."""
         rows = session.scalars(select(Attempt.offer_key).where(
-            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed")),
+            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed", "failed")),
             Attempt.ended_at > now - self.cooldown, Attempt.offer_key.is_not(None))).all()
         return frozenset(rows)
 
@@ -372,12 +519,14 @@ class Supervisor:
         if raw is not None:  # else no checkpoint yet, or a remote store that is briefly unreachable
             attempt.progress = json.dumps(raw)
             _record_throughput(attempt, raw)
+            memory.record_peaks(attempt, raw)
 
     def _read_throughput(self, job: Job, attempt: Attempt) -> None:
         """The runner's DONE marker holds the whole attempt's achieved throughput."""
         done = read_done(JobSpec.from_json(job.spec).output_uri)
         if done is not None:
             _record_throughput(attempt, done)
+            memory.record_peaks(attempt, done)
 
     def _dependency_problem(self, session: Session, job: Job) -> str | None:
         """None when every dependency succeeded, "wait" while some still run, else why this job cannot."""
@@ -399,6 +548,12 @@ def _record_throughput(attempt: Attempt, report: dict) -> None:
     measured = report.get("tflops_per_gpu")  # achieved, FLOPs counted as the planner counts them (jobs.recipe)
     if isinstance(measured, (int, float)) and measured > 0:
         attempt.measured_tflops = float(measured)
+
+
+def fault_line(exc: BaseException) -> str:
+    """An exception as one line for a job's error and the tick's report (botocore's, a KeyError, a JSON error)."""
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _adopted(found: Handle, spec: JobSpec, attempt: Attempt) -> Handle:

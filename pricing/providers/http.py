@@ -43,6 +43,11 @@ class ApiError(ProviderError):
         self.body = body
 
 
+class AuthenticationError(ApiError):
+    """The provider refused the key (HTTP 401/403, or Vast's 404 `auth_error`): nothing on that account
+    can be done with it until the key is fixed; never read as "the thing is gone"."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 5
@@ -143,8 +148,8 @@ def request_json(session: requests.Session, method: str, url: str, *, api_key: s
         if status in (401, 403):
             body = _decode_error_body(response)
             detail = scrub(error_detail(body))
-            raise ApiError(f"authentication failed (HTTP {status}) on {where}: check {auth_hint}"
-                           + (f" ({detail})" if detail else ""), status=status, detail=detail, body=body)
+            raise AuthenticationError(f"authentication failed (HTTP {status}) on {where}: check {auth_hint}"
+                                      + (f" ({detail})" if detail else ""), status=status, detail=detail, body=body)
         if status == 404 and missing_ok:
             return None
         if status == 429 or status >= 500:

@@ -1,22 +1,23 @@
 """The RunPod API client: everything about talking to RunPod, shared by the price reader
 (pricing.providers.runpod) and the launch backend (planner.run.backends.runpod).
 
-Facts from /work/shared/reference/provider-apis-2026-12.md (cited as "note §N"):
+The facts this relies on, with RunPod's own documentation for each, are in docs/providers/runpod.md
+(cited below by its section names):
 
-- REST v2 lives under `{base}/v2` (note §2), GraphQL under `{base}/graphql` (note §3); `base` is
-  PLANNER_RUNPOD_URL (default https://api.runpod.io). The key only ever goes in
-  `Authorization: Bearer`; v2 needs it everywhere, catalog included (note §2 "Auth").
-- v2 errors are RFC 9457 problem+json `{title,status,detail,errors?[]}` (note §2.3); the detail is
-  kept on the ApiError. GraphQL answers its errors at HTTP 200 in `errors[]` (a failure here), and is
-  retiring (note §3): a 410 gets a message saying what to do.
-- Rate limits (note §2.3): 429 carries `Retry-After` in integer seconds, honoured by
-  pricing.providers.http.
-- Catalog (note §2.1): `GET /v2/catalog/gpus?include=AVAILABILITY&product=POD&cloud=...`; list
-  prices per GPU, no spot, availability upper case.
-- Pods (note §2.2, §2.3): `POST /v2/pods` (strict: 422 names an unknown field; 400 rule or no
-  capacity; 402 balance; 403 pool not allowed), `GET /v2/pods/{id}`, `DELETE /v2/pods/{id}` (204),
-  `GET /v2/pods` (no server-side filter: filter by name on the client; a cursor is followed if one
-  appears, unverified), and `GET /v2/pods/{id}/logs` (Server-Sent Events, resumed with
+- REST v2 lives under `{base}/v2`, GraphQL under `{base}/graphql` ("API"); `base` is PLANNER_RUNPOD_URL
+  (the registry's default). The key only ever goes in `Authorization: Bearer`; v2 needs it everywhere,
+  catalog included.
+- v2 errors are RFC 9457 problem+json `{title,status,detail,errors?[]}` ("Errors and limits"); the detail
+  is kept on the ApiError. GraphQL answers its errors at HTTP 200 in `errors[]` (a failure here), and is
+  retiring ("GraphQL"): a 410 gets a message saying what to do. A 429 carries `Retry-After` in integer
+  seconds, honoured by pricing.providers.http.
+- Catalog ("Prices and availability"): `GET /v2/catalog/gpus?include=AVAILABILITY&product=POD&cloud=...
+  &count=N&minCudaVersion=V`; list prices per GPU, no spot, availability upper case, the data centres
+  with stock.
+- Pods ("Pods"): `POST /v2/pods` (strict: 422 names an unknown field; 400 rule or no capacity; 402
+  balance; 403 pool not allowed), `GET /v2/pods/{id}`, `DELETE /v2/pods/{id}` (204), `GET /v2/pods` (one
+  unpaged list, no server-side filter: filtered by name on the client), and `GET /v2/pods/{id}/logs`
+  ("Logs": Server-Sent Events of the container's lines with `source=container`, resumed with
   `Last-Event-ID`).
 """
 from __future__ import annotations
@@ -29,12 +30,12 @@ import requests
 
 from pricing.providers.base import ProviderError
 from pricing.providers.http import ApiError, RetryPolicy, TransientError, one_line, request_json, secret_value
+from pricing.providers.registry import PROVIDERS, RUNPOD
 
-KEY_ENV = "RUNPOD_API_KEY"
-DEFAULT_URL = "https://api.runpod.io"
+ENTRY = PROVIDERS[RUNPOD]
 CLOUDS = {"secure": "SECURE", "community": "COMMUNITY"}  # our tier -> v2 `cloud`
-POD_STATUSES = ("PROVISIONING", "STARTING", "RUNNING", "EXITED", "ERROR", "TERMINATED")
 LOG_TAIL_MAX = 5000
+LOG_SOURCE = "container"  # the job's own lines; omitted, the stream mixes in the host's `system` lines
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class LogEvent:
 
 
 class RunPodAPI:
-    def __init__(self, base_url: str = DEFAULT_URL, api_key=None, *, timeout: float = 30.0,
+    def __init__(self, base_url: str = ENTRY.default_url, api_key=None, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), session: requests.Session | None = None):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key  # SecretStr | None: read only where the header is built
@@ -66,17 +67,17 @@ class RunPodAPI:
              missing_ok: bool = False, idempotent: bool = True, retry: RetryPolicy | None = None):
         return request_json(self.session, method, f"{self.base_url}/v2{path}", api_key=secret_value(self.api_key),
                             json_body=body, params=params, timeout=self.timeout, retry=retry or self.retry,
-                            auth_hint=KEY_ENV, missing_ok=missing_ok, idempotent=idempotent)
+                            auth_hint=ENTRY.key_env, missing_ok=missing_ok, idempotent=idempotent)
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         """The `data` of a GraphQL answer; `errors` at HTTP 200 and a retired endpoint (410) are ProviderErrors."""
         try:
             body = request_json(self.session, "POST", f"{self.base_url}/graphql", api_key=secret_value(self.api_key),
                                 json_body={"query": query, "variables": variables or {}}, timeout=self.timeout,
-                                retry=self.retry, auth_hint=KEY_ENV)
+                                retry=self.retry, auth_hint=ENTRY.key_env)
         except ApiError as exc:
             if exc.status == 410:
-                raise ProviderError(f"RunPod retired its GraphQL API (HTTP 410 on /graphql): set {KEY_ENV} so "
+                raise ProviderError(f"RunPod retired its GraphQL API (HTTP 410 on /graphql): set {ENTRY.key_env} so "
                                     "prices and pods go through REST v2") from None
             raise
         if not isinstance(body, dict):
@@ -99,11 +100,14 @@ class RunPodAPI:
 
     # ------------------------------------------------------------------ catalog
 
-    def catalog_gpus(self, cloud: str, count: int = 1) -> list[dict]:
-        """Every GPU type with its list prices and, for `cloud` (SECURE|COMMUNITY), its availability,
-        data centres and CUDA versions (note §2.1: include and product go together)."""
-        body = self.rest("GET", "/catalog/gpus", params={"include": "AVAILABILITY", "product": "POD",
-                                                         "cloud": cloud, "count": count})
+    def catalog_gpus(self, cloud: str, count: int = 1, min_cuda: str | None = None) -> list[dict]:
+        """Every GPU type with its list prices and, for `count` GPUs in one pod on `cloud` (SECURE|COMMUNITY)
+        with at least CUDA `min_cuda`, its availability, data centres and CUDA versions (include and product
+        go together; count and minCudaVersion are valid only with them)."""
+        params = {"include": "AVAILABILITY", "product": "POD", "cloud": cloud, "count": count}
+        if min_cuda:
+            params["minCudaVersion"] = min_cuda
+        body = self.rest("GET", "/catalog/gpus", params=params)
         gpus = body.get("gpus") if isinstance(body, dict) else None
         if not isinstance(gpus, list) or not all(isinstance(g, dict) and "id" in g for g in gpus):
             raise ProviderError("unexpected /v2/catalog/gpus schema: no 'gpus' list of objects with an 'id'")
@@ -113,7 +117,7 @@ class RunPodAPI:
 
     def create_pod(self, body: dict) -> dict:
         """POST /v2/pods, sent once (a retried create could rent twice; a 429 is retried: nothing was
-        created). The ApiError's status says what to do (note §2.2 table)."""
+        created). The ApiError's status says what to do (docs/providers/runpod.md, "Pods")."""
         pod = self.rest("POST", "/pods", body=body, idempotent=False)
         if not isinstance(pod, dict) or not pod.get("id"):
             raise ProviderError("RunPod created no pod: the answer has no id")
@@ -128,24 +132,16 @@ class RunPodAPI:
         self.rest("DELETE", f"/pods/{pod_id}", missing_ok=True)
 
     def pods(self) -> list[dict]:
-        """Every pod of the account (the list filters nothing server-side: note §2.3)."""
-        pods: list[dict] = []
-        params: dict = {}
-        for _ in range(1000):  # a cursor is followed if the API ever pages (unverified)
-            body = self.rest("GET", "/pods", params=params or None)
-            page = body.get("pods") if isinstance(body, dict) else body
-            if not isinstance(page, list):
-                raise ProviderError("unexpected /v2/pods schema: no 'pods' list")
-            pods += [p for p in page if isinstance(p, dict)]
-            cursor = body.get("nextCursor") or body.get("next_cursor") if isinstance(body, dict) else None
-            if not cursor:
-                break
-            params = {"cursor": cursor}
-        return pods
+        """Every pod of the account: one unpaged list that filters nothing server-side."""
+        body = self.rest("GET", "/pods")
+        page = body.get("pods") if isinstance(body, dict) else None
+        if not isinstance(page, list):
+            raise ProviderError("unexpected /v2/pods schema: no 'pods' list")
+        return [p for p in page if isinstance(p, dict)]
 
     def pod_logs(self, pod_id: str, *, tail: int | None = 100, last_event_id: str | None = None,
                  idle_timeout_s: float = 30.0, stop: Callable[[], bool] = lambda: False) -> Iterator[LogEvent]:
-        """The pod's log as SSE events (note §2.3): the last `tail` lines, then live ones. Returns when
+        """The container's log as SSE events: the last `tail` lines, then live ones. Returns when
         the stream ends, when nothing arrives for `idle_timeout_s`, or when `stop()` is true between
         events. Resume a dropped stream by passing the last event's id (and no `tail`)."""
         headers = {"Accept": "text/event-stream"}
@@ -155,7 +151,7 @@ class RunPodAPI:
             headers["Last-Event-ID"] = last_event_id
         where = f"/v2/pods/{pod_id}/logs"
         try:
-            params = None if tail is None else {"tail": max(0, min(tail, LOG_TAIL_MAX))}
+            params = {"source": LOG_SOURCE} | ({} if tail is None else {"tail": max(0, min(tail, LOG_TAIL_MAX))})
             response = self.session.get(f"{self.base_url}{where}", params=params,
                                         headers=headers, stream=True, timeout=(self.timeout, idle_timeout_s))
         except requests.RequestException as exc:

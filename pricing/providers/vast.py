@@ -7,7 +7,11 @@ added (pricing.providers.vast_api.storage_usd_per_hour); the interruptible price
 a `type: bid` search; VRAM is `gpu_ram` in MB (MiB) per GPU, never the name (modded 48 GB "RTX
 4090"s exist); `cpu_cores` may be null; about 10 searches a minute are allowed and 429 carries no
 Retry-After, so searches are spaced and retried with backoff. Only the fields we keep are decoded
-(msgspec structs): a 20,000-offer answer is ~30 MB of which we read a dozen fields per offer.
+(msgspec structs): a 20,000-offer answer is ~30 MB of which we read a dozen fields per offer. Numbers
+sent as strings are read as numbers, and a row whose numbers are not finite ("Infinity", "NaN") is
+skipped and counted (pricing.offer.InvalidOffer). Unset search filters take the server's defaults
+(vast-cli adds `verified: true` to every search), so `verified` is always sent: "any" for the book,
+split true/false when a search comes back full (docs/providers/vast.md, "Offers").
 """
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ import time
 import msgspec
 
 from pricing import gpus
-from pricing.offer import MAX_USD_PER_GPU_HOUR, Offer
-from pricing.providers import VAST
+from pricing.offer import MAX_USD_PER_GPU_HOUR, InvalidOffer, Offer
 from pricing.providers.base import Provider, ProviderError
 from pricing.providers.http import RetryPolicy
+from pricing.providers.registry import VAST
 from pricing.providers.vast_api import VastAPI, storage_usd_per_hour
 
 log = logging.getLogger("pricing.providers.vast")
@@ -31,8 +35,7 @@ SPLITS = (
     ("num_gpus", [{"eq": 1}, {"eq": 2}, {"in": [3, 4]}, {"in": [5, 6, 7, 8]}, {"gt": 8}]),
     ("verified", [{"eq": True}, {"eq": False}]),
 )
-
-
+EITHER = {"eq": "any"}  # both verified and unverified hosts (vast-cli sends this form for a search without defaults)
 
 
 class VastOffer(msgspec.Struct):
@@ -61,7 +64,7 @@ class _Bundles(msgspec.Struct):
     offers: list[VastOffer]
 
 
-_DECODER = msgspec.json.Decoder(_Bundles)
+_DECODER = msgspec.json.Decoder(_Bundles, strict=False)  # "0.5" and "Infinity" are read as numbers
 
 
 def decode_bundles(content: bytes) -> list[VastOffer]:
@@ -89,7 +92,8 @@ class VastProvider(Provider):
 
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> VastProvider:
-        return cls(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout,
+        mine = settings.providers[VAST]
+        return cls(mine.url, mine.api_key, timeout=settings.http_timeout,
                    disk_gb=settings.vast_disk_gb, limit=settings.vast_search_limit,
                    min_interval_s=settings.vast_min_interval_s, retry=retry)
 
@@ -127,7 +131,7 @@ class VastProvider(Provider):
         if wait > 0:
             time.sleep(wait)
         query = {"external": {"eq": False}, "rentable": {"eq": True}, "rented": {"eq": False},
-                 "gpu_ram": {"gte": MIN_VRAM_MB}, "order": [["dph_total", "asc"]], "type": kind,
+                 "gpu_ram": {"gte": MIN_VRAM_MB}, "verified": EITHER, "order": [["dph_total", "asc"]], "type": kind,
                  "limit": self.limit, "allocated_storage": self.disk_gb, **extra}
         try:
             offers = self.api.search(query, decode=decode_bundles)
@@ -147,6 +151,10 @@ class VastProvider(Provider):
             raw = on_demand.get(ask_id) or interruptible[ask_id]
             try:
                 offer = self._offer(raw, ask_id in on_demand, interruptible.get(ask_id), now)
+            except InvalidOffer as exc:  # one row's garbage costs that row only
+                self.last_report["dropped"] += 1
+                log.warning("dropped Vast ask %s: %s", ask_id, exc)
+                continue
             except (KeyError, TypeError, ValueError) as exc:
                 raise ProviderError(f"unexpected offer schema (ask {ask_id}): {type(exc).__name__}: {exc}") from None
             if offer is not None:

@@ -1,20 +1,24 @@
 """The Vast.ai API client: endpoints, auth, errors, paging and units, shared by the price reader
 (pricing.providers.vast) and the launch backend (planner.run.backends.vast).
 
-Facts from /work/shared/reference/provider-apis-2026-12.md §4 ("note §4") and pricing-apis.md:
+The facts this relies on, with Vast's own documentation for each, are in docs/providers/vast.md (cited
+below by its section names):
 
-- Base is PLANNER_VAST_URL (default https://console.vast.ai); the key only in `Authorization: Bearer`.
-- Offers: `POST /api/v0/bundles/` (a search; 64 rows unless given a `limit`). Prices are for the
-  whole machine; `storage_cost` is $/GB per 30-day month (STORAGE_HOURS_PER_MONTH).
-- Instances: list only through `GET /api/v1/instances/` (v0 answers 410 `deprecated_endpoint`),
-  at most 25 rows a page, `next_token` passed back as `after_token`, JSON-valued `select_filters`
-  on stored columns (`label`, `id`, `actual_status`, `gpu_name`).
+- Base is PLANNER_VAST_URL (the registry's default); the key only in `Authorization: Bearer`.
+- Offers ("Offers"): `POST /api/v0/bundles/` (a search; 64 rows unless given a `limit`; unset filters
+  take the server's defaults, so `verified` is always sent). Prices are for the whole machine;
+  `storage_cost` is $/GB per 30-day month (STORAGE_HOURS_PER_MONTH); `duration` is in seconds.
+- Instances ("Instances"): listed only through `GET /api/v1/instances/` (v0 answers 410
+  `deprecated_endpoint`), at most 25 rows a page, `next_token` passed back as `after_token`, JSON-valued
+  `select_filters` on stored columns (`label` with `eq` or `in`, `id`, `actual_status`, `gpu_name`).
   `GET/DELETE /api/v0/instances/{id}/` and `PUT /api/v0/instances/request_logs/{id}/` still work.
-- Create: `PUT /api/v0/asks/{id}/`, sent once; an error body that still carries `new_contract`
-  means a (stopped) instance exists: the caller destroys it at once.
-- Errors: `{success:false, error, msg}`; a bad key may be 404 `auth_error`. 429 carries no
-  Retry-After: pricing.providers.http backs off itself.
-- Logs: `request_logs` answers `result_url`; GET it until 200 (the CLI: 30 tries, 0.3 s apart).
+- Create ("Create"): `PUT /api/v0/asks/{id}/`, sent once; an error body that still carries
+  `new_contract` means a (stopped) instance exists: the caller destroys it at once.
+- Errors ("Errors"): `{success:false, error, msg}`. A revoked or rotated key is 404 `auth_error`, an
+  authentication failure like a 401 (AuthenticationError); a 404 means "gone" only when its `error` is
+  `no_such_instance` or `not_found`. 429 carries no Retry-After: pricing.providers.http backs off itself.
+- Logs ("Logs"): `request_logs` (without `daemon_logs`, which returns the host daemon's log instead of
+  the container's) answers `result_url`; GET it until 200 (the CLI: 30 tries, 0.3 s apart).
 """
 from __future__ import annotations
 
@@ -25,13 +29,18 @@ import orjson
 import requests
 
 from pricing.providers.base import ProviderError
-from pricing.providers.http import ApiError, RetryPolicy, request_json, secret_value
+from pricing.providers.http import ApiError, AuthenticationError, RetryPolicy, request_json, secret_value
+from pricing.providers.registry import PROVIDERS, VAST
 
-KEY_ENV = "VAST_API_KEY"
-DEFAULT_URL = "https://console.vast.ai"
+ENTRY = PROVIDERS[VAST]
 STORAGE_HOURS_PER_MONTH = 720  # storage_cost is per GB per 30-day month
-PAGE_ROWS = 25  # the v1 instance listing's page size
 LOG_TRIES, LOG_INTERVAL_S = 30, 0.3
+GONE_ERRORS = ("no_such_instance", "not_found")  # the only 404s that mean "it does not exist"
+
+
+def error_of(body) -> str | None:
+    """Vast's `error` code from an error body."""
+    return body.get("error") if isinstance(body, dict) else None
 
 
 def storage_usd_per_hour(storage_cost: float | None, disk_gb: float) -> float:
@@ -40,12 +49,12 @@ def storage_usd_per_hour(storage_cost: float | None, disk_gb: float) -> float:
 
 
 def is_outbid(instance: dict) -> bool:
-    """The all-`stopped` state triple: interrupted or outbid (note §4 "Instance status", as dstack reads it)."""
+    """The all-`stopped` state triple: interrupted or outbid (docs/providers/vast.md, "Instances")."""
     return {instance.get("cur_state"), instance.get("intended_status"), instance.get("next_state")} == {"stopped"}
 
 
 class VastAPI:
-    def __init__(self, base_url: str = DEFAULT_URL, api_key=None, *, timeout: float = 30.0,
+    def __init__(self, base_url: str = ENTRY.default_url, api_key=None, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), session: requests.Session | None = None,
                  sleep: Callable[[float], None] = time.sleep):
         self.base_url = base_url.rstrip("/")
@@ -57,10 +66,23 @@ class VastAPI:
 
     def call(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
              missing_ok: bool = False, idempotent: bool = True, decode=orjson.loads):
-        """One request to `{base}{path}` (path starts with /api/v0 or /api/v1)."""
-        return request_json(self.session, method, f"{self.base_url}{path}", api_key=secret_value(self.api_key),
-                            json_body=body, params=params, timeout=self.timeout, retry=self.retry, auth_hint=KEY_ENV,
-                            missing_ok=missing_ok, idempotent=idempotent, decode=decode)
+        """One request to `{base}{path}` (path starts with /api/v0 or /api/v1). With `missing_ok` a 404
+        whose `error` is one of GONE_ERRORS answers None; a 404 `auth_error` (a revoked or rotated key) is an
+        AuthenticationError, never "gone"."""
+        try:
+            return request_json(self.session, method, f"{self.base_url}{path}", api_key=secret_value(self.api_key),
+                                json_body=body, params=params, timeout=self.timeout, retry=self.retry,
+                                auth_hint=ENTRY.key_env, idempotent=idempotent, decode=decode)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            if error_of(exc.body) == "auth_error":
+                raise AuthenticationError(f"authentication failed (HTTP 404 auth_error) on {path.split('?')[0]}: "
+                                          f"check {ENTRY.key_env}", status=404, detail=exc.detail,
+                                          body=exc.body) from None
+            if missing_ok and error_of(exc.body) in GONE_ERRORS:
+                return None
+            raise
 
     def search(self, query: dict, decode=orjson.loads):
         """POST /api/v0/bundles/: the raw answer (decoded by `decode`)."""
@@ -104,14 +126,9 @@ class VastAPI:
         return int(contract)
 
     def destroy(self, instance_id) -> None:
-        """DELETE /api/v0/instances/{id}/; quiet for `no_such_instance`."""
-        try:
-            answer = self.call("DELETE", f"/api/v0/instances/{instance_id}/", missing_ok=True)
-        except ApiError as exc:
-            if isinstance(exc.body, dict) and exc.body.get("error") == "no_such_instance":
-                return
-            raise
-        if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") != "no_such_instance":
+        """DELETE /api/v0/instances/{id}/; quiet when it is gone (GONE_ERRORS), never for a rejected key."""
+        answer = self.call("DELETE", f"/api/v0/instances/{instance_id}/", missing_ok=True)
+        if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") not in GONE_ERRORS:
             raise ProviderError(f"Vast.ai did not destroy instance {instance_id}: {answer.get('error')}")
 
     def instances(self, filters: dict | None = None, max_pages: int = 400) -> list[dict]:
@@ -132,16 +149,15 @@ class VastAPI:
                 return rows
         raise ProviderError(f"/api/v1/instances/ still paging after {max_pages} pages")
 
-    def instance(self, instance_id, label: str | None = None) -> dict | None:
-        """One instance from a label-filtered v1 page (one request, not a poll per instance)."""
-        filters = {"label": {"eq": label}} if label else {"id": {"eq": int(instance_id)}}
-        return next((row for row in self.instances(filters, max_pages=4) if str(row.get("id")) == str(instance_id)),
-                    None)
+    def labelled(self, labels) -> list[dict]:
+        """Every instance carrying one of `labels`: one `label in [...]` listing (vast-cli's own filter for
+        several labels), not a request per instance."""
+        return self.instances({"label": {"in": sorted(set(labels))}})
 
     def logs(self, instance_id, tail: int = 1000) -> str:
-        """request_logs, then GET the result_url until it answers 200; '' when it never does."""
-        answer = self.call("PUT", f"/api/v0/instances/request_logs/{instance_id}/",
-                           body={"tail": str(tail), "daemon_logs": "true"})
+        """The container's log: request_logs, then GET the result_url until it answers 200; '' when it
+        never does. No `daemon_logs`: that returns the host daemon's log instead of the job's."""
+        answer = self.call("PUT", f"/api/v0/instances/request_logs/{instance_id}/", body={"tail": str(tail)})
         url = answer.get("result_url") if isinstance(answer, dict) else None
         if not url:
             raise ProviderError(f"Vast.ai gave no log URL for instance {instance_id}")

@@ -13,24 +13,58 @@ from decimal import Decimal
 from pathlib import PurePath
 from typing import Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from planner.config import ConfigError, Project, Settings, load_project, load_settings
 from planner.run import pricebook
 from pricing import db
 
-app = typer.Typer(help="GPU cost planner: live RunPod/Vast.ai prices, cheapest-to-finish plans, resumable jobs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+class PlannerGroup(TyperGroup):
+    """The top-level group: an error no command expected (a locked or vanished database, a bug) is one
+    line on stderr and exit 1, never a traceback; `planner -v` logs the traceback too."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, typer.Exit,
+                typer.Abort):
+            raise
+        except Exception as exc:
+            logging.getLogger("planner").info("unexpected error", exc_info=True)
+            fail(unexpected(exc), 1)
+
+
+def unexpected(exc: Exception) -> str:
+    """One line for an exception no command handled. Database errors name the database, never its URL
+    or the driver's message (either may hold a password)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        if "locked" in str(exc.orig).lower():
+            return "the database is locked by another process; retry in a moment"
+        return (f"the database failed ({type(exc.orig).__name__}); check PLANNER_DB_URL and that the server is "
+                "up, then retry")
+    first = (str(exc).splitlines() or [""])[0][:300]
+    return f"unexpected {type(exc).__name__}: {first} (rerun with -v for the traceback)"
+
+
+app = typer.Typer(cls=PlannerGroup, help="GPU cost planner: live RunPod/Vast.ai prices, cheapest-to-finish plans, "
+                  "resumable jobs.", no_args_is_help=True, pretty_exceptions_enable=False)
 
 out = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs get full-width tables
 err = Console(stderr=True, soft_wrap=True)
-JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr naming the problem and the fix, then exit (2: usage, 1: operational)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr naming the problem and the fix, then exit (2: usage, 1: operational). The
+    message is plain text: user input in it (`[/x]`) is never read as rich markup."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -1,58 +1,33 @@
-"""`planner db`, `planner prices`, `planner serve` and `planner demo`: thin commands over the price
-book (planner.run.pricebook, pricing.store), the scheduler and the demo."""
+"""`planner prices`: refresh, show, history and the SkyPilot catalog export; thin commands over the price
+book (planner.run.pricebook, pricing.store)."""
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from planner.interface import views
-from planner.interface.cli.common import (
-    JsonOpt, app, database_problem, emit_json, emit_json_line, err, fail, out, sessions, settings,
-)
+from planner.interface.cli import options
+from planner.interface.cli.options import finite
+from planner.interface.cli.common import app, emit_json, err, fail, out, sessions, settings
 from planner.run import pricebook
-from pricing import db, store
+from pricing import store
 
-db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 prices_app = typer.Typer(help="The live price book.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
-
-
-# ---------------------------------------------------------------------------------------------- db
-
-@db_app.command("upgrade")
-def db_upgrade(as_json: bool = JsonOpt) -> None:
-    """Create or migrate the database schema to the newest revision."""
-    from sqlalchemy.exc import DBAPIError
-
-    cfg = settings()
-    problem = database_problem(cfg)
-    if problem:
-        fail(problem)
-    try:
-        before, after = db.upgrade(cfg.db_url)
-    except DBAPIError as exc:  # never echo the URL or the driver's message: they may hold a password
-        fail(f"cannot migrate the database ({type(exc.orig).__name__}); check PLANNER_DB_URL and that the "
-             "database is reachable", 1)
-    except Exception as exc:
-        fail(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-             f"(scripts in {db.migrations_dir()})", 1)
-    if as_json:
-        emit_json({"before": before, "after": after})
-    else:
-        out.print(f"database at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+MAX_DAYS = 3660  # the HTTP API's bound too: ten years back is before any book
 
 
 # ------------------------------------------------------------------------------------------ prices
 
 @prices_app.command("refresh")
 def prices_refresh(
-    provider: Optional[str] = typer.Option(None, help="Only this provider: runpod or vast."),
-    as_json: bool = JsonOpt,
+    provider: Annotated[Optional[str], typer.Option(help=f"Only this provider: {' or '.join(pricebook.PROVIDERS)}.")] = None,
+    as_json: options.Json = False,
 ) -> None:
     """Fetch current prices once (for cron; safe to overlap). Exit 1 if a provider failed."""
     if provider is not None and provider not in pricebook.PROVIDERS:
@@ -72,7 +47,8 @@ def prices_refresh(
                 extra = "".join(f", {k}: {v}" for k, v in r.notes.items() if v)
                 out.print(f"[green]{r.provider}[/]: {r.offers} offers in {r.duration_s:.2f}s{extra}")
             else:
-                out.print(f"[{'red' if r.status == 'failed' else 'yellow'}]{r.provider}[/]: {r.status}: {r.reason}",
+                out.print(f"[{'red' if r.status == 'failed' else 'yellow'}]{r.provider}[/]: {r.status}: "
+                          f"{escape(r.reason or '')}",
                           highlight=False)
     raise typer.Exit(1 if any(r.status == "failed" for r in results) else 0)
 
@@ -88,19 +64,25 @@ def _age(delta: timedelta) -> str:
 
 @prices_app.command("show")
 def prices_show(
-    min_vram: Optional[float] = typer.Option(None, "--min-vram", help="Minimum VRAM per GPU, GB."),
-    gpu: Optional[str] = typer.Option(None, help="GPU model or provider name, e.g. H100-SXM or 'RTX 4090'."),
-    provider: Optional[str] = typer.Option(None, help="runpod or vast."),
-    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Only spot, or only on-demand prices."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="Exactly this many GPUs per instance."),
-    min_reliability: Optional[float] = typer.Option(None, "--min-reliability", min=0.0, max=1.0,
-                                                    help="Host reliability at least this (0-1; Vast reports it)."),
-    region: Optional[str] = typer.Option(None, "--region", help="Location contains this, e.g. US, Texas, EU."),
-    max_price: Optional[float] = typer.Option(None, "--max-price", min=0.0,
-                                              help="At most this many USD per GPU-hour (the price shown)."),
-    sort: str = typer.Option("price", "--sort", help="price (cheapest first) | vram | reliability (most first)."),
-    limit: int = typer.Option(20, min=1, help="Rows to show."),
-    as_json: bool = JsonOpt,
+    min_vram: Annotated[Optional[float], typer.Option("--min-vram", parser=finite(0),
+                                                      help="Minimum VRAM per GPU, GB.")] = None,
+    gpu: Annotated[Optional[str], typer.Option(help="GPU model or provider name, e.g. H100-SXM or 'RTX 4090'.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help=f"{' or '.join(pricebook.PROVIDERS)}.")] = None,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--on-demand",
+                                                 help="Only spot, or only on-demand prices.")] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", min=1, help="Exactly this many GPUs per instance.")] = None,
+    min_reliability: Annotated[Optional[float], typer.Option(
+        "--min-reliability", parser=finite(0, 1),
+        help="Host reliability at least this (0-1; Vast reports it).")] = None,
+    region: Annotated[Optional[str], typer.Option("--region", help="Location contains this, e.g. US, Texas, "
+                                                  "EU.")] = None,
+    max_price: Annotated[Optional[float], typer.Option("--max-price", parser=finite(0),
+                                                       help="At most this many USD per GPU-hour (the price "
+                                                       "shown).")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="price (cheapest first) | vram | reliability (most "
+                                      "first).")] = "price",
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 20,
+    as_json: options.Json = False,
 ) -> None:
     """Current offers, cheapest per GPU-hour first (or by --sort)."""
     if provider is not None and provider not in pricebook.PROVIDERS:
@@ -134,20 +116,20 @@ def offers_table(offers, now, title: str | None = None) -> Table:
                    "age"):
         table.add_column(column, justify="right" if column in numeric else "left")
     for o in offers:
-        table.add_row(o.provider, o.gpu_model if o.known_gpu else f"{o.gpu_model} (?)", f"{o.vram_gb:.0f} GB",
+        table.add_row(o.provider, escape(o.gpu_model if o.known_gpu else f"{o.gpu_model} (?)"), f"{o.vram_gb:.0f} GB",
                       str(o.gpu_count), o.tier, _price(o.on_demand_usd_per_gpu_hour), _price(o.spot_usd_per_gpu_hour),
                       "-" if o.reliability is None else f"{o.reliability:.3f}",
-                      o.location or "-", (o.stock or "yes") if o.available else "[red]none[/]",
+                      escape(o.location or "-"), (o.stock or "yes") if o.available else "[red]none[/]",
                       _age(now - o.fetched_at))
     return table
 
 
 @prices_app.command("history")
 def prices_history(
-    gpu: str = typer.Option(..., help="GPU model, e.g. RTX4090 or 'H100 SXM'."),
-    days: int = typer.Option(7, min=1, help="How many days back."),
-    plot: Optional[Path] = typer.Option(None, help="Also draw the history to this .png or .svg file."),
-    as_json: bool = JsonOpt,
+    gpu: Annotated[str, typer.Option(help="GPU model, e.g. RTX4090 or 'H100 SXM'.")],
+    days: Annotated[int, typer.Option(min=1, max=MAX_DAYS, help="How many days back.")] = 7,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the history to this .png or .svg file.")] = None,
+    as_json: options.Json = False,
 ) -> None:
     """Hourly min and median price per provider and tier (daily rows beyond 14 days)."""
     if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
@@ -167,8 +149,9 @@ def prices_history(
         emit_json(records)
         return
     if not rows:
-        err.print(f"no history for {gpu_model!r} in the last {days} days; check the name with: planner prices show")
-    table = Table(title=f"{gpu_model}: {'daily' if daily else 'hourly'} prices, last {days} days (USD per GPU-hour)")
+        err.print(f"no history for {gpu_model!r} in the last {days} days; check the name with: planner prices show",
+                  markup=False)
+    table = Table(title=f"{escape(gpu_model)}: {'daily' if daily else 'hourly'} prices, last {days} days (USD per GPU-hour)")
     for column in ("day (UTC)" if daily else "hour (UTC)", "provider", "tier", "kind", "min", "median", "offers"):
         table.add_column(column)
     for r in rows:
@@ -181,9 +164,9 @@ def prices_history(
 
 @prices_app.command("export-skypilot")
 def prices_export_skypilot(
-    directory: Path = typer.Option(Path.home() / ".sky" / "catalogs" / "v8", "--dir",
-                                   help="SkyPilot catalog root (contains runpod/, vast/, common/)."),
-    as_json: bool = JsonOpt,
+    directory: Annotated[Path, typer.Option("--dir", help="SkyPilot catalog root (a directory per cloud, "
+                                            "and common/).")] = Path.home() / ".sky" / "catalogs" / "v8",
+    as_json: options.Json = False,
 ) -> None:
     """Write SkyPilot catalog CSVs from the live book, so SkyPilot's optimizer sees our prices."""
     from pricing.skypilot_catalog import export_catalog
@@ -203,106 +186,3 @@ def prices_export_skypilot(
 
 
 # ------------------------------------------------------------------------------------------- serve
-
-@app.command()
-def serve(
-    host: Optional[str] = typer.Option(None, help="Bind address (default PLANNER_API_HOST, 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default PLANNER_API_PORT, 8377)."),
-    api: bool = typer.Option(True, "--api/--no-api", help="Serve the HTTP API and dashboard."),
-    as_json: bool = typer.Option(False, "--json", help="Say when it is up and when it has stopped as JSON lines "
-                                 '({"event": "serving", "url": ...}, {"event": "stopped"}).'),
-) -> None:
-    """Run the price refresh on PLANNER_REFRESH_CRON (and at start when stale) and the HTTP API.
-
-    SIGTERM or Ctrl-C stops it cleanly (a running refresh finishes first) with exit 0."""
-    from planner.interface.web import check_bind, create_app
-    from planner.run.scheduler import ServeError, serve as run_serve
-
-    cfg = settings()
-    sessions(cfg)
-    host, port = host or cfg.api_host, port if port is not None else cfg.api_port
-
-    def ready(url: str | None) -> None:
-        if as_json:
-            emit_json_line({"event": "serving", "url": url, "refresh_cron": cfg.refresh_cron})
-        else:
-            err.print(f"serving{f' the API and dashboard on {url}' if url else ''}; refresh on "
-                      f"{cfg.refresh_cron!r}; Ctrl-C or SIGTERM stops", highlight=False, markup=False)
-
-    try:
-        check_bind(host, cfg)
-        run_serve(cfg, host, port, create_app if api else None, on_ready=ready)
-    except ValueError as exc:
-        fail(str(exc))
-    except ServeError as exc:
-        fail(str(exc), 1)
-    if as_json:
-        emit_json_line({"event": "stopped"})
-    else:
-        err.print("stopped", highlight=False)
-
-
-# -------------------------------------------------------------------------------------------- demo
-
-@app.command()
-def demo(
-    directory: Optional[Path] = typer.Option(None, "--dir", help="Where to put everything (default: a new folder here)."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Run the product end to end on this machine: no keys, no network.
-
-    A recorded price book, the plan for a BOOM campaign of a tiny model, the campaign itself on the
-    local backend with one injected spot interruption, the evaluation table and the bill."""
-    from planner.run.demo import default_directory, run_pipeline, run_price_book
-
-    directory = (directory or default_directory()).resolve()
-    if directory.exists() and any(directory.iterdir()):
-        fail(f"{directory} is not empty; pass --dir with a new or empty directory")
-    book = run_price_book(directory)
-    if not as_json:
-        out.print(f"[bold]price book[/]: {book.source}", highlight=False)
-        for r in book.refresh:
-            out.print(f"  {r.provider}: {r.status}, {r.offers} offers" + (f" ({r.reason})" if r.reason else ""))
-        out.print(offers_table(book.cheapest, store.utcnow(), "cheapest offers with at least 3 GB of VRAM"))
-    if any(r.status == "failed" for r in book.refresh):
-        fail("the recorded price book did not load; see above", code=1)
-    progress = err if as_json else out
-    result = run_pipeline(directory, lambda message: progress.print(f"  {message}", highlight=False))
-    succeeded = all(state == "succeeded" for state in result.states.values())
-    if as_json:
-        emit_json({"directory": str(directory), "source": book.source,
-                   "refresh": [r.as_dict() for r in book.refresh], "cheapest": [o.as_dict() for o in book.cheapest],
-                   "campaign": result.campaign, "plan": result.plan, "states": result.states,
-                   "interrupted": result.interrupted, "evaluation": result.evaluation, "bill": result.bill,
-                   "total_usd": result.total_usd, "encoded": result.encoded})
-    else:
-        _render_demo(result)
-        out.print(f"everything is in {directory}")
-    raise typer.Exit(0 if succeeded else 1)
-
-
-def _render_demo(result) -> None:
-    plan = Table(title="the plan on the recorded book (cheapest expected cost to finish)", show_edge=False)
-    for column in ("job", "provider", "GPU", "spot", "$/h", "expected $"):
-        plan.add_column(column, justify="right" if "$" in column else "left")
-    for row in result.plan:
-        plan.add_row(row["name"], row["provider"], row["gpu"], "spot" if row["spot"] else "on-demand",
-                     f"{row['usd_per_hour']:.3f}", f"{row['expected_usd']:.4f}")
-    out.print(plan)
-    evaluation = Table(title="retrieval on the held-out set: each bag and the merge", show_edge=False)
-    for column in ("model", "nDCG@10", "recall@10", "MRR@10"):
-        evaluation.add_column(column, justify="left" if column == "model" else "right")
-    for row in result.evaluation:
-        evaluation.add_row(row["model"], f"{row['ndcg@10']:.3f}", f"{row['recall@10']:.3f}", f"{row['mrr@10']:.3f}")
-    out.print(evaluation)
-    bill = Table(title="the bill: each attempt's time at its job's chosen offer", show_edge=False)
-    for column in ("job", "attempt", "outcome", "seconds", "as-if $"):
-        bill.add_column(column, justify="left" if column in ("job", "outcome") else "right")
-    for row in result.bill:
-        bill.add_row(row["name"], str(row["attempt"]), row["outcome"], f"{row['seconds']:.1f}", f"{row['usd']:.5f}")
-    out.print(bill)
-    states = ", ".join(f"{state}: {sum(1 for s in result.states.values() if s == state)}"
-                       for state in sorted(set(result.states.values())))
-    out.print(f"campaign {result.campaign}: {states}; interrupted and resumed: {result.interrupted or 'none'}; "
-              f"{result.encoded} documents encoded by the merged model; total as-if ${result.total_usd:.4f}",
-              highlight=False)

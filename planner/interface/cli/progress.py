@@ -11,9 +11,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from jobs.protocol import duration
 from planner.interface import views
 from planner.records import Job
-from planner.run.progress import clock
 
 
 def bar(job: dict, width: int = 24):
@@ -36,7 +36,7 @@ def eta(job: dict) -> str:
     p = job.get("progress") or {}
     if job["state"] not in ("running", "launching") or p.get("eta_s") is None:
         return ""
-    return clock(p["eta_s"])
+    return duration(p["eta_s"])
 
 
 def jobs_table(jobs: list[dict], title: str | None = None) -> Table:

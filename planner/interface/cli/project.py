@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -14,8 +14,9 @@ from planner.config import (
     JOB_KEYS, PATH_KEYS, PROJECT_FILE, PROJECT_SETTINGS, ConfigError, Settings, check_job_value, config_path,
     find_project, load_project, read_toml, setting_sources,
 )
-from planner.interface.cli.common import JsonOpt, app, emit_json, fail, out, settings
-from planner.interface.cli.jobs import Opts, _local_input, _with_options
+from planner.interface.cli import options
+from planner.interface.cli.common import app, emit_json, fail, out, project, settings
+from planner.interface.cli.options import local_input
 
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -28,21 +29,13 @@ SETTING_HELP = {"storage_uri": "fsspec URI for outputs and checkpoints (cloud la
                 "jobs_install": "pip requirement for the jobs extra on a cloud box",
                 "job_image": "the cloud box's image"}
 assert set(SETTING_FLAGS) == set(PROJECT_SETTINGS)
-_TYPES = {str: Optional[str], int: Optional[int], float: Optional[float], bool: Optional[bool]}
 
 
-def _job_key_options() -> list[tuple[str, object, object]]:
-    options = []
-    for key, (kind, default, meaning) in JOB_KEYS.items():
-        flag = "--spot/--no-spot" if key == "spot" else "--" + key.replace("_", "-")
-        shown = "" if default is None else f" (default: {default})"
-        options.append((key, _TYPES[kind], typer.Option(None, flag, help=f"{meaning}{shown}.")))
-    return options
+def _setting(key: str):
+    return Annotated[Optional[str], typer.Option(SETTING_FLAGS[key], help=SETTING_HELP[key] + ".")]
 
 
-def _setting_options() -> list[tuple[str, object, object]]:
-    return [(key, Optional[str], typer.Option(None, SETTING_FLAGS[key], help=SETTING_HELP[key] + "."))
-            for key in PROJECT_SETTINGS]
+Backend = Annotated[Optional[str], typer.Option("--backend", help=options.job_help("backend"))]
 
 
 def toml_value(value) -> str:
@@ -65,11 +58,21 @@ def render_project(values: dict) -> str:
 
 
 @app.command("init")
-@_with_options(_job_key_options(), _setting_options(), [("as_json", bool, JsonOpt)])
-def init(o: Opts = None) -> None:
+def init(
+    ctx: typer.Context,
+    model: options.Model = None, data: options.Data = None, eval: options.Eval = None, encode: options.Encode = None,
+    method: options.Method = None, seed: options.Seed = None, epochs: options.Epochs = None,
+    batch_size: options.BatchSize = None, max_steps: options.MaxSteps = None, backend: Backend = None,
+    budget: options.Budget = None, spot: options.Spot = None, max_price_per_hour: options.MaxPrice = None,
+    storage_uri: _setting("storage_uri") = None, db_url: _setting("db_url") = None,
+    runs_dir: _setting("runs_dir") = None, jobs_install: _setting("jobs_install") = None,
+    job_image: _setting("job_image") = None, as_json: options.Json = False,
+) -> None:
     """Write ./planner.toml with this project's defaults (keeps what an existing one holds unless given)."""
+    project()  # a broken project file above is reported first
+    settings()
     path = Path.cwd() / PROJECT_FILE
-    given = {key: value for key, value in o.flags.items() if key != "as_json" and value is not None}
+    given = {key: value for key, value in ctx.params.items() if key != "as_json" and value is not None}
     existing = {}
     if path.is_file():
         try:
@@ -86,9 +89,9 @@ def init(o: Opts = None) -> None:
             except ConfigError as exc:
                 fail(str(exc).replace(f"{path}: ", "planner init: "))
             if key in PATH_KEYS:
-                _local_input(value, "--" + key)  # a local corpus must exist; the file keeps it as given
+                local_input(value, "--" + key)  # a local corpus must exist; the file keeps it as given
             elif key == "model":
-                _local_input(value, "--model", model=True)
+                local_input(value, "--model", model=True)
     values = {**existing, **given}
     path.write_text(render_project(values), encoding="utf-8")
     try:
@@ -97,7 +100,7 @@ def init(o: Opts = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     above = find_project(path.parent.parent) if path.parent.parent != path.parent else None
-    if o.as_json:
+    if as_json:
         emit_json({"path": str(path), "values": values, "shadows": str(above) if above else None})
         return
     out.print(f"{'updated' if existing else 'wrote'} {path}: " + (", ".join(f"{k} = {toml_value(v)}"
@@ -120,21 +123,28 @@ def _shown(name: str, value) -> object:
 
 
 @config_app.command("show")
-@_with_options(_job_key_options(), [("as_json", bool, JsonOpt)])
-def config_show(o: Opts = None) -> None:
+def config_show(
+    ctx: typer.Context,
+    model: options.Model = None, data: options.Data = None, eval: options.Eval = None, encode: options.Encode = None,
+    method: options.Method = None, seed: options.Seed = None, epochs: options.Epochs = None,
+    batch_size: options.BatchSize = None, max_steps: options.MaxSteps = None, backend: Backend = None,
+    budget: options.Budget = None, spot: options.Spot = None, max_price_per_hour: options.MaxPrice = None,
+    as_json: options.Json = False,
+) -> None:
     """Every effective value and where it comes from (flag, project file, user config, environment, default)."""
-    project = o.project
+    flags = options.resolve(ctx)
+    project = flags.project
     cfg = settings()
     rows: dict[str, dict] = {}
     for key in JOB_KEYS:
-        flag = o.flags[key]
-        source = "flag" if flag is not None else (f"project file {project.path}" if key in project.jobs else "default")
-        rows[key] = {"value": o.value(key, flag), "source": source}
+        given = flags.given[key]
+        source = "flag" if given is not None else (f"project file {project.path}" if key in project.jobs else "default")
+        rows[key] = {"value": flags[key], "source": source}
     sources = setting_sources(project)
     for name in Settings.model_fields:
         rows[name] = {"value": _shown(name, getattr(cfg, name)), "source": sources[name]}
     user = config_path()
-    if o.as_json:
+    if as_json:
         emit_json({"project_file": str(project.path) if project.path else None,
                    "user_config": str(user) if user.is_file() else None, "values": rows})
         return

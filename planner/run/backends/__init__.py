@@ -1,20 +1,13 @@
-"""Where an attempt runs: the local machine, RunPod, Vast.ai, SkyPilot; one module each behind backends.base.
+"""Where an attempt runs: the local machine, each registered provider, SkyPilot; one module each behind backends.base.
 
-CLOUD_BACKENDS is the registry of provider backends, keyed by the provider names of
-pricing.providers.PROVIDERS; planner.run.launching.build_backends iterates it.
+A provider's backend class is named by its entry in pricing.providers.registry ("module:Class"), imported
+when built; planner.run.launching.build_backends builds one per provider whose key is configured.
 """
 from __future__ import annotations
 
-import importlib
-
-from pricing.providers import RUNPOD, VAST
-
-CLOUD_BACKENDS = {  # provider name -> "module:Class", imported when built
-    RUNPOD: "planner.run.backends.runpod:RunPodBackend",
-    VAST: "planner.run.backends.vast:VastBackend",
-}
+from pricing.providers.registry import PROVIDERS, load
 
 
 def cloud_backend_class(name: str):
-    module, _, cls = CLOUD_BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    """The backend class of registered provider `name` (planner.run.backends.remote.CloudBackend)."""
+    return load(PROVIDERS[name].backend)

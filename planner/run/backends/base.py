@@ -1,8 +1,9 @@
 """The contract every backend keeps: plan / launch / poll / cancel / logs, plus the reaper's listing.
 
 `plan` is pure (an offer and a spec in, a LaunchPlan out: golden-testable). The others talk to one
-place (a subprocess, a provider API). Every instance a backend creates carries a label with our job
-id (LABEL_PREFIX + job id + attempt number) so the reaper can find instances nobody owns.
+place (a subprocess, a provider API). Every instance a backend creates carries a label with our
+project's id, the job id and the attempt number (LABEL_PREFIX + project + job id + attempt) so the
+reaper finds the instances its project owns and no live attempt does, and leaves other projects' alone.
 
 Success is never read from a provider's status alone: a finished instance is SUCCEEDED only when the
 job's DONE marker exists at its output URI (`done_marker_exists`), PREEMPTED when the provider took it
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.spec import SPEC_ENV
+from jobs.protocol import SPEC_ENV
 from planner.config import Settings
 from pricing.offer import Offer
 
 LABEL_PREFIX = "planner-"
+PROJECT_ID = re.compile(r"p[0-9a-f]{8}")  # planner.records.Project.id, as migration 0008 makes it
 DEFAULT_IMAGE = Settings.model_fields["job_image"].default  # one default: PLANNER_JOB_IMAGE's
 
 
@@ -62,6 +65,13 @@ class OutOfFunds(BackendError):
     scope = Scope.BACKEND
 
 
+class KeyRejected(BackendError):
+    """The provider refused the API key (revoked, rotated, mistyped): nothing launches on this backend until
+    the key is fixed; stop launching there and say so."""
+
+    scope = Scope.BACKEND
+
+
 class Status(enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
@@ -98,10 +108,11 @@ class LaunchPlan:
     # The storage credentials the box needs (planner.run.credentials): added to the box's environment
     # only in the request a backend sends, never in `request`, `env`, a repr, a log line or the database.
     secret_env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    project: str = ""  # the project the instance belongs to (its label says so)
 
     @property
     def label(self) -> str:
-        return instance_label(self.job_id, self.attempt)
+        return instance_label(self.job_id, self.attempt, self.project)
 
     def box_env(self) -> dict[str, str]:
         """The box's whole environment as a backend sends it at launch: `env` plus `secret_env`."""
@@ -141,21 +152,40 @@ def attempt_env(spec, attempt: int) -> dict[str, str]:
     return {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
 
 
-def instance_label(job_id: str, attempt: int) -> str:
-    return f"{LABEL_PREFIX}{job_id}-a{attempt}"
+def instance_label(job_id: str, attempt: int, project: str = "") -> str:
+    """planner-PROJECT-JOB-aN; without a project (a plan made outside a supervisor) planner-JOB-aN, the form
+    labels had before projects carried an identity."""
+    return f"{LABEL_PREFIX}{project + '-' if project else ''}{job_id}-a{attempt}"
+
+
+@dataclass(frozen=True)
+class Label:
+    project: str | None  # None: a label written before projects had an identity
+    job_id: str
+    attempt: int
+
+
+def parse_label(label: str) -> Label | None:
+    """A label we wrote, taken apart; None for anyone else's instance."""
+    if not label or not label.startswith(LABEL_PREFIX) or "-a" not in label:
+        return None
+    rest = label[len(LABEL_PREFIX):]
+    head, dash, tail = rest.partition("-")
+    project = head if dash and PROJECT_ID.fullmatch(head) else None
+    job_id, _, attempt = (tail if project else rest).rpartition("-a")
+    return Label(project, job_id, int(attempt)) if attempt.isdigit() and job_id else None
 
 
 def job_of_label(label: str) -> tuple[str, int] | None:
     """(job id, attempt) from a label we wrote, None for anyone else's instance."""
-    if not label or not label.startswith(LABEL_PREFIX) or "-a" not in label:
-        return None
-    job_id, _, attempt = label[len(LABEL_PREFIX):].rpartition("-a")
-    return (job_id, int(attempt)) if attempt.isdigit() and job_id else None
+    parsed = parse_label(label)
+    return None if parsed is None else (parsed.job_id, parsed.attempt)
 
 
 class Backend(ABC):
     name: str
     billing_seconds: int = 1  # the provider's billing granularity, for the cost of an attempt
+    project: str = ""  # whose instances it labels (planner.records.Project.id): the supervisor sets it
 
     # Optional: `follow_logs(handle, stop: threading.Event, tail: int = 100) -> Iterator[str]`, the last
     # `tail` lines then each new one, until `stop` is set (planner.run.logs.follow). None: followed by
@@ -164,10 +194,11 @@ class Backend(ABC):
 
     @abstractmethod
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
-             disk_gb: float | None = None) -> LaunchPlan:
+             disk_gb: float | None = None, max_hours: float | None = None) -> LaunchPlan:
         """Pure: the spec (jobs.spec.JobSpec) on this offer, as this attempt. `disk_gb` is the job's
         disk need (planner.plan.estimate.Needs.disk_gb, kept in the job's requirements); None: the
-        backend's default."""
+        backend's default. `max_hours` is the longest the attempt may run: its reservation (worst-case
+        dollars at `usd_per_hour`); None: not known."""
 
     @abstractmethod
     def launch(self, plan: LaunchPlan) -> Handle: ...

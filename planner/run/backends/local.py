@@ -23,7 +23,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+from planner.config import secret_env_names
 from planner.run.backends.base import (
     Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, job_of_label,
 )
@@ -115,6 +117,21 @@ def _cpu_tflops(n: int = 256, windows: int = 3, seconds: float = 0.04) -> float:
     return max(0.001, best)
 
 
+def read_tail(stream: BinaryIO, lines: int, block: int = 64 * 1024, max_bytes: int = 16 * 1024 * 1024) -> bytes:
+    """The last `lines` complete lines of a binary stream and what follows the last newline, read in
+    blocks back from the end (a 300 MB log costs a block, not 300 MB), at most `max_bytes`; the stream is
+    left at its end."""
+    end = stream.seek(0, os.SEEK_END)
+    position, data = end, b""
+    while position > 0 and data.count(b"\n") <= lines and end - position < max_bytes:
+        step = min(block, position)
+        position -= step
+        stream.seek(position)
+        data = stream.read(step) + data
+    stream.seek(end)
+    return b"\n".join(data.split(b"\n")[-(lines + 1):])
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -124,11 +141,11 @@ class LocalBackend(Backend):
         self.extra_env = dict(extra_env or {})
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
-             disk_gb: float | None = None) -> LaunchPlan:
+             disk_gb: float | None = None, max_hours: float | None = None) -> LaunchPlan:
         env = attempt_env(spec, attempt)
         return LaunchPlan(backend=self.name, job_id=spec.job_id, attempt=attempt, spot=spot,
                           usd_per_hour=usd_per_hour, command=(self.python, "-m", "jobs.run"), env=env,
-                          offer=offer, request={"output_uri": spec.output_uri})
+                          offer=offer, request={"output_uri": spec.output_uri}, project=self.project)
 
     def launch(self, plan: LaunchPlan) -> Handle:
         run_dir = self.runs_dir / plan.label
@@ -136,8 +153,8 @@ class LocalBackend(Backend):
         for stale in ("exit", "preempted", "cancelled"):
             (run_dir / stale).unlink(missing_ok=True)
         env = {**os.environ, **QUIET_PROGRESS_BARS, **self.extra_env, **plan.env}  # the log is no terminal
-        for secret in ("RUNPOD_API_KEY", "VAST_API_KEY", "PLANNER_API_TOKEN"):
-            env.pop(secret, None)  # the job needs none of them
+        secrets = set(secret_env_names())  # the job needs none of them (read without regard to case)
+        env = {name: value for name, value in env.items() if name.upper() not in secrets}
         with open(run_dir / "log", "ab") as log:
             try:
                 process = subprocess.Popen(
@@ -188,7 +205,8 @@ class LocalBackend(Backend):
         log = Path(handle.data["run_dir"]) / "log"
         if not log.exists():
             return ""
-        lines = log.read_text(errors="replace").splitlines()
+        with open(log, "rb") as stream:
+            lines = read_tail(stream, tail).decode("utf-8", errors="replace").splitlines()
         return "\n".join(lines[-tail:])
 
     def follow_logs(self, handle: Handle, stop: threading.Event, tail: int = 100,
@@ -201,7 +219,7 @@ class LocalBackend(Backend):
                 return
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end mid-character
         with open(log, "rb") as stream:
-            lines = decoder.decode(stream.read()).split("\n")
+            lines = decoder.decode(read_tail(stream, max(tail, 0))).split("\n")
             partial = lines.pop()  # after the last newline: a line still being written
             yield from lines[-tail:] if tail > 0 else []
             while True:

@@ -28,7 +28,7 @@ import zlib
 from datetime import datetime
 
 from jobs import boxend, storage
-from jobs.lifecycle import EXIT_INTERRUPTED
+from jobs.protocol import EXIT_INTERRUPTED, report_uri
 from planner.run.backends.base import (
     Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
 )
@@ -36,19 +36,19 @@ from planner.run.backends.markers import done_marker_exists
 from planner.run.credentials import storage_credentials
 from pricing.gpus import image_compute_caps, image_cuda  # noqa: F401 (image_cuda: the backends import it from here)
 from pricing.providers.http import RetryPolicy
+from pricing.providers.registry import has_spot
 
 BID_MARGIN = 0.05  # over the current minimum bid, read just before launch
 BID_CAP_OVER_PLAN = 1.2  # a bid may exceed the planned spot price by this much, so the reserved budget holds
 
 
 DEFAULT_DISK_GB = 50.0  # when the job's requirements give none
-RELIABILITY_FLOOR = 0.9  # Vast hosts below this are not rented (dstack's floor, reference note §4)
+RELIABILITY_FLOOR = 0.9  # Vast hosts below this are not rented (dstack's floor; docs/providers/vast.md, "Host filters")
 # From the create to the job's start (the runner's started note): the image pull (a ~10 GB PyTorch image at
 # >= 50 MB/s, 4 min) and the jobs install (2 min), with room for a slow host; the model download is the
 # job's own first work, inside its hours. PLANNER_BOX_STARTUP_MINUTES overrides it.
 DEFAULT_STARTUP_S = 20 * 60.0
 STOP_GRACE_SHARE, STOP_GRACE_MAX_S = 0.1, boxend.DEFAULT_STOP_GRACE_S  # of the box's hours: to checkpoint and end
-
 
 
 class CloudBackend(Backend):
@@ -92,10 +92,9 @@ class CloudBackend(Backend):
                 f"{self.startup_s / 60:.0f} min: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
 
 
-
 def compute_cap_filter(image: str) -> dict:
     """Vast's `compute_cap` (x100) search filter for the image's PyTorch build: the placement's rule
-    (pricing.gpus.image_compute_caps, reference note §4 table) in Vast's units; {} when the tag names
+    (pricing.gpus.image_compute_caps; docs/providers/vast.md, "Host filters") in Vast's units; {} when the tag names
     no CUDA version."""
     caps = image_compute_caps(image)
     if caps is None:
@@ -120,10 +119,6 @@ def spot_bid(minimum: float, cap: float, what: str) -> float:
     return bid
 
 
-def report_uri(output_uri: str, label: str) -> str:
-    return storage.join(output_uri, ".attempts", f"{label}.json")
-
-
 def require_remote_output(spec) -> None:
     """Cloud boxes cannot see this machine's disk: outputs and checkpoints must be fsspec URIs."""
     for what, uri in (("output", spec.output_uri), ("checkpoint", spec.checkpoint_uri)):
@@ -134,17 +129,19 @@ def require_remote_output(spec) -> None:
 
 def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hour: float, image: str,
              jobs_install: str, disk_gb: float, request: dict | None = None, hold: bool = True,
-             secret_env: dict[str, str] | None = None, max_hours: float | None = None, api_url: str | None = None,
-             startup_s: float = DEFAULT_STARTUP_S) -> LaunchPlan:
+             secret_env: dict[str, str] | None = None, project: str = "", max_hours: float | None = None,
+             api_url: str | None = None, startup_s: float = DEFAULT_STARTUP_S) -> LaunchPlan:
     """The attempt as a start script for a stock image (pure but for the storage credentials, read from this
     machine's environment unless given; the provider request is the caller's). `hold` ends the box after the
     job (jobs.boxend, through the provider's API at `api_url`), or keeps it until it is terminated; the box
     is gone `max_hours` after its script starts (None: when its job ends)."""
     require_remote_output(spec)
+    if spot and offer is not None and not has_spot(offer.provider):  # the registry's word; prices: pricing.offer
+        raise BackendError(f"{offer.provider} has no spot instances: plan this offer on-demand")
     if not jobs_install:
         raise BackendError("PLANNER_JOBS_INSTALL is not set: give the pip requirement that installs this "
                            "project's jobs extra on the box, e.g. 'planner[jobs] @ git+https://HOST/REPO@COMMIT'")
-    label = instance_label(spec.job_id, attempt)
+    label = instance_label(spec.job_id, attempt, project)
     env = attempt_env(spec, attempt) | {boxend.PROVIDER_ENV: backend, boxend.STARTUP_ENV: f"{startup_s:.0f}"}
     env |= {boxend.URL_ENV: api_url} if api_url else {}
     deadline = ()
@@ -159,6 +156,7 @@ def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hou
              'exit 1; }')
     command = ("python", "-m", "jobs.run", "--report", report_uri(spec.output_uri, label)) + (("--hold",) if hold else ())
     return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
+                      project=project,
                       command=command, env=env, offer=offer, image=image, setup=setup, disk_gb=disk_gb,
                       request={"output_uri": spec.output_uri, **(request or {})},
                       secret_env=storage_credentials(spec.output_uri) if secret_env is None else dict(secret_env))

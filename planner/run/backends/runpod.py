@@ -1,21 +1,24 @@
-"""RunPod pods through REST v2 (pricing.providers.runpod_api; reference note provider-apis-2026-12 §2).
+"""RunPod pods through REST v2 (pricing.providers.runpod_api; the facts and their sources are in
+docs/providers/runpod.md, cited by section).
 
-RunPod is on-demand only: spot pods are gone (note §1), so a spot plan is refused. A pod is created
-with `POST /v2/pods`: an explicit `cloud` (the offer's tier: SECURE or COMMUNITY; omitted would mean
-SECURE), the offer's GPU type id and count, `minCudaVersion` from the job image's tag, a container
+RunPod is on-demand only ("No spot": the registry says so, and no RunPod offer carries a spot price). A
+pod is created with `POST /v2/pods` ("Pods"): an explicit `cloud` (the offer's tier: SECURE or COMMUNITY;
+omitted would mean SECURE), the offer's GPU type id and count (`gpu.count`: a multi-GPU offer is one pod
+with that many GPUs), `minCudaVersion` from the job image's tag, a container
 disk sized from the job's needs, no ports, and the box script as one `args` string: base64, decoded
 by `sh -c`, so no quoting of the script can go wrong. The container disk is wiped on a restart:
 checkpoints and outputs live on durable storage (the spec's fsspec URIs, required by box_plan).
 The pod's name is our label; the list cannot filter server-side, so the reaper filters by name.
 
-Create answers (note §2.2): 422 is our bug (RequestRejected: the job fails, loudly), 400/403 no
-capacity or not allowed (NoCapacity: next candidate after the offer's cool-down), 402 the balance
-(OutOfFunds: launching on RunPod stops), 429 waits Retry-After. A create is sent once otherwise (a
+Create answers ("Pods"): 422 is our bug (RequestRejected: the job fails, loudly), 400/403 no capacity
+or not allowed (NoCapacity: next candidate after the offer's cool-down), 402 the balance (OutOfFunds:
+launching on RunPod stops), 401 a rejected key (KeyRejected: launching on RunPod stops), 429 waits
+Retry-After. A create is sent once otherwise (a
 retried timeout could rent twice); a pod created anyway carries our label, so it is adopted or reaped.
 The pod's billed `cost` ($/h) is kept as the attempt's `billed_usd_per_hour`. Status is the v2 enum
 PROVISIONING|STARTING|RUNNING|EXITED|ERROR|TERMINATED; the attempt's report (planner.run.backends.
-remote) decides how a job ended. Logs stream as SSE from `/v2/pods/{id}/logs`, resumed with
-Last-Event-ID.
+remote) decides how a job ended. Logs stream as SSE from `/v2/pods/{id}/logs?source=container` (the
+job's lines, not the host's), resumed with Last-Event-ID ("Logs").
 """
 from __future__ import annotations
 
@@ -27,13 +30,14 @@ import threading
 from collections.abc import Iterator
 
 from planner.run.backends.base import (
-    BackendError, Handle, LaunchPlan, NoCapacity, OutOfFunds, PollResult, RequestRejected, Status, job_of_label,
+    BackendError, Handle, KeyRejected, LaunchPlan, NoCapacity, OutOfFunds, PollResult, RequestRejected, Status,
+    job_of_label,
 )
 from planner.run.backends.remote import CloudBackend, box_plan, ended, image_cuda, report_logs, vanished
 from pricing.offer import Offer
-from pricing.providers import RUNPOD
 from pricing.providers.base import ProviderError
 from pricing.providers.http import ApiError, RetryPolicy
+from pricing.providers.registry import PROVIDERS, RUNPOD
 from pricing.providers.runpod_api import CLOUDS, RunPodAPI
 
 LIVE = ("PROVISIONING", "STARTING", "RUNNING")
@@ -54,23 +58,22 @@ class RunPodBackend(CloudBackend):
 
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> RunPodBackend:
-        return cls(RunPodAPI(settings.runpod_url, settings.runpod_api_key, timeout=settings.http_timeout,
-                             retry=retry), image=settings.job_image, jobs_install=settings.jobs_install,
+        mine = settings.providers[RUNPOD]
+        return cls(RunPodAPI(mine.url, mine.api_key, timeout=settings.http_timeout, retry=retry),
+                   image=settings.job_image, jobs_install=settings.jobs_install,
                    startup_s=settings.box_startup_minutes * 60)
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
-             disk_gb: float | None = None) -> LaunchPlan:
+             disk_gb: float | None = None, max_hours: float | None = None) -> LaunchPlan:
         if offer is None or offer.provider != RUNPOD:
             raise BackendError("the RunPod backend needs a RunPod offer")
-        if spot:
-            raise BackendError("RunPod has no spot pods any more: plan this offer on-demand")
-        gpu_type, _, tier = offer.offer_key.partition("|")
+        gpu_type, tier = (offer.offer_key.split("|") + [""])[:2]  # "{type}|{tier}" or "{type}|{tier}|{count}"
         if tier not in CLOUDS:
             raise BackendError(f"RunPod offer {offer.offer_key} names no cloud tier (secure or community)")
         disk = max(1, math.ceil(disk_gb or self.disk_gb))
-        plan = box_plan(self.name, spec, offer, attempt=attempt, spot=False, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk,
-                        api_url=self.api.base_url, startup_s=self.startup_s)
+        plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
+                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk, project=self.project,
+                        max_hours=max_hours, api_url=self.api.base_url, startup_s=self.startup_s)
         gpu = {"id": gpu_type, "count": offer.gpu_count}
         if cuda := image_cuda(plan.image):
             gpu["minCudaVersion"] = cuda
@@ -163,12 +166,15 @@ def _cost(pod: dict) -> float | None:
 
 
 def launch_error(exc: ApiError, body: dict) -> BackendError:
-    """What a failed `POST /v2/pods` means for the supervisor (note §2.2's table)."""
+    """What a failed `POST /v2/pods` means for the supervisor (docs/providers/runpod.md, "Pods")."""
     what = f"{body['gpu']['count']}x {body['gpu']['id']} on {body['cloud']}"
     detail = f" ({exc.detail})" if exc.detail else ""
     if exc.status == 422:
         return RequestRejected(f"RunPod rejected the pod request as malformed (HTTP 422){detail}: a planner bug, "
                                "not capacity; please report it")
+    if exc.status == 401:
+        return KeyRejected(f"RunPod rejected {PROVIDERS[RUNPOD].key_env} (HTTP 401){detail}: fix the key, then "
+                           "launches on RunPod resume")
     if exc.status == 402:
         return OutOfFunds(f"RunPod: the account balance is too low to start a pod (HTTP 402){detail}; top it up, "
                           "then launches on RunPod resume")

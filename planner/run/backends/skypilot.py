@@ -3,14 +3,15 @@
 `plan` is pure and needs no SkyPilot: the task as SkyPilot's YAML config, pinned to the planner's
 chosen cloud, region, instance type and spot choice, running the same box script as our own
 backends (planner.run.backends.remote). `launch` first exports our live prices as SkyPilot's catalog,
-so its optimizer sees today's prices and, on RunPod, bids our spot price (SkyPilot bids the catalog's
-SpotPrice); then it submits a managed job named after our label.
+so its optimizer sees today's prices (and, where a provider has spot, bids the catalog's SpotPrice:
+ours) and, on RunPod, only the data centres our book saw stock in; then it submits a managed job named
+after our label.
 
 What stays ours: success is the job's DONE marker and report, not SkyPilot's status; the budget and
 the attempt's dollars; the reaper. A managed job SkyPilot is recovering after a preemption
 (RECOVERING, recovery_count) is still this attempt, billed until it ends. Known SkyPilot gaps on
-these clouds (see the reference notes): no bucket mounts, and on Vast it re-searches offers by score,
-so the instance it rents may not be the exact offer we chose.
+these clouds (docs/providers/*.md, "SkyPilot"): no bucket mounts, and on Vast it re-searches offers by
+score, so the instance it rents may not be the exact offer we chose.
 """
 from __future__ import annotations
 
@@ -23,10 +24,8 @@ from pathlib import Path
 from planner.run.backends.base import Backend, BackendError, Handle, LaunchPlan, PollResult, Status, job_of_label
 from planner.run.backends.remote import DEFAULT_DISK_GB, box_plan, ended, report_logs, vanished
 from pricing.offer import Offer
-from pricing.providers import RUNPOD, VAST, offers_spot
+from pricing.providers.registry import skypilot_providers
 from pricing.skypilot_catalog import accelerator_name, export_catalog, instance_type, region_of
-
-CLOUDS = {RUNPOD: "runpod", VAST: "vast"}  # our provider name -> SkyPilot's cloud name
 RUNNING = {"STARTING", "RUNNING", "RECOVERING", "WINDING_DOWN", "CANCELLING"}
 PENDING = {"PENDING", "SUBMITTED"}
 
@@ -86,17 +85,17 @@ class SkyPilotBackend(Backend):
         return self._client
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
-             disk_gb: float | None = None) -> LaunchPlan:
-        if offer is None or offer.provider not in CLOUDS:
-            raise BackendError("the skypilot backend launches RunPod and Vast.ai offers only")
-        if spot and not offers_spot(offer.provider):
-            raise BackendError(f"{offer.provider} has no spot instances: plan this offer on-demand")
+             disk_gb: float | None = None, max_hours: float | None = None) -> LaunchPlan:
+        clouds = skypilot_providers()
+        if offer is None or offer.provider not in clouds:
+            raise BackendError(f"the skypilot backend launches offers of {', '.join(clouds)} only")
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                         image=self.image, jobs_install=self.jobs_install,
-                        disk_gb=max(1, math.ceil(disk_gb or DEFAULT_DISK_GB)), hold=False)
+                        disk_gb=max(1, math.ceil(disk_gb or DEFAULT_DISK_GB)), hold=False,
+                        project=self.project)
         region = region_of(offer)
         resources = {
-            "infra": "/".join(p for p in (CLOUDS[offer.provider], region) if p),
+            "infra": "/".join(p for p in (clouds[offer.provider], region) if p),
             "instance_type": instance_type(offer),
             "accelerators": {accelerator_name(offer): offer.gpu_count},
             "use_spot": spot,

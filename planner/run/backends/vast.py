@@ -1,8 +1,11 @@
-"""Vast.ai instances through its API (pricing.providers.vast_api; reference note provider-apis-2026-12 §4).
+"""Vast.ai instances through its API (pricing.providers.vast_api; the facts and their sources are in
+docs/providers/vast.md, cited by section).
 
 Just before a create the offer is searched again (`POST /api/v0/bundles/`, its id) with the host
-filters the job image needs: `cuda_max_good` >= the image's CUDA together with `compute_cap` for its
-PyTorch build, `disk_space` >= the job's disk, `reliability2` >= RELIABILITY_FLOOR. A host that no
+filters the job image needs ("Host filters"): `cuda_max_good` >= the image's CUDA together with
+`compute_cap` for its PyTorch build, `disk_space` >= the job's disk, `reliability2` >=
+RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the attempt's reservation, and
+`verified`, `rentable`, `rented` sent explicitly (unset, the server's defaults apply). A host that no
 longer fits (or no longer exists) is NoCapacity: the next candidate, after the offer's cool-down.
 
 Create is `PUT /api/v0/asks/{offer id}/`, sent once (a retried create could rent twice): `runtype:
@@ -15,34 +18,41 @@ error body that still names a `new_contract` means an instance exists (a losing 
 stopped): pricing.providers.vast_api destroys it at once. The billed rate is the offer's (later the
 instance's) `dph_total`.
 
-Instances are read only from the v1 listing (v0 answers 410): one label-filtered page per poll, all
-pages (25 rows each, next_token) for the reaper. An outbid instance is the all-`stopped` state triple
-(cur_state, intended_status, next_state); like an exited or vanished one, the attempt's report
-(planner.run.backends.remote) then tells how the job ended. Logs: `request_logs`, then `result_url`.
+Instances are read only from the v1 listing (v0 answers 410, "Instances"): a tick's polls share one
+listing filtered on every watched label (`label in [...]`), not a request per job (Vast limits requests
+per IP); all pages (25 rows each, next_token) for the reaper. An outbid instance is the all-`stopped`
+state triple (cur_state, intended_status, next_state); like an exited or vanished one, the attempt's
+report (planner.run.backends.remote) then tells how the job ended. Logs ("Logs"): `request_logs` for the
+container's log (never `daemon_logs`, the host's), then `result_url`. A rejected key (404 `auth_error`)
+is KeyRejected everywhere, never "the instance is gone": cancel then says it could not end the box.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from jobs import boxenv
-from planner.run.backends.base import BackendError, Handle, LaunchPlan, NoCapacity, PollResult, Status, job_of_label
+from planner.run.backends.base import (
+    BackendError, Handle, KeyRejected, LaunchPlan, NoCapacity, PollResult, Status, job_of_label,
+)
 from planner.run.backends.remote import (
     RELIABILITY_FLOOR, CloudBackend, bid_cap, box_plan, compute_cap_filter, ended, image_cuda, report_logs, spot_bid,
     vanished,
 )
 from pricing.offer import Offer
-from pricing.providers import VAST
 from pricing.providers.base import ProviderError
-from pricing.providers.http import ApiError, RetryPolicy
-from pricing.providers.vast_api import VastAPI, is_outbid, storage_usd_per_hour
+from pricing.providers.http import ApiError, AuthenticationError, RetryPolicy
+from pricing.providers.registry import PROVIDERS, VAST
+from pricing.providers.vast_api import VastAPI, error_of, is_outbid, storage_usd_per_hour
 
 GONE = ("exited", "unknown", "offline")
 ENV_ENTRY_LIMIT = 256  # characters per env entry (create_instance.yaml); longer values go in parts (jobs.boxenv)
 MIN_DISK_GB = 8  # Vast's floor for `disk`
 ENTRYPOINT = "/bin/sh"
+LISTING_MAX_AGE_S = 60.0  # a shared listing older than this is read again even within a tick
 
 
 class VastBackend(CloudBackend):
@@ -50,30 +60,45 @@ class VastBackend(CloudBackend):
     billing_seconds = 1
     logs_hint = "no log yet: the instance has not written one, and the job's report has not arrived"
 
+    def __init__(self, api, *, clock: Callable[[], float] = time.monotonic, **kwargs):
+        super().__init__(api, **kwargs)
+        self.clock = clock
+        self._listing: dict[str, dict] = {}  # label -> instance row, from the last shared listing
+        self._listed: set[str] = set()  # the labels that listing asked for
+        self._listed_at = -math.inf
+        self._polled: set[str] = set()  # labels polled since that listing: polled again means a new tick
+
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> VastBackend:
-        return cls(VastAPI(settings.vast_url, settings.vast_api_key, timeout=settings.http_timeout, retry=retry),
+        mine = settings.providers[VAST]
+        return cls(VastAPI(mine.url, mine.api_key, timeout=settings.http_timeout, retry=retry),
                    image=settings.job_image, jobs_install=settings.jobs_install, disk_gb=settings.vast_disk_gb,
                    startup_s=settings.box_startup_minutes * 60)
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
-             disk_gb: float | None = None) -> LaunchPlan:
+             disk_gb: float | None = None, max_hours: float | None = None) -> LaunchPlan:
         if offer is None or offer.provider != VAST:
             raise BackendError("the Vast.ai backend needs a Vast.ai offer")
         disk = max(MIN_DISK_GB, math.ceil(disk_gb or self.disk_gb))
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
-                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk,
-                        api_url=self.api.base_url, startup_s=self.startup_s)
+                        image=self.image, jobs_install=self.jobs_install, disk_gb=disk, project=self.project,
+                        max_hours=max_hours, api_url=self.api.base_url, startup_s=self.startup_s)
         body = {"client_id": "me", "image": plan.image, "disk": disk, "label": plan.label, "runtype": "args",
                 "onstart": ENTRYPOINT, "args": ["-c", plan.shell_script()], "cancel_unavail": not spot}
-        request = {"ask_id": int(offer.offer_key), "body": body, "host_filters": self.host_filters(disk)}
+        request = {"ask_id": int(offer.offer_key), "body": body,
+                   "host_filters": self.host_filters(disk, max_hours, verified=offer.tier == "verified")}
         if spot:
             request["bid_cap"] = round(bid_cap(offer, usd_per_hour), 4)
         return dataclasses.replace(plan, request={**plan.request, **request})
 
-    def host_filters(self, disk_gb: float) -> dict:
-        """The search filters a host must pass to run this backend's image with `disk_gb` of disk."""
-        filters = {"disk_space": {"gte": disk_gb}, "reliability2": {"gte": RELIABILITY_FLOOR}}
+    def host_filters(self, disk_gb: float, max_hours: float | None = None, *, verified: bool = True) -> dict:
+        """The search filters a host must pass to run this backend's image with `disk_gb` of disk for up to
+        `max_hours` (Vast's `duration` is in seconds; vast-cli multiplies its days by 86400), on the tier the
+        offer was planned on (`verified` is always sent: unset, the server's default would decide)."""
+        filters = {"disk_space": {"gte": disk_gb}, "reliability2": {"gte": RELIABILITY_FLOOR},
+                   "verified": {"eq": verified}, "rentable": {"eq": True}, "rented": {"eq": False}}
+        if max_hours:
+            filters["duration"] = {"gte": math.ceil(max_hours * 3600)}
         if cuda := image_cuda(self.image):
             filters["cuda_max_good"] = {"gte": float(cuda)}
             if cap := compute_cap_filter(self.image):
@@ -94,9 +119,10 @@ class VastBackend(CloudBackend):
             usd_per_hour = billed = body["price"] + storage
         try:
             contract = self.api.create(ask, body)
+        except AuthenticationError as exc:
+            raise key_rejected(exc) from None
         except ApiError as exc:
-            error = exc.body.get("error") if isinstance(exc.body, dict) else None
-            if error in ("no_such_ask",) or exc.status in (404, 410):
+            if error_of(exc.body) == "no_such_ask" or exc.status == 410:
                 raise NoCapacity(f"Vast.ai offer {ask} is gone ({exc.detail or exc.status}); trying another") from None
             raise BackendError(f"Vast.ai did not create an instance from offer {ask}: {exc.detail or exc}") from None
         except ProviderError as exc:
@@ -106,7 +132,8 @@ class VastBackend(CloudBackend):
                             "billed_usd_per_hour": billed})
 
     def poll(self, handle: Handle) -> PollResult:
-        instance = self._call(self.api.instance, handle.instance_id, handle.label)
+        instance = self._shared_listing(handle.label)
+        instance = instance if instance is not None and str(instance.get("id")) == handle.instance_id else None
         output, spot = handle.data["output_uri"], handle.data.get("spot", False)
         if not instance:
             # Vast stops an outbid instance, it does not delete it: gone without a report is a broken box
@@ -125,7 +152,14 @@ class VastBackend(CloudBackend):
         return dataclasses.replace(result, billed_usd_per_hour=billed)
 
     def cancel(self, handle: Handle) -> None:
-        self._call(self.api.destroy, handle.instance_id)
+        """Destroy the instance; a rejected key is KeyRejected saying the box could not be ended (it bills on)."""
+        try:
+            self.api.destroy(handle.instance_id)
+        except AuthenticationError as exc:
+            raise key_rejected(exc, f"could not end instance {handle.instance_id}, which keeps billing") from None
+        except ProviderError as exc:
+            raise BackendError(f"Vast.ai: could not end instance {handle.instance_id}: {exc}") from None
+        self._listing.pop(handle.label, None)
 
     def list_labeled(self) -> list[Handle]:
         return [Handle(backend=self.name, instance_id=str(i["id"]), label=i["label"], data={})
@@ -163,6 +197,19 @@ class VastBackend(CloudBackend):
 
     # ------------------------------------------------------------------ helpers
 
+    def _shared_listing(self, label: str) -> dict | None:
+        """`label`'s instance from one listing shared by a tick's polls. The listing is read again when a
+        label is polled a second time since it was read (the next tick), when it did not ask for `label`,
+        or when it is older than LISTING_MAX_AGE_S; it asks for the labels polled since the last read."""
+        now = self.clock()
+        if label in self._polled or label not in self._listed or now - self._listed_at > LISTING_MAX_AGE_S:
+            wanted = self._polled | {label} if label in self._polled else self._listed | self._polled | {label}
+            rows = self._call(self.api.labelled, wanted)
+            self._listing = {row.get("label"): row for row in rows if row.get("label") in wanted}
+            self._listed, self._listed_at, self._polled = set(wanted), now, set()
+        self._polled.add(label)
+        return self._listing.get(label)
+
     def _fitting_host(self, ask: int, plan: LaunchPlan) -> dict:
         """This offer, now, if its host still passes the filters (else NoCapacity: the next candidate)."""
         filters = plan.request.get("host_filters") or {}
@@ -179,8 +226,16 @@ class VastBackend(CloudBackend):
     def _call(function, *args):
         try:
             return function(*args)
+        except AuthenticationError as exc:
+            raise key_rejected(exc) from None
         except ProviderError as exc:
             raise BackendError(f"Vast.ai: {exc}") from None
+
+
+def key_rejected(exc: AuthenticationError, what: str = "") -> KeyRejected:
+    key = PROVIDERS[VAST].key_env
+    return KeyRejected(f"Vast.ai rejected {key} (HTTP {exc.status}{', auth_error' if exc.status == 404 else ''})"
+                       + (f": {what}" if what else "") + f"; fix {key}, then launches on Vast.ai resume")
 
 
 def _float(value) -> float | None:

@@ -1,0 +1,124 @@
+"""Sizing that holds, in the plan (issue 23): the card fits the job at the chunk the plan states, host
+RAM is a need like VRAM, and a quantized checkpoint is planned as it is stored."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from jobs.spec import JobSpec
+from planner.plan import estimate
+from planner.plan.choose import Limits, Rejection, choose
+from planner.plan.plans import choice_summary, needs_for
+from pricing.offer import Offer
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+
+
+def offer(key, gpu, vram, usd, *, ram=None, count=1, provider="vast"):
+    return Offer(provider=provider, offer_key=key, gpu_model=gpu, gpu_name_raw=gpu, vram_gb=vram, gpu_count=count,
+                 on_demand_usd_per_gpu_hour=usd, spot_usd_per_gpu_hour=None, tier="verified", location="EU",
+                 available=True, fetched_at=NOW - timedelta(minutes=5), ram_gb=ram)
+
+
+BOOK = [offer("4060ti", "RTX4060Ti-16GB", 16, 0.10, ram=32), offer("a4000", "RTX-A4000", 16, 0.12, ram=32),
+        offer("3090", "RTX3090", 24, 0.20, ram=48), offer("4090", "RTX4090", 24, 0.35, ram=64),
+        offer("a100", "A100-80GB-PCIe", 80, 1.10, ram=128), offer("2x4090", "RTX4090", 24, 0.34, ram=96, count=2)]
+
+
+def bag_spec(**params) -> JobSpec:
+    return JobSpec("bag40", "train-bag", "s3://b/out", {"model": "Qwen/Qwen3-4B", "data": None, "fraction": 0.4,
+                                                        **params})
+
+
+def test_no_ranked_card_is_smaller_than_the_need_at_the_chunk_the_plan_states():
+    needs = needs_for(bag_spec())
+    choice = choose(needs, BOOK, now=NOW)
+    assert choice.ranked
+    for candidate in choice.ranked:
+        assert candidate.vram_need_gb == needs.vram_at(candidate.mini_batch)
+        assert candidate.vram_need_gb <= candidate.offer.vram_gb * estimate.VRAM_USABLE
+    sixteen = [c for c in choice.ranked if c.offer.vram_gb == 16]
+    assert sixteen and all(c.mini_batch < 32 for c in sixteen)  # the 4B LoRA bag at chunk 32 needs more than 16 GB
+    assert needs.vram_at(32) > 16
+    summary = choice_summary(bag_spec(), "bag40", choice, top=10)
+    assert {c["offer_key"]: c["vram_need_gb"] for c in summary["ranked"]}["3090"] == needs.vram_at(32)
+    assert "activations" in summary["needs"]["breakdown_gb"] and "activation margin" in summary["needs"]["breakdown_gb"]
+
+
+def test_a_6_gb_ram_host_is_never_chosen_for_a_4b_bag():
+    needs = needs_for(bag_spec())
+    assert needs.ram_gb > 15  # the float32 base the LoRA merge re-reads, beside the process
+    small = offer("cheap-6gb", "RTX4090", 24, 0.05, ram=6.0)
+    choice = choose(needs, [small, *BOOK], now=NOW)
+    assert choice.winner is not None and choice.winner.offer.offer_key != "cheap-6gb"
+    (rejected,) = [r for r in choice.rejected if r.offer.offer_key == "cheap-6gb"]
+    assert rejected.code is Rejection.TOO_LITTLE_RAM and "too little RAM: 6 GB" in rejected.reason
+    alone = choose(needs, [small], now=NOW)
+    assert alone.winner is None and "too little RAM" in alone.explain_empty()
+    summary = choice_summary(bag_spec(), "bag40", choice, top=3)
+    assert summary["rejected"].get("too little RAM") == 1
+    assert sum(summary["needs"]["ram_breakdown_gb"].values()) == pytest.approx(needs.ram_gb)
+
+
+def test_ram_grows_with_the_ranks_on_one_box():
+    needs = needs_for(bag_spec())
+    assert needs.ram_on(4) == pytest.approx(needs.ram_gb + 3 * needs.ram_per_extra_rank_gb)
+    four = offer("4x4090", "RTX4090", 24, 0.3, ram=40.0, count=4)  # 40 GB holds one rank's needs, not four
+    choice = choose(needs, [four], now=NOW)
+    assert choice.winner is None and choice.rejected[0].code is Rejection.TOO_LITTLE_RAM
+
+
+def test_the_local_offer_compares_ram_with_ram():
+    needs = needs_for(bag_spec())
+    local = dict(provider="local", gpu_model="RTX4090", gpu_name_raw="NVIDIA GeForce RTX 4090", vram_gb=24.0)
+    small = Offer(**{**offer("local", "RTX4090", 24, 0.0, ram=12.0).__dict__, **local})
+    big = Offer(**{**offer("local", "RTX4090", 24, 0.0, ram=64.0).__dict__, **local})
+    rejected = choose(needs, [small], now=NOW).rejected
+    assert rejected and rejected[0].code is Rejection.TOO_LITTLE_RAM_HERE and "RAM here: 12 GB" in rejected[0].reason
+    assert choose(needs, [big], now=NOW).winner is not None
+
+
+def write_config(directory, quantization: dict | None):
+    config = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 2560,
+              "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True}
+    if quantization is not None:
+        config["quantization_config"] = quantization
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True, "lm_head": False}
+COMPRESSED = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                  "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 128}}}}
+
+
+@pytest.mark.parametrize("quantization", [GPTQ, COMPRESSED], ids=["gptq", "compressed-tensors"])
+def test_a_w4a16_checkpoint_plans_encode_on_12_gb_cards(tmp_path, quantization):
+    plain = needs_for(JobSpec("e", "encode", "s3://b/e", {"model": write_config(tmp_path / "bf16", None)}))
+    packed = needs_for(JobSpec("e", "encode", "s3://b/e", {"model": write_config(tmp_path / "w4", quantization)}))
+    assert packed.vram_gb <= 12 and plain.vram_gb - packed.vram_gb > 4  # the card: 17.4 GB -> 11 GB measured
+    shape = estimate.model_shape(str(tmp_path / "w4"))
+    assert (shape.quantization.bits, shape.quantization.group_size) == (4, 128)
+    # 4-bit projections with a 16-bit scale and a 4-bit zero per 128, embeddings in 16 bits
+    assert packed.breakdown["weights"] == pytest.approx(
+        (shape.linear_params * (0.5 + 2.5 / 128) + 2 * (shape.params - shape.linear_params)) / estimate.GB)
+    twelve = [offer("3060", "RTX3060", 12, 0.06, ram=32), offer("4070", "RTX4070", 12, 0.09, ram=32)]
+    assert {c.offer.offer_key for c in choose(packed, twelve + BOOK, now=NOW).ranked} >= {"3060", "4070"}
+    assert not [c for c in choose(plain, twelve, now=NOW).ranked]
+
+
+def test_a_quantized_base_is_refused_for_training_and_an_unknown_format_is_named(tmp_path):
+    with pytest.raises(estimate.EstimateError, match="gptq checkpoint: train-bag fine-tunes a 16-bit base"):
+        needs_for(bag_spec(model=write_config(tmp_path / "w4", GPTQ)))
+    with pytest.raises(estimate.EstimateError, match="cannot size a hqq checkpoint"):
+        estimate.model_shape(write_config(tmp_path / "hqq", {"quant_method": "hqq"}))
+
+
+def test_the_seed_model_by_hub_id_is_w4a16():
+    needs = needs_for(JobSpec("e", "encode", "s3://b/e", {"model": "boboliu/Qwen3-Embedding-4B-W4A16-G128"}))
+    assert needs.vram_gb <= 12
