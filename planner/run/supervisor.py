@@ -501,11 +501,8 @@ class Supervisor:
         return frozenset(name for name, until in self.unpaid.items() if until > now)
 
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
-        """Offers this job left within the cool-down: taken (preempted), gone (lost), refused at create, or
-        broken under it (failed: a box that ended without its job, a host whose CUDA failed); a relaunch
-        goes elsewhere first."""
         rows = session.scalars(select(Attempt.offer_key).where(
-            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed", "failed")),
+            Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed")),
             Attempt.ended_at > now - self.cooldown, Attempt.offer_key.is_not(None))).all()
         return frozenset(rows)
 
