@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.test_report import campaign  # noqa: F401  (a finished two-bag campaign, shared with the report tests)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -265,5 +267,52 @@ def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_
         assert cells[1] == "evaluate" and cells[2] == "succeeded" and cells[5] == "1"
         assert cells[6].startswith("$") and float(cells[6].lstrip("$")) == pytest.approx(expected, abs=0.005)
         assert cells[7].startswith("local")
+        assert not errors, errors
+        browser.close()
+
+
+def no_horizontal_scroll(page) -> bool:
+    return page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_one_snapshot_charts_today_and_the_overview_fits_a_laptop_screen(served):
+    """After one refresh the book has one timestamp: the chart's range is the hours around it (uPlot's own
+    range around one point spans years), so its axis names today's date; the page never scrolls sideways."""
+    from playwright.sync_api import sync_playwright
+
+    from pricing.db import utcnow
+
+    _, url = served
+    with sync_playwright() as p:
+        browser, page, errors = browse(p)
+        page.goto(url + "/")
+        page.wait_for_selector("#offers tbody tr")
+        page.wait_for_function("window.priceChart && window.priceChart.data[0].length >= 1")
+        ticks = page.evaluate("() => window.priceChart.axes[0]._values")
+        today = utcnow().date().isoformat()
+        assert ticks and any(today in t for t in ticks), ticks
+        low, high = page.evaluate("() => [window.priceChart.scales.x.min, window.priceChart.scales.x.max]")
+        assert 3600 <= high - low <= 2 * 86400  # hours around the snapshot, not years
+        assert no_horizontal_scroll(page)
+        assert not errors, errors
+        browser.close()
+
+
+def test_the_campaign_report_page_reads_at_1280x800(campaign, served, tmp_path):
+    """The dashboard's report page (the page `planner report --html` writes, fetching the report named in its
+    URL): the headline, each table and the spend chart, without a sideways scroll on a laptop screen."""
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    with sync_playwright() as p:
+        browser, page, errors = browse(p)
+        page.goto(url + "/report.html#campaign=camp-report")
+        page.wait_for_function("document.getElementById('headline').textContent.includes('nDCG@10')")
+        assert "nDCG@10 merged 0.550 vs best bag 0.520 (bag 1)" in page.locator("#headline").inner_text()
+        assert page.locator("#jobs tbody tr").count() == 4 and page.locator("#attempts tbody tr").count() == 6
+        assert "preempted: outbid" in page.locator("#attempts").inner_text()
+        page.wait_for_selector("#spend canvas")
+        assert no_horizontal_scroll(page)
+        page.screenshot(path="/tmp/dashboard-report.png", full_page=True)
         assert not errors, errors
         browser.close()

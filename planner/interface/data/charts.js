@@ -12,6 +12,16 @@ function timeRange(min, max, minSpan, before = 0.85) {
   return [min - pad * before, max + pad * (1 - before)];
 }
 
+// The x scale's range function for uPlot: the data's own first and last time through timeRange. uPlot hands
+// a range function min..min+86400/ms for a single timestamp (with times in seconds, 1000 days), so the
+// passed bounds cannot be trusted there; the x data is sorted, as uPlot requires.
+function timeScale(minSpan, before = 0.85) {
+  return (u, min, max) => {
+    const x = (u.data && u.data[0]) || [];
+    return x.length ? timeRange(x[0], x[x.length - 1], minSpan, before) : [min, max];
+  };
+}
+
 // Axis values for a time axis in UTC: the date on the first tick and where the day changes, then HH:MM
 // (HH:MM:SS when ticks are less than a minute apart).
 function utcTicks(u, ticks) {
