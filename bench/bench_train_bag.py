@@ -101,7 +101,7 @@ def planned_batches(config) -> list[list]:
 
 
 def tokens_per_step(model_dir: Path, batches: list[list], query_max_len: int, doc_max_len: int) -> list[int]:
-    """Real (attention-mask) tokens of each step as jobs.train_bag.info_nce encodes them."""
+    """Real (attention-mask) tokens of each step as jobs.train_bag encodes them."""
     from jobs.embedder import format_query, load_tokenizer, tokenize
 
     tokenizer = load_tokenizer(model_dir)
