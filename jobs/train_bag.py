@@ -206,6 +206,11 @@ class Meter:
     flops: float = 0.0
     steps: int = 0
 
+    def add(self, tokens: int, padded_tokens: int, flops: float) -> None:
+        self.tokens += tokens
+        self.padded_tokens += padded_tokens
+        self.flops += flops
+
     def rates(self, step: int, total_steps: int) -> dict:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.tokens / elapsed
@@ -314,11 +319,10 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
             result = train_batch(net, tokenizer, batch, config, device, ranks, scale, grads.collect)
             step_loss += result.loss / len(batches)
             tokens, padded = int(ranks.total(result.tokens)), int(ranks.total(result.padded_tokens))
-            meter.tokens, meter.padded_tokens, tokens_seen = meter.tokens + tokens, meter.padded_tokens + padded, \
-                tokens_seen + tokens
-            meter.flops += padded * recipe.train_flops_per_token(
+            tokens_seen += tokens
+            meter.add(tokens, padded, padded * recipe.train_flops_per_token(
                 n_params, config.method, gradient_checkpointing=config.gradient_checkpointing,
-                cached_passes=result.cached)
+                cached_passes=result.cached))
         ranks.sum_(grads.sums.values())
         grads.clip_(recipe.COMMON["max_grad_norm"])
         if config.optimizer == "torch-adamw":
