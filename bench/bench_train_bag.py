@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_train_bag.py cpu [--steps 30] [--rounds 2] [--peers auto|trainer|loop ...]
     python bench/bench_train_bag.py gpu [--methods lora full] [--batch-sizes 4 8 16] [--out bench/out/train-gpu.json]
     python bench/bench_train_bag.py gpu --smoke        # the GPU mode's code on a tiny model, any device
+    .venv/bin/python bench/bench_train_bag.py padding  # padded tokens per step, sorted chunks vs not
 
 cpu: a small random Qwen3 (hidden 384, 6 layers, intermediate 1024, float32, SDPA), the toy 3-task
 corpus (jobs.toy, 160 records a task, one hard negative each), batch 16, lr 1e-5, temperature 0.02,
@@ -101,7 +102,7 @@ def planned_batches(config) -> list[list]:
 
 
 def tokens_per_step(model_dir: Path, batches: list[list], query_max_len: int, doc_max_len: int) -> list[int]:
-    """Real (attention-mask) tokens of each step as jobs.train_bag.info_nce encodes them."""
+    """Real (attention-mask) tokens of each step as jobs.train_bag encodes them."""
     from jobs.embedder import format_query, load_tokenizer, tokenize
 
     tokenizer = load_tokenizer(model_dir)
@@ -537,6 +538,33 @@ def print_gpu(results: dict) -> None:
           "checkpointing's recomputed forward and attention FLOPs are not counted.")
 
 
+def run_padding(args) -> None:
+    """Tokens one step's documents cost the forward (queries x group documents, chunks of --mini-batch-size),
+    padding included: chunks sorted by length (jobs.gradcache), unsorted chunks, one width for the whole
+    step (the job before issue 22), against the real tokens. A token count: no timing, any machine."""
+    import random
+    import tempfile
+
+    from jobs.embedder import load_tokenizer, tokenize
+    from jobs.gradcache import tokenize_sorted
+    from tests.tiny import build_tiny_model
+
+    tokenizer = load_tokenizer(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-padding-")) / "model"))
+    rng = random.Random(0)
+    n, chunk = args.batch_size * args.group_size, args.mini_batch_size
+    shapes = {"uniform 10-600 words": lambda: rng.randint(10, 600),
+              "log-normal, median 60 words": lambda: int(min(2000, rng.lognormvariate(4.1, 0.8)))}
+    for name, words in shapes.items():
+        docs = [" ".join(rng.choice(WORDS) for _ in range(words())) for _ in range(n)]
+        chunks = tokenize_sorted(tokenizer, docs, args.doc_max_len, chunk, torch.device("cpu"))
+        unsorted = sum(int(tokenize(tokenizer, docs[k:k + chunk], args.doc_max_len)["input_ids"].numel())
+                       for k in range(0, n, chunk))
+        whole = int(tokenize(tokenizer, docs, args.doc_max_len)["input_ids"].numel())
+        print(f"{name}: {n} documents, {chunks.tokens} real tokens; padded / real: sorted chunks "
+              f"{chunks.padded_tokens / chunks.tokens:.3f}, unsorted chunks {unsorted / chunks.tokens:.3f}, "
+              f"one width per step {whole / chunks.tokens:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     modes = parser.add_subparsers(dest="mode")
@@ -570,6 +598,11 @@ def main() -> None:
     gpu.add_argument("--out", default=str(ROOT / "bench" / "out" / "train-gpu.json"))
     gpu.add_argument("--work", help="keep the model here (default: a temporary directory, deleted)")
     gpu.add_argument("--smoke", action="store_true", help="tiny model, 3 steps, any device: checks the script")
+    padding = modes.add_parser("padding", help="padded tokens of one step, sorted chunks vs not (a count, no timing)")
+    padding.add_argument("--batch-size", type=int, default=128, help="queries per step")
+    padding.add_argument("--group-size", type=int, default=8)
+    padding.add_argument("--mini-batch-size", type=int, default=32)
+    padding.add_argument("--doc-max-len", type=int, default=512)
     peer = modes.add_parser("peer", help="(internal) one sentence-transformers training run, step lines to stderr")
     common(peer, 20, 16)
     peer.add_argument("--kind", choices=["trainer", "loop"], required=True)
@@ -579,7 +612,7 @@ def main() -> None:
     peer.add_argument("--query-max-len", type=int, default=512)
     peer.add_argument("--doc-max-len", type=int, default=512)
     args = parser.parse_args()
-    {"cpu": run_cpu, "gpu": run_gpu, "peer": run_peer, None: run_cpu}[args.mode](
+    {"cpu": run_cpu, "gpu": run_gpu, "padding": run_padding, "peer": run_peer, None: run_cpu}[args.mode](
         args if args.mode else parser.parse_args(["cpu"]))
 
 

@@ -53,29 +53,26 @@ class Group:
         rows[self.rank] = local
         return torch.cat(rows), sizes
 
-    def sum_gradients(self, params) -> None:
-        """Sum every parameter's gradient over the ranks (each holds the gradient of its own rows)."""
+    def sum_(self, tensors) -> None:
+        """Sum each tensor over the ranks, in place (the gradient sums: each rank holds its own rows')."""
         if self.world == 1:
             return
         import torch.distributed as dist
 
-        params = list(params)
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        tensors = list(tensors)
         start = 0
-        while start < len(params):
+        while start < len(tensors):
             bucket, size = [], 0
-            while start < len(params) and (not bucket or size + params[start].numel() <= BUCKET_ELEMENTS):
-                bucket.append(params[start])
-                size += params[start].numel()
+            while start < len(tensors) and (not bucket or size + tensors[start].numel() <= BUCKET_ELEMENTS):
+                bucket.append(tensors[start])
+                size += tensors[start].numel()
                 start += 1
-            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+            flat = torch.cat([t.reshape(-1) for t in bucket])
             dist.all_reduce(flat)
             offset = 0
-            for p in bucket:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-                offset += p.numel()
+            for t in bucket:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
 
     def any(self, flag: bool) -> bool:
         if self.world == 1:

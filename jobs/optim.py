@@ -24,8 +24,18 @@ are checkpointed with it; `precise(p)` = p + c in float32 is what the job writes
 
 Initial compensation: when a float32 model is loaded into bf16, `initial_compensation` holds
 w32 - bf16(w32), so p + c starts at the float32 weights, not at their rounding.
+
+Gradients are summed in float32 too (Float32Grads): a step's gradient is the sum of one backward per
+gradient-cache chunk (9 to 72 of them in the BOOM batches); summed in a bf16 .grad, each addition
+rounds to 8 bits (measured: 0.4-1 % relative error), summed in a float32 buffer it does not.
+KahanAdamW.step(grads) reads those sums.
+
+The learning-rate schedule (warmup_decay): warmup, then linear decay to 0; the warmup's shape is the
+BOOM scripts' (DeepSpeed's WarmupDecayLR, logarithmic) or transformers' (linear).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -49,7 +59,8 @@ class KahanAdamW(torch.optim.Optimizer):
                                              else torch.zeros_like(p))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, grads: dict | None = None):
+        """One update; `grads` (parameter -> float32 gradient, e.g. Float32Grads.sums) replaces .grad."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -57,12 +68,13 @@ class KahanAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
+                g = grads.get(p) if grads is not None else p.grad
+                if g is None:
                     continue
                 state = self.state[p]
                 state["step"] += 1
                 t = state["step"]
-                g = p.grad.float()
+                g = g.float()
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(beta1).add_(g, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -109,3 +121,61 @@ def split_float32(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tenso
     """(hi, lo): hi = weight rounded to `dtype`, lo = what it lost, also in `dtype`; hi + lo ~ weight."""
     hi = weight.to(dtype)
     return hi, (weight.float() - hi.float()).to(dtype)
+
+
+class Float32Grads:
+    """A float32 sum of every trainable parameter's gradient over the backward calls of one step.
+
+    Call collect() after each backward: it adds each .grad into the sum and clears it, so the next
+    backward starts from zero in the parameter's own dtype and nothing is rounded to bf16 twice. Costs
+    4 bytes per parameter; float32 parameters (LoRA adapters) are summed the same way."""
+
+    def __init__(self, params) -> None:
+        self.sums = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+
+    def collect(self) -> None:
+        for p, total in self.sums.items():
+            if p.grad is not None:
+                total.add_(p.grad)
+                p.grad = None
+
+    def clip_(self, max_norm: float) -> float:
+        """Scale the sums so their global L2 norm is at most max_norm (torch's clip_grad_norm_); the norm before."""
+        norm = torch.nn.utils.get_total_norm(list(self.sums.values()))
+        coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(list(self.sums.values()), coefficient)
+        return float(norm)
+
+    def to_grad(self) -> None:
+        """Hand the sums to an optimizer that reads .grad (in the parameter's dtype)."""
+        for p, total in self.sums.items():
+            p.grad = total.to(p.dtype)
+
+    def zero_(self) -> None:
+        for total in self.sums.values():
+            total.zero_()
+
+
+def warmup_decay(step: int, *, warmup_steps: int, total_steps: int, warmup: str) -> float:
+    """The learning rate of optimizer step `step` (0-based) as a fraction of the peak.
+
+    linear: transformers' get_linear_schedule_with_warmup (what HF's Trainer does without DeepSpeed):
+        step / W during the W warmup steps, then (total - step) / (total - W).
+    log: DeepSpeed's WarmupDecayLR with its default warmup_type "log" (deepspeed/runtime/lr_schedules.py),
+        which the BOOM scripts select in ds_stage3.json, its "auto" values filled by transformers'
+        DeepSpeed integration (integrations/deepspeed.py: warmup_min_lr 0, warmup_max_lr the learning
+        rate, warmup_num_steps get_warmup_steps, total_num_steps the training steps). DeepSpeed's
+        iteration i trails the optimizer step by one (it starts at -1 with the minimum lr and steps after
+        each update), W' = max(2, W):
+            i < 0: 0;  i < W': log(i + 1) / log(W');  else max(0, (total - i) / max(1, total - W'))
+        so the first two updates run at lr 0 and the third at log 2 / log W' of the peak."""
+    if warmup == "linear":
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    iteration, steps = step - 1, max(2, warmup_steps)
+    if iteration < 0:
+        return 0.0
+    if iteration < steps:
+        return math.log(iteration + 1) / math.log(steps)
+    return max(0.0, (total_steps - iteration) / max(1, total_steps - steps))

@@ -14,16 +14,34 @@ Sources (repository hengran/Bagging-Based-Model-Merging, FlagEmbedding-based, co
                --kd_loss_type m3_kd_loss, last-token pooling, normalized embeddings.
   FULL_RECIPE  Training/base_same_0.6B.sh (Qwen3-0.6B): the same with --use_lora False,
                per-device batch 32 x 8 GPUs = 256 queries, --knowledge_distillation False.
-  Not set by either script, so transformers' TrainingArguments defaults: weight decay 0.0, linear
-  decay after warmup (lr_scheduler_type "linear"), max_grad_norm 1.0, AdamW betas (0.9, 0.999), eps 1e-8.
-  FlagEmbedding's decoder-only model arguments default lora_dropout to 0.1
-  (FlagEmbedding/finetune/embedder/decoder_only/base/arguments.py).
-The scripts train in fp16 under DeepSpeed; we train in bf16 with compensated updates (jobs.optim).
+  Not set by either script, so transformers' TrainingArguments defaults: weight decay 0.0,
+  max_grad_norm 1.0, AdamW betas (0.9, 0.999), eps 1e-8. FlagEmbedding's decoder-only model arguments
+  default lora_dropout to 0.1 (FlagEmbedding/finetune/embedder/decoder_only/base/arguments.py).
+  Schedule: Training/examples/finetune/ds_stage3.json sets DeepSpeed's "WarmupDecayLR" (all "auto"),
+  so the scripts' schedule is DeepSpeed's, not transformers' lr_scheduler_type "linear": its warmup is
+  logarithmic (WarmupLR's warmup_type defaults to "log", deepspeed/runtime/lr_schedules.py), from 0
+  (transformers/integrations/deepspeed.py fills warmup_min_lr 0, warmup_max_lr the learning rate,
+  warmup_num_steps ceil(0.1 x steps), total_num_steps the steps), then linear decay to 0. That is
+  COMMON["warmup"] = "log"; jobs.optim.warmup_decay states the formula.
+  Gradient scale: the scripts run 8 ranks (AUTHORS_WORLD_SIZE) under DDP/ZeRO, which average the
+  ranks' gradients. With --negatives_cross_device every rank computes the same loss over the gathered
+  batch, but its gradient reaches only that rank's own embeddings (AbsModeling._dist_gather_tensor puts
+  the local tensor back into the gathered one); the average over 8 ranks is 1/8 of the loss's gradient.
+  A `no_in_batch_neg` batch computes each rank's loss over its own queries (the mean over 16), and the
+  average is the whole loss's gradient. So IN_BATCH_GRAD_SCALE = 1/8 for batches with in-batch
+  negatives and 1 without reproduces what their optimizer saw (measured in issue 22: ratio 0.125 and
+  1.000, cosine 1.0), whatever our own number of GPUs: it matters for clipping at 1.0 and, under Adam,
+  for the relative step of classification/clustering batches vs retrieval batches.
 """
 from __future__ import annotations
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-COMMON = {"lr": 5e-5, "warmup_ratio": 0.1, "epochs": 1, "group_size": 8, "temperature": 0.02,
+WARMUPS = ("log", "linear")  # jobs.optim.warmup_decay
+AUTHORS_WORLD_SIZE = 8  # GPUs of both BOOM scripts (num_gpus=8; torchrun --nproc_per_node 8 in the .log)
+# The gradient scale of a batch with in-batch negatives relative to its loss's gradient (train-bag
+# --in-batch-grad-scale): what their DDP average made of it (see above).
+IN_BATCH_GRAD_SCALE = 1 / AUTHORS_WORLD_SIZE
+COMMON = {"lr": 5e-5, "warmup": "log", "warmup_ratio": 0.1, "epochs": 1, "group_size": 8, "temperature": 0.02,
           "query_max_len": 512, "doc_max_len": 512, "weight_decay": 0.0, "max_grad_norm": 1.0,
           "gradient_checkpointing": True}
 LORA_RECIPE = COMMON | {"method": "lora", "batch_size": 128, "kd_loss": "m3",
@@ -37,6 +55,32 @@ LORA = {"r": 32, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": list(L
 # on which card it landed on.
 DEFAULT_MINI_BATCH = 32
 LORA_FROM_PARAMS = 1.0e9  # BOOM fine-tunes the 4B with LoRA and the 0.6B fully; the line is drawn between
+
+# Where train-bag still differs from the authors' scripts, and why (README.md, "The jobs", lists them too).
+DEVIATIONS = {
+    "query format": "`Instruct: {instruction}\\nQuery:` (the released BOOM and Qwen3-Embedding model cards, "
+                    "jobs.embedder) instead of the 4B script's `<instruct>{}\\n<query>{}` with three added "
+                    "special tokens and its default instruction: the merged model is used the way its card "
+                    "says, and added tokens would start untrained",
+    "precision": "bf16 weights with Kahan-compensated AdamW, fp32 moments and fp32 gradient sums (jobs.optim); "
+                 "the scripts pass --fp16 while ds_stage3.json enables bf16 (fp16 'auto'), and the log does "
+                 "not say which ran: ours is the precision-safe reading of their bf16 ZeRO-3",
+    "gradient cache": "the step's whole batch on one GPU in chunks (--mini-batch-size), the same gradient up to "
+                      "rounding, instead of 8 GPUs x 16 (4B) or x 32 (0.6B) queries: it fits one 24 GB card",
+    "padding": "each step's sequences sorted by length before chunking, each chunk padded to its longest, "
+               "instead of each GPU's micro-batch padded to its longest (--pad_to_multiple_of 8): the same "
+               "gradient up to rounding, less compute spent on padding",
+    "kl distillation scale": "--kd-loss kl (not the recipe's) scales its whole loss by --in-batch-grad-scale; "
+                             "their DDP would scale only its InfoNCE term (the KL term is each rank's own)",
+    "model size": "LoRA (4B script) from 1 B parameters up and full fine-tuning (0.6B script) below, so any "
+                  "Qwen3 size gets the nearer of the two scripts",
+    "output": "float32 weights (LoRA merged into the base re-read in float32) instead of "
+              "--save_merged_lora_model's 16-bit merge, so the bags' small updates survive the merge",
+    "checkpoints": "every 500 steps and every jobs.protocol.CHECKPOINT_MINUTES, and on SIGTERM, instead of "
+                   "--save_steps 1000: interruptible cloud GPUs; no effect on the weights",
+    "bags": "the bag, its batches and its groups are jobs.data's (its docstring states its choices against "
+            "FlagEmbedding's same-dataset sampler)",
+}
 
 
 def recipe_for(params: int) -> dict:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jobs import data, train_bag
+from jobs import data, recipe, train_bag
 from jobs.checkpoint import LATEST, CheckpointStore
 from jobs.data import Record
 
@@ -145,6 +145,11 @@ def test_training_learns_the_toy_retrieval_task(tiny_model_dir, toy_corpus, tmp_
     chance = math.log(12)  # 6 queries, each against 6 positives + 6 hard negatives
     assert done["final_loss"] < chance - 0.5 and done["tokens_seen"] > 0 and done["peak_memory_bytes"] > 0
     assert done["bag_sha256"] == data.content_hash(records)  # fraction 1.0 keeps every record, in file order
+    # FLOPs count what the forward computed, padding included (issue 22), the planner's formula per token
+    assert done["padded_tokens"] > done["tokens_seen"] and done["padding"] == round(
+        done["padded_tokens"] / done["tokens_seen"], 4)
+    assert done["flops"] == pytest.approx(done["padded_tokens"] * recipe.train_flops_per_token(
+        done["parameters"], "full", cached_passes=False), rel=1e-9)  # 6 queries, 12 documents: one chunk
     assert not (output / ".checkpoints").exists()
 
 
@@ -312,3 +317,44 @@ def test_two_ranks_interrupted_resume_to_the_same_bits(two_ranks, tiny_model_dir
     assert "resuming from step" in (tmp_path / "rerun.log").read_text()
     mine, ref = weights(output), weights(two_ranks)
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
+
+
+# --- the recipe as the authors ran it (issue 22) ---------------------------------------------------
+
+def test_log_warmup_is_deepspeeds_warmup_decay_lr_as_the_boom_scripts_run_it():
+    """deepspeed/runtime/lr_schedules.py WarmupDecayLR (warmup_type "log", the default), as transformers
+    fills ds_stage3.json's "auto": min 0, max the lr, warmup ceil(0.1 x steps). DeepSpeed starts at
+    iteration -1 (lr = min) and steps after each update, so update k runs at iteration k - 1."""
+    from jobs.optim import warmup_decay
+    from jobs.recipe import COMMON
+
+    total, warmup = 100, math.ceil(0.1 * 100)
+    lrs = [warmup_decay(k, warmup_steps=warmup, total_steps=total, warmup="log") for k in range(total)]
+    assert COMMON["warmup"] == "log" and lrs[0] == lrs[1] == 0.0
+    assert lrs[2] == pytest.approx(math.log(2) / math.log(10)) and lrs[10] == pytest.approx(math.log(10) / math.log(10))
+    assert lrs[11] == pytest.approx((100 - 10) / 90) and lrs[-1] == pytest.approx(2 / 90)
+    assert all(a <= b for a, b in zip(lrs[:11], lrs[1:11])) and all(a >= b for a, b in zip(lrs[11:], lrs[12:]))
+    # linear: transformers' get_linear_schedule_with_warmup, step for step
+    from transformers import get_linear_schedule_with_warmup
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    hf = get_linear_schedule_with_warmup(opt, warmup, total)
+    for k in range(total):
+        assert opt.param_groups[0]["lr"] == pytest.approx(
+            warmup_decay(k, warmup_steps=warmup, total_steps=total, warmup="linear"))
+        opt.step()
+        hf.step()
+
+
+def test_the_config_is_declared_once_flags_and_spec_alike():
+    """Every Config field is a flag and a --spec key; the flags' defaults are the dataclass's."""
+    import dataclasses
+
+    from jobs.train_config import Config, parse_args, parser
+
+    flags_by_dest = {a.dest: a for a in parser("")._actions if a.dest not in ("help", "spec")}
+    assert set(flags_by_dest) == {f.name for f in dataclasses.fields(Config)}
+    base = ["--model", "m", "--data", "d", "--fraction", "0.5", "--seed", "1", "--output", "o"]
+    assert parse_args(base) == Config(model="m", data="d", fraction=0.5, seed=1, output="o")
+    assert parse_args(base + ["--no-gradient-checkpointing", "--warmup", "linear"]).gradient_checkpointing is False

@@ -116,3 +116,50 @@ def test_kill_9_resume_is_bitwise_in_bf16(bf16_reference, tiny_model_dir, toy_co
     assert "resuming from step" in log.read_text() or (output / "DONE").exists()
     mine, ref = weights(output), weights(bf16_reference)
     assert mine.keys() == ref.keys() and all(torch.equal(mine[k], ref[k]) for k in ref)
+
+
+def test_chunk_gradients_are_summed_in_float32():
+    """A full fine-tune's step gradient is one backward per gradient-cache chunk; summed in the bf16 .grad
+    each addition rounds to 8 bits, summed in Float32Grads it is the float32 sum of the chunks' gradients."""
+    from jobs.optim import Float32Grads
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 256).to(torch.bfloat16)
+    chunks = [torch.randn(8, 256).to(torch.bfloat16) for _ in range(64)]
+    exact = {p: torch.zeros_like(p, dtype=torch.float64) for p in layer.parameters()}
+    for x in chunks:  # the chunks' own bf16 gradients, summed exactly
+        layer.zero_grad(set_to_none=True)
+        layer(x).float().square().mean().backward()
+        for p in layer.parameters():
+            exact[p] += p.grad.double()
+    layer.zero_grad(set_to_none=True)
+    for x in chunks:  # what autograd does: accumulate into the bf16 .grad
+        layer(x).float().square().mean().backward()
+    in_bf16 = {p: p.grad.double() for p in layer.parameters()}
+    layer.zero_grad(set_to_none=True)
+    sums = Float32Grads(layer.parameters())
+    for x in chunks:
+        layer(x).float().square().mean().backward()
+        sums.collect()
+    assert all(p.grad is None for p in layer.parameters())
+
+    def error(got):
+        return max(((got[p] - exact[p]).norm() / exact[p].norm()).item() for p in exact)
+
+    assert error({p: s.double() for p, s in sums.sums.items()}) < 1e-6 < 1e-3 < error(in_bf16)
+
+
+def test_kahan_adamw_steps_on_the_float32_sums():
+    from jobs.optim import Float32Grads
+
+    p = torch.nn.Parameter(torch.randn(64).to(torch.bfloat16))
+    q = torch.nn.Parameter(p.detach().clone())
+    sums = Float32Grads([p])
+    sums.sums[p].copy_(torch.randn(64))
+    opt_sums, opt_grad = KahanAdamW([p], lr=1e-2), KahanAdamW([q], lr=1e-2)
+    q.grad = sums.sums[p].to(torch.bfloat16)
+    opt_sums.step(grads=sums.sums)
+    opt_grad.step()
+    assert torch.equal(opt_sums.state[p]["exp_avg"], sums.sums[p] * 0.1)  # the float32 sum, not its bf16 rounding
+    assert not torch.equal(opt_sums.state[p]["exp_avg"], opt_grad.state[q]["exp_avg"])
+    assert sums.clip_(1.0) > 1.0 and abs(float(torch.nn.utils.get_total_norm(list(sums.sums.values()))) - 1.0) < 1e-5

@@ -5,9 +5,10 @@ offline, from the built-in Qwen3 table below; the corpus is measured from its fi
 
 Memory per GPU (bytes), with P parameters, h hidden size, L layers, S sequences in one forward chunk
 of at most T tokens each:
-  train full  bf16 weights 2P + gradients 2P + Kahan compensation 2P + fp32 AdamW moments 8P
-              (jobs.optim.KahanAdamW: 14 bytes per parameter, the precision-safe bf16 update)
-  train LoRA  bf16 base 2P + the fp32 adapter's weights, gradients and moments (16 bytes per LoRA parameter)
+  train full  bf16 weights 2P + gradients 2P + their fp32 sum over chunks 4P + Kahan compensation 2P
+              + fp32 AdamW moments 8P (jobs.optim: 18 bytes per parameter, the precision-safe bf16 update)
+  train LoRA  bf16 base 2P + the fp32 adapter's weights, gradients, their sum and moments (20 bytes per
+              LoRA parameter)
   activations with gradient checkpointing: 2*S*T*h per layer (the saved layer inputs) plus one layer
               recomputed in full, SAVED_PER_LAYER[method] bytes per token (counted: tests/test_memory_model.py);
               without it that full layer cost x L; x ACTIVATION_MARGIN
@@ -404,10 +405,10 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
     longest = max(query_max_len, doc_max_len)  # a chunk of the longer kind sets the peak
     per_sequence = per_token * ACTIVATION_MARGIN * longest
     if method == "lora":
-        model = {"weights": 2 * P / GB, "lora weights+grads+adam": 16 * shape.lora_params(LORA_RANK) / GB}
+        model = {"weights": 2 * P / GB, "lora weights+grads+adam": 20 * shape.lora_params(LORA_RANK) / GB}
     else:
-        model = {"weights": 2 * P / GB, "gradients": 2 * P / GB, "compensation": 2 * P / GB,
-                 "adam moments": 8 * P / GB}
+        model = {"weights": 2 * P / GB, "gradients": 2 * P / GB, "gradient sum (fp32)": 4 * P / GB,
+                 "compensation": 2 * P / GB, "adam moments": 8 * P / GB}
     embeddings = sequences * shape.hidden * 4 * 2 / GB  # the cached fp32 embeddings and their gradients
     fixed = sum(model.values()) + embeddings + WORKSPACE_GB
     chunked = mini_batch_size != 0
@@ -428,7 +429,7 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
                                        f"{stats.mean_tokens:.0f} tokens",)
     notes += (f"{method}, {batch_size} queries per step x a group of {docs_per_query} documents",)
     # host RAM: rank 0 ends by building the float32 output on the CPU (the LoRA merge re-reads the base in
-    # float32: jobs.train_bag.float32_model); every rank first loads the bf16 base there before moving it
+    # float32: jobs.export.float32_model); every rank first loads the bf16 base there before moving it
     output = "float32 output (base re-read in float32, adapter merged)" if method == "lora" else "float32 output"
     ram = {"process": PROCESS_RAM_GB, output: 4 * P / GB}
     return Needs(f"train-bag/{method}", _floor(breakdown), disk_gb=disk_gb,
