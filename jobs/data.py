@@ -22,6 +22,16 @@ streaming its records. A 2.8 M-record corpus therefore costs tens of MB, not ten
 (bench/bench_corpus.py). `sample_stats` estimates a corpus's size and token lengths from a few
 thousand lines read at spread-out offsets, without reading the whole file (for the planner).
 
+Bags (jobs.train_bag): the bags of one campaign are distinct draws, not nested ones. A bag's draw
+is seeded by `draw_seed(seed, fraction)`, the campaign's seed and the bag's identity (its fraction),
+so the 20 % bag shares about 40 % of its records with the 40 % bag, as independent draws do (with
+one seed for every bag, `random.Random(...).sample` returned prefixes of one draw: the 20 % bag lay
+wholly inside the 40 % one). The model's initialisation seed stays the campaign's, shared by every
+bag, as in the authors' runs (a shared init is what makes the bags mergeable). Within a bag we
+sample without replacement, stratified by task (each task keeps `fraction` of its records, at
+least one): our choice, since the paper says only that each bag is a distinct random subset. A
+trained bag records the corpus lines it drew in `bag_lines.txt.gz` (`write_bag_lines`).
+
 Determinism: every random choice here comes from `random.Random` seeded with a string built from
 the user's seed (Python seeds string keys through SHA-512, the same on every platform and version),
 never from global RNG state, so the same (data, fraction, seed) gives the same bag, batch order and
@@ -30,6 +40,7 @@ and batch order are the same as when the corpus was read whole (tests pin them).
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -252,11 +263,25 @@ def read_corpus(uri: str) -> list[Record]:
     return list(open_corpus(uri))
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One sample of a corpus taken into a bag: which, how much, with which seed, and where its lines go."""
+    name: str  # "bag", or "replay" for the old corpus of an incremental stage
+    data: str
+    fraction: float
+    seed: int
+
+    @property
+    def lines_file(self) -> str:
+        return f"{self.name}_lines.txt.gz"
+
+
 class Bag(Sequence):
     """Chosen records of one or more corpus indices, in order; reads a record when it is asked for."""
 
-    def __init__(self, parts: list[tuple[CorpusIndex, list[int]]]):
+    def __init__(self, parts: list[tuple[CorpusIndex, list[int]]], draws: Sequence[Draw] = ()):
         self.parts = [(corpus, array("q", indices)) for corpus, indices in parts]
+        self.draws = list(draws)  # one per part when the bag was drawn by build_bag
         self._starts = []
         total = 0
         for _, indices in self.parts:
@@ -314,6 +339,31 @@ def stratified_sample(records, fraction: float, seed: int, *, salt: str = "bag")
         keep = max(1, round(len(members) * fraction))
         chosen += random.Random(f"{salt}:{seed}:{task}").sample(members, keep)
     return sorted(chosen)
+
+
+def draw_seed(seed: int, fraction: float, salt: str = "bag") -> int:
+    """The seed of one bag's draw: the campaign's `seed` and the bag's identity, its `fraction` (a 31-bit
+    integer, so `stratified_sample(corpus, fraction, draw_seed(seed, fraction))` redraws a bag by hand)."""
+    digest = hashlib.sha256(f"draw:{salt}:{seed}:{float(fraction)!r}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+def write_bag_lines(bag: Bag, output: str) -> dict:
+    """Write each draw's corpus lines to OUTPUT/<draw>_lines.txt.gz (gzip text, one 1-based line number of
+    the corpus file a line, ascending; byte-reproducible: no timestamp) and return the model card's rows."""
+    rows = {}
+    for (corpus, indices), draw in zip(bag.parts, bag.draws, strict=True):
+        text = "".join(f"{corpus.lines[i]}\n" for i in indices).encode()
+        storage.write_bytes_atomic(storage.join(output, draw.lines_file), gzip.compress(text, mtime=0))
+        rows[f"{draw.name} draw seed"] = draw.seed
+        rows[f"{draw.name} corpus lines"] = f"{len(indices)} (listed in {draw.lines_file})"
+    return rows
+
+
+def read_bag_lines(path) -> list[int]:
+    """The line numbers a bag_lines.txt.gz lists."""
+    with gzip.open(path, "rt") as handle:
+        return [int(line) for line in handle]
 
 
 def content_hash(records) -> str:
@@ -391,12 +441,16 @@ def in_batch_negatives(task: str) -> bool:
 # cache_dir, batch_size, grad_accum, epochs, max_steps, group_size are read.
 
 def build_bag(config) -> Bag:
+    """The bag of `config` (data, fraction, seed, replay_data, replay_fraction, cache_dir): its own draw."""
     corpus = open_corpus(config.data, Path(config.cache_dir))
-    parts = [(corpus, stratified_sample(corpus, config.fraction, config.seed))]
+    draws = [Draw("bag", config.data, config.fraction, draw_seed(config.seed, config.fraction))]
+    parts = [(corpus, stratified_sample(corpus, config.fraction, draws[0].seed))]
     if config.replay_data:
         old = open_corpus(config.replay_data, Path(config.cache_dir))
-        parts.append((old, stratified_sample(old, config.replay_fraction, config.seed, salt="replay")))
-    return Bag(parts)
+        draws.append(Draw("replay", config.replay_data, config.replay_fraction,
+                          draw_seed(config.seed, config.replay_fraction, "replay")))
+        parts.append((old, stratified_sample(old, config.replay_fraction, draws[1].seed, salt="replay")))
+    return Bag(parts, draws)
 
 
 def schedule(bag, config) -> tuple[int, int]:

@@ -561,6 +561,9 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
             "peak_memory_bytes": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process rss",
             "bag_records": len(bag), "bag_sha256": identity["bag_sha256"], "recipe_source": boom["source"],
             "config": identity}
+    from jobs.data import write_bag_lines
+
+    done["bag_draws"] = write_bag_lines(bag, config.output)  # bag_lines.txt.gz and the draw's seed, for the card
     write_output(config, net, tokenizer, optimizer, done)
     done["memory"] = {"ranks": [memory.usage(device), *used[1:]]}  # RSS with the float32 output built
     store.flush()
@@ -645,7 +648,8 @@ def model_card(config: Config, done: dict) -> str:
                 "output dtype": "float32"}
     bag = {"data": config.data, "fraction": config.fraction, "seed": config.seed,
            "replay data": config.replay_data, "replay fraction": config.replay_fraction,
-           "records": done["bag_records"], "data hash (sha256 of the bag's records)": done["bag_sha256"]}
+           "records": done["bag_records"], **done["bag_draws"],
+           "data hash (sha256 of the bag's records)": done["bag_sha256"]}
     run = {"steps": done["steps"], "tokens": done["tokens_seen"], "final loss": round(done["final_loss"], 5),
            "tokens/s": done["tokens_per_s"], "GPUs": done["gpus"], "TFLOP/s per GPU": done["tflops_per_gpu"]}
     return card.render(
