@@ -8,11 +8,20 @@ Formats, one JSON object a line (both may be mixed in one file); every line is c
                 query instruction), `type` (FlagEmbedding's data type: `only_1neg` trains groups of
                 2, `symmetric_class` groups of at most len(neg)+1, `symmetric_sts` and
                 `symmetric_clustering` put the query instruction on the documents too), and our
-                optional `task`. bge-full-data is in this format. FlagEmbedding batches by source
-                file; one file here has no source, so a record's task is its `task`, else its
-                `prompt` (each bge-full-data dataset has its own), else "default". A task named
-                `...no_in_batch_neg` is scored within each query's own group only, FlagEmbedding's
-                convention for such directories (classification, clustering).
+                optional `task`. bge-full-data is in this format.
+
+Tasks, the authors' way (FlagEmbedding's AbsEmbedderSameDatasetTrainDataset, FlagEmbedding/abc/finetune/
+embedder/AbsDataset.py, which the BOOM scripts run): a batch comes from one source file, and a file
+under a directory (or a file) whose name ends in `no_in_batch_neg` trains without in-batch negatives;
+bge-full-data keeps its classification and clustering files (types `symmetric_class`,
+`symmetric_clustering`) in such directories. Here a batch comes from one task, and a task trains
+without in-batch negatives when a component of its name ends in `no_in_batch_neg` or its records'
+type is `symmetric_class`/`symmetric_clustering` (`in_batch_negatives`). One JSONL has no source
+files, so `import_flagembedding` (`python -m jobs.data import-flagembedding DIR -o corpus.jsonl`, or
+`planner data import-flagembedding`) converts a FlagEmbedding training directory into one corpus whose
+`task` is each line's directory/file. A FlagEmbedding line without `task` falls back to its `prompt`
+(else "default"), which merges files that share a prompt and splits a file with several: reading
+such a corpus prints a warning naming the converter.
 
 Scale: a corpus is never held in memory. `open_corpus` scans the file once (a remote URI is first
 copied to a local cache by jobs.storage), checks every line and keeps, per record, only the byte
@@ -44,10 +53,12 @@ import gzip
 import hashlib
 import json
 import math
+import os
 import random
+import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +67,8 @@ from jobs import storage
 DEFAULT_TASK = "default"
 NO_IN_BATCH_NEG = "no_in_batch_neg"
 SYMMETRIC_WITH_PROMPT = ("symmetric_sts", "symmetric_clustering")
+NO_IN_BATCH_TYPES = ("symmetric_class", "symmetric_clustering")  # bge-full-data's *-no_in_batch_neg directories
+FLAG_SUFFIXES = (".json", ".jsonl")  # the files FlagEmbedding reads from a training directory
 CHARS_PER_TOKEN = 4.0  # sample_stats' token estimate (the planner's planning figure too)
 BLOCK = 1 << 24
 
@@ -185,6 +198,7 @@ class CorpusIndex(Sequence):
         self.lines = array("q")  # 1-based line numbers, for messages
         self._task_ids = array("i")
         self._task_names: list[str] = []
+        self.untasked_flag_records = 0  # FlagEmbedding lines without `task`: grouped by prompt (open_corpus warns)
         self._handle = None
         self._scan()
 
@@ -212,7 +226,9 @@ class CorpusIndex(Sequence):
         except UnicodeDecodeError as exc:
             raise BadData(f"{self.name}: not UTF-8 text (byte {start + exc.start})") from None
         where = f"{self.name}:{number}"
-        name = check_record(_load(line, where), where)
+        raw = _load(line, where)
+        name = check_record(raw, where)
+        self.untasked_flag_records += _is_flag(raw) and "task" not in raw
         task = task_index.setdefault(name, len(task_index))
         if task == len(self._task_names):
             self._task_names.append(name)
@@ -255,7 +271,14 @@ def open_corpus(uri: str, cache_dir: Path | None = None) -> CorpusIndex:
         raise BadData(f"{uri}: not found; give a JSONL file (local path or fsspec URI)")
     cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "planner-jobs"
     path = storage.cached_local_copy(uri, cache / "data") if storage.is_remote(uri) else storage.local_path(uri)
-    return CorpusIndex(path, uri)
+    index = CorpusIndex(path, uri)
+    if index.untasked_flag_records:
+        print(f"warning: {uri}: {index.untasked_flag_records} FlagEmbedding-format records have no 'task', so they are "
+              "grouped by 'prompt', which merges files that share a prompt and splits a file with several "
+              "(FlagEmbedding batches by file); convert the training directory with `python -m jobs.data "
+              "import-flagembedding DIR -o corpus.jsonl` (or `planner data import-flagembedding`) to keep each file "
+              "as its task", file=sys.stderr)
+    return index
 
 
 def read_corpus(uri: str) -> list[Record]:
@@ -432,8 +455,13 @@ def make_group(record: Record, group_size: int, key: str) -> Group:
                  record.kind in SYMMETRIC_WITH_PROMPT)
 
 
-def in_batch_negatives(task: str) -> bool:
-    return not task.endswith(NO_IN_BATCH_NEG)
+def in_batch_negatives(task: str, kind: str | None = None) -> bool:
+    """Whether a batch of `task` (its records of FlagEmbedding type `kind`) scores queries against every
+    document of the batch (else only against their own group): not when a directory or file of the task's
+    name ends in `no_in_batch_neg` (FlagEmbedding's flag, the file's extension aside) or the type is a
+    classification or clustering one."""
+    stems = [part.rsplit(".", 1)[0] if part.endswith(FLAG_SUFFIXES) else part for part in task.split("/")]
+    return kind not in NO_IN_BATCH_TYPES and not any(stem.endswith(NO_IN_BATCH_NEG) for stem in stems)
 
 
 # --- a bag and its schedule: which records each optimizer step trains on ---------------------------
@@ -477,6 +505,7 @@ def step_batches(bag, config, step: int, per_epoch: int, cache: dict) -> list[li
 class Batch:
     task: str
     groups: list[Group]  # in batch order; rank r encodes groups[r::world]
+    in_batch: bool = True  # queries scored against every document of the batch (in_batch_negatives)
 
 
 def step_groups(bag, config, step: int, per_epoch: int, cache: dict) -> list[Batch]:
@@ -485,8 +514,112 @@ def step_groups(bag, config, step: int, per_epoch: int, cache: dict) -> list[Bat
     for batch in batches:
         records = [bag[i] for i in batch]
         out.append(Batch(records[0].task, [make_group(r, config.group_size, f"group:{config.seed}:{epoch}:{i}")
-                                           for i, r in zip(batch, records)]))
+                                           for i, r in zip(batch, records)],
+                         in_batch_negatives(records[0].task, records[0].kind)))
     return out
+
+
+# --- FlagEmbedding training directories into one corpus ---------------------------------------------
+
+def flagembedding_files(sources: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """Each training file FlagEmbedding would read from `sources` (directories, searched recursively, or
+    .json/.jsonl files) with its task, "directory/file": its path from the source directory, which keeps
+    the directory FlagEmbedding reads `no_in_batch_neg` from (a file directly in SOURCE, or given itself,
+    is named with its own directory's name), so `jsonl_output` and the four directories the BOOM script
+    passes give the same tasks."""
+    found: list[tuple[Path, str]] = []
+    for source in map(Path, sources):
+        if source.is_file():
+            if not source.name.endswith(FLAG_SUFFIXES):
+                raise BadData(f"{source}: not a .json or .jsonl training file")
+            found.append((source, f"{source.resolve().parent.name}/{source.name}"))
+        elif source.is_dir():
+            files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.endswith(FLAG_SUFFIXES))
+            if not files:
+                raise BadData(f"{source}: no .json or .jsonl training files under it")
+            for path in files:
+                task = path.relative_to(source).as_posix()
+                found.append((path, task if "/" in task else f"{source.resolve().name}/{task}"))
+        else:
+            raise BadData(f"{source}: not found; give FlagEmbedding training directories or files")
+    seen: dict[str, Path] = {}
+    for path, task in found:
+        if task in seen:
+            raise BadData(f"{path} and {seen[task]} would both be task {task!r}; convert them separately")
+        seen[task] = path
+    return found
+
+
+def import_flagembedding(sources: Iterable[str | Path], output: str | Path) -> list[dict]:
+    """Convert FlagEmbedding training data into one JSONL corpus whose every line carries its file's task.
+
+    Every line is checked (jobs.data's formats), its `task` set to its file's (flagembedding_files), and
+    a file must keep one `type` (FlagEmbedding batches by file and asserts one type per batch). The
+    output is written to a temporary file beside it and renamed, so a failure leaves nothing behind.
+    Returns one row per task: task, records, type, whether it trains with in-batch negatives, prompts.
+    """
+    output, sources = Path(output), list(sources)
+    files = flagembedding_files(sources)
+    if any(path.resolve() == output.resolve() for path, _ in files):
+        raise BadData(f"{output}: the output is one of the inputs; write it outside the training directories")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    rows = []
+    try:
+        with open(partial, "w", encoding="utf-8") as out:
+            for path, task in files:
+                records, kind, prompts = 0, None, set()
+                with open(path, "rb") as handle:
+                    for number, raw_line in enumerate(handle, start=1):
+                        where = f"{path}:{number}"
+                        try:
+                            line = raw_line.decode("utf-8")
+                        except UnicodeDecodeError:
+                            raise BadData(f"{where}: not UTF-8 text") from None
+                        if not line.strip():
+                            continue
+                        raw = _load(line, where)
+                        check_record(raw, where)
+                        if records and raw.get("type") != kind:
+                            raise BadData(f"{where}: type {raw.get('type')!r} differs from the file's {kind!r}; "
+                                          "FlagEmbedding batches by file, so give each type its own file")
+                        kind, records = raw.get("type"), records + 1
+                        prompts.add(raw.get("prompt") if _is_flag(raw) else raw.get("instruction"))
+                        out.write(json.dumps(raw | {"task": task}, ensure_ascii=False) + "\n")
+                if records:  # FlagEmbedding skips an empty file too
+                    rows.append({"task": task, "records": records, "type": kind,
+                                 "in_batch_negatives": in_batch_negatives(task, kind), "prompts": len(prompts)})
+        if not rows:
+            raise BadData("no records in " + ", ".join(str(s) for s in sources))
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.data import-flagembedding DIR [DIR|FILE ...] -o corpus.jsonl`: exit 0, or 2 with one line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.data", description="Training corpora.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("import-flagembedding", help=import_flagembedding.__doc__.split("\n")[0])
+    convert.add_argument("sources", nargs="+", help="FlagEmbedding training directories (searched recursively) or files")
+    convert.add_argument("-o", "--output", required=True, help="the corpus JSONL to write")
+    args = parser.parse_args(argv)
+    try:
+        rows = import_flagembedding(args.sources, args.output)
+    except (BadData, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(row["task"]) for row in rows)
+    print(f"{'task':<{width}}  {'records':>8}  {'type':<20}  in-batch negatives  prompts")
+    for row in rows:
+        print(f"{row['task']:<{width}}  {row['records']:>8}  {str(row['type'] or '-'):<20}  "
+              f"{'yes' if row['in_batch_negatives'] else 'no':<18}  {row['prompts']}")
+    print(f"{sum(row['records'] for row in rows)} records in {len(rows)} tasks written to {args.output}",
+          file=sys.stderr)
+    return 0
 
 
 # --- a cheap estimate for the planner ---------------------------------------------------------------
@@ -563,3 +696,6 @@ def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, grou
     return SampleStats(count, exact, size, records, mean_bytes, mean_query, mean_doc, mean_docs,
                        mean_query + mean_doc * mean_docs, scored / records, len(tasks))
 
+
+if __name__ == "__main__":
+    raise SystemExit(main())

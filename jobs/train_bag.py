@@ -93,8 +93,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from jobs import memory, recipe, storage
-from jobs.data import (BadData, Batch, Group, build_bag, content_hash, in_batch_negatives, schedule,
-                       step_groups)
+from jobs.data import BadData, Batch, Group, build_bag, content_hash, schedule, step_groups
 from jobs.distributed import Group as Ranks
 from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
 
@@ -268,7 +267,7 @@ def batch_layout(batch: Batch, world: int) -> Layout:
         sizes.append(len(g.documents))
         total += len(g.documents)
     teacher = [g.teacher_scores for g in ordered] if all(g.teacher_scores for g in ordered) else None
-    return Layout(starts, sizes, teacher, in_batch_negatives(batch.task))
+    return Layout(starts, sizes, teacher, batch.in_batch)
 
 
 def contrastive_loss(q, d, layout: Layout, temperature: float, kd_loss: str):
