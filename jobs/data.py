@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import storage
+from jobs.lifecycle import BadInput
 
 DEFAULT_TASK = "default"
 NO_IN_BATCH_NEG = "no_in_batch_neg"
@@ -198,6 +199,7 @@ class CorpusIndex(Sequence):
         self.lines = array("q")  # 1-based line numbers, for messages
         self._task_ids = array("i")
         self._task_names: list[str] = []
+        self._task_kinds: list[str | None] = []  # each task's FlagEmbedding type, from its first record
         self.untasked_flag_records = 0  # FlagEmbedding lines without `task`: grouped by prompt (open_corpus warns)
         self._handle = None
         self._scan()
@@ -232,6 +234,7 @@ class CorpusIndex(Sequence):
         task = task_index.setdefault(name, len(task_index))
         if task == len(self._task_names):
             self._task_names.append(name)
+            self._task_kinds.append(raw.get("type") if _is_flag(raw) else None)
         self.offsets.append(start)
         self.lines.append(number)
         self._task_ids.append(task)
@@ -246,6 +249,10 @@ class CorpusIndex(Sequence):
     def tasks(self) -> list[str]:
         names = self._task_names
         return [names[t] for t in self._task_ids]
+
+    @property
+    def task_kinds(self) -> dict[str, str | None]:
+        return dict(zip(self._task_names, self._task_kinds))
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -339,10 +346,28 @@ class Bag(Sequence):
     def tasks(self) -> list[str]:
         return [corpus.task(i) for corpus, indices in self.parts for i in indices]
 
+    @property
+    def task_kinds(self) -> dict[str, str | None]:
+        kinds: dict[str, str | None] = {}
+        for corpus, _ in reversed(self.parts):  # the first part's type wins where both have a task
+            kinds |= corpus.task_kinds
+        return kinds
+
 
 def _tasks_of(records) -> list[str]:
     tasks = getattr(records, "tasks", None)
     return list(tasks) if tasks is not None else [r.task for r in records]
+
+
+def _kinds_of(records) -> dict[str, str | None]:
+    """Each task's FlagEmbedding type (its first record's)."""
+    kinds = getattr(records, "task_kinds", None)
+    if kinds is not None:
+        return kinds
+    found: dict[str, str | None] = {}
+    for record in records:
+        found.setdefault(record.task, record.kind)
+    return found
 
 
 def by_task(records, indices: list[int] | None = None) -> dict[str, list[int]]:
@@ -398,19 +423,62 @@ def content_hash(records) -> str:
     return digest.hexdigest()
 
 
-def epoch_batches(records, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+@dataclass(frozen=True)
+class Sampler:
+    """How a bag becomes batches and groups (FlagEmbedding's AbsEmbedderSameDatasetTrainDataset, FlagOpen/
+    FlagEmbedding FlagEmbedding/abc/finetune/embedder/AbsDataset.py: _get_file_batch_size, refresh_epoch,
+    _create_batch_data)."""
+    halve_symmetric: bool  # a task of a symmetric type (sts, class, clustering) gets batches of half the size
+    drop_last: bool  # each task's partial last batch sits the epoch out (a task smaller than a batch: all of it)
+    repeat_negatives: bool  # a group short of negatives is filled by drawing them again; negatives always shuffled
+
+
+SAMPLERS = {
+    # What the BOOM scripts ran (--same_dataset_within_batch, --dataloader_drop_last).
+    "flagembedding": Sampler(halve_symmetric=True, drop_last=True, repeat_negatives=True),
+    # Ours before: every record of the bag trains every epoch (a remainder of one joins the previous batch),
+    # and a group keeps the negatives it has, in file order, with no copies; better for small bags or tasks,
+    # which FlagEmbedding's drop-last leaves out whole, and for data with few negatives.
+    "keep-all": Sampler(halve_symmetric=False, drop_last=False, repeat_negatives=False),
+}
+DEFAULT_SAMPLER = "flagembedding"
+
+
+def sampler_of(config) -> Sampler:
+    """The trainer config's sampler: its `sampler` name (jobs.train_bag), FlagEmbedding's when it names none."""
+    name = getattr(config, "sampler", None) or DEFAULT_SAMPLER
+    if name not in SAMPLERS:
+        raise BadInput(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name]
+
+
+def task_batch_size(kind: str | None, batch_size: int, sampler: Sampler) -> int:
+    """FlagEmbedding's _get_file_batch_size: symmetric data gets half the batch (at least 2 queries here)."""
+    if sampler.halve_symmetric and kind is not None and "symmetric" in kind:
+        return max(2, batch_size // 2)
+    return batch_size
+
+
+def epoch_batches(records, batch_size: int, seed: int, epoch: int,
+                  sampler: Sampler = SAMPLERS[DEFAULT_SAMPLER]) -> list[list[int]]:
     """One epoch's batches: each from a single task (in-batch negatives stay meaningful), shuffled across tasks.
 
-    Records are shuffled within their task, cut into batches of `batch_size`; a task's remainder of
-    fewer than two records joins its previous batch (a lone query has no in-batch negative). The order
-    of all batches is then shuffled. Depends only on (records' tasks, batch_size, seed, epoch).
+    Records are shuffled within their task and cut into batches of `batch_size` (half that for a
+    symmetric task under `halve_symmetric`). With `drop_last` a task's partial last batch is left out
+    of the epoch, as FlagEmbedding does; without it a remainder of fewer than two records joins the
+    previous batch (a lone query has no in-batch negative). The order of all batches is then shuffled.
+    Depends only on (records' tasks and types, batch_size, seed, epoch, sampler).
     """
     batches: list[list[int]] = []
+    kinds = _kinds_of(records)
     for task, members in by_task(records).items():
+        size = task_batch_size(kinds.get(task), batch_size, sampler)
         members = list(members)
         random.Random(f"order:{seed}:{epoch}:{task}").shuffle(members)
-        chunks = [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
-        if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks = [members[i:i + size] for i in range(0, len(members), size)]
+        if sampler.drop_last:
+            chunks = [chunk for chunk in chunks if len(chunk) == size]
+        elif len(chunks) > 1 and len(chunks[-1]) < 2:
             remainder = chunks.pop()
             chunks[-1] += remainder
         batches += chunks
@@ -438,16 +506,25 @@ def group_size_for(record: Record, group_size: int) -> int:
     return group_size
 
 
-def make_group(record: Record, group_size: int, key: str) -> Group:
+def make_group(record: Record, group_size: int, key: str, sampler: Sampler = SAMPLERS[DEFAULT_SAMPLER]) -> Group:
     """The record's group for one epoch: a positive (drawn when there are several) and up to
-    group_size - 1 negatives (a seeded sample without replacement when there are more; all of them,
-    in file order, otherwise; FlagEmbedding would repeat negatives to fill the group, we do not).
+    group_size - 1 negatives. With `repeat_negatives` (FlagEmbedding's _create_batch_data) the
+    negatives are a seeded random sample in random order, and when there are fewer than needed the
+    list is repeated ceil((group_size - 1) / count) times and sampled from, so copies fill the group
+    (m3 distillation masks a group's earlier members, so the order matters); without it, a sample
+    without replacement when there are more, else all of them in file order.
+    A record without negatives gets a group of its positive alone (FlagEmbedding cannot train those).
     `key` names the draw (seed, epoch, position in the bag) so it is reproducible."""
     size = group_size_for(record, group_size)
     positives, negatives = record.positives, record.negatives
-    rng = random.Random(key) if len(positives) > 1 or len(negatives) > size - 1 else None
-    p = rng.randrange(len(positives)) if len(positives) > 1 else 0
-    chosen = rng.sample(range(len(negatives)), size - 1) if len(negatives) > size - 1 else list(range(len(negatives)))
+    rng = random.Random(key)
+    if sampler.repeat_negatives:  # FlagEmbedding's draws, call for call: the same rng state picks the same group
+        p = rng.choice(range(len(positives)))
+        copies = math.ceil((size - 1) / len(negatives)) if 0 < len(negatives) < size - 1 else 1
+        chosen = rng.sample(list(range(len(negatives))) * copies, size - 1) if negatives else []
+    else:
+        p = rng.randrange(len(positives)) if len(positives) > 1 else 0
+        chosen = rng.sample(range(len(negatives)), size - 1) if len(negatives) > size - 1 else list(range(len(negatives)))
     scores = None
     if record.has_teacher_scores:
         scores = (record.positive_scores[p], *(record.negative_scores[j] for j in chosen))
@@ -482,8 +559,22 @@ def build_bag(config) -> Bag:
 
 
 def schedule(bag, config) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps)."""
-    per_epoch = math.ceil(len(epoch_batches(bag, config.batch_size, config.seed, 0)) / config.grad_accum)
+    """(optimizer steps per epoch, total steps). A bag with no full batch is bad input; records that sit
+    every epoch out (drop-last) are reported on stderr."""
+    sampler = sampler_of(config)
+    batches = epoch_batches(bag, config.batch_size, config.seed, 0, sampler)
+    if not batches:
+        raise BadInput(f"the bag of {len(bag)} records has no full batch: every task has fewer records than a batch "
+                       f"of {config.batch_size} (half that for symmetric data); lower --batch-size or raise --fraction")
+    left_out = len(bag) - sum(map(len, batches))
+    if left_out:
+        tasks = by_task(bag)
+        kinds = _kinds_of(bag)
+        whole = [t for t, m in tasks.items() if len(m) < task_batch_size(kinds.get(t), config.batch_size, sampler)]
+        print(f"note: {left_out} of {len(bag)} records sit out each epoch (each task's partial last batch is dropped, "
+              f"as FlagEmbedding does; {len(whole)} of {len(tasks)} tasks are smaller than a batch and never train)",
+              file=sys.stderr)
+    per_epoch = math.ceil(len(batches) / config.grad_accum)
     return per_epoch, config.max_steps or config.epochs * per_epoch
 
 
@@ -492,7 +583,7 @@ def step_indices(bag, config, step: int, per_epoch: int, cache: dict) -> tuple[i
     epoch, index = divmod(step, per_epoch)
     if epoch not in cache:
         cache.clear()
-        cache[epoch] = epoch_batches(bag, config.batch_size, config.seed, epoch)
+        cache[epoch] = epoch_batches(bag, config.batch_size, config.seed, epoch, sampler_of(config))
     return epoch, cache[epoch][index * config.grad_accum:(index + 1) * config.grad_accum]
 
 
@@ -510,10 +601,11 @@ class Batch:
 
 def step_groups(bag, config, step: int, per_epoch: int, cache: dict) -> list[Batch]:
     epoch, batches = step_indices(bag, config, step, per_epoch, cache)
+    sampler = sampler_of(config)
     out = []
     for batch in batches:
         records = [bag[i] for i in batch]
-        out.append(Batch(records[0].task, [make_group(r, config.group_size, f"group:{config.seed}:{epoch}:{i}")
+        out.append(Batch(records[0].task, [make_group(r, config.group_size, f"group:{config.seed}:{epoch}:{i}", sampler)
                                            for i, r in zip(batch, records)],
                          in_batch_negatives(records[0].task, records[0].kind)))
     return out
