@@ -295,11 +295,9 @@ def read_corpus(uri: str) -> list[Record]:
 
 @dataclass(frozen=True)
 class Draw:
-    """One sample of a corpus taken into a bag: which, how much, with which seed, and where its lines go."""
+    """One sample of a corpus taken into a bag: its seed, and where its lines go."""
     name: str  # "bag", or "replay" for the old corpus of an incremental stage
-    data: str
-    fraction: float
-    seed: int
+    seed: int  # stratified_sample's: draw_seed(campaign seed, fraction)
 
     @property
     def lines_file(self) -> str:
@@ -543,17 +541,16 @@ def in_batch_negatives(task: str, kind: str | None = None) -> bool:
 
 # --- a bag and its schedule: which records each optimizer step trains on ---------------------------
 # `config` is the trainer's (jobs.train_bag): data, fraction, seed, replay_data, replay_fraction,
-# cache_dir, batch_size, grad_accum, epochs, max_steps, group_size are read.
+# cache_dir, batch_size, grad_accum, epochs, max_steps, group_size and, when it has one, sampler are read.
 
 def build_bag(config) -> Bag:
     """The bag of `config` (data, fraction, seed, replay_data, replay_fraction, cache_dir): its own draw."""
     corpus = open_corpus(config.data, Path(config.cache_dir))
-    draws = [Draw("bag", config.data, config.fraction, draw_seed(config.seed, config.fraction))]
+    draws = [Draw("bag", draw_seed(config.seed, config.fraction))]
     parts = [(corpus, stratified_sample(corpus, config.fraction, draws[0].seed))]
     if config.replay_data:
         old = open_corpus(config.replay_data, Path(config.cache_dir))
-        draws.append(Draw("replay", config.replay_data, config.replay_fraction,
-                          draw_seed(config.seed, config.replay_fraction, "replay")))
+        draws.append(Draw("replay", draw_seed(config.seed, config.replay_fraction, "replay")))
         parts.append((old, stratified_sample(old, config.replay_fraction, draws[1].seed, salt="replay")))
     return Bag(parts, draws)
 
