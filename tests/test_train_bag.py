@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def flags(model, corpus, output, *extra) -> list[str]:
+    # group 2: the toy corpus has one negative a query, which FlagEmbedding's sampler would copy 7 times
     return ["--model", str(model), "--data", str(corpus), "--fraction", "0.5", "--seed", "3", "--output", str(output),
-            "--batch-size", "6", "--epochs", "2", "--lr", "1e-3", "--save-every-steps", "2", *extra]
+            "--batch-size", "6", "--epochs", "2", "--lr", "1e-3", "--save-every-steps", "2", "--group-size", "2",
+            *extra]
 
 
 def weights(output: Path) -> dict[str, torch.Tensor]:
