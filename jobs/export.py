@@ -72,7 +72,7 @@ def model_card(config, done: dict) -> str:
                 "output dtype": "float32"}
     bag = {"data": config.data, "fraction": config.fraction, "seed": config.seed,
            "replay data": config.replay_data, "replay fraction": config.replay_fraction,
-           "records": done["bag_records"], "data hash (sha256 of the bag's records)": done["bag_sha256"]}
+           "records": done["bag_records"], **done["bag_draws"], "data hash (sha256 of the bag's records)": done["bag_sha256"]}
     run = {"steps": done["steps"], "tokens": done["tokens_seen"], "final loss": round(done["final_loss"], 5),
            "tokens/s": done["tokens_per_s"], "GPUs": done["gpus"], "TFLOP/s per GPU": done["tflops_per_gpu"]}
     return card.render(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from jobs.data import Batch, in_batch_negatives
+from jobs.data import Batch
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def batch_layout(batch: Batch, world: int) -> Layout:
         sizes.append(len(g.documents))
         total += len(g.documents)
     teacher = [g.teacher_scores for g in ordered] if all(g.teacher_scores for g in ordered) else None
-    return Layout(starts, sizes, teacher, in_batch_negatives(batch.task))
+    return Layout(starts, sizes, teacher, batch.in_batch)
 
 
 def _scores(q: torch.Tensor, d: torch.Tensor, layout: Layout, temperature: float):

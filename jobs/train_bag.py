@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from jobs import memory, recipe, storage
-from jobs.data import BadData, Batch, Group, build_bag, content_hash, schedule, step_groups
+from jobs.data import BadData, Batch, Group, build_bag, content_hash, schedule, step_groups, write_bag_lines
 from jobs.distributed import Group as Ranks
 from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
 from jobs.protocol import DONE_MARKER, duration
@@ -375,6 +375,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
             "peak_memory_bytes": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process rss",
             "bag_records": len(bag), "bag_sha256": identity["bag_sha256"], "recipe_source": boom["source"],
             "config": identity}
+    done["bag_draws"] = write_bag_lines(bag, config.output)  # bag_lines.txt.gz; the draw's seed, for the card
     export.write_output(config, base_path, net, tokenizer, optimizer, done)
     done["memory"] = {"ranks": [memory.usage(device), *used[1:]]}  # RSS with the float32 output built
     store.flush()

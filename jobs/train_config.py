@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from jobs import protocol, recipe, storage
+from jobs.data import DEFAULT_SAMPLER, SAMPLERS
 from jobs.lifecycle import BadInput
 
 METHODS = ("full", "lora")
@@ -51,6 +52,9 @@ class Config:
     in_batch_grad_scale: float = option(
         "gradient scale of batches with in-batch negatives (default: the BOOM run's, jobs.recipe); 1: the "
         "loss's own gradient", recipe.IN_BATCH_GRAD_SCALE)
+    sampler: str = option("how batches and groups are cut: flagembedding (the authors' sampler) or keep-all "
+                          "(every record, groups without repeated negatives; jobs.data)", DEFAULT_SAMPLER,
+                          tuple(SAMPLERS))
     kd_loss: str | None = option("with teacher scores (default: m3 for LoRA, else none)", None, KD_LOSSES)
     query_max_len: int = option("tokens per query, prompt included", recipe.COMMON["query_max_len"])
     doc_max_len: int = option("tokens per document", recipe.COMMON["doc_max_len"])

@@ -90,7 +90,8 @@ def test_flagembedding_records_groups_and_types():
     assert group == data.make_group(record, 8, "group:0:0:5")  # reproducible
     assert any(data.make_group(record, 8, f"group:0:{e}:5") != group for e in range(1, 6))  # redrawn per epoch
     few = data.parse_record(json.dumps({"query": "q", "positive": "p", "negatives": ["a", "b"]}), "x:2")
-    assert data.make_group(few, 8, "k").documents == ("p", "a", "b")  # fewer than 7: all, in order, no repeats
+    keep_all = data.SAMPLERS["keep-all"]
+    assert data.make_group(few, 8, "k", keep_all).documents == ("p", "a", "b")  # fewer than 7: all, in order, no repeats
     one = data.parse_record(json.dumps({"query": "q", "pos": ["p"], "neg": ["a", "b", "c"], "type": "only_1neg"}), "x")
     assert len(data.make_group(one, 8, "k").documents) == 2
     sts = data.parse_record(json.dumps({"query": "q", "pos": ["p"], "neg": ["a"], "type": "symmetric_sts",

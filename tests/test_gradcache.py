@@ -23,7 +23,7 @@ def setup(tiny_model_dir, toy_corpus, method: str):
     torch.manual_seed(0)
     tokenizer, net, _ = train_bag.load_trainable(config, torch.device("cpu"), torch.float32)
     records = data.read_corpus(str(toy_corpus))[:6]  # one task
-    groups = [data.make_group(r, 8, f"k{i}") for i, r in enumerate(records)]
+    groups = [data.make_group(r, 8, f"k{i}", data.SAMPLERS["keep-all"]) for i, r in enumerate(records)]  # as given
     return config, tokenizer, net, data.Batch(records[0].task, groups)
 
 

@@ -17,6 +17,7 @@ from planner.interface.cli import (  # noqa: F401  (importing a group registers 
     serve,
     demo,
     project,
+    data,
 )
 from planner.interface.cli.common import app
 
