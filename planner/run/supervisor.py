@@ -43,7 +43,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, SpecError
 from planner.plan.billing import attempt_cost, billed_rate
 from planner.plan import budget as budgets
 from planner.plan import memory
@@ -155,6 +155,11 @@ class Supervisor:
         if claimed != 1:
             return
         session.refresh(job)
+        try:
+            job_spec = JobSpec.from_json(job.spec)
+        except SpecError as exc:  # no relaunch reads it better: fail it before anything is reserved or written
+            self._finish(session, job, "failed", f"its spec cannot run: {exc}", report)
+            return
         context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
                                    job_spent(session, job.id), now, self._unpaid_backends(now))
         placement = self.place(session, job, context)
@@ -191,7 +196,7 @@ class Supervisor:
         session.add(attempt)
         job.state, job.updated_at, job.error = "launching", now, None
         session.commit()  # the attempt exists before the instance does: a crash from here on is recoverable
-        spec = placement.apply(JobSpec.from_json(job.spec))
+        spec = placement.apply(job_spec)
         try:
             plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour,
                                 disk_gb=json.loads(job.requirements or "{}").get("disk_gb"),
