@@ -248,8 +248,17 @@ def attempts_of(session: Session, job_id: str) -> list[Attempt]:
     return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
 
 
+class Cancelled(list):
+    """The ids a cancel ended; `not_ended`: job id -> why its box could not be ended from here (the backend's
+    key is not set in this process): those stay marked, and the next supervisor that can reach it ends it."""
+
+    def __init__(self, ids, not_ended: dict[str, str]):
+        super().__init__(ids)
+        self.not_ended = not_ended
+
+
 def cancel_jobs(settings: Settings, sessions: sessionmaker, ident: str,
-                backends: dict | None = None) -> list[str] | None:
+                backends: dict | None = None) -> Cancelled | None:
     """Cancel a job or every open job of a campaign: mark them, then one supervisor tick terminates
     their live instances and settles them. Returns the ids cancelled (None: no such job or campaign)."""
     with sessions() as session:
@@ -261,4 +270,6 @@ def cancel_jobs(settings: Settings, sessions: sessionmaker, ident: str,
                 job.cancel_requested = True
         session.commit()
     report = build_supervisor(settings, sessions, backends).tick()
-    return [job_id for job_id, state in report.finished if state == "cancelled"]
+    ids = {job.id for job in jobs}
+    return Cancelled([job_id for job_id, state in report.finished if state == "cancelled"],
+                     {job_id: why for job_id, why in report.waiting.items() if job_id in ids})

@@ -344,6 +344,7 @@ class Supervisor:
             attempt.detail = f"poll failed: {exc}"
             if attempt.poll_failures < MAX_POLL_FAILURES:
                 session.commit()
+                report.faults[job.id] = f"poll failed ({attempt.poll_failures} in a row, retried): {fault_line(exc)}"
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
         attempt.polled_at = self.clock()

@@ -150,9 +150,15 @@ def jobs_cancel(ident: Ident, as_json: options.Json = False) -> None:
     if cancelled is None:
         fail(f"no job or campaign {ident}")
     if as_json:
-        emit_json({"cancelled": cancelled})
+        emit_json({"cancelled": list(cancelled), "not_ended": cancelled.not_ended})
     else:
-        out.print(f"cancelled: {', '.join(cancelled) or 'nothing open'}", highlight=False)
+        if cancelled or not cancelled.not_ended:
+            out.print(f"cancelled: {', '.join(cancelled) or 'nothing open'}", highlight=False)
+        for job_id, why in cancelled.not_ended.items():
+            out.print(f"{job_id}: not cancelled: {why.removeprefix('waiting: ')}", highlight=False, markup=False,
+                      soft_wrap=True)
+    if cancelled.not_ended:
+        raise typer.Exit(1)
 
 
 @jobs_app.command("tick")
@@ -161,9 +167,11 @@ def jobs_tick(as_json: options.Json = False) -> None:
     cfg = settings()
     report = build_supervisor(cfg, sessions(cfg)).tick()
     data = {"launched": report.launched, "relaunching": report.relaunching, "finished": report.finished,
-            "reaped": report.reaped}
+            "reaped": report.reaped, "waiting": report.waiting, "faults": report.faults}
     if as_json:
         emit_json(data)
     else:
-        for line in report.lines():
-            out.print(line, highlight=False, markup=False)
+        for line in report.lines():  # one line per event, never wrapped: scripts and cron mail read them
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if report.faults:  # weather (a store down) or a job's own fault: recorded on the job, retried next tick
+        raise typer.Exit(1)

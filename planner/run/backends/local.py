@@ -165,7 +165,9 @@ class LocalBackend(Backend):
                 raise BackendError(f"cannot start the job: {exc.strerror}; check that {self.python} runs") from None
         data = {"pid": process.pid, "started": _start_time(process.pid), "run_dir": str(run_dir),
                 "output_uri": plan.request["output_uri"]}
-        (run_dir / "handle.json").write_text(json.dumps({**data, "label": plan.label}))
+        torn = run_dir / "handle.json.tmp"  # written whole, then renamed: a kill -9 never leaves half a record
+        torn.write_text(json.dumps({**data, "label": plan.label}))
+        os.replace(torn, run_dir / "handle.json")
         # The process is reaped in the background so it never lingers as a zombie in a long-lived supervisor.
         threading.Thread(target=process.wait, daemon=True).start()
         return Handle(backend=self.name, instance_id=f"pid-{process.pid}", label=plan.label, data=data)
@@ -239,8 +241,11 @@ class LocalBackend(Backend):
     def list_labeled(self) -> list[Handle]:
         handles = []
         for record in sorted(self.runs_dir.glob("*/handle.json")) if self.runs_dir.exists() else []:
-            data = json.loads(record.read_text())
-            label = data.pop("label")
+            try:
+                data = json.loads(record.read_text())
+                label = data.pop("label")
+            except (OSError, ValueError, KeyError, AttributeError):  # emptied by hand or a full disk: skipped, so
+                continue  # one bad record never stops the reaper from ending the other orphans
             handle = Handle(backend=self.name, instance_id=f"pid-{data['pid']}", label=label, data=data)
             if job_of_label(label) and _alive(handle):
                 handles.append(handle)
