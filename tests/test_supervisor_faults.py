@@ -241,3 +241,40 @@ def test_a_missing_key_is_a_per_job_wait_and_a_cancel_says_it_could_not_end_the_
     assert account.instances  # still there: nothing claimed it was ended
     with sessions() as session:
         assert session.get(Job, "keyed").state == "running"
+
+
+def test_storage_credentials_quoted_in_a_provider_message_are_never_stored_or_served(db_url, cli, monkeypatch):
+    from planner.config import load_settings
+    from planner.run.backends.base import BackendError
+    from planner.run.credentials import secret_values
+
+    secret, key_id = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY", "AKIAIOSFODNN7SECRET"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_provider_key_never_stored")
+    monkeypatch.setenv("PLANNER_STORAGE_URI", "s3://planner-bucket/runs")
+    secrets = secret_values(load_settings())
+    assert {secret, key_id, "rpa_provider_key_never_stored"} <= set(secrets)
+    sessions, account = session_factory(db_url), Account()
+    add_job(sessions, "echo")
+
+    def echoing_create():  # a provider rejecting the request and quoting its env back
+        raise BackendError(f"400: invalid env {{'AWS_ACCESS_KEY_ID': '{key_id}', 'AWS_SECRET_ACCESS_KEY': '{secret}'}}")
+
+    account.during_create = echoing_create
+    supervisor = Supervisor(sessions, {"runpod": Cloud(account)}, place(), budget=budget.Ledger(), secrets=secrets)
+    supervisor.tick()
+    account.during_create = lambda: None
+
+    def failing_poll(self, handle):
+        raise RuntimeError(f"GET https://bucket.s3/?X-Amz-Credential={key_id}&token=rpa_provider_key_never_stored")
+
+    supervisor.tick()  # launched now
+    monkeypatch.setattr(Cloud, "poll", failing_poll)
+    report = supervisor.tick()
+    shown = cli("jobs", "show", "echo", "--json").stdout + json.dumps(report.faults)
+    with sessions() as session:
+        stored = json.dumps([[a.detail for a in session.scalars(select(Attempt))], session.get(Job, "echo").error])
+    assert "launch failed: 400: invalid env" in stored and "***" in stored
+    for text in (stored, shown):
+        assert secret not in text and key_id not in text and "rpa_provider_key_never_stored" not in text

@@ -18,6 +18,7 @@ database, a log line or a command line.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,3 +106,35 @@ def _gcs(environ: Mapping[str, str]) -> dict[str, str]:
         raise CredentialsError(f"GOOGLE_APPLICATION_CREDENTIALS names {path}, which cannot be read "
                                f"({exc.strerror}); fix the path or unset it") from None
 
+
+SECRET_STORAGE_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def secret_values(settings, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Every secret value this process holds that a provider's or a store's message could quote back: the
+    provider keys, the API token, the webhook URL, and the storage credentials a box would get (the AWS keys,
+    the GCS service account's private key). The supervisor blanks them in whatever it stores or serves."""
+    values = [provider.api_key.get_secret_value() for provider in settings.providers.values() if provider.api_key]
+    values += [secret.get_secret_value() for secret in (settings.api_token, settings.notify_url) if secret]
+    try:
+        box = storage_credentials(settings.storage_uri, environ)
+    except CredentialsError:
+        box = {}
+    values += [box[name] for name in SECRET_STORAGE_VARS if box.get(name)]
+    if box.get(GCS_JSON):
+        try:
+            values.append(json.loads(box[GCS_JSON]).get("private_key") or "")
+        except (ValueError, AttributeError):
+            values.append(box[GCS_JSON])
+    # longest first, so a secret containing another is blanked whole; short values are no secrets (and
+    # blanking them would garble every message)
+    return tuple(sorted({v for v in values if len(v) >= 8}, key=len, reverse=True))
+
+
+def redact(text: str | None, secrets: tuple[str, ...]) -> str | None:
+    """`text` with every secret value replaced by '***'."""
+    if not text:
+        return text
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text

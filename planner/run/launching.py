@@ -24,11 +24,12 @@ from planner.run.backends.skypilot import SkyPilotBackend
 from planner.plan import campaigns
 from planner.plan.budget import Ledger
 from planner.plan.campaigns import CampaignPlan, NewJob
-from planner.config import Settings
+from planner.config import Settings, mask_url_secrets, untrusted_routes
 from planner.plan.choose import Choice, Limits
 from planner.plan.plans import Placer, limits_for, placement_for
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.run import funds
+from planner.run.credentials import secret_values
 from planner.run.inputs import InputError, Upload, local_input_problem, stage_inputs
 from planner.run.notify import Notifier
 from planner.run.supervisor import Supervisor
@@ -87,6 +88,12 @@ def submit(settings: Settings, sessions: sessionmaker, plan: CampaignPlan, optio
     problem = cloud_problem(settings, options.backend, [item.spec for item in plan.jobs])
     if problem:
         raise LaunchError(problem)
+    may_rent = options.backend not in ("local", "auto") or (
+        options.backend == "auto" and storage.is_remote(settings.storage_uri or ""))  # auto: cloud needs a store
+    if may_rent and (routes := untrusted_routes()):
+        raise LaunchError(f"the project file sets {', '.join(f'{k} = {mask_url_secrets(v)!r}' for k, v in routes.items())}"
+                          ": these decide where a cloud box sends your storage credentials and what runs beside "
+                          "them; confirm them once with `planner config trust` (or set them in your user config)")
     if not options.ignore_balance:
         funds_problem(settings, sessions, plan, options)
     try:
@@ -212,7 +219,8 @@ def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict 
     backends = backends or build_backends(settings)
     placer = Placer(settings, backends, local_offer(settings.local_usd_per_hour, settings.local_gpus) if "local" in backends else None)
     return Supervisor(sessions, backends, placer, budget=Ledger(), poll_interval_s=settings.poll_interval_s,
-                      cooldown=settings.preempted_cooldown, notifier=Notifier.from_settings(settings, sessions))
+                      cooldown=settings.preempted_cooldown, notifier=Notifier.from_settings(settings, sessions),
+                      secrets=secret_values(settings))
 
 
 def run_until_final(supervisor: Supervisor, job_ids: list[str], *, interval_s: float,

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
@@ -51,6 +51,7 @@ from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
 from planner.run import progress, reaper
+from planner.run.credentials import redact
 from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Scope, Status, instance_label
 from planner.run.backends.markers import read_done
 from planner.run.logs import bad_input_reason, log_tail
@@ -71,7 +72,7 @@ class Supervisor:
     def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: PlaceFn, *,
                  budget=None, clock: Callable[[], datetime] | None = None, poll_interval_s: float = 30.0,
                  cooldown: timedelta = timedelta(hours=1), owner: str | None = None,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, secrets: tuple[str, ...] = ()):
         self.sessions = sessions
         self.backends = backends
         self.place = place
@@ -86,6 +87,18 @@ class Supervisor:
         for backend in backends.values():
             backend.project = self.project  # its instances carry this project's label
         self.notify = notifier or Notifier(None, sessions)  # PLANNER_NOTIFY_URL's messages; without one, none
+        self.secrets = secrets  # blanked in every job error and attempt detail written (provider messages)
+        if secrets:
+            event.listen(sessions, "before_flush", self._redact_before_flush)
+
+    def _redact_before_flush(self, session: Session, flush_context, instances) -> None:
+        """A provider's or a store's message may quote a key back (a signed URL, a request echoed in an
+        error): no job error or attempt detail reaches the database, and so `jobs show` or the API, with one."""
+        for row in (*session.new, *session.dirty):
+            if isinstance(row, Attempt):
+                row.detail = redact(row.detail, self.secrets)
+            elif isinstance(row, Job):
+                row.error = redact(row.error, self.secrets)
 
     # ------------------------------------------------------------------ the loop
 
@@ -111,7 +124,7 @@ class Supervisor:
                 if job is not None and job.state not in FINAL_STATES:
                     self._step(session, job, report)
         except Exception as exc:  # noqa: BLE001 (the point: one job's fault, e.g. a store that is down, is that job's)
-            why = fault_line(exc)
+            why = redact(fault_line(exc), self.secrets)
             log.warning("job %s: its step failed (%s); tried again next tick", job_id, why)
             report.faults[job_id] = why
             with self.sessions() as session:
@@ -268,6 +281,8 @@ class Supervisor:
 
     def _record_create(self, session: Session, attempt: Attempt, **values) -> bool:
         """Write how the attempt's create ended, if this supervisor still holds its claim (the fence it saw)."""
+        if "detail" in values:
+            values["detail"] = redact(values["detail"], self.secrets)
         recorded = session.execute(
             update(Attempt).where(Attempt.id == attempt.id, Attempt.launch_fence == attempt.launch_fence,
                                   Attempt.outcome == "launching")
@@ -344,7 +359,8 @@ class Supervisor:
             attempt.detail = f"poll failed: {exc}"
             if attempt.poll_failures < MAX_POLL_FAILURES:
                 session.commit()
-                report.faults[job.id] = f"poll failed ({attempt.poll_failures} in a row, retried): {fault_line(exc)}"
+                report.faults[job.id] = redact(f"poll failed ({attempt.poll_failures} in a row, retried): "
+                                                f"{fault_line(exc)}", self.secrets)
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
         attempt.polled_at = self.clock()
