@@ -97,3 +97,10 @@ def test_a_torn_run_record_does_not_stop_the_reaper(db_url, tmp_path):
     (runs / "aaa-torn").mkdir(parents=True)
     (runs / "aaa-torn" / "handle.json").write_text("")  # emptied by a full disk
     assert reaper.reap(sessions, {"local": backend}) == [handle.label]
+
+
+@pytest.mark.parametrize("args", [("prices", "history", "--days", "1000000"), ("budget", "set", "--monthly", "nan"),
+                                  ("jobs", "list", "--limit", "1000000000000"), ("prices", "history", "--days", "nan")])
+def test_bad_numbers_are_exit_2_naming_the_option_never_unexpected(cli, db_url, args):
+    result = cli(*args, code=2)
+    assert "unexpected" not in result.output and "Traceback" not in result.output
