@@ -359,7 +359,8 @@ def _file_has_keys(path: Path) -> bool:
     """Whether the user file sets any secret setting (a provider key, the API token, the webhook URL) or a
     value holding a credential inside a URL (a token in PLANNER_JOBS_INSTALL's git URL)."""
     secret_keys = {name.lower() for name in secret_env_names()} | {
-        name for name, info in Settings.model_fields.items() if SecretStr in (info.annotation, *get_args(info.annotation))}
+        name for name, info in Settings.model_fields.items()
+        if SecretStr in (info.annotation, *get_args(info.annotation))}
     try:
         raw = read_user_config()
     except ConfigError:

@@ -36,7 +36,8 @@ def running_local_job(db_url, runs_dir, command, job_id="stored"):
         session.add(Job(id=job_id, name=job_id, kind="merge", backend="local", spec=spec.to_json(), state="running"))
         session.flush()
         session.add(Attempt(job_id=job_id, number=1, backend="local", provider="local", spot=False, usd_per_hour=1.0,
-                            billing_seconds=1, outcome="running", launched_at=database_now(session) - timedelta(minutes=1),
+                            billing_seconds=1, outcome="running",
+                            launched_at=database_now(session) - timedelta(minutes=1),
                             instance_id=handle.instance_id, handle=handle.to_json()))
         session.commit()
     return sessions, backend, handle

@@ -198,7 +198,8 @@ def test_a_project_file_cannot_redirect_the_storage_credentials_without_the_user
     cli("config", "trust", code=1)  # asked, and not confirmed (no input): nothing recorded
     assert set(untrusted_routes()) == {"storage_uri", "jobs_install"}
     trusted = json.loads(cli("config", "trust", "--yes", "--json").stdout)["trusted"]
-    assert trusted == {"storage_uri": "s3://attacker-bucket/x", "jobs_install": "planner[jobs] @ git+https://evil.example/p"}
+    assert trusted == {"storage_uri": "s3://attacker-bucket/x",
+                       "jobs_install": "planner[jobs] @ git+https://evil.example/p"}
     assert untrusted_routes() == {}
     (project / "planner.toml").write_text('storage_uri = "s3://other-bucket/x"\n')  # a changed value asks again
     assert untrusted_routes() == {"storage_uri": "s3://other-bucket/x"}

@@ -76,7 +76,8 @@ def place(usd_per_hour=1.0, worst_case_usd=5.0):
 def add_job(sessions, job_id, spec=None):
     with sessions() as session:
         session.add(Job(id=job_id, name=job_id, kind="merge", backend="runpod",
-                        spec=spec or JobSpec(job_id, "merge", f"/tmp/{job_id}", {"models": ["x"], "weights": [1]}).to_json()))
+                        spec=spec or JobSpec(job_id, "merge", f"/tmp/{job_id}",
+                                             {"models": ["x"], "weights": [1]}).to_json()))
         session.commit()
 
 
@@ -168,7 +169,8 @@ def test_a_running_attempt_is_stopped_before_it_passes_the_monthly_budget(db_url
     now[0] += timedelta(hours=1.5)  # $6 accrued: past its $5 reservation, the month is still under $10
     with sessions() as session:
         spend = budget.month_spend(session, now[0])
-        assert spend.accruing_usd == pytest.approx(6.0, abs=0.01) and spend.committed_usd == pytest.approx(6.0, abs=0.01)
+        assert spend.accruing_usd == pytest.approx(6.0, abs=0.01)
+        assert spend.committed_usd == pytest.approx(6.0, abs=0.01)
     assert supervisor.tick().finished == []
     now[0] += timedelta(hours=1)  # $10 by now: the next check would pass the cap
     report = supervisor.tick()

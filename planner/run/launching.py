@@ -91,7 +91,8 @@ def submit(settings: Settings, sessions: sessionmaker, plan: CampaignPlan, optio
     may_rent = options.backend not in ("local", "auto") or (
         options.backend == "auto" and storage.is_remote(settings.storage_uri or ""))  # auto: cloud needs a store
     if may_rent and (routes := untrusted_routes()):
-        raise LaunchError(f"the project file sets {', '.join(f'{k} = {mask_url_secrets(v)!r}' for k, v in routes.items())}"
+        proposed = ", ".join(f"{key} = {mask_url_secrets(value)!r}" for key, value in routes.items())
+        raise LaunchError(f"the project file sets {proposed}"
                           ": these decide where a cloud box sends your storage credentials and what runs beside "
                           "them; confirm them once with `planner config trust` (or set them in your user config)")
     if not options.ignore_balance:

@@ -24,7 +24,8 @@ Ident = Annotated[str, typer.Argument(help="A job id or a campaign id.")]
 
 @jobs_app.command("list")
 def jobs_list(all_jobs: Annotated[bool, typer.Option("--all", help="Include finished jobs.")] = False,
-              limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 50, as_json: options.Json = False) -> None:
+              limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 50,
+              as_json: options.Json = False) -> None:
     """Jobs, newest first (open ones only unless --all), with each running job's progress and spend."""
     with sessions(settings())() as session:
         query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
