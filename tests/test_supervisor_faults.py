@@ -280,3 +280,22 @@ def test_storage_credentials_quoted_in_a_provider_message_are_never_stored_or_se
     assert "launch failed: 400: invalid env" in stored and "***" in stored
     for text in (stored, shown):
         assert secret not in text and key_id not in text and "rpa_provider_key_never_stored" not in text
+
+
+def test_a_relaunch_is_not_refused_by_its_own_reservation_under_a_monthly_budget(db_url):
+    """The drill found it: with a monthly budget near the job's, a preempted job's relaunch was planned
+    against the month less its own reservation, and stopped by budget having spent cents."""
+    from planner.plan.plans import limits_for
+    from planner.config import load_settings
+
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        budget.set_monthly_budget(session, 10.3)
+    add_job(sessions, "again")
+    with sessions() as session:
+        job = session.get(Job, "again")
+        job.budget_usd = 10.0
+        session.commit()
+        assert budget.Ledger().reserve(session, job, 9.9) is None  # the first attempt's worst case
+        limits = limits_for(job, load_settings(db_url=db_url), session)
+    assert limits.budget_left_usd == pytest.approx(10.0)  # the job's own budget binds, not 10.3 - 9.9
