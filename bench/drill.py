@@ -43,6 +43,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,11 +51,11 @@ sys.path.insert(0, str(ROOT))
 from botocore.exceptions import EndpointConnectionError  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-import jobs.storage  # noqa: E402
 from planner.plan import budget as budgets  # noqa: E402
 from planner.plan import campaigns  # noqa: E402
 from planner.run import progress as progress_module  # noqa: E402
 from planner.run import supervisor as supervisor_module  # noqa: E402
+from planner.run.backends import markers  # noqa: E402
 from planner.run.backends.base import BackendError, parse_label  # noqa: E402
 from planner.run.backends.local import LocalBackend  # noqa: E402
 from planner.config import load_settings  # noqa: E402
@@ -79,11 +80,13 @@ class SupervisorKilled(BaseException):
 
 
 class StoreDown:
-    """The object store refusing the supervisor's reads (botocore's error, which is no OSError)."""
+    """The object store refusing the supervisor's reads of a job's outputs (botocore's error, which is no
+    OSError): the DONE marker and the progress file. (The planner's own reads of a corpus are left alone:
+    a relaunch planned while the store is down is a finding of its own, in RESULTS.md.)"""
 
     def __init__(self):
         self.ticks_left = 0
-        self.real = (jobs.storage.exists, progress_module.read_json)
+        self.real = (markers.storage, progress_module.read_json)
         self.refused = 0
 
     def _down(self, *args, **kwargs):
@@ -93,7 +96,7 @@ class StoreDown:
     def tick(self) -> None:
         down = self.ticks_left > 0
         self.ticks_left = max(0, self.ticks_left - 1)
-        jobs.storage.exists = self._down if down else self.real[0]
+        markers.storage = SimpleNamespace(exists=self._down, read_json=self._down) if down else self.real[0]
         progress_module.read_json = self._down if down else self.real[1]
 
 

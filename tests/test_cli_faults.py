@@ -105,3 +105,24 @@ def test_a_torn_run_record_does_not_stop_the_reaper(db_url, tmp_path):
 def test_bad_numbers_are_exit_2_naming_the_option_never_unexpected(cli, db_url, args):
     result = cli(*args, code=2)
     assert "unexpected" not in result.output and "Traceback" not in result.output
+
+
+def test_a_log_tail_reads_from_the_end_not_the_whole_log(tmp_path):
+    """GET /jobs/{id}/logs read a whole 300 MB log to return 40 lines (+780 MB per request)."""
+    import tracemalloc
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "log", "wb") as log:
+        log.truncate(300 * 1024 * 1024)  # 300 MB (sparse), then the last lines
+        log.seek(0, 2)
+        log.write(b"".join(b"line %d\n" % n for n in range(100)))
+    backend = LocalBackend(tmp_path / "runs")
+    from planner.run.backends.base import Handle
+
+    tracemalloc.start()
+    text = backend.logs(Handle("local", "pid-1", "x", {"run_dir": str(run_dir)}), tail=40)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert text.splitlines() == [f"line {n}" for n in range(60, 100)]
+    assert peak < 4 * 1024 * 1024  # a block or two, not the 300 MB

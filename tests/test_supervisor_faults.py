@@ -299,3 +299,25 @@ def test_a_relaunch_is_not_refused_by_its_own_reservation_under_a_monthly_budget
         assert budget.Ledger().reserve(session, job, 9.9) is None  # the first attempt's worst case
         limits = limits_for(job, load_settings(db_url=db_url), session)
     assert limits.budget_left_usd == pytest.approx(10.0)  # the job's own budget binds, not 10.3 - 9.9
+
+
+def test_the_reaper_reads_live_attempts_after_its_listing(db_url, monkeypatch):
+    """A reaper pass (the dashboard's Cancel runs one beside serve's own) that read live attempts before
+    listing ended an instance another supervisor launched in between."""
+    from planner.run import reaper
+
+    sessions, account = session_factory(db_url), Account()
+    add_job(sessions, "meanwhile")
+    launcher = Supervisor(sessions, {"runpod": Cloud(account)}, place(), budget=budget.Ledger())
+    real_list = Cloud.list_labeled
+    launched = []
+
+    def list_while_another_launches(self):
+        if not launched:  # the other supervisor's launch lands during the listing (its own reaper lists too)
+            launched.append(None)
+            launched[0] = launcher.tick().launched
+        return real_list(self)
+
+    monkeypatch.setattr(Cloud, "list_labeled", list_while_another_launches)
+    assert reaper.reap(sessions, {"runpod": Cloud(account)}) == []
+    assert launched == [["meanwhile"]] and list(account.instances) == ["pod-1"]
