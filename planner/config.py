@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import stat
@@ -107,7 +108,8 @@ _ProviderSettingFields = create_model("_ProviderSettingFields", __base__=BaseSet
 
 
 class Settings(_ProviderSettingFields):
-    model_config = SettingsConfigDict(env_prefix="PLANNER_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="PLANNER_", extra="ignore", populate_by_name=True,
+                                      allow_inf_nan=False)  # "inf" dollars an hour, a NaN interval: no setting
 
     db_url: str = Field(default_factory=default_db_url)
     refresh_cron: str = "0 * * * *"
@@ -327,6 +329,8 @@ def check_job_value(path: Path, key: str, value: Any) -> Any:
     value = float(value) if kind is float else value
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{path}: {key} = {value!r}: choose {' or '.join(CHOICES[key])}")
+    if kind is float and not math.isfinite(value):  # TOML has nan and inf literals
+        raise ConfigError(f"{path}: {key} must be a finite number, got {value}")
     if kind in (int, float) and key != "seed" and value <= 0:
         raise ConfigError(f"{path}: {key} must be positive, got {value}")
     return value

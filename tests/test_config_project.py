@@ -205,3 +205,18 @@ def test_a_project_file_cannot_redirect_the_storage_credentials_without_the_user
     assert untrusted_routes() == {"storage_uri": "s3://other-bucket/x"}
     Path(os.environ["PLANNER_CONFIG"]).write_text('storage_uri = "s3://other-bucket/x"\n')  # the user's own value
     assert untrusted_routes() == {}
+
+
+@pytest.mark.parametrize("variable", ["PLANNER_LOCAL_USD_PER_HOUR", "PLANNER_POLL_INTERVAL_S", "PLANNER_HTTP_TIMEOUT"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_settings_take_only_finite_numbers(project, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable.removeprefix("PLANNER_").lower()):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_project_file_number_must_be_finite(cli, project, value):
+    (project / "planner.toml").write_text(f"budget = {value}\n")
+    result = cli("config", "show", code=2)
+    assert "budget must be a finite number" in result.output
