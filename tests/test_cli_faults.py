@@ -67,6 +67,13 @@ def test_with_the_store_down_tick_list_and_show_print_one_line_and_no_outcome_is
                     ("jobs", "show", "stored", "--json")):
         result = cli(*command)
         assert "Traceback" not in result.output and "stored" in result.stdout
+    from fastapi.testclient import TestClient
+
+    from planner.config import load_settings
+    from planner.interface.web import create_app
+
+    api = TestClient(create_app(load_settings()), base_url="http://127.0.0.1")
+    assert api.get("/jobs").status_code == 200 and api.get("/jobs/stored").status_code == 200
 
 
 def test_cancel_without_the_provider_key_says_it_could_not_end_the_box(cli, db_url):
