@@ -321,3 +321,26 @@ def test_the_reaper_reads_live_attempts_after_its_listing(db_url, monkeypatch):
     monkeypatch.setattr(Cloud, "list_labeled", list_while_another_launches)
     assert reaper.reap(sessions, {"runpod": Cloud(account)}) == []
     assert launched == [["meanwhile"]] and list(account.instances) == ["pod-1"]
+
+
+def test_a_launch_claim_of_a_supervisor_killed_on_this_host_is_taken_at_once(db_url):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sessions, account = session_factory(db_url), Account()
+    add_job(sessions, "claimed")
+    with sessions() as session:  # claimed for 10 minutes by a supervisor that was then killed with -9
+        session.execute(update(Job).values(lease_owner=f"{socket.gethostname()}:{dead.pid}:abc123",
+                                           lease_until=database_now(session) + timedelta(minutes=10)))
+        session.commit()
+    supervisor = Supervisor(sessions, {"runpod": Cloud(account)}, place(), budget=budget.Ledger())
+    assert supervisor.tick().launched == ["claimed"]
+    with sessions() as session:  # a live holder (another host's, or this host's running process) keeps it
+        session.add(Job(id="held", name="held", kind="merge", backend="runpod", spec=JobSpec(
+            "held", "merge", "/tmp/held", {"models": ["x"], "weights": [1]}).to_json(),
+            lease_owner="other-host:1:abc", lease_until=database_now(session) + timedelta(minutes=10)))
+        session.commit()
+    assert supervisor.tick().launched == []

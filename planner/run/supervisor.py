@@ -59,6 +59,7 @@ from planner.run.notify import Notifier
 from planner.run.tick_report import TickReport
 from pricing.db import database_now
 from pricing.providers.base import ProviderError
+from pricing.refresh import holder_dead
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,11 @@ class Supervisor:
 
     def _launch(self, session: Session, job: Job, report: TickReport) -> None:
         now, db_now = self.clock(), database_now(session)
+        free = or_(Job.lease_owner.is_(None), Job.lease_until < db_now, Job.lease_owner == self.owner)
+        if job.lease_owner and job.lease_owner != self.owner and holder_dead(job.lease_owner):
+            free = or_(free, Job.lease_owner == job.lease_owner)  # a supervisor of this host that died holding it
         claimed = session.execute(
-            update(Job).where(Job.id == job.id, Job.state.in_(("pending", "preempted")),
-                              or_(Job.lease_owner.is_(None), Job.lease_until < db_now, Job.lease_owner == self.owner))
+            update(Job).where(Job.id == job.id, Job.state.in_(("pending", "preempted")), free)
             .values(lease_owner=self.owner, lease_until=db_now + LAUNCH_LEASE)
         ).rowcount
         session.commit()
