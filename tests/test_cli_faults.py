@@ -133,3 +133,15 @@ def test_a_log_tail_reads_from_the_end_not_the_whole_log(tmp_path):
     tracemalloc.stop()
     assert text.splitlines() == [f"line {n}" for n in range(60, 100)]
     assert peak < 4 * 1024 * 1024  # a block or two, not the 300 MB
+
+
+def test_logs_of_a_job_on_a_backend_without_its_key_say_which_key(cli, db_url):
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        session.add(Job(id="far", name="far", kind="merge", backend="runpod", spec="{}", state="running"))
+        session.flush()
+        session.add(Attempt(job_id="far", number=1, backend="runpod", provider="runpod", spot=False, usd_per_hour=1.0,
+                            billing_seconds=1, outcome="running", launched_at=database_now(session),
+                            instance_id="pod-7"))
+        session.commit()
+    assert "set RUNPOD_API_KEY" in cli("jobs", "logs", "far", code=1).output

@@ -118,8 +118,10 @@ def jobs_logs(job_id: Annotated[str, typer.Argument()],
     if not attempts:
         fail(f"job {job_id} has no attempts yet (or does not exist)")
     backend = build_backends(cfg).get(attempts[-1].backend)
-    if backend is None:
-        fail(f"the {attempts[-1].backend} backend is not available in this build")
+    if backend is None:  # its key is not set in this shell (or its extra is not installed)
+        name = attempts[-1].backend
+        fail(f"cannot reach the {name} backend from here: " + ("install the cloud extra (pip install "
+             "'planner[cloud]')" if name == "skypilot" else f"set {name.upper()}_API_KEY"), code=1)
     handle = Handle.from_attempt(attempts[-1])
     if not follow:
         lines = backend.logs(handle, tail=tail).splitlines()
