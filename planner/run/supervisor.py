@@ -89,17 +89,11 @@ class Supervisor:
             backend.project = self.project  # its instances carry this project's label
         self.notify = notifier or Notifier(None, sessions)  # PLANNER_NOTIFY_URL's messages; without one, none
         self.secrets = secrets  # blanked in every job error and attempt detail written (provider messages)
-        if secrets:
-            event.listen(sessions, "before_flush", self._redact_before_flush)
-
-    def _redact_before_flush(self, session: Session, flush_context, instances) -> None:
-        """A provider's or a store's message may quote a key back (a signed URL, a request echoed in an
-        error): no job error or attempt detail reaches the database, and so `jobs show` or the API, with one."""
-        for row in (*session.new, *session.dirty):
-            if isinstance(row, Attempt):
-                row.detail = redact(row.detail, self.secrets)
-            elif isinstance(row, Job):
-                row.error = redact(row.error, self.secrets)
+        if secrets:  # once per sessionmaker however many supervisors it serves (a cancel builds one)
+            info = sessions.kw.get("info") or {}
+            sessions.configure(info={**info, REDACTED: tuple(dict.fromkeys((*info.get(REDACTED, ()), *secrets)))})
+            if not event.contains(sessions, "before_flush", _redact_before_flush):
+                event.listen(sessions, "before_flush", _redact_before_flush)
 
     # ------------------------------------------------------------------ the loop
 
@@ -567,6 +561,20 @@ class Supervisor:
     def _live_attempt(self, session: Session, job: Job) -> Attempt | None:
         return session.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.outcome.in_(LIVE_ATTEMPT))
                                .order_by(Attempt.number.desc())).first()
+
+
+REDACTED = "planner.redacted"  # Session.info key: the secret values its flushes blank
+
+
+def _redact_before_flush(session: Session, flush_context, instances) -> None:
+    """A provider's or a store's message may quote a key back (a signed URL, a request echoed in an error):
+    no job error or attempt detail reaches the database, and so `jobs show` or the API, with one."""
+    secrets = session.info.get(REDACTED, ())
+    for row in (*session.new, *session.dirty):
+        if isinstance(row, Attempt):
+            row.detail = redact(row.detail, secrets)
+        elif isinstance(row, Job):
+            row.error = redact(row.error, secrets)
 
 
 def _record_throughput(attempt: Attempt, report: dict) -> None:
