@@ -128,6 +128,19 @@ class CheckpointStore:
             storage.write_bytes_atomic(storage.join(self.uri, LATEST), name.encode())
         except Exception as exc:  # reported on the next save or at flush
             self._upload_error = exc
+            return
+        self._prune_remote(keep=name)
+
+    def _prune_remote(self, keep: str) -> None:
+        """The store keeps what the local directory keeps (CHECKPOINTS_KEPT newest), once LATEST names the new
+        one: only steps older than it go, so a resume reading LATEST or the one before never loses its files."""
+        try:
+            steps = sorted(n for n in storage.listing(self.uri) if n.startswith("step-") and n[5:].isdigit())
+            for old in steps[:-CHECKPOINTS_KEPT]:
+                if old < keep:
+                    storage.remove_tree(storage.join(self.uri, old))
+        except Exception as exc:  # a store that refuses deletes costs space, not the checkpoint: say so, go on
+            print(f"warning: could not remove old checkpoints under {self.uri}: {exc}", file=sys.stderr)
 
     def _raise_upload_error(self) -> None:
         if self._upload_error is not None:

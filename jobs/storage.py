@@ -222,6 +222,16 @@ def listing(uri: str) -> list[str]:
     return os.listdir(path) if path.is_dir() else [path.name]
 
 
+def remove_tree(uri: str) -> None:
+    """Delete a directory and everything under it, local or remote (a missing one is no error)."""
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    else:
+        shutil.rmtree(local_path(uri), ignore_errors=True)
+
+
 def short_digest(text: str) -> str:
     """16 hex digits of sha256(text): a stable directory name for a URI's local staging copy."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -22,6 +22,8 @@ reads them as `settings.providers[name].url` / `.api_key`.
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import os
 import re
 import stat
@@ -106,7 +108,8 @@ _ProviderSettingFields = create_model("_ProviderSettingFields", __base__=BaseSet
 
 
 class Settings(_ProviderSettingFields):
-    model_config = SettingsConfigDict(env_prefix="PLANNER_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="PLANNER_", extra="ignore", populate_by_name=True,
+                                      allow_inf_nan=False)  # "inf" dollars an hour, a NaN interval: no setting
 
     db_url: str = Field(default_factory=default_db_url)
     refresh_cron: str = "0 * * * *"
@@ -326,6 +329,8 @@ def check_job_value(path: Path, key: str, value: Any) -> Any:
     value = float(value) if kind is float else value
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{path}: {key} = {value!r}: choose {' or '.join(CHOICES[key])}")
+    if kind is float and not math.isfinite(value):  # TOML has nan and inf literals
+        raise ConfigError(f"{path}: {key} must be a finite number, got {value}")
     if kind in (int, float) and key != "seed" and value <= 0:
         raise ConfigError(f"{path}: {key} must be positive, got {value}")
     return value
@@ -355,8 +360,33 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _file_has_keys(path: Path) -> bool:
-    text = path.read_text(errors="replace").lower()
-    return "api_key" in text or "notify_url" in text  # a webhook URL is a secret too
+    """Whether the user file sets any secret setting (a provider key, the API token, the webhook URL) or a
+    value holding a credential inside a URL (a token in PLANNER_JOBS_INSTALL's git URL)."""
+    secret_keys = {name.lower() for name in secret_env_names()} | {
+        name for name, info in Settings.model_fields.items()
+        if SecretStr in (info.annotation, *get_args(info.annotation))}
+    try:
+        raw = read_user_config()
+    except ConfigError:
+        return True  # unreadable as settings: judge it by its mode alone
+    return any(key.lower().removeprefix("planner_") in secret_keys or key.lower() in secret_keys
+               or (isinstance(value, str) and mask_url_secrets(value) != value) for key, value in raw.items())
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*)(?::[^/@\s]*)?@", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"(?P<name>[?&;](?:[a-z0-9_.-]*(?:password|passwd|pwd|token|secret|signature|credential|"
+                           r"api[_-]?key|access[_-]?key|sig|auth)[a-z0-9_.-]*))=(?P<value>[^&;#\s]+)", re.IGNORECASE)
+
+
+def mask_url_secrets(text: str) -> str:
+    """`text` with the credentials inside any URL in it masked: a user's password (or a bare token as the
+    user, as git hosts take them) and query parameters named like a password, token, key or signature."""
+    def userinfo(match: re.Match) -> str:
+        bare = ":" not in match.group(0)[len(match.group("scheme")):]
+        user = "***" if bare and match.group("user") else match.group("user")
+        return f"{match.group('scheme')}{user}{'' if bare else ':***'}@"
+
+    return _SECRET_QUERY.sub(lambda m: f"{m.group('name')}=***", _USERINFO.sub(userinfo, text))
 
 
 def setting_sources(project: Project | None = None) -> dict[str, str]:
@@ -377,6 +407,52 @@ def setting_sources(project: Project | None = None) -> dict[str, str]:
         else:
             sources[name] = "default"
     return sources
+
+
+# Project settings that decide where a cloud box sends the user's storage credentials and what code runs
+# beside them: a shared planner.toml may propose them, but they take effect for a launch only once the user
+# confirmed them (`planner config trust`) or holds the same values in the user config or the environment.
+CREDENTIAL_ROUTES = ("storage_uri", "jobs_install", "job_image")
+
+
+def trust_path() -> Path:
+    return config_path().parent / "trusted-projects.json"
+
+
+def _trusted() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(trust_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def untrusted_routes(project: Project | None = None) -> dict[str, str]:
+    """The project file's CREDENTIAL_ROUTES values in effect that this user has not confirmed."""
+    project = project if project is not None else load_project()
+    if project.path is None:
+        return {}
+    sources, user = setting_sources(project), {k.lower(): v for k, v in read_user_config().items()}
+    confirmed = _trusted().get(str(project.path), {})
+    return {key: project.settings[key] for key in CREDENTIAL_ROUTES
+            if key in project.settings and sources[key].startswith("project file")
+            and (key != "storage_uri" or "://" in project.settings[key])  # a directory here sends no keys
+            and confirmed.get(key) != project.settings[key] and user.get(key) != project.settings[key]}
+
+
+def trust_project(project: Project) -> dict[str, str]:
+    """Record the user's confirmation of the project file's CREDENTIAL_ROUTES values (as they are now: a
+    changed value needs confirming again); returns what was confirmed. The record is the user's (0600)."""
+    values = {key: project.settings[key] for key in CREDENTIAL_ROUTES if key in project.settings}
+    records = _trusted() | {str(project.path): values}
+    path = trust_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        json.dump(records, stream, indent=2, sort_keys=True)
+    os.replace(partial, path)
+    return values
 
 
 def secret_env_names() -> tuple[str, ...]:

@@ -3,13 +3,16 @@
 Provider faults are normal weather. A fetch that fails, or whose result is implausible, is recorded
 as a failed snapshot with a one-line reason, and the provider's last good snapshot stays current.
 Overlapping refreshes (cron firing while the previous run is still going, two hosts on one database)
-are serialized per provider by a lease in the database: the second one skips that provider.
+are serialized per provider by a lease in the database: the second one skips that provider. The lease
+is short and renewed while its holder works, so a holder killed with -9 holds it for at most LEASE_TTL;
+a holder on this host whose process is gone holds nothing at all.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,7 @@ from pricing.providers.base import Provider, ProviderError
 
 log = logging.getLogger("pricing.refresh")
 
+LEASE_TTL = timedelta(seconds=90)  # renewed every third of it while the refresh works
 COLLAPSE_MIN_PREVIOUS = 20  # below this many offers a drop to few is not suspicious
 COLLAPSE_RATIO = 0.1  # fewer than 10 % of the previous count is a broken answer, not a market move
 
@@ -65,14 +69,18 @@ ProgressFn = Callable[[str, str, "ProviderResult | None"], None]
 
 
 def refresh(sessions: sessionmaker, providers: list[Provider], *, retention: timedelta,
-            lease_ttl: timedelta = timedelta(minutes=15), secrets: tuple[str, ...] = (),
+            lease_ttl: timedelta = LEASE_TTL, secrets: tuple[str, ...] = (),
             on_progress: ProgressFn | None = None) -> list[ProviderResult]:
     """Refresh every provider (fetches run in parallel, writes one by one); never raises for a provider fault.
     `on_progress` hears about each provider as it goes (a plain callback: the caller draws it)."""
     notify = on_progress or (lambda provider, event, result: None)
     holder = f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
     with sessions() as session:
-        leased = [p for p in providers if store.acquire_lease(session, p.name, holder, lease_ttl)]
+        leased = [p for p in providers if store.acquire_lease(session, p.name, holder, lease_ttl, dead=holder_dead)]
+    renewing = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(sessions, [p.name for p in leased], holder, lease_ttl, renewing),
+                               name="refresh-lease", daemon=True)
+    renewer.start()
     results = {p.name: ProviderResult(p.name, "skipped", reason="another refresh of this provider is running")
                for p in providers if p not in leased}
     for name, result in results.items():
@@ -91,10 +99,38 @@ def refresh(sessions: sessionmaker, providers: list[Provider], *, retention: tim
             results[provider.name] = _record(sessions, provider, started, duration, offers, reason, retention)
             notify(provider.name, "done", results[provider.name])
     finally:
+        renewing.set()
+        renewer.join()
         with sessions() as session:
             for provider in leased:
                 store.release_lease(session, provider.name, holder)
     return [results[p.name] for p in providers]
+
+
+def _renew(sessions: sessionmaker, names: list[str], holder: str, ttl: timedelta, stop: threading.Event) -> None:
+    while not stop.wait(ttl.total_seconds() / 3):
+        try:
+            with sessions() as session:
+                for name in names:
+                    store.renew_lease(session, name, holder, ttl)
+        except Exception as exc:  # noqa: BLE001 (the database briefly away: the next renewal tries again)
+            log.warning("cannot renew the refresh lease (%s)", type(exc).__name__)
+
+
+def holder_dead(holder: str) -> bool:
+    """Whether a lease holder ("host:pid:nonce") is a process of this host that no longer runs (another
+    host's holder cannot be checked from here: its short lease expires instead)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
 
 
 def _fetch(provider: Provider, secrets: tuple[str, ...]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -20,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from pricing.db import Base, UTCDateTime, utcnow
+from pricing.db import Base, UTCDateTime, database_now, utcnow
 from pricing.offer import Offer
 
 
@@ -109,22 +110,32 @@ class RefreshLease(Base):
 
 # ---------------------------------------------------------------- writes
 
-def acquire_lease(session: Session, provider: str, holder: str, ttl: timedelta) -> bool:
-    """Take the provider's refresh lease unless another holder has an unexpired one (atomic UPDATE)."""
-    now = utcnow()
+def acquire_lease(session: Session, provider: str, holder: str, ttl: timedelta,
+                  dead: Callable[[str], bool] = lambda holder: False) -> bool:
+    """Take the provider's refresh lease unless another holder has an unexpired one (atomic UPDATE), on the
+    database's clock. A holder `dead` says has died (a process of this host that is gone) holds nothing."""
+    now = database_now(session)
     try:
         with session.begin_nested():
             session.execute(insert(RefreshLease).values(provider=provider, holder=None, expires_at=None))
     except IntegrityError:
         pass  # the row exists already
+    current = session.scalar(select(RefreshLease.holder).where(RefreshLease.provider == provider))
+    free = (RefreshLease.holder.is_(None)) | (RefreshLease.expires_at < now) | (RefreshLease.holder == holder)
+    if current is not None and current != holder and dead(current):
+        free = free | (RefreshLease.holder == current)  # compared in the UPDATE: a live taker in between wins
     taken = session.execute(
-        update(RefreshLease)
-        .where(RefreshLease.provider == provider)
-        .where((RefreshLease.holder.is_(None)) | (RefreshLease.expires_at < now) | (RefreshLease.holder == holder))
+        update(RefreshLease).where(RefreshLease.provider == provider).where(free)
         .values(holder=holder, expires_at=now + ttl)
     ).rowcount
     session.commit()
     return taken == 1
+
+
+def renew_lease(session: Session, provider: str, holder: str, ttl: timedelta) -> None:
+    session.execute(update(RefreshLease).where(RefreshLease.provider == provider, RefreshLease.holder == holder)
+                    .values(expires_at=database_now(session) + ttl))
+    session.commit()
 
 
 def release_lease(session: Session, provider: str, holder: str) -> None:

@@ -148,3 +148,75 @@ def test_database_urls_that_cannot_work_are_exit_2(cli, project, monkeypatch):
         pass
     result = cli("db", "upgrade", code=2)
     assert "pip install 'PyMySQL'" in result.stderr and "hunter2" not in result.stderr
+
+
+def test_config_show_masks_tokens_and_passwords_inside_urls(cli, project, monkeypatch):
+    token, password = "ghp_abcdefTOKEN0123456789", "hunter2-db-password"
+    monkeypatch.setenv("PLANNER_JOBS_INSTALL", f"planner[jobs] @ git+https://{token}@github.com/lab/planner@abc")
+    monkeypatch.setenv("PLANNER_STORAGE_URI", f"s3://bucket/runs?password={password}&region=eu")
+    monkeypatch.setenv("PLANNER_DB_URL", f"sqlite:///{project / 'p.db'}?password={password}")
+    for command in (("config", "show"), ("config", "show", "--json")):
+        shown = cli(*command).stdout
+        assert token not in shown and password not in shown
+    values = json.loads(cli("config", "show", "--json").stdout)["values"]
+    assert values["jobs_install"]["value"] == "planner[jobs] @ git+https://***@github.com/lab/planner@abc"
+    assert values["storage_uri"]["value"] == "s3://bucket/runs?password=***&region=eu"
+
+
+@pytest.mark.parametrize("line", ['api_token = "a-long-api-token"', 'runpod_api_key = "rpa_xyz"',
+                                  'jobs_install = "planner @ git+https://user:ghp_secret@github.com/lab/p"'])
+def test_a_user_config_holding_any_secret_must_be_0600(project, line):
+    path = Path(os.environ["PLANNER_CONFIG"])
+    path.write_text(line + "\n")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others; run: chmod 600"):
+        load_settings()
+    path.chmod(0o600)
+    load_settings()
+    path.write_text('refresh_cron = "5 * * * *"\n')
+    path.chmod(0o644)
+    load_settings()  # nothing secret in it: its mode is the user's business
+
+
+def test_a_project_file_cannot_redirect_the_storage_credentials_without_the_user_confirming(
+        cli, project, toy_corpus, monkeypatch, db_url):
+    from planner.config import untrusted_routes
+    from planner.plan import campaigns
+    from planner.run.launching import JobOptions, LaunchError, submit
+    from pricing.db import session_factory
+
+    (project / "planner.toml").write_text('storage_uri = "s3://attacker-bucket/x"\n'
+                                          'jobs_install = "planner[jobs] @ git+https://evil.example/p"\n')
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_test_key_123456")
+    assert set(untrusted_routes()) == {"storage_uri", "jobs_install"}
+    settings = load_settings()
+    job = campaigns.train_bag_job(settings, model="s3://m/model", data="s3://m/data.jsonl", fraction=0.5, seed=0,
+                                  method="lora")
+    plan = campaigns.CampaignPlan("train-bag", {}, [job])
+    with pytest.raises(LaunchError, match=r"storage_uri = 's3://attacker-bucket/x'.*planner config trust"):
+        submit(settings, session_factory(db_url), plan, JobOptions(backend="runpod"))
+    cli("config", "trust", code=1)  # asked, and not confirmed (no input): nothing recorded
+    assert set(untrusted_routes()) == {"storage_uri", "jobs_install"}
+    trusted = json.loads(cli("config", "trust", "--yes", "--json").stdout)["trusted"]
+    assert trusted == {"storage_uri": "s3://attacker-bucket/x",
+                       "jobs_install": "planner[jobs] @ git+https://evil.example/p"}
+    assert untrusted_routes() == {}
+    (project / "planner.toml").write_text('storage_uri = "s3://other-bucket/x"\n')  # a changed value asks again
+    assert untrusted_routes() == {"storage_uri": "s3://other-bucket/x"}
+    Path(os.environ["PLANNER_CONFIG"]).write_text('storage_uri = "s3://other-bucket/x"\n')  # the user's own value
+    assert untrusted_routes() == {}
+
+
+@pytest.mark.parametrize("variable", ["PLANNER_LOCAL_USD_PER_HOUR", "PLANNER_POLL_INTERVAL_S", "PLANNER_HTTP_TIMEOUT"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_settings_take_only_finite_numbers(project, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable.removeprefix("PLANNER_").lower()):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_project_file_number_must_be_finite(cli, project, value):
+    (project / "planner.toml").write_text(f"budget = {value}\n")
+    result = cli("config", "show", code=2)
+    assert "budget must be a finite number" in result.output

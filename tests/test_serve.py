@@ -221,3 +221,32 @@ def test_a_rebound_name_an_oversized_body_and_a_foreign_origin_are_refused_befor
     assert bound.get("/health").status_code == 200
     assert TestClient(create_app(upgraded, host="192.0.2.10"), base_url="http://192.0.2.11").get(
         "/health").status_code == 421
+
+
+def test_post_plan_fetches_nothing_the_caller_names_and_takes_only_finite_numbers(upgraded, httpserver, tmp_path,
+                                                                                 monkeypatch):
+    """SSRF: POST /plan once fetched any http(s) URL named as data; a FIFO starved the workers. Now only
+    local files under the project and URIs under PLANNER_STORAGE_URI; NaN from a JSON body is refused."""
+    monkeypatch.chdir(tmp_path)
+    client = TestClient(create_app(upgraded), base_url=LOCAL)
+    httpserver.expect_request("/corpus.jsonl").respond_with_data('{"query": "q", "pos": ["p"]}\n')
+    for data in (httpserver.url_for("/corpus.jsonl"), "s3://someone-elses-bucket/corpus.jsonl"):
+        answer = client.post("/plan", json={"kind": "train-bag", "params": {"model": "Qwen/Qwen3-4B", "data": data}})
+        assert answer.status_code == 422 and "URIs only under PLANNER_STORAGE_URI" in answer.text
+    assert httpserver.log == []  # nothing fetched
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    answer = client.post("/plan", json={"kind": "train-bag", "params": {"model": "Qwen/Qwen3-4B",
+                                                                       "data": str(tmp_path / "pipe.jsonl")}})
+    assert answer.status_code == 422 and "not a regular file" in answer.text
+    (tmp_path / "c.jsonl").write_text('{"query": "q", "pos": ["p"]}\n')
+    answer = client.post("/plan", content=b'{"kind": "train-bag", "params": {"model": "Qwen/Qwen3-4B", "data": "'
+                         + str(tmp_path / "c.jsonl").encode() + b'", "fraction": NaN}}',
+                         headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and "finite" in answer.text
+
+
+def test_a_non_ascii_bearer_token_is_refused_not_a_server_error(upgraded, monkeypatch):
+    monkeypatch.setenv("PLANNER_API_TOKEN", "s3cret-token")
+    client = TestClient(create_app(load_settings()), base_url=LOCAL)
+    answer = client.get("/prices", headers={"Authorization": "Bearer s3cr\u00e9t".encode("utf-8")})
+    assert answer.status_code == 401

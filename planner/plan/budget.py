@@ -126,9 +126,11 @@ def set_monthly_budget(session: Session, usd: float | None) -> None:
     session.commit()
 
 
-def left_this_month(session: Session, now: datetime | None = None) -> float | None:
+def left_this_month(session: Session, now: datetime | None = None, *, for_job: str | None = None) -> float | None:
+    """The month's budget less what is committed; `for_job`: the room for that job's next attempt, which
+    replaces its own reservation (as Ledger.reserve counts it), so that reservation does not count."""
     cap = monthly_budget(session)
-    return None if cap is None else cap - committed(session, now)
+    return None if cap is None else cap - committed(session, now, except_job=for_job)
 
 
 def campaign_committed(session: Session, campaign_id: str, *, excluding: str | None = None,

@@ -42,7 +42,7 @@ def limits_for(job: Job | None, settings: Settings, session: Session | None = No
                   max_local_hours=settings.local_max_hours, **image_limits(settings))
     if job is None:
         return Limits(**common)
-    left = [v for v in (budget.left_this_month(session), budget.campaign_left(session, job),
+    left = [v for v in (budget.left_this_month(session, for_job=job.id), budget.campaign_left(session, job),
                         None if job.budget_usd is None else job.budget_usd - spent_usd) if v is not None]
     return Limits(spot=job.spot or "any", max_usd_per_hour=job.max_price_per_hour,
                   budget_left_usd=min(left) if left else None,

@@ -24,11 +24,12 @@ from planner.run.backends.skypilot import SkyPilotBackend
 from planner.plan import campaigns
 from planner.plan.budget import Ledger
 from planner.plan.campaigns import CampaignPlan, NewJob
-from planner.config import Settings
+from planner.config import Settings, mask_url_secrets, untrusted_routes
 from planner.plan.choose import Choice, Limits
 from planner.plan.plans import Placer, limits_for, placement_for
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.run import funds
+from planner.run.credentials import secret_values
 from planner.run.inputs import InputError, Upload, local_input_problem, stage_inputs
 from planner.run.notify import Notifier
 from planner.run.supervisor import Supervisor
@@ -87,6 +88,13 @@ def submit(settings: Settings, sessions: sessionmaker, plan: CampaignPlan, optio
     problem = cloud_problem(settings, options.backend, [item.spec for item in plan.jobs])
     if problem:
         raise LaunchError(problem)
+    may_rent = options.backend not in ("local", "auto") or (
+        options.backend == "auto" and storage.is_remote(settings.storage_uri or ""))  # auto: cloud needs a store
+    if may_rent and (routes := untrusted_routes()):
+        proposed = ", ".join(f"{key} = {mask_url_secrets(value)!r}" for key, value in routes.items())
+        raise LaunchError(f"the project file sets {proposed}"
+                          ": these decide where a cloud box sends your storage credentials and what runs beside "
+                          "them; confirm them once with `planner config trust` (or set them in your user config)")
     if not options.ignore_balance:
         funds_problem(settings, sessions, plan, options)
     try:
@@ -212,7 +220,8 @@ def build_supervisor(settings: Settings, sessions: sessionmaker, backends: dict 
     backends = backends or build_backends(settings)
     placer = Placer(settings, backends, local_offer(settings.local_usd_per_hour, settings.local_gpus) if "local" in backends else None)
     return Supervisor(sessions, backends, placer, budget=Ledger(), poll_interval_s=settings.poll_interval_s,
-                      cooldown=settings.preempted_cooldown, notifier=Notifier.from_settings(settings, sessions))
+                      cooldown=settings.preempted_cooldown, notifier=Notifier.from_settings(settings, sessions),
+                      secrets=secret_values(settings))
 
 
 def run_until_final(supervisor: Supervisor, job_ids: list[str], *, interval_s: float,
@@ -248,8 +257,17 @@ def attempts_of(session: Session, job_id: str) -> list[Attempt]:
     return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
 
 
+class Cancelled(list):
+    """The ids a cancel ended; `not_ended`: job id -> why its box could not be ended from here (the backend's
+    key is not set in this process): those stay marked, and the next supervisor that can reach it ends it."""
+
+    def __init__(self, ids, not_ended: dict[str, str]):
+        super().__init__(ids)
+        self.not_ended = not_ended
+
+
 def cancel_jobs(settings: Settings, sessions: sessionmaker, ident: str,
-                backends: dict | None = None) -> list[str] | None:
+                backends: dict | None = None) -> Cancelled | None:
     """Cancel a job or every open job of a campaign: mark them, then one supervisor tick terminates
     their live instances and settles them. Returns the ids cancelled (None: no such job or campaign)."""
     with sessions() as session:
@@ -261,4 +279,6 @@ def cancel_jobs(settings: Settings, sessions: sessionmaker, ident: str,
                 job.cancel_requested = True
         session.commit()
     report = build_supervisor(settings, sessions, backends).tick()
-    return [job_id for job_id, state in report.finished if state == "cancelled"]
+    ids = {job.id for job in jobs}
+    return Cancelled([job_id for job_id, state in report.finished if state == "cancelled"],
+                     {job_id: why for job_id, why in report.waiting.items() if job_id in ids})

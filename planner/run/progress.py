@@ -23,7 +23,7 @@ def read(spec: JobSpec | str) -> dict | None:
         return None
     try:
         data = read_json(progress_uri(spec.checkpoint_uri))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 (a store that is down raises botocore's own errors, which are no OSError)
         return None
     return data if isinstance(data, dict) else None
 

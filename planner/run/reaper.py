@@ -19,8 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from planner.records import LIVE_ATTEMPT, Attempt, Job, project_id
-from planner.run.backends.base import Backend, BackendError, Handle, parse_label
-from pricing.providers.base import ProviderError
+from planner.run.backends.base import Backend, Handle, parse_label
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,8 @@ def reap(sessions: sessionmaker, backends: dict[str, Backend],
     for backend in backends.values():
         try:
             listed += [(backend, handle) for handle in backend.list_labeled()]
-        except (BackendError, ProviderError) as exc:
-            log.warning("reaper: cannot list %s instances (%s); next tick", backend.name, exc)
+        except Exception as exc:  # noqa: BLE001 (weather or a torn record: this backend's orphans wait a tick)
+            log.warning("reaper: cannot list %s instances (%s); next tick", backend.name, _line(exc))
     with sessions() as session:  # after the listing (see above)
         orphans = _orphans(session, listed)
     for backend, handle in orphans:
@@ -44,9 +43,13 @@ def reap(sessions: sessionmaker, backends: dict[str, Backend],
             reaped.append(handle.label)
             on_reaped(backend.name, handle.label, handle.instance_id)
             log.warning("reaper: terminated orphan %s (%s)", handle.label, handle.instance_id)
-        except (BackendError, ProviderError) as exc:
-            log.warning("reaper: cannot terminate %s (%s); next tick", handle.label, exc)
+        except Exception as exc:  # noqa: BLE001 (the other orphans still get ended)
+            log.warning("reaper: cannot terminate %s (%s); next tick", handle.label, _line(exc))
     return reaped
+
+
+def _line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 def _orphans(session, listed: list[tuple[Backend, Handle]]) -> list[tuple[Backend, Handle]]:

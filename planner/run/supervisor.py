@@ -39,11 +39,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, SpecError
 from planner.plan.billing import attempt_cost, billed_rate
 from planner.plan import budget as budgets
 from planner.plan import memory
@@ -51,6 +51,7 @@ from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
 from planner.run import progress, reaper
+from planner.run.credentials import redact
 from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Scope, Status, instance_label
 from planner.run.backends.markers import read_done
 from planner.run.logs import bad_input_reason, log_tail
@@ -58,6 +59,7 @@ from planner.run.notify import Notifier
 from planner.run.tick_report import TickReport
 from pricing.db import database_now
 from pricing.providers.base import ProviderError
+from pricing.refresh import holder_dead
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class Supervisor:
     def __init__(self, sessions: sessionmaker, backends: dict[str, Backend], place: PlaceFn, *,
                  budget=None, clock: Callable[[], datetime] | None = None, poll_interval_s: float = 30.0,
                  cooldown: timedelta = timedelta(hours=1), owner: str | None = None,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, secrets: tuple[str, ...] = ()):
         self.sessions = sessions
         self.backends = backends
         self.place = place
@@ -86,6 +88,12 @@ class Supervisor:
         for backend in backends.values():
             backend.project = self.project  # its instances carry this project's label
         self.notify = notifier or Notifier(None, sessions)  # PLANNER_NOTIFY_URL's messages; without one, none
+        self.secrets = secrets  # blanked in every job error and attempt detail written (provider messages)
+        if secrets:  # once per sessionmaker however many supervisors it serves (a cancel builds one)
+            info = sessions.kw.get("info") or {}
+            sessions.configure(info={**info, REDACTED: tuple(dict.fromkeys((*info.get(REDACTED, ()), *secrets)))})
+            if not event.contains(sessions, "before_flush", _redact_before_flush):
+                event.listen(sessions, "before_flush", _redact_before_flush)
 
     # ------------------------------------------------------------------ the loop
 
@@ -111,7 +119,7 @@ class Supervisor:
                 if job is not None and job.state not in FINAL_STATES:
                     self._step(session, job, report)
         except Exception as exc:  # noqa: BLE001 (the point: one job's fault, e.g. a store that is down, is that job's)
-            why = fault_line(exc)
+            why = redact(fault_line(exc), self.secrets)
             log.warning("job %s: its step failed (%s); tried again next tick", job_id, why)
             report.faults[job_id] = why
             with self.sessions() as session:
@@ -146,15 +154,22 @@ class Supervisor:
 
     def _launch(self, session: Session, job: Job, report: TickReport) -> None:
         now, db_now = self.clock(), database_now(session)
+        free = or_(Job.lease_owner.is_(None), Job.lease_until < db_now, Job.lease_owner == self.owner)
+        if job.lease_owner and job.lease_owner != self.owner and holder_dead(job.lease_owner):
+            free = or_(free, Job.lease_owner == job.lease_owner)  # a supervisor of this host that died holding it
         claimed = session.execute(
-            update(Job).where(Job.id == job.id, Job.state.in_(("pending", "preempted")),
-                              or_(Job.lease_owner.is_(None), Job.lease_until < db_now, Job.lease_owner == self.owner))
+            update(Job).where(Job.id == job.id, Job.state.in_(("pending", "preempted")), free)
             .values(lease_owner=self.owner, lease_until=db_now + LAUNCH_LEASE)
         ).rowcount
         session.commit()
         if claimed != 1:
             return
         session.refresh(job)
+        try:
+            job_spec = JobSpec.from_json(job.spec)
+        except SpecError as exc:  # no relaunch reads it better: fail it before anything is reserved or written
+            self._finish(session, job, "failed", f"its spec cannot run: {exc}", report)
+            return
         context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
                                    job_spent(session, job.id), now, self._unpaid_backends(now))
         placement = self.place(session, job, context)
@@ -191,7 +206,7 @@ class Supervisor:
         session.add(attempt)
         job.state, job.updated_at, job.error = "launching", now, None
         session.commit()  # the attempt exists before the instance does: a crash from here on is recoverable
-        spec = placement.apply(JobSpec.from_json(job.spec))
+        spec = placement.apply(job_spec)
         try:
             plan = backend.plan(spec, offer, attempt=number, spot=placement.spot, usd_per_hour=placement.usd_per_hour,
                                 disk_gb=json.loads(job.requirements or "{}").get("disk_gb"),
@@ -263,6 +278,8 @@ class Supervisor:
 
     def _record_create(self, session: Session, attempt: Attempt, **values) -> bool:
         """Write how the attempt's create ended, if this supervisor still holds its claim (the fence it saw)."""
+        if "detail" in values:
+            values["detail"] = redact(values["detail"], self.secrets)
         recorded = session.execute(
             update(Attempt).where(Attempt.id == attempt.id, Attempt.launch_fence == attempt.launch_fence,
                                   Attempt.outcome == "launching")
@@ -339,6 +356,8 @@ class Supervisor:
             attempt.detail = f"poll failed: {exc}"
             if attempt.poll_failures < MAX_POLL_FAILURES:
                 session.commit()
+                report.faults[job.id] = redact(f"poll failed ({attempt.poll_failures} in a row, retried): "
+                                                f"{fault_line(exc)}", self.secrets)
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
         attempt.polled_at = self.clock()
@@ -539,6 +558,20 @@ class Supervisor:
     def _live_attempt(self, session: Session, job: Job) -> Attempt | None:
         return session.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.outcome.in_(LIVE_ATTEMPT))
                                .order_by(Attempt.number.desc())).first()
+
+
+REDACTED = "planner.redacted"  # Session.info key: the secret values its flushes blank
+
+
+def _redact_before_flush(session: Session, flush_context, instances) -> None:
+    """A provider's or a store's message may quote a key back (a signed URL, a request echoed in an error):
+    no job error or attempt detail reaches the database, and so `jobs show` or the API, with one."""
+    secrets = session.info.get(REDACTED, ())
+    for row in (*session.new, *session.dirty):
+        if isinstance(row, Attempt):
+            row.detail = redact(row.detail, secrets)
+        elif isinstance(row, Job):
+            row.error = redact(row.error, secrets)
 
 
 def _record_throughput(attempt: Attempt, report: dict) -> None:

@@ -16,16 +16,22 @@ app.add_typer(budget_app, name="budget")
 
 @budget_app.command("show")
 def budget_show(as_json: options.Json = False) -> None:
-    """The monthly budget, what is committed this month (spent + reserved) and what is left."""
+    """The monthly budget, what is committed this month and what is left: committed is what ended this month
+    (settled) plus, per open job, its reservation or what its running attempt has accrued, whichever is more."""
     with sessions(settings())() as session:
-        cap, committed = budget.monthly_budget(session), budget.committed(session)
-    data = {"monthly_usd": cap, "committed_usd": round(committed, 4),
-            "left_usd": None if cap is None else round(cap - committed, 4)}
+        month = budget.month_spend(session)
+    data = {"monthly_usd": month.cap_usd, "committed_usd": round(month.committed_usd, 4),
+            "settled_usd": round(month.settled_usd, 4), "accruing_usd": round(month.accruing_usd, 4),
+            "held_usd": round(month.held_usd, 4),
+            "left_usd": None if month.left_usd is None else round(month.left_usd, 4)}
     if as_json:
         emit_json(data)
     else:
+        cap = month.cap_usd
         out.print(f"monthly budget: {'none' if cap is None else f'${cap:.2f}'}; committed this month: "
-                  f"${committed:.2f}" + ("" if cap is None else f"; left: ${cap - committed:.2f}"), highlight=False)
+                  f"${month.committed_usd:.2f} (settled ${month.settled_usd:.2f}, running attempts accruing "
+                  f"${month.accruing_usd:.2f}, held by open jobs ${month.held_usd:.2f})"
+                  + ("" if cap is None else f"; left: ${month.left_usd:.2f}"), highlight=False)
 
 
 @budget_app.command("set")

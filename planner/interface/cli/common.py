@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from planner.config import ConfigError, Project, Settings, load_project, load_settings
 from planner.run import pricebook
@@ -33,7 +34,7 @@ class PlannerGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, typer.Exit,
-                typer.Abort):
+                typer.Abort, TyperException):  # TyperException: typer's own click errors (a BadParameter: exit 2)
             raise
         except Exception as exc:
             logging.getLogger("planner").info("unexpected error", exc_info=True)

@@ -24,7 +24,8 @@ Ident = Annotated[str, typer.Argument(help="A job id or a campaign id.")]
 
 @jobs_app.command("list")
 def jobs_list(all_jobs: Annotated[bool, typer.Option("--all", help="Include finished jobs.")] = False,
-              limit: Annotated[int, typer.Option("--limit", min=1)] = 50, as_json: options.Json = False) -> None:
+              limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 50,
+              as_json: options.Json = False) -> None:
     """Jobs, newest first (open ones only unless --all), with each running job's progress and spend."""
     with sessions(settings())() as session:
         query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
@@ -117,8 +118,10 @@ def jobs_logs(job_id: Annotated[str, typer.Argument()],
     if not attempts:
         fail(f"job {job_id} has no attempts yet (or does not exist)")
     backend = build_backends(cfg).get(attempts[-1].backend)
-    if backend is None:
-        fail(f"the {attempts[-1].backend} backend is not available in this build")
+    if backend is None:  # its key is not set in this shell (or its extra is not installed)
+        name = attempts[-1].backend
+        fail(f"cannot reach the {name} backend from here: " + ("install the cloud extra (pip install "
+             "'planner[cloud]')" if name == "skypilot" else f"set {name.upper()}_API_KEY"), code=1)
     handle = Handle.from_attempt(attempts[-1])
     if not follow:
         lines = backend.logs(handle, tail=tail).splitlines()
@@ -150,9 +153,15 @@ def jobs_cancel(ident: Ident, as_json: options.Json = False) -> None:
     if cancelled is None:
         fail(f"no job or campaign {ident}")
     if as_json:
-        emit_json({"cancelled": cancelled})
+        emit_json({"cancelled": list(cancelled), "not_ended": cancelled.not_ended})
     else:
-        out.print(f"cancelled: {', '.join(cancelled) or 'nothing open'}", highlight=False)
+        if cancelled or not cancelled.not_ended:
+            out.print(f"cancelled: {', '.join(cancelled) or 'nothing open'}", highlight=False)
+        for job_id, why in cancelled.not_ended.items():
+            out.print(f"{job_id}: not cancelled: {why.removeprefix('waiting: ')}", highlight=False, markup=False,
+                      soft_wrap=True)
+    if cancelled.not_ended:
+        raise typer.Exit(1)
 
 
 @jobs_app.command("tick")
@@ -161,9 +170,11 @@ def jobs_tick(as_json: options.Json = False) -> None:
     cfg = settings()
     report = build_supervisor(cfg, sessions(cfg)).tick()
     data = {"launched": report.launched, "relaunching": report.relaunching, "finished": report.finished,
-            "reaped": report.reaped}
+            "reaped": report.reaped, "waiting": report.waiting, "faults": report.faults}
     if as_json:
         emit_json(data)
     else:
-        for line in report.lines():
-            out.print(line, highlight=False, markup=False)
+        for line in report.lines():  # one line per event, never wrapped: scripts and cron mail read them
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if report.faults:  # weather (a store down) or a job's own fault: recorded on the job, retried next tick
+        raise typer.Exit(1)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from planner.config import (
     JOB_KEYS, PATH_KEYS, PROJECT_FILE, PROJECT_SETTINGS, ConfigError, Settings, check_job_value, config_path,
-    find_project, load_project, read_toml, setting_sources,
+    CREDENTIAL_ROUTES, find_project, load_project, mask_url_secrets, read_toml, setting_sources, trust_project,
 )
 from planner.interface.cli import options
 from planner.interface.cli.common import app, emit_json, fail, out, project, settings
@@ -116,10 +116,34 @@ def _shown(name: str, value) -> object:
     if name == "db_url":
         from sqlalchemy.engine import make_url
 
-        return make_url(value).render_as_string(hide_password=True)
+        return mask_url_secrets(make_url(value).render_as_string(hide_password=True))
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str):  # a token in PLANNER_JOBS_INSTALL's git URL, a ?password= in a storage URI
+        return mask_url_secrets(value)
     return value
+
+
+@config_app.command("trust")
+def config_trust(yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm without asking.")] = False,
+                 as_json: options.Json = False) -> None:
+    """Confirm the project file's storage_uri, jobs_install and job_image: where cloud boxes send your storage
+    credentials and what they install beside them. Asked once per value; a changed value asks again."""
+    found = project()
+    if found.path is None:
+        fail(f"no {PROJECT_FILE} here or above; nothing to trust")
+    routes = {key: found.settings[key] for key in CREDENTIAL_ROUTES if key in found.settings}
+    if not routes:
+        fail(f"{found.path} sets none of {', '.join(CREDENTIAL_ROUTES)}; nothing to trust")
+    for key, value in routes.items():  # beside the question (stderr): --json's stdout stays one document
+        typer.echo(f"{key} = {mask_url_secrets(value)}", err=True)
+    if not yes and not typer.confirm(f"Launch cloud boxes with these values from {found.path}?", default=False):
+        fail("not confirmed; nothing recorded", code=1)
+    trust_project(found)
+    if as_json:
+        emit_json({"project_file": str(found.path), "trusted": routes})
+    else:
+        out.print(f"trusted for {found.path}", highlight=False, markup=False)
 
 
 @config_app.command("show")

@@ -65,4 +65,4 @@ def cancel(ctx: Context, ident: str, request: Request) -> dict:
     cancelled = cancel_jobs(ctx.settings, ctx.sessions, ident, ctx.backends())
     if cancelled is None:
         raise HTTPException(404, f"no job or campaign {ident}")
-    return {"cancelled": cancelled}
+    return {"cancelled": list(cancelled), "not_ended": cancelled.not_ended}

@@ -7,6 +7,7 @@ would hang a worker); a URI must be under PLANNER_STORAGE_URI. Nothing the calle
 from anywhere else (no http(s), no other bucket)."""
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
@@ -64,6 +65,10 @@ def input_problem(kind: str, params: dict, roots: tuple[Path, ...], storage_uri:
     from planner.run.inputs import is_local_input
 
     entry = KINDS[kind]
+    for name, value in params.items():  # JSON bodies may carry NaN and Infinity (Python's parser takes them)
+        if any(isinstance(item, float) and not math.isfinite(item) for item in (value if isinstance(value, list)
+                                                                               else [value])):
+            return f"{name} {value}: give finite numbers"
     for name, value in params.items():
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, str):

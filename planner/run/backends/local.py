@@ -38,6 +38,21 @@ LOCAL_OFFER_KEY = "local"
 # A job's output goes to a log file: progress bars (tqdm, huggingface_hub and transformers, which follows
 # huggingface_hub's switch) would fill it with carriage-return redraws. jobs.lifecycle does the same on a box.
 QUIET_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# What a local job inherits from the supervisor's environment: the process basics, the Python and GPU stack's
+# settings, and the store's credentials (its outputs may live there); nothing else (a planner setting such
+# as PLANNER_DB_URL, any key of any tool) reaches a job's code. Names are matched upper case.
+JOB_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+                           "TMP", "TEMP", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_PREFIX",
+                           "LD_LIBRARY_PATH", "GOOGLE_APPLICATION_CREDENTIALS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"})
+JOB_ENV_PREFIXES = ("LC_", "XDG_", "CUDA_", "NVIDIA_", "NCCL_", "TORCH_", "PYTORCH_", "OMP_", "MKL_", "HF_",
+                    "TRANSFORMERS_", "AWS_", "FSSPEC_", "TOKENIZERS_")
+
+
+def job_environment(environ) -> dict[str, str]:
+    """The part of `environ` a local job gets (JOB_ENV_NAMES, JOB_ENV_PREFIXES), exact names only: a
+    lower-case `runpod_api_key` or `path` is not PATH."""
+    return {name: value for name, value in environ.items()
+            if name.isupper() and (name in JOB_ENV_NAMES or name.startswith(JOB_ENV_PREFIXES))}
 
 
 def local_offer(usd_per_hour: float = 0.0, gpus: int | None = None) -> Offer:
@@ -152,7 +167,7 @@ class LocalBackend(Backend):
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("exit", "preempted", "cancelled"):
             (run_dir / stale).unlink(missing_ok=True)
-        env = {**os.environ, **QUIET_PROGRESS_BARS, **self.extra_env, **plan.env}  # the log is no terminal
+        env = {**job_environment(os.environ), **QUIET_PROGRESS_BARS, **self.extra_env, **plan.env}  # no terminal
         secrets = set(secret_env_names())  # the job needs none of them (read without regard to case)
         env = {name: value for name, value in env.items() if name.upper() not in secrets}
         with open(run_dir / "log", "ab") as log:
@@ -165,7 +180,9 @@ class LocalBackend(Backend):
                 raise BackendError(f"cannot start the job: {exc.strerror}; check that {self.python} runs") from None
         data = {"pid": process.pid, "started": _start_time(process.pid), "run_dir": str(run_dir),
                 "output_uri": plan.request["output_uri"]}
-        (run_dir / "handle.json").write_text(json.dumps({**data, "label": plan.label}))
+        torn = run_dir / "handle.json.tmp"  # written whole, then renamed: a kill -9 never leaves half a record
+        torn.write_text(json.dumps({**data, "label": plan.label}))
+        os.replace(torn, run_dir / "handle.json")
         # The process is reaped in the background so it never lingers as a zombie in a long-lived supervisor.
         threading.Thread(target=process.wait, daemon=True).start()
         return Handle(backend=self.name, instance_id=f"pid-{process.pid}", label=plan.label, data=data)
@@ -239,8 +256,11 @@ class LocalBackend(Backend):
     def list_labeled(self) -> list[Handle]:
         handles = []
         for record in sorted(self.runs_dir.glob("*/handle.json")) if self.runs_dir.exists() else []:
-            data = json.loads(record.read_text())
-            label = data.pop("label")
+            try:
+                data = json.loads(record.read_text())
+                label = data.pop("label")
+            except (OSError, ValueError, KeyError, AttributeError):  # emptied by hand or a full disk: skipped, so
+                continue  # one bad record never stops the reaper from ending the other orphans
             handle = Handle(backend=self.name, instance_id=f"pid-{data['pid']}", label=label, data=data)
             if job_of_label(label) and _alive(handle):
                 handles.append(handle)

@@ -1,0 +1,147 @@
+"""The CLI under weather and torn state (issue 24): an object store that is down, a cancel that cannot reach
+the provider, a torn run record. One line each, exit 0 or 1, never a traceback, never a wrong outcome."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from jobs import storage
+from jobs.spec import JobSpec
+from planner.records import Attempt, Job, project_id
+from planner.run.backends.local import LocalBackend
+from pricing.db import database_now, session_factory
+
+
+def down(*args, **kwargs):
+    raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/planner-bucket")
+
+
+def running_local_job(db_url, runs_dir, command, job_id="stored"):
+    """A job whose live attempt is a real local process running `command`, writing to an s3:// output."""
+    sessions = session_factory(db_url)
+    spec = JobSpec(job_id, "merge", "s3://planner-bucket/out", {"models": ["x"], "weights": [1]},
+                   checkpoint_uri="s3://planner-bucket/ckpt")
+    backend = LocalBackend(runs_dir)
+    with sessions() as session:
+        backend.project = project_id(session)
+        plan = backend.plan(spec, None, attempt=1, spot=False, usd_per_hour=1.0)
+        handle = backend.launch(replace(plan, command=command))
+        session.add(Job(id=job_id, name=job_id, kind="merge", backend="local", spec=spec.to_json(), state="running"))
+        session.flush()
+        session.add(Attempt(job_id=job_id, number=1, backend="local", provider="local", spot=False, usd_per_hour=1.0,
+                            billing_seconds=1, outcome="running",
+                            launched_at=database_now(session) - timedelta(minutes=1),
+                            instance_id=handle.instance_id, handle=handle.to_json()))
+        session.commit()
+    return sessions, backend, handle
+
+
+def test_with_the_store_down_tick_list_and_show_print_one_line_and_no_outcome_is_guessed(
+        cli, db_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("PLANNER_RUNS_DIR", str(tmp_path / "runs"))
+    sessions, backend, handle = running_local_job(db_url, tmp_path / "runs", (sys.executable, "-c", "pass"))
+    deadline = time.monotonic() + 30
+    while not (Path(handle.data["run_dir"]) / "exit").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    monkeypatch.setattr(storage, "exists", down)
+    monkeypatch.setattr(storage, "read_bytes", down)
+    tick = cli("jobs", "tick", code=1)  # exited 0: only the DONE marker says it succeeded, and the store is down
+    assert tick.stdout.strip().splitlines() == [
+        "stored: skipped this tick: poll failed (1 in a row, retried): BackendError: cannot read the DONE marker at "
+        "s3://planner-bucket/out: EndpointConnectionError: Could not connect to the endpoint URL: "
+        "\"http://127.0.0.1:9/planner-bucket\""]
+    assert "Traceback" not in tick.output
+    data = json.loads(cli("jobs", "tick", "--json", code=1).stdout)
+    assert list(data["faults"]) == ["stored"] and data["finished"] == []
+    with sessions() as session:
+        assert session.get(Job, "stored").state == "running"  # not "failed: exited 0 without DONE"
+    for command in (("jobs", "list"), ("jobs", "show", "stored"), ("jobs", "list", "--json"),
+                    ("jobs", "show", "stored", "--json")):
+        result = cli(*command)
+        assert "Traceback" not in result.output and "stored" in result.stdout
+    from fastapi.testclient import TestClient
+
+    from planner.config import load_settings
+    from planner.interface.web import create_app
+
+    api = TestClient(create_app(load_settings()), base_url="http://127.0.0.1")
+    assert api.get("/jobs").status_code == 200 and api.get("/jobs/stored").status_code == 200
+
+
+def test_cancel_without_the_provider_key_says_it_could_not_end_the_box(cli, db_url):
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        session.add(Job(id="far", name="far", kind="merge", backend="runpod", spec="{}", state="running"))
+        session.flush()
+        session.add(Attempt(job_id="far", number=1, backend="runpod", provider="runpod", spot=False, usd_per_hour=1.0,
+                            billing_seconds=1, outcome="running", launched_at=database_now(session),
+                            instance_id="pod-7"))
+        session.commit()
+    result = cli("jobs", "cancel", "far", code=1)
+    assert result.stdout.strip() == ("far: not cancelled: cannot end its attempt runs on runpod (pod-7) from here: "
+                                     "set RUNPOD_API_KEY where the supervisor runs")
+    assert json.loads(cli("jobs", "cancel", "far", "--json", code=1).stdout)["cancelled"] == []
+    with sessions() as session:
+        assert session.get(Job, "far").state == "running" and session.get(Job, "far").cancel_requested
+
+
+def test_a_torn_run_record_does_not_stop_the_reaper(db_url, tmp_path):
+    from planner.run import reaper
+
+    runs = tmp_path / "runs"
+    sessions, backend, handle = running_local_job(db_url, runs, (sys.executable, "-c", "import time; time.sleep(60)"),
+                                                  job_id="orphan")
+    with sessions() as session:  # its attempt ended: the process is an orphan now
+        session.query(Attempt).update({"outcome": "failed"})
+        session.commit()
+    (runs / "aaa-torn").mkdir(parents=True)
+    (runs / "aaa-torn" / "handle.json").write_text("")  # emptied by a full disk
+    assert reaper.reap(sessions, {"local": backend}) == [handle.label]
+
+
+@pytest.mark.parametrize("args", [("prices", "history", "--days", "1000000"), ("budget", "set", "--monthly", "nan"),
+                                  ("jobs", "list", "--limit", "1000000000000"), ("prices", "history", "--days", "nan")])
+def test_bad_numbers_are_exit_2_naming_the_option_never_unexpected(cli, db_url, args):
+    result = cli(*args, code=2)
+    assert "unexpected" not in result.output and "Traceback" not in result.output
+
+
+def test_a_log_tail_reads_from_the_end_not_the_whole_log(tmp_path):
+    """GET /jobs/{id}/logs read a whole 300 MB log to return 40 lines (+780 MB per request)."""
+    import tracemalloc
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "log", "wb") as log:
+        log.truncate(300 * 1024 * 1024)  # 300 MB (sparse), then the last lines
+        log.seek(0, 2)
+        log.write(b"".join(b"line %d\n" % n for n in range(100)))
+    backend = LocalBackend(tmp_path / "runs")
+    from planner.run.backends.base import Handle
+
+    tracemalloc.start()
+    text = backend.logs(Handle("local", "pid-1", "x", {"run_dir": str(run_dir)}), tail=40)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert text.splitlines() == [f"line {n}" for n in range(60, 100)]
+    assert peak < 4 * 1024 * 1024  # a block or two, not the 300 MB
+
+
+def test_logs_of_a_job_on_a_backend_without_its_key_say_which_key(cli, db_url):
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        session.add(Job(id="far", name="far", kind="merge", backend="runpod", spec="{}", state="running"))
+        session.flush()
+        session.add(Attempt(job_id="far", number=1, backend="runpod", provider="runpod", spot=False, usd_per_hour=1.0,
+                            billing_seconds=1, outcome="running", launched_at=database_now(session),
+                            instance_id="pod-7"))
+        session.commit()
+    assert "set RUNPOD_API_KEY" in cli("jobs", "logs", "far", code=1).output
