@@ -6,6 +6,8 @@ any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
   cancel requested        terminate the live attempt, settle it, the job is cancelled
   live attempt            poll it (provider faults: retry next tick) and read the runner's progress;
                           past the budget -> terminate, stopped-by-budget
+                          measured slow, another offer finishes clearly cheaper -> moved: end it (it
+                          checkpoints), place it again elsewhere (planner.plan.moving)
       SUCCEEDED           (the DONE marker exists) settle, the job succeeded
       PREEMPTED / LOST    settle, the offer sits out a cool-down, relaunch from the checkpoint
       FAILED exit 75      the runner checkpointed and asked to be resumed: relaunch
@@ -46,7 +48,7 @@ from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec
 from planner.plan.billing import attempt_cost, billed_rate
 from planner.plan import budget as budgets
-from planner.plan import memory
+from planner.plan import memory, moving
 from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
@@ -356,6 +358,11 @@ class Supervisor:
             if over:
                 self._end_attempt(session, job, attempt, "stopped-by-budget", PollResult(Status.FAILED, detail=over))
                 self._finish(session, job, "stopped-by-budget", over, report)
+            elif result.status is Status.RUNNING and (move := self._weigh_move(session, job, attempt)) is not None:
+                self._end_attempt(session, job, attempt, "moved", PollResult(Status.FAILED, detail=move.reason))
+                job.state, job.lease_owner, job.lease_until = "pending", None, None
+                session.commit()
+                report.relaunch(job.id, move.reason)
             else:
                 session.commit()
             return
@@ -454,6 +461,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ money and progress
 
+    def _weigh_move(self, session: Session, job: Job, attempt: Attempt) -> moving.Move | None:
+        """Whether the attempt, its throughput measured, should checkpoint and move (planner.plan.moving)."""
+        now = self.clock()
+        context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
+                                   job_spent(session, job.id), now, self._unpaid_backends(now))
+        return moving.weigh(session, job, attempt, self.place, context)
+
     def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
         """Stop before the spend would pass the job's (or its campaign's) budget by the next poll."""
         ahead = self.clock() + timedelta(seconds=self.poll_interval_s)
@@ -503,11 +517,11 @@ class Supervisor:
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
         """Offers this job left within the cool-down: taken (preempted), gone (lost), refused at create, or
         broken under it (failed: a box that ended without its job, a host whose CUDA failed); a relaunch
-        goes elsewhere first."""
+        goes elsewhere first. Offers it moved off for being slow, for good."""
         rows = session.scalars(select(Attempt.offer_key).where(
             Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed", "failed")),
             Attempt.ended_at > now - self.cooldown, Attempt.offer_key.is_not(None))).all()
-        return frozenset(rows)
+        return frozenset(rows) | moving.moved_off(session, job.id)
 
     def _remaining_fraction(self, session: Session, job: Job) -> float:
         latest = session.scalars(select(Attempt.progress).where(Attempt.job_id == job.id)
