@@ -462,11 +462,17 @@ class Supervisor:
     # ------------------------------------------------------------------ money and progress
 
     def _weigh_move(self, session: Session, job: Job, attempt: Attempt) -> moving.Move | None:
-        """Whether the attempt, its throughput measured, should checkpoint and move (planner.plan.moving)."""
+        """Whether the attempt, its throughput measured, should checkpoint and move (planner.plan.moving). A
+        fault while weighing (a price book that cannot be read) leaves the attempt where it runs: moving only
+        saves money, and must never keep the attempt from being watched."""
         now = self.clock()
-        context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
-                                   job_spent(session, job.id), now, self._unpaid_backends(now))
-        return moving.weigh(session, job, attempt, self.place, context)
+        try:
+            context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
+                                       job_spent(session, job.id), now, self._unpaid_backends(now))
+            return moving.weigh(session, job, attempt, self.place, context)
+        except Exception as exc:  # noqa: BLE001 (see above: the watch goes on)
+            log.warning("job %s attempt %d: cannot weigh a move (%s); it stays", job.id, attempt.number, fault_line(exc))
+            return None
 
     def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
         """Stop before the spend would pass the job's (or its campaign's) budget by the next poll."""
