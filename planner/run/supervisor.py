@@ -83,6 +83,7 @@ class Supervisor:
         self.cooldown = cooldown
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.unpaid: dict[str, datetime] = {}  # backend -> until when it launches nothing (its account cannot pay)
+        self.weighed: dict[int, tuple] = {}  # attempt id -> (checkpoint step, TFLOP/s) its move was last weighed at
         with sessions() as session:
             self.project = project_id(session)
         for backend in backends.values():
@@ -465,6 +466,10 @@ class Supervisor:
         """Whether the attempt, its throughput measured, should checkpoint and move (planner.plan.moving). A
         fault while weighing (a price book that cannot be read) leaves the attempt where it runs: moving only
         saves money, and must never keep the attempt from being watched."""
+        mark = (progress.load(attempt.progress).get("checkpoint_step"), attempt.measured_tflops)
+        if attempt.measured_tflops is None or self.weighed.get(attempt.id) == mark:
+            return None  # once per checkpoint: sizing the job again reads its corpus, and a move waits for one
+        self.weighed[attempt.id] = mark
         now = self.clock()
         try:
             context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
