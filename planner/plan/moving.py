@@ -16,9 +16,9 @@ is weighed on its own measured throughput, so a new attempt is judged only once 
 own. `stay` and `move` are both choose's expected dollars (planner.plan.choose), on the same price
 book and interruption rates, so the comparison has one cost model.
 
-The supervisor asks `weigh` once per checkpoint of a running attempt (or a new throughput); a move ends the attempt as "moved"
-(its instance is ended: the runner saves on SIGTERM and exits 75) and places the job again without the
-offers it moved off (`moved_off`). bench/bench_market.py's "ours+move" runs the same `decide`.
+The supervisor asks `weigh` once per checkpoint of a running attempt (or a new throughput); a move
+ends the attempt as "moved" (its instance is ended: the runner saves on SIGTERM and exits 75) and
+places the job again without the offers it moved off (`moved_off`). bench/bench_market.py's "ours+move" runs the same `decide`.
 """
 from __future__ import annotations
 
