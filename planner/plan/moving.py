@@ -18,7 +18,8 @@ book and interruption rates, so the comparison has one cost model.
 
 The supervisor asks `weigh` once per checkpoint of a running attempt (or a new throughput); a move
 ends the attempt as "moved" (its instance is ended: the runner saves on SIGTERM and exits 75) and
-places the job again without the offers it moved off (`moved_off`). bench/bench_market.py's "ours+move" runs the same `decide`.
+places the job again without the offers it moved off (`moved_off`). bench/bench_market.py's
+"ours+move" runs the same `decide`.
 """
 from __future__ import annotations
 
