@@ -14,7 +14,12 @@ run, per offer and per attempt, shared by all strategies):
              so a campaign never passes its budget;
   naive      the cheapest $/GPU-hour (spot or on-demand) that fits (VRAM for the recipe's smallest
              gradient-cache chunk), paying for the whole instance, relaunched the same way;
-  on-demand  the same among on-demand prices only.
+  on-demand  the same among on-demand prices only;
+  ours+move  ours, and once an attempt has measured its throughput (its first checkpoint), it weighs
+             moving as the supervisor does (planner.plan.moving: the expected dollars to finish there at
+             the measured speed against the best other offer's, restart included, a 15 % margin, at
+             most two moves per job, never back to an offer it left): a move checkpoints, ends the
+             attempt and places the job again.
 Every strategy checkpoints every 15 minutes of work, pays 0.15 h of startup per attempt, bids 5 %
 over the current minimum for spot, and runs the bags in parallel, then the merge. A bag uses every
 GPU of its instance (data parallel, the gradient-cache chunk chosen per card as the planner does);
@@ -64,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose, efficiency_from  # noqa: E402
-from planner.plan import naive  # noqa: E402
+from planner.plan import moving, naive  # noqa: E402
 from planner.plan.kinds import efficiency_prior  # noqa: E402
 from planner.plan.estimate import QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
 from pricing import gpus  # noqa: E402
@@ -215,13 +220,20 @@ class Pick:
     reserve: float | None = None  # ours: the worst case reserved against the budget
 
 
-def pick_ours(needs, book, t, state) -> Pick | None:
-    limits = Limits(budget_left_usd=state.budget - state.committed(), checkpoint_hours=CHECKPOINT_HOURS,
-                    exclude_offer_keys=frozenset(k for k, until in state.cooling.items() if until > t))
+def best_ours(needs, book, t, state, left: frozenset[str] = frozenset(), committed: float | None = None):
+    """choose's winner for ours at time t, the offers in `left` (moved off) excluded; the budget left is
+    the budget less `committed` (by default what is settled and reserved)."""
+    limits = Limits(budget_left_usd=state.budget - (state.committed() if committed is None else committed),
+                    checkpoint_hours=CHECKPOINT_HOURS,
+                    exclude_offer_keys=frozenset(k for k, until in state.cooling.items() if until > t) | left)
     prior = efficiency_prior(needs.kind.partition("/")[0], needs.kind)
     measured = state.measured_at(needs.kind, t)
-    winner = choose(needs, book, limits, now=book[0].fetched_at, observed=state.observed, efficiency_prior=prior,
-                    efficiency=lambda model, count: efficiency_from(measured.get(model, {}), prior, count)).winner
+    return choose(needs, book, limits, now=book[0].fetched_at, observed=state.observed, efficiency_prior=prior,
+                  efficiency=lambda model, count: efficiency_from(measured.get(model, {}), prior, count)).winner
+
+
+def pick_ours(needs, book, t, state, left: frozenset[str] = frozenset()) -> Pick | None:
+    winner = best_ours(needs, book, t, state, left)
     if winner is None:
         return None
     return Pick(winner.offer, winner.spot, winner.usd_per_hour, winner.worst_case_usd)
@@ -243,7 +255,10 @@ STRATEGIES = {
     "ours": lambda needs, offers, t, state, traces: pick_ours(needs, traces.book_at(offers, t), t, state),
     "naive": lambda needs, offers, t, state, traces: pick_cheapest(needs, offers, t, state, True, traces),
     "on-demand": lambda needs, offers, t, state, traces: pick_cheapest(needs, offers, t, state, False, traces),
+    "ours+move": lambda needs, offers, t, state, traces, left=frozenset(): pick_ours(needs, traces.book_at(offers, t),
+                                                                                   t, state, left),
 }
+MOVING = {"ours+move"}  # strategies that weigh moving an attempt once it has measured its throughput
 
 
 class RunState:
@@ -309,14 +324,19 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
     merge_job = len(needs_list)
     progress = {j: 0.0 for j in range(merge_job + 1)}  # fraction of each job checkpointed
     attempts = {j: 0 for j in progress}
-    events: list[tuple[float, int, str]] = []  # (time, job, "end" of its attempt | "retry" a placement)
+    events: list[tuple[float, int, str, int]] = []  # (time, job, "end" | "check" of attempt n | "retry", n)
     running: dict[int, tuple] = {}
     done_at: dict[int, float] = {}
+    left: dict[int, set[str]] = {j: set() for j in progress}  # offers each job moved off (ours+move)
+    moves = {j: 0 for j in progress}
 
     def launch(job: int, t: float) -> bool:
         needs = merge if job == merge_job else needs_list[job]
         remaining = needs.remaining(1 - progress[job])  # as the supervisor does: the work left after the checkpoint
-        chosen = pick(remaining, offers, t, state, traces) if t < DEADLINE_HOURS else None
+        chosen = None
+        if t < DEADLINE_HOURS:
+            chosen = (pick(remaining, offers, t, state, traces, frozenset(left[job])) if strategy in MOVING
+                      else pick(remaining, offers, t, state, traces))
         if chosen is None:
             return False
         attempts[job] += 1
@@ -334,27 +354,51 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
             state.reserved[job] = chosen.reserve
             if (spent_out := t + chosen.reserve / price) < end:
                 end, how = spent_out, "reservation spent"
-        if needs.kind != "merge" and end >= t + STARTUP_HOURS + CHECKPOINT_HOURS:  # its progress file says
-            state.measurements.append((t + STARTUP_HOURS + CHECKPOINT_HOURS, needs.kind, chosen.offer.gpu_model,
+        measured_at = t + STARTUP_HOURS + CHECKPOINT_HOURS
+        if needs.kind != "merge" and end >= measured_at:  # its progress file says
+            state.measurements.append((measured_at, needs.kind, chosen.offer.gpu_model,
                                        needs.gpus_used(chosen.offer.gpu_count), world.achieved(needs, chosen.offer)))
-        heapq.heappush(events, (end, job, "end"))
-        running[job] = (t, price, chosen, total, how)
+            if strategy in MOVING and end > measured_at:
+                heapq.heappush(events, (measured_at, job, "check", attempts[job]))
+        heapq.heappush(events, (end, job, "end", attempts[job]))
+        running[job] = (t, price, chosen, total, how, attempts[job])
         return True
+
+    def move_decision(job: int, t: float) -> moving.Move | None:
+        """At the attempt's first checkpoint, with its throughput measured: the supervisor's rule."""
+        start, price, chosen, total, _, _ = running[job]
+        needs = needs_list[job]
+        done = progress[job] + (t - start - STARTUP_HOURS) / total  # just checkpointed: nothing since
+        remaining, book = needs.remaining(1 - done), traces.book_at(offers, t)
+        stay = moving.staying(remaining, chosen.offer, chosen.spot, price, world.achieved(needs, chosen.offer),
+                              now=book[0].fetched_at, observed=state.observed, checkpoint_hours=CHECKPOINT_HOURS)
+        here_spent = price * (t - start)  # the move settles this attempt; its reservation goes back
+        committed = state.settled + here_spent + sum(v for j, v in state.reserved.items() if j != job)
+        elsewhere = best_ours(remaining, book, t, state, frozenset(left[job] | {chosen.offer.offer_key}), committed)
+        return None if stay is None else moving.decide(stay, elsewhere, moves=moves[job])
 
     def launch_or_wait(job: int, t: float) -> None:
         """As the supervisor does: no placement now (every fitting offer cooling down, or the budget held by
         running jobs' reservations) means try again at the next tick, until the deadline."""
         if not launch(job, t) and t < DEADLINE_HOURS:
-            heapq.heappush(events, (t + RETRY_HOURS, job, "retry"))
+            heapq.heappush(events, (t + RETRY_HOURS, job, "retry", 0))
 
     for job in range(merge_job):
         launch_or_wait(job, 0.0)
     while events:
-        t, job, what = heapq.heappop(events)
+        t, job, what, number = heapq.heappop(events)
         if what == "retry":
             launch_or_wait(job, t)
             continue
-        start, price, chosen, total, how = running.pop(job)
+        if job not in running or running[job][5] != number:
+            continue  # an attempt that has moved: its end or check is void
+        if what == "check":
+            if move_decision(job, t) is None:
+                continue
+            moves[job] += 1
+            left[job].add(running[job][2].offer.offer_key)
+            running[job] = (*running[job][:4], "moved", number)
+        start, price, chosen, total, how, _ = running.pop(job)
         state.settled += price * (t - start)
         if log is not None:
             log.append((job, chosen.offer, chosen.spot, price * (t - start), t - start, how))
@@ -368,14 +412,16 @@ def simulate(strategy: str, offers: list[Offer], needs_list, merge, budget: floa
                 launch_or_wait(merge_job, t)
         else:
             worked = max(0.0, t - start - STARTUP_HOURS)
-            progress[job] = min(1.0, progress[job] + math.floor(worked / CHECKPOINT_HOURS) * CHECKPOINT_HOURS / total)
+            saved = math.floor(worked / CHECKPOINT_HOURS + 1e-9)  # a move ends just after a checkpoint
+            progress[job] = min(1.0, progress[job] + saved * CHECKPOINT_HOURS / total)
             if how == "interrupted":
                 state.cooling[chosen.offer.offer_key] = t + COOLDOWN_HOURS
             launch_or_wait(job, t + RESTART_HOURS)
     finished = merge_job in done_at and done_at[merge_job] <= DEADLINE_HOURS
     overrun = state.settled > budget + 1e-9
     return {"usd": state.settled, "hours": done_at[merge_job] if finished else None, "finished": finished,
-            "completed": finished and not overrun, "overrun": overrun, "attempts": sum(attempts.values())}
+            "completed": finished and not overrun, "overrun": overrun, "attempts": sum(attempts.values()),
+            "moves": sum(moves.values())}
 
 
 def on_demand_budget(offers, needs_list, merge) -> float:
@@ -435,29 +481,36 @@ def main() -> None:
                       f"{statistics.fmean(r['attempts'] for r in runs):.1f} | {statistics.fmean(usd) / naive_mean:.2f}x |",
                       flush=True)
                 row[strategy] = {"ratio": statistics.fmean(usd) / naive_mean, "completion": completion,
-                                 "overruns": overruns, "hours": median_hours}
-            both = [(o["usd"], n["usd"]) for o, n in zip(results["ours"], results["naive"]) if o["finished"] and n["finished"]]
-            row["both"] = (statistics.fmean(o for o, _ in both) / statistics.fmean(n for _, n in both), len(both)) if both \
-                else (float("nan"), 0)
-            print(f"\nours / naive over the {row['both'][1]} runs both finished: {row['both'][0]:.2f}x")
+                                 "overruns": overruns, "hours": median_hours,
+                                 "moves": statistics.fmean(r["moves"] for r in runs)}
+            for strategy in ("ours", "ours+move"):
+                both = [(o["usd"], n["usd"]) for o, n in zip(results[strategy], results["naive"])
+                        if o["finished"] and n["finished"]]
+                row[strategy]["both"] = (statistics.fmean(o for o, _ in both) / statistics.fmean(n for _, n in both),
+                                         len(both)) if both else (float("nan"), 0)
+                print(f"\n{strategy} / naive over the {row[strategy]['both'][1]} runs both finished: "
+                      f"{row[strategy]['both'][0]:.2f}x")
             summary.append(row)
             print(f"<!-- seed {seed} {market}: {elapsed:.0f} s for {len(STRATEGIES) * args.runs} campaigns -->",
                   file=sys.stderr, flush=True)
         print()
-    print("| seed | book | ours $ / naive $ | ours / naive, runs both finished | completion within budget: ours / naive / "
-          "on-demand | overruns: ours / naive / on-demand | median hours: ours / naive / on-demand |\n"
-          "|---:|---|---:|---:|---|---|---|")
+    names = " / ".join(STRATEGIES)
+    print(f"| seed | book | runs | ours $ / naive $ | ours+move $ / naive $ | ours+move / naive, runs both finished | "
+          f"moves per run | completion within budget: {names} | overruns: {names} | median hours: {names} |\n"
+          "|---:|---|---:|---:|---:|---:|---:|---|---|---|")
     for row in summary:
         cells = [row[s] for s in STRATEGIES]
         completion = " / ".join(f"{c['completion']:.1%}" for c in cells)
         overruns = " / ".join(str(c["overruns"]) for c in cells)
         hours = " / ".join(f"{c['hours']:.1f}" for c in cells)
-        print(f"| {row['seed']} | {row['market']} ({row['offers']} offers, budget ${row['budget']:,.0f}) | "
-              f"**{row['ours']['ratio']:.2f}x** | {row['both'][0]:.2f}x ({row['both'][1]}) | {completion} | {overruns} | "
-              f"{hours} |")
+        moved = row["ours+move"]
+        print(f"| {row['seed']} | {row['market']} ({row['offers']} offers, budget ${row['budget']:,.0f}) | {args.runs:,} | "
+              f"{row['ours']['ratio']:.2f}x | **{moved['ratio']:.2f}x** | {moved['both'][0]:.2f}x ({moved['both'][1]}) | "
+              f"{moved['moves']:.2f} | {completion} | {overruns} | {hours} |")
     for market in args.markets:
-        worst = max((r for r in summary if r["market"] == market), key=lambda r: r["ours"]["ratio"])
-        print(f"\nworst seed, {market}: {worst['seed']} at {worst['ours']['ratio']:.2f}x naive")
+        for strategy in ("ours", "ours+move"):
+            worst = max((r for r in summary if r["market"] == market), key=lambda r: r[strategy]["ratio"])
+            print(f"\nworst seed, {market}, {strategy}: {worst['seed']} at {worst[strategy]['ratio']:.2f}x naive")
 
 
 if __name__ == "__main__":

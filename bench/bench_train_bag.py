@@ -48,6 +48,7 @@ prints Markdown. Needs no network. The sentence-transformers peer is not run in 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -436,8 +437,8 @@ def print_cpu(args, runs, checkpoints, params, step_tokens) -> None:
 # --- gpu ---------------------------------------------------------------------------------------
 
 def planner_vram_gb(model_dir: Path, method: str, batch_size: int, args, tokens_per_record: float) -> float | None:
-    """The planner's VRAM estimate (planner/plan/estimate.py train_needs) for this run, for comparison.
-    It sizes activations for the whole batch at once, so with gradient caching it over-estimates."""
+    """The planner's VRAM estimate per GPU (planner/plan/estimate.py train_needs, Needs.vram_at) for this run
+    at its gradient-cache chunk, in GiB (the planner's GB, what jobs.memory reports), for comparison."""
     try:
         try:
             from planner.plan.estimate import CorpusStats, model_shape, train_needs
@@ -447,7 +448,7 @@ def planner_vram_gb(model_dir: Path, method: str, batch_size: int, args, tokens_
                             negatives=args.group_size - 1, measured=True)
         needs = train_needs(model_shape(str(model_dir)), stats, fraction=1.0, method=method, batch_size=batch_size,
                             query_max_len=args.query_max_len, doc_max_len=args.doc_max_len, max_steps=args.steps)
-        return round(needs.vram_gb * (1024**3) / 1e9, 2)  # its GiB as GB, like peak_memory_gb
+        return round(needs.vram_at(args.mini_batch_size), 2)
     except Exception as exc:  # the planner is being restructured; the bench still runs without it
         print(f"planner estimate unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -458,7 +459,7 @@ def run_gpu(args: argparse.Namespace) -> None:
     if device == "cpu" and not args.smoke:
         sys.exit("error: no CUDA GPU; run the gpu mode on a GPU machine, or add --smoke to check the script here")
     if args.smoke:
-        args.steps, args.doc_tokens, args.batch_sizes, args.mini_batch_size = 3, 32, [4], 4
+        args.steps, args.doc_tokens, args.batch_sizes, args.mini_batch_sizes = 3, 32, [4], [2, 4]
     config = SMOKE if args.smoke else QWEN3_4B
     args.doc_max_len, args.query_max_len = args.doc_tokens, 128
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-gpu-"))
@@ -468,7 +469,7 @@ def run_gpu(args: argparse.Namespace) -> None:
     peak = peak_tflops(gpu, args.peak_tflops) if device == "cuda" else None
     results: dict = {"device": gpu, "torch": torch.__version__, "config": config, "doc_tokens": args.doc_tokens,
                      "steps": args.steps, "peak_bf16_tflops": peak, "gradient_checkpointing": True,
-                     "group_size": args.group_size, "mini_batch_size": args.mini_batch_size, "runs": []}
+                     "group_size": args.group_size, "mini_batch_sizes": args.mini_batch_sizes, "runs": []}
     try:
         model_dir = work / "model"
         if not (model_dir / "model.safetensors").exists() and not (model_dir / "model.safetensors.index.json").exists():
@@ -478,35 +479,38 @@ def run_gpu(args: argparse.Namespace) -> None:
         per_task = math.ceil(args.steps * max(args.batch_sizes) / 3) + max(args.batch_sizes)
         data = write_long_corpus(work / "corpus.jsonl", records_per_task=per_task, doc_tokens=args.doc_tokens,
                                  query_words=16, negatives=args.group_size - 1)
-        for method in args.methods:
-            for batch_size in args.batch_sizes:
-                args.batch_size = batch_size
-                batches = planned_batches(job_config(model_dir, data, args))
-                step_tokens = tokens_per_step(model_dir, batches, args.query_max_len, args.doc_max_len)
-                output = work / f"out-{method}-{batch_size}"
-                entry = {"method": method, "batch_size": batch_size, "tokens_per_step": sum(step_tokens) / len(step_tokens)}
-                try:
-                    run = run_timed(ours_command(model_dir, data, output, args, method=method, cache=cache),
-                                    work / f"log-{method}-{batch_size}.txt")
-                    done = json.loads((output / "DONE").read_text())
-                    rate = rates(run, step_tokens)
-                    entry |= rate | {"peak_memory_gb": done["peak_memory_bytes"] / 1e9,
-                                     "peak_memory_kind": done["peak_memory_kind"],
-                                     "job_tflops_per_gpu": done.get("tflops_per_gpu"),
-                                     "job_mfu": done["tflops_per_gpu"] / peak if peak and "tflops_per_gpu" in done
-                                     else None,
-                                     "planner_vram_gb": planner_vram_gb(model_dir, method, batch_size, args,
-                                                                        entry["tokens_per_step"] / batch_size),
-                                     "mfu_6n": 6 * params * rate["tokens_per_s"] / (peak * 1e12) if peak else None,
-                                     "mfu_4n": (4 * params * rate["tokens_per_s"] / (peak * 1e12)
-                                                if peak and method == "lora" else None)}
-                except RuntimeError as exc:  # out of memory, most likely: keep going
-                    entry["error"] = str(exc)[-600:]
-                finally:
-                    shutil.rmtree(output, ignore_errors=True)
-                results["runs"].append(entry)
-                print(f"{method} batch {batch_size}: " + (f"{entry['tokens_per_s']:,.0f} tokens/s"
-                      if "error" not in entry else "failed"), file=sys.stderr)
+        for method, batch_size, chunk in itertools.product(args.methods, args.batch_sizes, args.mini_batch_sizes):
+            args.batch_size, args.mini_batch_size = batch_size, chunk
+            batches = planned_batches(job_config(model_dir, data, args))
+            step_tokens = tokens_per_step(model_dir, batches, args.query_max_len, args.doc_max_len)
+            output = work / f"out-{method}-{batch_size}-{chunk}"
+            entry = {"method": method, "batch_size": batch_size, "mini_batch_size": chunk,
+                     "tokens_per_step": sum(step_tokens) / len(step_tokens)}
+            entry["planner_vram_gb"] = planner_vram_gb(model_dir, method, batch_size, args,  # shown for a failed run too
+                                                       entry["tokens_per_step"] / batch_size)
+            try:
+                run = run_timed(ours_command(model_dir, data, output, args, method=method, cache=cache),
+                                work / f"log-{method}-{batch_size}-{chunk}.txt")
+                done = json.loads((output / "DONE").read_text())
+                rate = rates(run, step_tokens)
+                used = done["memory"]["ranks"][0]  # jobs.memory: GiB, what the planner's GB are
+                entry |= rate | {"peak_memory_gb": done["peak_memory_bytes"] / 1e9,
+                                 "peak_memory_kind": done["peak_memory_kind"],
+                                 "peak_vram_allocated_gb": used.get("peak_vram_allocated_gb"),
+                                 "peak_vram_reserved_gb": used.get("peak_vram_reserved_gb"),
+                                 "job_tflops_per_gpu": done.get("tflops_per_gpu"),
+                                 "job_mfu": done["tflops_per_gpu"] / peak if peak and "tflops_per_gpu" in done
+                                 else None,
+                                 "mfu_6n": 6 * params * rate["tokens_per_s"] / (peak * 1e12) if peak else None,
+                                 "mfu_4n": (4 * params * rate["tokens_per_s"] / (peak * 1e12)
+                                            if peak and method == "lora" else None)}
+            except RuntimeError as exc:  # out of memory, most likely: keep going
+                entry["error"] = str(exc)[-600:]
+            finally:
+                shutil.rmtree(output, ignore_errors=True)
+            results["runs"].append(entry)
+            print(f"{method} batch {batch_size} chunk {chunk}: " + (f"{entry['tokens_per_s']:,.0f} tokens/s"
+                  if "error" not in entry else "failed"), file=sys.stderr)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -521,21 +525,30 @@ def print_gpu(results: dict) -> None:
     print(f"{results['device']}, torch {results['torch']}; {results['non_embedding_params'] / 1e6:,.1f} M "
           f"non-embedding params; documents {results['doc_tokens']} tokens; {results['steps']} steps a run; "
           f"gradient checkpointing; peak bf16 {f'{peak} TFLOP/s' if peak else 'unknown (MFU n/a)'}\n")
-    print(f"group size {results.get('group_size')}, gradient-cache chunks of {results.get('mini_batch_size')} sequences\n")
-    print("| method | batch (queries) | tokens/step | steps/s | tokens/s | MFU (6N) | MFU (4N, LoRA) | job TFLOP/s/GPU "
-          "(planner's FLOPs) | peak memory GB | planner's VRAM estimate GB |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"group size {results.get('group_size')}, gradient-cache chunks of "
+          f"{', '.join(map(str, results.get('mini_batch_sizes', [])))} sequences\n")
+    print("| method | batch (queries) | chunk | tokens/step | steps/s | tokens/s | MFU (6N) | MFU (4N, LoRA) | "
+          "job TFLOP/s/GPU (planner's FLOPs) | peak VRAM GiB: allocated / reserved | planner's VRAM estimate GiB | "
+          "reserved / estimate |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     pct = lambda v: f"{v:.1%}" if v is not None else "n/a"  # noqa: E731
+    gib = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
     for run in results["runs"]:
+        chunk = run.get("mini_batch_size")
         if "error" in run:
-            print(f"| {run['method']} | {run['batch_size']} | {run['tokens_per_step']:,.0f} | failed | | | | | | |")
+            print(f"| {run['method']} | {run['batch_size']} | {chunk} | {run['tokens_per_step']:,.0f} | failed | | | | | "
+                  f"| {gib(run.get('planner_vram_gb'))} | |")
             continue
-        print(f"| {run['method']} | {run['batch_size']} | {run['tokens_per_step']:,.0f} | {run['steps_per_s']:.3f} | "
-              f"{run['tokens_per_s']:,.0f} | {pct(run['mfu_6n'])} | {pct(run['mfu_4n'])} | "
-              f"{run.get('job_tflops_per_gpu')} ({pct(run.get('job_mfu'))}) | "
-              f"{run['peak_memory_gb']:.1f} ({run['peak_memory_kind']}) | {run.get('planner_vram_gb')} |")
+        reserved, planned = run.get("peak_vram_reserved_gb"), run.get("planner_vram_gb")
+        measured = (f"{gib(run.get('peak_vram_allocated_gb'))} / {gib(reserved)}" if reserved is not None
+                    else f"n/a ({run['peak_memory_kind']} {run['peak_memory_gb']:.2f} GB)")
+        print(f"| {run['method']} | {run['batch_size']} | {chunk} | {run['tokens_per_step']:,.0f} | "
+              f"{run['steps_per_s']:.3f} | {run['tokens_per_s']:,.0f} | {pct(run['mfu_6n'])} | {pct(run['mfu_4n'])} | "
+              f"{run.get('job_tflops_per_gpu')} ({pct(run.get('job_mfu'))}) | {measured} | {gib(planned)} | "
+              f"{f'{reserved / planned:.2f}' if reserved is not None and planned else 'n/a'} |")
     print("\nMFU counts 6 x non-embedding params per token (LoRA also 4 x: no weight gradients); gradient "
-          "checkpointing's recomputed forward and attention FLOPs are not counted.")
+          "checkpointing's recomputed forward and attention FLOPs are not counted. Peak VRAM is the job's own "
+          "report (jobs.memory: torch.cuda.max_memory_allocated / max_memory_reserved, rank 0), beside the planner's "
+          "need per GPU at that chunk (Needs.vram_at): reserved above the estimate means the model under-plans.")
 
 
 def run_padding(args) -> None:
@@ -591,7 +604,8 @@ def main() -> None:
     gpu.add_argument("--methods", nargs="+", choices=["lora", "full"], default=["lora", "full"])
     gpu.add_argument("--batch-sizes", type=int, nargs="+", default=[32], help="queries per step")
     gpu.add_argument("--group-size", type=int, default=8, help="1 positive + group-size - 1 hard negatives")
-    gpu.add_argument("--mini-batch-size", type=int, default=32, help="gradient-cache chunk (sequences)")
+    gpu.add_argument("--mini-batch-sizes", type=int, nargs="+", default=[8, 32],
+                     help="gradient-cache chunks (sequences): one run each, peak VRAM beside the planner's estimate")
     gpu.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     gpu.add_argument("--doc-tokens", type=int, default=512)
     gpu.add_argument("--peak-tflops", type=float, help="dense bf16 peak of this GPU, if not in the table")

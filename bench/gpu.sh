@@ -7,10 +7,11 @@
 # 1. train: bench/bench_train_bag.py gpu on a random model with Qwen3-4B's exact config (hidden 2560,
 #    36 layers, 32 heads, 8 KV heads, head_dim 128, intermediate 9728, vocab 151936, tied embeddings,
 #    rope_theta 1e6; hard-coded in bench_encode.QWEN3_4B), bf16: the BOOM recipe with LoRA (r 32,
-#    group size 8, gradient checkpointing, gradient-cache chunks of 32) and full fine-tuning
-#    (Kahan-compensated bf16 AdamW), 32 queries x 8 documents of 512 tokens a step, 3 steps each
-#    (the first is warm-up): tokens/s, MFU, the job's own TFLOP/s per GPU, peak VRAM against the
-#    planner's estimate (planner/plan/estimate.py).
+#    group size 8, gradient checkpointing) and full fine-tuning (Kahan-compensated bf16 AdamW), 32
+#    queries x 8 documents of 512 tokens a step, 3 steps each (the first is warm-up), at gradient-cache
+#    chunks of 8 and 32 sequences: tokens/s, MFU, the job's own TFLOP/s per GPU, and for each chunk the
+#    job's measured peak VRAM (allocated / reserved, jobs.memory) beside the planner's need at that
+#    chunk (planner/plan/estimate.py Needs.vram_at): the first lent GPU checks the memory model.
 # 2. encode: bench/bench_encode.py gpu, 4,000 documents of 50-1,000 tokens: ours vs sentence-transformers,
 #    tokens/s and MFU, bf16 (int8/nf4 too when bitsandbytes imports).
 # Environment: PYTHON (default .venv/bin/python if present, else python), GPU_BENCH_OUT (default bench/out).
@@ -25,7 +26,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
 
 "$PYTHON" bench/bench_train_bag.py gpu "${smoke[@]}" --methods lora full --batch-sizes 32 --steps 3 \
-    --group-size 8 --mini-batch-size 32 --out "$OUT/train-gpu.json" > "$OUT/train-gpu.md"
+    --group-size 8 --mini-batch-sizes 8 32 --out "$OUT/train-gpu.json" > "$OUT/train-gpu.md"
 "$PYTHON" bench/bench_encode.py gpu "${smoke[@]}" --docs 4000 --vram-docs 500 --sweep --st-batch-sizes 32 \
     --out "$OUT/encode-gpu.json" > "$OUT/encode-gpu.md"
 

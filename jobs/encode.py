@@ -62,6 +62,12 @@ MARKERS = ".encode"
 MANIFEST = "manifest.json"
 DTYPES = ("bfloat16", "float16", "float32", "int8", "nf4")
 QUANTIZED = {"int8": "load_in_8bit", "nf4": "load_in_4bit"}
+# Checkpoints saved quantized (config.json quantization_config.quant_method): transformers loads them with
+# the package each format needs, the optional extra `planner[quantized]`. compressed-tensors (llmcompressor's
+# W4A16 "pack-quantized", e.g. Qwen3-Embedding-4B-W4A16-G128) loads on a CPU too (weights unpacked to
+# dense at load) and on a GPU; GPTQ's kernels (gptqmodel; auto-gptq is unmaintained) need a CUDA GPU.
+PREQUANTIZED = {"compressed-tensors": ("compressed_tensors", "pip install 'planner[quantized]'", False),
+                "gptq": ("gptqmodel", "pip install gptqmodel on the GPU box", True)}  # (module, install, needs CUDA)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "text"}
 PREFETCH_BATCHES = 8
 BATCH_TOKENS = {"cuda": 32768, "cpu": 2048}  # CPU caches favour small batches, GPUs wide ones (bench/)
@@ -171,6 +177,7 @@ class ModelInfo:
     max_length: int  # sentence-transformers' max_seq_length when set, else the model's positions
     prompts: dict[str, str] | None  # None when the model has no config_sentence_transformers.json
     default_prompt_name: str | None
+    quantization: str | None = None  # a checkpoint saved quantized: its quant_method (PREQUANTIZED)
 
 
 def inspect_model(path: Path, name: str) -> ModelInfo:
@@ -191,7 +198,27 @@ def inspect_model(path: Path, name: str) -> ModelInfo:
         max_length=min(int(st_config.get("max_seq_length") or positions), positions),
         prompts=None if st_prompts is None else dict(st_prompts.get("prompts") or {}),
         default_prompt_name=None if st_prompts is None else st_prompts.get("default_prompt_name"),
+        quantization=(config.get("quantization_config") or {}).get("quant_method"),
     )
+
+
+def check_quantized(model: ModelInfo, name: str, dtype: str, device) -> None:
+    """A checkpoint saved quantized loads only in a format we know, with its package, as it was quantized."""
+    if model.quantization is None:
+        return
+    if model.quantization not in PREQUANTIZED:
+        raise BadInput(f"model {name} is quantized with {model.quantization}, which jobs.encode does not load "
+                       f"(it loads {', '.join(PREQUANTIZED)} checkpoints); use the unquantized model")
+    if dtype in QUANTIZED:
+        raise BadInput(f"model {name} is already quantized ({model.quantization}); --dtype {dtype} would quantize it "
+                       "again: use --dtype bfloat16 (the compute dtype)")
+    import importlib.util
+
+    module, install, needs_cuda = PREQUANTIZED[model.quantization]
+    if importlib.util.find_spec(module) is None:
+        raise BadInput(f"model {name} is a {model.quantization} checkpoint, which needs {module}: {install}")
+    if needs_cuda and device.type != "cuda":
+        raise BadInput(f"model {name} is a {model.quantization} checkpoint, whose kernels need a CUDA GPU")
 
 
 def resolve_prompt(model: ModelInfo, name: str, prompt_name: str | None, instruction: str | None) -> str:
@@ -229,7 +256,8 @@ def check_dtype(dtype: str, device) -> None:
 
 
 def load_encoder(path: Path, device, dtype: str):
-    """The model in eval mode on `device`; int8/nf4 are bitsandbytes-quantized with bf16 compute.
+    """The model in eval mode on `device`; int8/nf4 are bitsandbytes-quantized with bf16 compute. A
+    checkpoint saved quantized (PREQUANTIZED) is loaded as it was saved, `dtype` its compute dtype.
 
     The KV cache is turned off: an encoder never decodes, and the cache would hold every layer's
     keys and values for the whole batch (and hide packed sequences from transformers' masking).
@@ -506,6 +534,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     input_path = storage.cached_local_copy(args.input, args.cache_dir)
     corpus = read_corpus(input_path, args.input, text_field=args.text_field, id_field=args.id_field)
     model = inspect_model(storage.resolve_model(args.model, args.cache_dir), args.model)
+    check_quantized(model, args.model, dtype, device)
     if args.dim is not None and args.dim > model.hidden_size:
         raise BadInput(f"--dim {args.dim} exceeds the model's {model.hidden_size} dimensions")
     identity = {

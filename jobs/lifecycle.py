@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY
 
 
 class BadInput(ValueError):
@@ -93,7 +93,7 @@ def run_job(body: Callable[[StopRequest], int], resume_hint: str, *, repeat_rais
         if not memory.is_out_of_memory(exc):
             raise
         print(memory.out_of_memory_line(exc), file=sys.stderr)  # the planner relaunches smaller or bigger
-        return memory.EXIT_OUT_OF_MEMORY
+        return EXIT_OUT_OF_MEMORY
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

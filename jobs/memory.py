@@ -17,8 +17,9 @@ from __future__ import annotations
 import resource
 import sys
 
+from jobs.protocol import EXIT_OUT_OF_MEMORY
+
 GB = 1024**3
-EXIT_OUT_OF_MEMORY = 3  # the runner ran out of GPU memory; jobs.protocol's codes: 0 done, 2 bad input, 75 resumable
 EXIT_KILLED = 137  # 128 + SIGKILL as a shell reports it (a process's own status is -9): the host's OOM killer
 
 

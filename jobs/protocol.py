@@ -17,9 +17,10 @@ GCS_JSON = "PLANNER_GCS_CREDENTIALS_JSON"  # a GCS key passed by value; jobs.box
 DONE_MARKER = "DONE"  # at the output, written last: JSON with what the run measured (or empty)
 PROGRESS_FILE = "progress.json"  # beside the checkpoints: {step, total_steps, tokens_seen, eta_s, ...}
 
-# Exit codes: done; bad input (one line on stderr, a relaunch would refuse it again); interrupted by
-# SIGTERM/SIGINT after saving what it could (relaunch: it resumes from its checkpoint).
-EXIT_DONE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 75
+# Exit codes: done; bad input (one line on stderr, a relaunch would refuse it again); out of GPU memory
+# (CUDA's OOM, one line naming it: relaunch with a smaller chunk or on a bigger card, jobs.memory);
+# interrupted by SIGTERM/SIGINT after saving what it could (relaunch: it resumes from its checkpoint).
+EXIT_DONE, EXIT_BAD_INPUT, EXIT_OUT_OF_MEMORY, EXIT_INTERRUPTED = 0, 2, 3, 75
 
 CHECKPOINTS_KEPT = 2  # the newest and its predecessor, in case the newest is still being uploaded
 CHECKPOINT_MINUTES = 30.0  # a training job's default checkpoint interval (train-bag --save-every-minutes)

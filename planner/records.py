@@ -7,7 +7,8 @@ attempts   one launch of a job on one offer: where, at what price, how it ended,
 Job states: pending -> launching -> running -> (preempted -> launching ...) -> succeeded | failed |
 cancelled | stopped-by-budget. Attempt outcomes: launching, running, preempted, lost, succeeded, failed,
 launch-failed (the provider refused or failed the launch), out-of-memory (CUDA's, or the host's OOM
-killer: relaunched with a smaller chunk or more memory), cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
+killer: relaunched with a smaller chunk or more memory), moved (measured slow: ended to run on a clearly
+cheaper offer, planner.plan.moving), cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
 only one supervisor process can hold, so a restarted or doubled supervisor never launches twice.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ JOB_STATES = ("pending", "launching", "running", "preempted", "succeeded", "fail
               "stopped-by-budget")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped-by-budget")
 ATTEMPT_OUTCOMES = ("launching", "launch-failed", "running", "preempted", "lost", "succeeded", "failed",
-                    "out-of-memory", "cancelled", "stopped-by-budget")
+                    "out-of-memory", "moved", "cancelled", "stopped-by-budget")
 LIVE_ATTEMPT = ("launching", "running")
 
 

@@ -6,6 +6,7 @@ Screenshots of the job page and the chart go to /tmp/dashboard-*.png for people 
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import socket
 import threading
@@ -217,6 +218,9 @@ def test_a_jobs_page_shows_progress_moving_and_cancel_cancels_it(served, backend
             assert "ETA" in page.locator("#job-progress").inner_text()
             rows = page.locator("#attempts tbody tr")
             assert rows.count() == 1 and "local" in rows.first.inner_text() and "running" in rows.first.inner_text()
+            # memory planned beside used, as `jobs show` (issue 23); the stand-in job reports none used ("?")
+            memory = rows.first.locator("td.memory").inner_text()
+            assert re.fullmatch(r"(chunk \d+; )?VRAM [\d.?]+ / \? GB; RAM \d+\.\d / \? GB", memory), memory
             page.screenshot(path="/tmp/dashboard-job.png", full_page=True)
             page.click("#cancel")
             page.wait_for_function("document.getElementById('cancel-result').textContent.startsWith('cancelled: ')")

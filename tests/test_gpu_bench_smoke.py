@@ -19,6 +19,11 @@ def test_gpu_sh_smoke_writes_json_and_markdown(tmp_path):
     runs = report["train"]["runs"]
     assert {r["method"] for r in runs} == {"lora", "full"} and not report["failed"]
     assert all(r["tokens_per_s"] > 0 and r["job_tflops_per_gpu"] > 0 for r in runs)
+    # each chunk it runs: the planner's VRAM need at that chunk, growing with it, beside what the job measured
+    assert sorted((r["method"], r["mini_batch_size"]) for r in runs) == [("full", 2), ("full", 4), ("lora", 2), ("lora", 4)]
+    planned = {(r["method"], r["mini_batch_size"]): r["planner_vram_gb"] for r in runs}
+    assert all(v > 0 for v in planned.values()) and planned[("lora", 4)] >= planned[("lora", 2)]
     assert report["encode"]["runs"]
     markdown = (tmp_path / "gpu.md").read_text()
     assert "### Training" in markdown and "### Encoding" in markdown and "planner's VRAM estimate" in markdown
+    assert "peak VRAM GiB: allocated / reserved" in markdown and "| lora | 4 | 2 |" in markdown

@@ -122,3 +122,34 @@ def test_a_quantized_base_is_refused_for_training_and_an_unknown_format_is_named
 def test_the_seed_model_by_hub_id_is_w4a16():
     needs = needs_for(JobSpec("e", "encode", "s3://b/e", {"model": "boboliu/Qwen3-Embedding-4B-W4A16-G128"}))
     assert needs.vram_gb <= 12
+
+
+def test_the_estimate_learns_a_memory_correction_per_gpu_model_from_what_attempts_used(db_url):
+    """Measured / planned VRAM per (kind and method, GPU model), the median of our attempts, bounded: a model
+    that used 30 % more than planned on RTX 4090s makes the next plan there need 30 % more (a smaller chunk),
+    and leaves other GPU models alone."""
+    from planner.plan import memory
+    from planner.plan.campaigns import NewJob
+    from planner.records import Attempt, Job
+    from planner.run.launching import JobOptions, add_jobs
+    from pricing.db import session_factory
+
+    sessions = session_factory(db_url)
+    needs = needs_for(bag_spec())
+    with sessions() as session:
+        add_jobs(session, [NewJob("bag40", bag_spec())], JobOptions(backend="vast"))
+        session.get(Job, "bag40").requirements = json.dumps({"needs_kind": needs.kind})
+        for number, (gpu, planned, used) in enumerate([("RTX4090", 20.0, 26.0), ("RTX4090", 20.0, 25.0),
+                                                       ("RTX4090", 20.0, 27.0), ("RTX3090", 20.0, 80.0)], 1):
+            session.add(Attempt(job_id="bag40", number=number, backend="vast", provider="vast", gpu_model=gpu,
+                                outcome="succeeded", launched_at=NOW, usd_per_hour=0.3, planned_vram_gb=planned,
+                                peak_vram_reserved_gb=used))
+        session.commit()
+        assert memory.correction(session, needs.kind, "RTX4090") == pytest.approx(1.3)
+        assert memory.correction(session, needs.kind, "RTX3090") == memory.CORRECTION_BOUNDS[1]  # one odd run, bounded
+        assert memory.correction(session, needs.kind, "A100-80GB-PCIe") == 1.0  # nothing measured there
+        assert memory.correction(session, "train-bag/full", "RTX4090") == 1.0  # another method
+        learned = choose(needs, [offer("4090", "RTX4090", 24, 0.35, ram=64)], now=NOW, session=session).winner
+    prior = choose(needs, [offer("4090", "RTX4090", 24, 0.35, ram=64)], now=NOW).winner
+    assert learned.mini_batch < prior.mini_batch  # the card holds less of this job than the formula said
+    assert learned.vram_need_gb == pytest.approx(needs.scaled(1.3).vram_at(learned.mini_batch))

@@ -32,7 +32,11 @@ GPU_BOX = dict(provider="local", offer_key="local", gpu_model="RTX4090", gpu_nam
 
 
 def test_the_exit_codes_agree():
+    from jobs import protocol
+
     assert memory.EXIT_OUT_OF_MEMORY == job_memory.EXIT_OUT_OF_MEMORY
+    assert memory.EXIT_OUT_OF_MEMORY is protocol.EXIT_OUT_OF_MEMORY == 3  # declared once, in jobs.protocol
+    assert len({protocol.EXIT_DONE, protocol.EXIT_BAD_INPUT, protocol.EXIT_OUT_OF_MEMORY, protocol.EXIT_INTERRUPTED}) == 4
     assert memory.out_of_memory(3) and memory.out_of_memory(137) and memory.out_of_memory(1) is None
 
 

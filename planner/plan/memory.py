@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs.protocol import EXIT_OUT_OF_MEMORY
 from pricing import gpus
 
-EXIT_OUT_OF_MEMORY = 3  # jobs.memory.EXIT_OUT_OF_MEMORY (the planner does not import jobs' torch side)
 HOST_KILLED = (137, -9)  # SIGKILL as a shell reports it, and as a process status
 CORRECTION_BOUNDS = (0.75, 2.0)
 

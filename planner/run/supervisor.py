@@ -6,6 +6,8 @@ any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
   cancel requested        terminate the live attempt, settle it, the job is cancelled
   live attempt            poll it (provider faults: retry next tick) and read the runner's progress;
                           past the budget -> terminate, stopped-by-budget
+                          measured slow, another offer finishes clearly cheaper -> moved: end it (it
+                          checkpoints), place it again elsewhere (planner.plan.moving)
       SUCCEEDED           (the DONE marker exists) settle, the job succeeded
       PREEMPTED / LOST    settle, the offer sits out a cool-down, relaunch from the checkpoint
       FAILED exit 75      the runner checkpointed and asked to be resumed: relaunch
@@ -46,7 +48,7 @@ from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec, SpecError
 from planner.plan.billing import attempt_cost, billed_rate
 from planner.plan import budget as budgets
-from planner.plan import memory
+from planner.plan import memory, moving
 from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
@@ -83,6 +85,7 @@ class Supervisor:
         self.cooldown = cooldown
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.unpaid: dict[str, datetime] = {}  # backend -> until when it launches nothing (its account cannot pay)
+        self.weighed: dict[int, tuple] = {}  # attempt id -> (checkpoint step, TFLOP/s) its move was last weighed at
         with sessions() as session:
             self.project = project_id(session)
         for backend in backends.values():
@@ -375,6 +378,11 @@ class Supervisor:
             if over:
                 self._end_attempt(session, job, attempt, "stopped-by-budget", PollResult(Status.FAILED, detail=over))
                 self._finish(session, job, "stopped-by-budget", over, report)
+            elif result.status is Status.RUNNING and (move := self._weigh_move(session, job, attempt)) is not None:
+                self._end_attempt(session, job, attempt, "moved", PollResult(Status.FAILED, detail=move.reason))
+                job.state, job.lease_owner, job.lease_until = "pending", None, None
+                session.commit()
+                report.relaunch(job.id, move.reason)
             else:
                 session.commit()
             return
@@ -473,6 +481,23 @@ class Supervisor:
 
     # ------------------------------------------------------------------ money and progress
 
+    def _weigh_move(self, session: Session, job: Job, attempt: Attempt) -> moving.Move | None:
+        """Whether the attempt, its throughput measured, should checkpoint and move (planner.plan.moving). A
+        fault while weighing (a price book that cannot be read) leaves the attempt where it runs: moving only
+        saves money, and must never keep the attempt from being watched."""
+        mark = (progress.load(attempt.progress).get("checkpoint_step"), attempt.measured_tflops)
+        if attempt.measured_tflops is None or self.weighed.get(attempt.id) == mark:
+            return None  # once per checkpoint: sizing the job again reads its corpus, and a move waits for one
+        self.weighed[attempt.id] = mark
+        now = self.clock()
+        try:
+            context = PlacementContext(self._cooling_offers(session, job, now), self._remaining_fraction(session, job),
+                                       job_spent(session, job.id), now, self._unpaid_backends(now))
+            return moving.weigh(session, job, attempt, self.place, context)
+        except Exception as exc:  # noqa: BLE001 (see above: the watch goes on)
+            log.warning("job %s attempt %d: cannot weigh a move (%s); it stays", job.id, attempt.number, fault_line(exc))
+            return None
+
     def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
         """Stop before the spend would pass the job's (or its campaign's) budget by the next poll."""
         ahead = self.clock() + timedelta(seconds=self.poll_interval_s)
@@ -520,10 +545,12 @@ class Supervisor:
         return frozenset(name for name, until in self.unpaid.items() if until > now)
 
     def _cooling_offers(self, session: Session, job: Job, now: datetime) -> frozenset[str]:
+        """Offers this job left within the cool-down: taken (preempted), gone (lost) or refused at create;
+        and, for good, the offers it moved off for being slow (planner.plan.moving)."""
         rows = session.scalars(select(Attempt.offer_key).where(
             Attempt.job_id == job.id, Attempt.outcome.in_(("preempted", "lost", "launch-failed")),
             Attempt.ended_at > now - self.cooldown, Attempt.offer_key.is_not(None))).all()
-        return frozenset(rows)
+        return frozenset(rows) | moving.moved_off(session, job.id)
 
     def _remaining_fraction(self, session: Session, job: Job) -> float:
         latest = session.scalars(select(Attempt.progress).where(Attempt.job_id == job.id)

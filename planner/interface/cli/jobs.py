@@ -86,7 +86,7 @@ def jobs_show(ident: Ident, as_json: options.Json = False) -> None:
                       + f", ${a['dollars']:.4f}", highlight=False)
             if (used := memory_line(a["memory"])) is not None:
                 out.print(f"    memory: {used}", highlight=False)
-            if a["outcome"] == "out-of-memory" and a["detail"]:
+            if a["outcome"] in ("out-of-memory", "moved") and a["detail"]:  # why it was relaunched elsewhere
                 out.print(f"    {escape(a['detail'].splitlines()[0])}", highlight=False)
         if job["progress"] and job["progress"]["text"]:
             out.print(f"  progress: {job['progress']['text']}", highlight=False, markup=False)
