@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec
-from planner.plan.billing import attempt_cost, billed_rate
+from planner.plan.billing import attempt_cost, billed_rate, traffic_columns
 from planner.plan import budget as budgets
 from planner.plan import memory
 from planner.plan.budget import job_spent
@@ -186,7 +186,7 @@ class Supervisor:
                           usd_per_hour=placement.usd_per_hour, billing_seconds=placement.billing_seconds,
                           outcome="launching", launched_at=now, launch_fence=1, mini_batch_size=placement.mini_batch,
                           planned_vram_gb=placement.planned_vram_gb, planned_ram_gb=placement.planned_ram_gb,
-                          ram_gb=offer.ram_gb if offer else None,
+                          ram_gb=offer.ram_gb if offer else None, **traffic_columns(placement.traffic),
                           launch_lease_until=database_now(session) + CREATE_LEASE)
         session.add(attempt)
         job.state, job.updated_at, job.error = "launching", now, None
