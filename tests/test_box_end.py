@@ -154,3 +154,40 @@ def test_guard_ends_the_box_at_its_deadline_and_not_before(cloud):
 
 def test_install_failed_without_an_identity_returns_at_once():
     assert boxend.install_failed({}, sleep=lambda s: pytest.fail("nothing to wait for"), log=lambda *a, **k: None) == 1
+
+
+def test_jobs_logs_shows_the_containers_lines_not_the_daemons(cloud, cli, db_url, monkeypatch):
+    """`planner jobs logs` on a live box: the job's own lines (Vast without `daemon_logs`, RunPod's stream
+    with `source=container`), never the host daemon's or the platform's system lines."""
+    import json
+
+    from planner.records import Attempt, Job
+    from pricing.db import session_factory
+
+    provider, fake = cloud
+    script = "echo container line one; echo container line two; sleep 60"
+    instance, box = rent(provider, fake, "planner-logs-a1", script)
+    deadline = time.monotonic() + 60
+    while len(box.lines()) < 2:
+        assert time.monotonic() < deadline, box.lines()
+        time.sleep(0.1)
+    if provider == "vast":  # the fake's daemon log is there to be asked for, and differs
+        answer = requests.put(f"{fake.url}/api/v0/instances/request_logs/{instance}/", timeout=10,
+                              headers={"Authorization": f"Bearer {fake.key}"}, json={"daemon_logs": "true"})
+        url = answer.json()["result_url"]
+        daemon = next(r.text for r in iter(lambda: requests.get(url, timeout=10), None) if r.status_code == 200)
+        assert "vastai-daemon" in daemon and "container line" not in daemon
+    with session_factory(db_url)() as session:
+        session.add(Job(id="logs-1", name="logs", kind="encode", spec="{}", state="running"))
+        session.flush()  # the job before its attempt (the attempt's foreign key)
+        session.add(Attempt(job_id="logs-1", number=1, backend=provider, provider=provider, instance_id=instance,
+                            outcome="running", handle=json.dumps({"backend": provider, "instance_id": instance,
+                                                                  "label": "planner-logs-a1",
+                                                                  "data": {"output_uri": "memory://logs-1/out"}})))
+        session.commit()
+    key_env = "RUNPOD_API_KEY" if provider == "runpod" else "VAST_API_KEY"
+    monkeypatch.setenv(key_env, fake.key)
+    monkeypatch.setenv(f"PLANNER_{provider.upper()}_URL", fake.url)
+    shown = cli("jobs", "logs", "logs-1", "--tail", "5").stdout.splitlines()
+    assert shown[-2:] == ["container line one", "container line two"], shown
+    assert not any("daemon" in line or "system" in line.lower() for line in shown)

@@ -349,6 +349,11 @@ class Supervisor:
         if result.status in (Status.RUNNING, Status.PENDING) and stalled is not None and (
                 why := stalled(handle, attempt.launched_at, self.clock())):
             result = PollResult(Status.FAILED, detail=why)  # ended below with its log tail, and counted
+        past = getattr(backend, "past_deadline", None)  # a cloud box whose own watchdog did not end it
+        if result.status in (Status.RUNNING, Status.PENDING) and past is not None and (
+                why := past(handle, attempt.launched_at, self.clock())):
+            self.notify.past_deadline(job.id, attempt.number, why)
+            result = PollResult(Status.FAILED, detail=why)  # ended below (its instance deleted), and counted
         if result.status in (Status.RUNNING, Status.PENDING):
             if result.detail:  # e.g. SkyPilot recovering the attempt from a preemption on its own
                 attempt.detail = result.detail

@@ -17,7 +17,8 @@
   JSON `select_filters` on stored columns only (actual_status, label, gpu_name, id; others 400);
   `GET /api/v0/instances/` answers 410 `deprecated_endpoint`; `GET /api/v0/instances/{id}/` still works.
 - `DELETE /api/v0/instances/{id}/` -> {success: true}; 404 `no_such_instance` when gone.
-- `PUT /api/v0/instances/request_logs/{id}/` -> {success, result_url}; the URL answers 404 twice, then the log.
+- `PUT /api/v0/instances/request_logs/{id}/` -> {success, result_url}; the URL answers 404 twice, then the last
+  `tail` lines of the container's log, or with `daemon_logs` the host daemon's lines instead (logs.yaml).
 - An outbid instance is stopped (SIGTERM, SIGKILL after the grace) with cur_state = intended_status =
   next_state = "stopped"; while stopped it bills storage only. 429s carry no Retry-After.
 - Faults are injected per route: vast.search, vast.create, vast.list, vast.get, vast.delete, vast.logs.
@@ -85,7 +86,7 @@ class FakeVast(FakeServer):
             return "vast.list_v0", lambda: Reply(410, {"success": False, "error": "deprecated_endpoint",
                                                        "msg": "this endpoint is deprecated; use /api/v1/instances/"})
         if match := re.fullmatch(r"/api/v0/instances/request_logs/(\d+)/", path):
-            return "vast.logs", lambda: self._request_logs(int(match.group(1)))
+            return "vast.logs", lambda: self._request_logs(int(match.group(1)), body or {})
         if match := re.fullmatch(r"/api/v0/instances/(\d+)/", path):
             instance_id = int(match.group(1))
             if method == "GET":
@@ -234,11 +235,18 @@ class FakeVast(FakeServer):
         self._bill_segment(instance_id, None)
         return Reply(200, {"success": True})
 
-    def _request_logs(self, instance_id: int) -> Reply:
+    def _request_logs(self, instance_id: int, body: dict) -> Reply:
+        """logs.yaml: `tail` lines of the container's log, or with `daemon_logs` "the daemon system logs
+        instead of container logs" (the host's docker daemon: pulls, starts, exits; never the job's lines)."""
         if instance_id not in self.instances:
             return err(404, "invalid_id", f"instance {instance_id} not found")
         token = uuid.uuid4().hex
-        self.log_urls[token] = {"id": instance_id, "misses": 2}
+        daemon = str(body.get("daemon_logs", "")).lower() in ("true", "1")
+        try:
+            tail = max(1, int(body.get("tail") or 1000))
+        except (TypeError, ValueError):
+            return err(400, "invalid_args", "tail must be a number")
+        self.log_urls[token] = {"id": instance_id, "misses": 2, "daemon": daemon, "tail": tail}
         return Reply(200, {"success": True, "result_url": f"{self.url}/logs/{token}", "msg": "logs requested"})
 
     def _log_url(self, token: str) -> Reply:
@@ -248,8 +256,17 @@ class FakeVast(FakeServer):
         if entry["misses"] > 0:
             entry["misses"] -= 1
             return Reply(404, "<Error>NoSuchKey</Error>")
+        if entry["daemon"]:
+            instance = self.instances.get(entry["id"], {})
+            return Reply(200, "".join(f"{line}\n" for line in self.daemon_lines(entry["id"], instance)))
         box = self.boxes.get(entry["id"]) or self.gone.get(entry["id"])
-        return Reply(200, "\n".join(box.lines()[-1000:]) + "\n" if box else "")
+        return Reply(200, "\n".join(box.lines()[-entry["tail"]:]) + "\n" if box else "")
+
+    @staticmethod
+    def daemon_lines(instance_id: int, instance: dict) -> list[str]:
+        return [f"vastai-daemon: pulling image {instance.get('image_uuid')}",
+                f"vastai-daemon: starting container C.{instance_id}",
+                f"vastai-daemon: container C.{instance_id} status {instance.get('actual_status')}"]
 
     # ------------------------------------------------------------------ billing and events
 

@@ -140,7 +140,7 @@ class VastBackend(CloudBackend):
             raise BackendError(f"Vast.ai: {exc}") from None
         return Handle(backend=self.name, instance_id=str(contract), label=plan.label,
                       data={"output_uri": plan.request["output_uri"], "spot": plan.spot, "usd_per_hour": usd_per_hour,
-                            "billed_usd_per_hour": billed})
+                            "billed_usd_per_hour": billed, "max_hours": plan.request.get("max_hours")})
 
     def poll(self, handle: Handle) -> PollResult:
         instance = self._shared_listing(handle.label)
