@@ -8,7 +8,8 @@ startup is the image pull and model download before the first step; for a spot o
 interruptions per hour each lose on average half a checkpoint interval of work (`lost`) plus a
 restart. Where the provider bills bandwidth per byte (Vast's $/GB in and out) the job's traffic is added
 (`bandwidth`): its download once per start (each interruption pulls the model, the inputs and the
-checkpoint again), a checkpoint pushed per checkpoint interval, its outputs once. Rates start from a prior per provider and tier (its entry in pricing.providers.registry, per
+checkpoint again), a checkpoint pushed per checkpoint interval, its outputs once. Disk billed apart from the
+GPU price (RunPod's container disk, $/GB-month) is added to p for the job's disk (`disk`). Rates start from a prior per provider and tier (its entry in pricing.providers.registry, per
 hour) and are updated by our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
 (prior hours + hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
 expected cost: the supervisor stops a job before it passes its own budget, so that bound holds.
@@ -45,6 +46,7 @@ PRIOR_HOURS = 20.0  # weight of the prior, in instance-hours
 STARTUP_HOURS = 0.15  # image pull, dependency install, model download
 RESTART_HOURS = 0.15
 WORST_CASE_FACTOR = 2.0
+HOURS_PER_MONTH = 720  # a GB-month of disk billed per hour: the 30-day month (the dearer reading of "per month")
 LOCAL_RAM_USABLE = 0.8  # of this machine's RAM: the desktop, the supervisor and the page cache keep the rest
 DP_SCALING_PER_DOUBLING = 0.92  # our prior: each doubling of data-parallel GPUs keeps 92 % per GPU (all-reduce
                                 # and all-gather over PCIe on rented boxes); measured attempts replace it
@@ -82,7 +84,7 @@ class Limits:
 class Candidate:
     offer: Offer
     spot: bool
-    usd_per_hour: float  # whole instance
+    usd_per_hour: float  # whole instance, its separately billed disk included (what the attempt is recorded at)
     hours: float  # of work, before interruptions
     interruption_rate: float  # per hour
     expected_usd: float
@@ -328,6 +330,7 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             if per_gpu is None or (limits.spot == "spot" and not spot) or (limits.spot == "on-demand" and spot):
                 continue
             price = per_gpu * offer.gpu_count
+            disk = needs.disk_gb * (offer.disk_usd_per_gb_month or 0.0) / HOURS_PER_MONTH  # $/h, the whole box
             if limits.max_usd_per_hour is not None and price > limits.max_usd_per_hour:
                 rejected.append(Rejected(offer, spot, Rejection.OVER_PRICE_CAP, f"over the price cap: ${price:.3f}/h > "
                                                                                 f"${limits.max_usd_per_hour:.3f}/h"))
@@ -336,6 +339,8 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             interruptions = rate * hours
             rework_hours = interruptions * (limits.checkpoint_hours / 2 + RESTART_HOURS)
             breakdown = {"work": price * hours, "startup": price * STARTUP_HOURS, "expected rework": price * rework_hours}
+            if disk:
+                breakdown["disk"] = disk * (hours + STARTUP_HOURS + rework_hours)
             traffic = Traffic.of(offer, needs)
             if traffic is not None:
                 breakdown["bandwidth"] = traffic.expected_usd(hours + STARTUP_HOURS + rework_hours, interruptions,
@@ -346,7 +351,7 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
                 rejected.append(Rejected(offer, spot, Rejection.OVER_BUDGET, f"over the budget: worst case ${worst:.2f} > "
                                                                              f"${limits.budget_left_usd:.2f} left"))
                 continue
-            ranked.append(Candidate(offer, spot, price, hours, rate, expected, worst, breakdown,
+            ranked.append(Candidate(offer, spot, price + disk, hours, rate, expected, worst, breakdown,
                                     hours + STARTUP_HOURS + rework_hours, gpus_used=ranks, mini_batch=mini_batch,
                                     vram_need_gb=needs.vram_at(mini_batch), traffic=traffic))
     ranked.sort(key=lambda c: (c.expected_usd, c.hours, c.offer.provider, c.offer.offer_key, c.spot))

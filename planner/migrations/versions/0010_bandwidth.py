@@ -1,6 +1,7 @@
 """Bandwidth billed per byte (issue 21): offers keep the provider's $/GB into and out of the instance (Vast
 inet_down_cost / inet_up_cost), and each attempt keeps those prices and the traffic planned for it (GB
 downloaded at start, pushed at the end, one checkpoint's size), so settlement bills what the provider bills.
+Offers also keep disk billed apart from the GPU price ($/GB-month: RunPod's container disk).
 
 Revision ID: 0010
 Revises: 0009
@@ -15,7 +16,7 @@ down_revision = '0009'
 branch_labels = None
 depends_on = None
 
-OFFER_COLUMNS = ('download_usd_per_gb', 'upload_usd_per_gb')
+OFFER_COLUMNS = ('download_usd_per_gb', 'upload_usd_per_gb', 'disk_usd_per_gb_month')
 ATTEMPT_COLUMNS = ('download_usd_per_gb', 'upload_usd_per_gb', 'download_gb', 'upload_gb', 'checkpoint_gb')
 
 
