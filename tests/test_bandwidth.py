@@ -134,3 +134,30 @@ def test_plan_pinned_to_4090_on_vast_ranks_the_free_bandwidth_host_first(db_url,
     assert job["ranked"][1]["breakdown"]["bandwidth"] > 0 and "bandwidth" not in job["ranked"][0]["breakdown"]
     text = cli(*args).stdout
     assert "bandwidth" in text and "$0.080/GB" in text
+
+
+def test_runpod_container_disk_is_priced_into_the_hourly_rate():
+    """RunPod bills a running pod's storage at $0.10/GB-month apart from the GPU (docs/providers/runpod.md,
+    "Billing"): the job's disk is added to the rate the plan ranks, reserves and records."""
+    from planner.plan.choose import HOURS_PER_MONTH
+    from pricing.providers.runpod import DISK_USD_PER_GB_MONTH
+
+    needs = bag_needs()
+    pod = offer("rp", "RTX4090", 24, on_demand=0.69, provider="runpod", tier="community",
+                disk_usd_per_gb_month=DISK_USD_PER_GB_MONTH)
+    [c] = choose(needs, [pod], now=NOW).ranked
+    disk_per_hour = needs.disk_gb * 0.10 / HOURS_PER_MONTH
+    assert c.usd_per_hour == pytest.approx(0.69 + disk_per_hour)
+    assert c.breakdown["disk"] == pytest.approx(disk_per_hour * c.expected_hours)
+    assert "bandwidth" not in c.breakdown and c.traffic is None  # ingress and egress are free on RunPod
+
+
+def test_runpod_offers_carry_the_disk_rate(recorded_providers, monkeypatch):
+    from planner.config import load_settings
+    from pricing.providers.http import RetryPolicy
+    from pricing.providers.runpod import RunPodProvider
+
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp-test")
+    settings = load_settings()
+    offers = RunPodProvider.from_settings(settings, RetryPolicy.from_settings(settings)).fetch()
+    assert offers and {o.disk_usd_per_gb_month for o in offers} == {0.10}
