@@ -161,3 +161,31 @@ def test_runpod_offers_carry_the_disk_rate(recorded_providers, monkeypatch):
     settings = load_settings()
     offers = RunPodProvider.from_settings(settings, RetryPolicy.from_settings(settings)).fetch()
     assert offers and {o.disk_usd_per_gb_month for o in offers} == {0.10}
+
+
+def test_vast_hosts_are_capped_at_the_planned_bandwidth_price_at_create(tmp_path):
+    """Just before a create the host is searched again with `inet_down_cost` / `inet_up_cost` at most what the
+    plan priced (and PLANNER_MAX_USD_PER_GB): a host that raised its price since is no capacity."""
+    from planner.run.backends.vast import VastBackend
+    from pricing.providers.vast_api import VastAPI
+    from tests.simcloud.vast import ASKS, FakeVast
+
+    fake = FakeVast("k", tmp_path)
+    try:
+        backend = VastBackend(VastAPI(fake.url, "k"), image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+                              jobs_install="planner", max_usd_per_gb=0.05)
+        filters = backend.host_filters(50, 1.0, bandwidth=(0.02, None))
+        assert filters["inet_down_cost"] == {"lte": 0.02} and filters["inet_up_cost"] == {"lte": 0.05}
+        assert "inet_down_cost" not in VastBackend(VastAPI(fake.url, "k"), image="i", jobs_install="p").host_filters(50)
+
+        def found(planned):
+            query = {"id": {"eq": 103}, "type": "on-demand", "limit": 1,
+                     **backend.host_filters(50, 1.0, bandwidth=(planned, planned))}
+            return [o["id"] for o in backend.api.offers(query)]
+
+        assert found(0.02) == [103]
+        ASKS[103] = (*ASKS[103][:5], 0.04, 0.04)  # the host raised its bandwidth price after the book was read
+        assert found(0.02) == []
+    finally:
+        ASKS[103] = (*ASKS[103][:5], 0.02, 0.02)
+        fake.close()

@@ -122,11 +122,12 @@ class FakeVast(FakeServer):
 
     def _search(self, query: dict) -> Reply:
         offers = [self._offer(a) for a in ASKS]
+        fields = set(offers[0])
         for field, condition in query.items():
             if not isinstance(condition, dict):
                 continue  # type, limit, order, allocated_storage: not filters
             for op, value in condition.items():
-                if value == "any" or (op in OPS and field not in offers[0]):
+                if value == "any" or (op in OPS and field not in fields):
                     continue  # {"eq": "any"} lifts a filter; a field our offers lack is not judged
                 if op not in OPS:
                     return err(400, "invalid_args", f"unknown operator {op} on {field}")
