@@ -53,7 +53,8 @@ and billed <= the job's budget:
   killed for good   the supervisor is kill -9'd once the box has trained a step and not restarted until
                     every box is gone: each box must end itself when its job ends or by its deadline (the
                     attempt's max_hours from its reservation; its script starts at the create here, so the
-                    deadline is create + max_hours), and billed <= reserved. The plan's startup allowance is
+                    deadline is create + max_hours), and what those boxes billed <= what the job's
+                    reservation holds for them (the reservation less what earlier attempts settled). The plan's startup allowance is
                     cut to DEADLINE_STARTUP_HOURS in the supervisor process (time compression) so the
                     reservation, and with it the deadline, is ~30 s and some boxes stop at it mid-training
                     (checkpoint, exit 75). Then the supervisor comes back and the job must succeed, its
@@ -286,6 +287,7 @@ def money_fault(kind: str, fake, driver: "Driver", sessions, job_id: str, reserv
         fake.funds = fake.billed_usd()  # spent: the provider stops (and, without a volume, deletes) its pods
         return {"stops": {(provider, pod_id): (utcnow(), rate) for pod_id, rate in alive.items()}}
     # killed for good: nobody settles, reaps or cancels; each box must end itself
+    left_running = [str(i) for i, box in list(fake.boxes.items()) if box.alive]
     driver.kill()
     killed_at = time.monotonic()
     while (fake.live() or (fake.pods if provider == "runpod" else fake.instances)) and \
@@ -295,6 +297,7 @@ def money_fault(kind: str, fake, driver: "Driver", sessions, job_id: str, reserv
     with sessions() as session:
         attempts = session.query(Attempt).filter(Attempt.job_id == job_id).all()
         reserved = session.get(reservation_table, job_id)
+        spent_before = sum(a.dollars or 0.0 for a in attempts if a.ended_at is not None)  # what the rest holds
         deadlines = {a.instance_id: json_module.loads(a.handle or "{}").get("data", {}).get("max_hours")
                      for a in attempts if a.instance_id}
     late, stops = [], {}
@@ -306,8 +309,10 @@ def money_fault(kind: str, fake, driver: "Driver", sessions, job_id: str, reserv
         late.append((ended - created).total_seconds() - hours * 3600)
         stops[(provider, instance_id)] = (ended, rate)
     driver.env.pop(DEADLINE_ENV, None)  # the supervisor comes back with production timings
+    labels = {str(i): bill.get("label", bill.get("name", "")) for i, bill in fake.bills.items()}
     return {"all_ended": not fake.live() and not (fake.pods if provider == "runpod" else fake.instances),
-            "late_s": late, "billed": fake.billed_usd("planner-"), "reserved": reserved.usd if reserved else 0.0,
+            "late_s": late, "billed": sum(fake.billed_usd(labels[i]) for i in left_running),
+            "reserved": (reserved.usd - spent_before) if reserved else 0.0,
             "dead_s": time.monotonic() - killed_at, "stops": stops}
 
 

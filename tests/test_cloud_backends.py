@@ -645,3 +645,23 @@ def test_a_box_past_its_deadline_is_ended_counted_and_sent_as_money_at_risk(clou
         [attempt] = attempts_of(session, spec.job_id)[:1]
         assert attempt.outcome == "failed" and "past its deadline" in attempt.detail
     assert late and late[0][:2] == (spec.job_id, 1) and "past its deadline" in late[0][2]
+
+
+def test_a_vast_spot_box_deadline_holds_the_reservation_at_the_most_its_bid_may_pay(cloud, toy_corpus):
+    from planner.records import Reservation
+    from planner.run.backends.remote import bid_cap
+
+    settings, sessions, _, vast = cloud
+    spec = submit(cloud, toy_corpus, "vast", spot="spot")
+    supervisor = build_supervisor(settings, sessions)
+    assert supervisor.tick().launched == [spec.job_id]
+    [contract] = [c for c in vast.instances if c >= 9000]
+    with sessions() as session:
+        [attempt] = attempts_of(session, spec.job_id)
+        reserved = session.get(Reservation, spec.job_id).usd
+        offer = next(o for o in book_offers(session) if o.offer_key == attempt.offer_key)
+    planned = offer.spot_usd_per_gpu_hour
+    max_hours = json.loads(attempt.handle)["data"]["max_hours"]
+    assert max_hours * bid_cap(offer, planned) == pytest.approx(reserved, rel=1e-9)  # at the cap: all of it
+    assert max_hours * attempt.usd_per_hour < reserved  # at the bid paid: within it
+    assert f'{math.ceil(max_hours * 3600)}' in json.dumps(vast.requests)  # the host's `duration` filter too

@@ -14,7 +14,8 @@ args` keeps the image's entrypoint off, `onstart` is the entrypoint (/bin/sh) an
 script; the environment goes in parts where an entry passes Vast's 256 characters (jobs.boxenv).
 With a `price` (the whole machine's bid per hour) the instance is interruptible: the bid is
 min(cap, current `min_bid` + 5 %), the cap the lower of the offer's on-demand price and 120 % of the
-planned spot price; the attempt is recorded at the bid plus the disk's storage, what is paid. An
+planned spot price; the attempt is recorded at the bid plus the disk's storage, what is paid. A spot box's
+deadline is its reservation's hours at that cap (the most it may pay), so it never bills past the reservation. An
 error body that still names a `new_contract` means an instance exists (a losing bid is created
 stopped): pricing.providers.vast_api destroys it at once. The billed rate is the offer's (later the
 instance's) `dph_total`.
@@ -83,6 +84,8 @@ class VastBackend(CloudBackend):
         if offer is None or offer.provider != VAST:
             raise BackendError("the Vast.ai backend needs a Vast.ai offer")
         disk = max(MIN_DISK_GB, math.ceil(disk_gb or self.disk_gb))
+        if spot and max_hours:  # the reservation is at the planned price; a bid pays up to its cap: the box's
+            max_hours *= usd_per_hour / max(usd_per_hour, bid_cap(offer, usd_per_hour))  # deadline holds at the cap
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                         image=self.image, jobs_install=self.jobs_install, disk_gb=disk, project=self.project,
                         max_hours=max_hours, api_url=self.api.base_url, startup_s=self.startup_s)
