@@ -665,3 +665,16 @@ def test_a_vast_spot_box_deadline_holds_the_reservation_at_the_most_its_bid_may_
     assert max_hours * bid_cap(offer, planned) == pytest.approx(reserved, rel=1e-9)  # at the cap: all of it
     assert max_hours * attempt.usd_per_hour < reserved  # at the bid paid: within it
     assert f'{math.ceil(max_hours * 3600)}' in json.dumps(vast.requests)  # the host's `duration` filter too
+
+
+def test_an_orphan_the_reaper_ends_is_sent_as_money_at_risk(cloud, toy_corpus):
+    settings, sessions, _, vast = cloud
+    with sessions() as session:
+        project = records.project_id(session)
+    vast.instances[5000] = {"id": 5000, "label": instance_label("ghost-1234", 1, project), "actual_status": "running"}
+    supervisor = build_supervisor(settings, sessions)
+    reaped = []
+    supervisor.notify.orphan_reaped = lambda backend, label, instance_id: reaped.append((backend, label, instance_id))
+    supervisor.tick()
+    assert 5000 not in vast.instances
+    assert reaped == [("vast", instance_label("ghost-1234", 1, project), "5000")]
