@@ -50,13 +50,15 @@ received (the Authorization header aside), and no provider key in any box's envi
 between Vast spot and RunPod on-demand where both apply), each checked for 0 instances billing at the end
 and billed <= the job's budget:
 
-  killed for good   the supervisor is kill -9'd once the box has trained a step and not restarted until
+  killed for good   the supervisor is kill -9'd once the box has trained a step (or is KILL_BY_S old) and
+                    not restarted until
                     every box is gone: each box must end itself when its job ends or by its deadline (the
                     attempt's max_hours from its reservation; its script starts at the create here, so the
                     deadline is create + max_hours), and what those boxes billed <= what the job's
                     reservation holds for them (the reservation less what earlier attempts settled). The plan's startup allowance is
                     cut to DEADLINE_STARTUP_HOURS in the supervisor process (time compression) so the
-                    reservation, and with it the deadline, is ~30 s and some boxes stop at it mid-training
+                    reservation, and with it the deadline, is ~1.5 min (spot: at the bid cap) and some boxes
+                    stop at it mid-training
                     (checkpoint, exit 75). Then the supervisor comes back and the job must succeed, its
                     weights bitwise those of the reference;
   install fails     PLANNER_JOBS_INSTALL names a wheel that does not exist, the startup window is 6 s and
@@ -82,6 +84,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +97,9 @@ BUDGET = 2.0
 ADOPT_AFTER_S, LAUNCH_LEASE_S, COOLDOWN_S = 15, 30, 20
 SCHEDULE_TIMEOUT_S = 600
 MONEY_FAULTS = ("killed for good", "install fails", "key rotated", "balance runs out")
-DEADLINE_STARTUP_HOURS = 0.004  # killed-for-good schedules: the plan's startup allowance (0.15 h in production)
+DEADLINE_STARTUP_HOURS = 0.012  # killed-for-good schedules: the plan's startup allowance (0.15 h in production)
 DEADLINE_ENV = "DRILL_STARTUP_HOURS"
+KILL_BY_S = 20  # killed for good: a box up this long counts as started (a loaded machine trains slowly)
 SELF_END_TIMEOUT_S = 240  # how long the boxes of a dead supervisor get to end themselves
 DEADLINE_SLACK_S = 2.0  # an instance gone this long after create + max_hours still ended "by its deadline"
                         # (the box's delete call and the fake's per-second clock)
@@ -456,7 +460,9 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
                         break
             if faults.money and not money_done and faults.money != "install fails":
                 fake = vast if faults.backend == "vast" else runpod
-                if any(box.alive and box_steps(box) >= faults.money_after_steps for box in list(fake.boxes.values())):
+                if any(box.alive and (box_steps(box) >= faults.money_after_steps or (
+                        faults.money == "killed for good" and (now() - box.started_at.replace(tzinfo=timezone.utc))
+                        .total_seconds() > KILL_BY_S)) for box in list(fake.boxes.values())):
                     money_done.update(money_fault(faults.money, fake, driver, sessions, job_id, Reservation))
                     stops.update(money_done.get("stops", {}))
             code = driver.ended()
