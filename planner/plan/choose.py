@@ -9,9 +9,10 @@ interruptions per hour each lose on average half a checkpoint interval of work (
 restart. Where the provider bills bandwidth per byte (Vast's $/GB in and out) the job's traffic is added
 (`bandwidth`): its download once per start (each interruption pulls the model, the inputs and the
 checkpoint again), a checkpoint pushed per checkpoint interval, its outputs once. Disk billed apart from the
-GPU price (RunPod's container disk, $/GB-month) is added to p for the job's disk (`disk`). Rates start from a prior per provider and tier (its entry in pricing.providers.registry, per
-hour) and are updated by our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
-(prior hours + hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
+GPU price (RunPod's container disk, $/GB-month) is added to p for the job's disk (`disk`). Rates start from a
+prior per provider and tier (its entry in pricing.providers.registry, per hour) and are updated by our own
+attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) / (prior hours +
+hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
 expected cost: the supervisor stops a job before it passes its own budget, so that bound holds.
 
 h uses every GPU of an offer for a data-parallel job (train-bag under torchrun): N GPUs at
