@@ -84,8 +84,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timezone
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
