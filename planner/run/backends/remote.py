@@ -86,8 +86,8 @@ class CloudBackend(Backend):
         late = (now - launched_at).total_seconds() - (max_hours * 3600 + self.startup_s + grace + DEADLINE_SLACK_S)
         if late <= 0:
             return None
-        return (f"the box is still up {late / 60:.0f} min past its deadline ({max_hours:.2f} h of reservation after "
-                f"a startup window of {self.startup_s / 60:.0f} min): ended by the supervisor")
+        return (f"the box is still up {span(late)} past its deadline ({max_hours:.2f} h of reservation after "
+                f"a startup window of {span(self.startup_s)}): ended by the supervisor")
 
     def stalled(self, handle: Handle, launched_at: datetime, now: datetime) -> str | None:
         """Why a box that is up has not started its job within the startup window, or None: no started
@@ -104,8 +104,13 @@ class CloudBackend(Backend):
                 return None
             except (OSError, ValueError):
                 continue
-        return (f"the box did not start the job within {waited / 60:.0f} min of its create (the startup window is "
-                f"{self.startup_s / 60:.0f} min: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
+        return (f"the box did not start the job within {span(waited)} of its create (the startup window is "
+                f"{span(self.startup_s)}: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
+
+
+def span(seconds: float) -> str:
+    """A duration for people: seconds under two minutes, else minutes."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def compute_cap_filter(image: str) -> dict:
