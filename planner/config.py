@@ -134,6 +134,8 @@ class Settings(_ProviderSettingFields):
     poll_interval_s: float = Field(default=30.0, gt=0, description="supervisor tick while jobs run")
     preempted_cooldown: timedelta = timedelta(hours=1)  # an interrupted offer sits out this long
     max_failures: int = Field(default=3, ge=1, description="non-resumable failures before a job fails")
+    max_usd_per_gb: float | None = Field(default=None, ge=0, description="bandwidth-price cap: hosts that bill "
+                                         "more per GB in or out are never rented (Vast bills bandwidth per byte)")
     job_image: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
     jobs_install: str = Field(default="", description="pip requirement for the jobs extra on the GPU box")
     box_startup_minutes: float = Field(default=20.0, gt=0, description="a cloud box that has not started its job "

@@ -144,6 +144,13 @@ class Attempt(Base):
     peak_vram_allocated_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     peak_vram_reserved_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     peak_rss_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # bandwidth billed per byte (migration 0010): the offer's $/GB and the traffic planned for the attempt, in GB
+    # of 1e9 bytes (planner.plan.billing.bandwidth_cost settles them)
+    download_usd_per_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    upload_usd_per_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    download_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    upload_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    checkpoint_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     # the claim on the create (migration 0008): the launcher renews the lease (database clock) while its
     # create is in flight; recovering a cut-off launch bumps the fence, so a late answer is not recorded
     launch_fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

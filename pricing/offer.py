@@ -14,7 +14,8 @@ MAX_USD_PER_GPU_HOUR = 100.0  # above this a price is a broken answer: dropped b
 IDENTITY_LIMITS = {"provider": 32, "offer_key": 200, "gpu_model": 100, "tier": 32}
 DESCRIPTION_LIMITS = {"gpu_name_raw": 200, "location": 200, "stock": 32}
 NUMBERS = ("vram_gb", "gpu_count", "on_demand_usd_per_gpu_hour", "spot_usd_per_gpu_hour", "reliability", "vcpus",
-           "ram_gb", "disk_gb", "tflops")
+           "ram_gb", "disk_gb", "tflops", "download_usd_per_gb", "upload_usd_per_gb",
+           "disk_usd_per_gb_month")
 
 
 class InvalidOffer(ValueError):
@@ -50,6 +51,13 @@ class Offer:
     disk_gb: float | None = None
     stock: str | None = None  # RunPod stockStatus: High/Medium/Low
     tflops: float | None = None  # measured peak per GPU where no table entry gives it (this machine's CPU)
+    # bandwidth the provider bills per byte (Vast inet_down_cost / inet_up_cost), $ per GB (1e9 bytes) into and
+    # out of the instance; None: not billed (RunPod) or not reported
+    download_usd_per_gb: float | None = None
+    upload_usd_per_gb: float | None = None
+    # disk billed apart from the GPU price, $ per GB-month of the job's disk (RunPod's container disk); None where
+    # the price already holds the disk (Vast: storage folded in at PLANNER_VAST_DISK_GB) or it is free
+    disk_usd_per_gb_month: float | None = None
 
     def __post_init__(self) -> None:
         """The offer boundary: every number finite, every text within its column, and no spot price from

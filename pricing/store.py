@@ -61,6 +61,9 @@ class OfferRow(Base):
     ram_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     disk_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     stock: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    download_usd_per_gb: Mapped[float | None] = mapped_column(Float, nullable=True)  # migration 0010
+    upload_usd_per_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_usd_per_gb_month: Mapped[float | None] = mapped_column(Float, nullable=True)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     def to_offer(self) -> Offer:

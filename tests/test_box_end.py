@@ -154,3 +154,94 @@ def test_guard_ends_the_box_at_its_deadline_and_not_before(cloud):
 
 def test_install_failed_without_an_identity_returns_at_once():
     assert boxend.install_failed({}, sleep=lambda s: pytest.fail("nothing to wait for"), log=lambda *a, **k: None) == 1
+
+
+def test_jobs_logs_shows_the_containers_lines_not_the_daemons(cloud, cli, db_url, monkeypatch):
+    """`planner jobs logs` on a live box: the job's own lines (Vast without `daemon_logs`, RunPod's stream
+    with `source=container`), never the host daemon's or the platform's system lines."""
+    import json
+
+    from planner.records import Attempt, Job
+    from pricing.db import session_factory
+
+    provider, fake = cloud
+    script = "echo container line one; echo container line two; sleep 60"
+    instance, box = rent(provider, fake, "planner-logs-a1", script)
+    deadline = time.monotonic() + 60
+    while len(box.lines()) < 2:
+        assert time.monotonic() < deadline, box.lines()
+        time.sleep(0.1)
+    if provider == "vast":  # the fake's daemon log is there to be asked for, and differs
+        answer = requests.put(f"{fake.url}/api/v0/instances/request_logs/{instance}/", timeout=10,
+                              headers={"Authorization": f"Bearer {fake.key}"}, json={"daemon_logs": "true"})
+        url = answer.json()["result_url"]
+        daemon = next(r.text for r in iter(lambda: requests.get(url, timeout=10), None) if r.status_code == 200)
+        assert "vastai-daemon" in daemon and "container line" not in daemon
+    with session_factory(db_url)() as session:
+        session.add(Job(id="logs-1", name="logs", kind="encode", spec="{}", state="running"))
+        session.flush()  # the job before its attempt (the attempt's foreign key)
+        session.add(Attempt(job_id="logs-1", number=1, backend=provider, provider=provider, instance_id=instance,
+                            outcome="running", handle=json.dumps({"backend": provider, "instance_id": instance,
+                                                                  "label": "planner-logs-a1",
+                                                                  "data": {"output_uri": "memory://logs-1/out"}})))
+        session.commit()
+    key_env = "RUNPOD_API_KEY" if provider == "runpod" else "VAST_API_KEY"
+    monkeypatch.setenv(key_env, fake.key)
+    monkeypatch.setenv(f"PLANNER_{provider.upper()}_URL", fake.url)
+    shown = cli("jobs", "logs", "logs-1", "--tail", "5").stdout.splitlines()
+    assert shown[-2:] == ["container line one", "container line two"], shown
+    assert not any("daemon" in line or "system" in line.lower() for line in shown)
+
+
+def test_the_simulated_vast_bills_a_boxs_traffic_per_byte(tmp_path):
+    """Vast bills bandwidth per byte at each host's `inet_down_cost` / `inet_up_cost` (docs/providers/vast.md,
+    "Bandwidth"): the fake meters what a box moves to and from its store (here a plain HTTP server)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.simcloud.vast import ASKS
+
+    blob = b"x" * 3_000_000
+
+    class Store(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob)
+
+        def do_PUT(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    store = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=store.serve_forever, daemon=True).start()
+    fake = FakeVast(VAST_KEY, tmp_path / "boxes", grace_s=1.0)
+    try:
+        script = ("import os,urllib.request as u;e=os.environ['AWS_ENDPOINT_URL'];u.urlopen(e+'/model').read();"
+                  "u.urlopen(u.Request(e+'/out',data=b'y'*1000000,method='PUT')).read();print('moved')")
+        answer = requests.put(f"{fake.url}/api/v0/asks/103/", headers={"Authorization": f"Bearer {fake.key}"},
+                              timeout=10, json={"client_id": "me", "image": "pytorch", "disk": 10, "label": "planner-bw",
+                                                "runtype": "args", "onstart": "/bin/sh",
+                                                "args": ["-c", f'python -c "{script}"; sleep 60'],
+                                                "env": {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{store.server_port}"}})
+        instance = answer.json()["new_contract"]
+        box = fake.boxes[instance]
+        deadline = time.monotonic() + 60
+        while "moved" not in box.lines():
+            assert time.monotonic() < deadline, box.lines()
+            time.sleep(0.1)
+        bill = fake.bills[instance]
+        meter = bill["meter"]
+        assert 3_000_000 <= meter.down < 3_100_000 and 1_000_000 <= meter.up < 1_100_000  # bytes, HTTP framing aside
+        _, _, _, _, _, down_cost, up_cost = ASKS[103]
+        assert fake.bandwidth_usd(bill) == pytest.approx((meter.down * down_cost + meter.up * up_cost) / 1e9)
+        assert fake.bandwidth_usd(bill) > 0 and fake.billed_usd("planner-bw") > fake.bandwidth_usd(bill)
+    finally:
+        stop_fakes(fake)
+        store.shutdown()

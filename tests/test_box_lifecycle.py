@@ -164,7 +164,10 @@ def test_a_job_whose_box_never_installs_costs_at_most_max_failures_boxes(cloud, 
 
     provider, _, fake, settings = cloud
     settings = settings.model_copy(update={"jobs_install": "planner @ file:///nonexistent/planner-0-py3-none-any.whl",
-                                           "box_startup_minutes": 0.1, "poll_interval_s": 0.3, "max_failures": 3})
+                                           "box_startup_minutes": 0.1, "poll_interval_s": 0.3, "max_failures": 3,
+                                           # a broken box's offer cools down (like a lost one); the simulated
+                                           # RunPod has two offers, so the third box waits out a short cool-down
+                                           "preempted_cooldown": timedelta(seconds=2)})
     upgrade(settings.db_url)
     sessions = session_factory(settings.db_url)
     write_book(sessions)

@@ -583,3 +583,98 @@ def test_a_failed_launch_is_provider_weather_not_a_job_failure(cloud, toy_corpus
         first, second = attempts_of(session, spec.job_id)
         assert first.outcome == "launch-failed" and "HTTP 503" in first.detail and first.dollars == 0
         assert second.outcome == "running" and session.get(Job, spec.job_id).state == "running"
+
+
+def test_a_402_pauses_that_provider_for_the_run_and_the_job_goes_elsewhere(cloud, toy_corpus):
+    """RunPod answers 402 (the balance cannot pay): the job is not failed but placed on Vast, RunPod is not asked
+    again for the run's later jobs, and the pause is sent as money at risk, once."""
+    settings, sessions, runpod, vast = cloud
+    with sessions() as session:  # Vast dearer than RunPod, so RunPod is tried first
+        store.write_snapshot(session, "vast", store.utcnow(), [
+            book_offer("vast", "101", "RTX4090", 0.95, None, "verified"),
+            book_offer("vast", "102", "RTX4090", 0.99, None, "verified")])
+    runpod.balance_low = True
+    first = submit(cloud, toy_corpus, "auto", spot="on-demand")
+    supervisor = build_supervisor(settings.model_copy(update={"local_max_hours": 1e-9}), sessions)  # the cloud only
+    paused = []
+    supervisor.notify.provider_paused = lambda provider, reason: paused.append((provider, reason))
+    supervisor.tick()
+    supervisor.tick()
+    second = submit(cloud, toy_corpus, "auto", spot="on-demand")
+    supervisor.tick()
+    creates = [r for r in runpod.requests if r["method"] == "POST" and r["path"] == "/v2/pods"]
+    assert len(creates) == 1 and runpod.pods == {}  # asked once, for the run
+    with sessions() as session:
+        for spec in (first, second):
+            job = session.get(Job, spec.job_id)
+            assert job.state == "running" and attempts_of(session, spec.job_id)[-1].provider == "vast", job.error
+        assert "HTTP 402" in attempts_of(session, first.job_id)[0].detail
+    assert len([c for c in vast.instances if c >= 9000]) == 2
+    assert [p for p, _ in paused] == ["runpod"] and "402" in paused[0][1]
+
+
+def test_a_box_past_its_deadline_is_ended_counted_and_sent_as_money_at_risk(cloud, toy_corpus):
+    """The box's own watchdog should have ended it at its deadline; one still up past the deadline, its
+    startup window, stop grace and slack (a dead watchdog, a lost delete) is ended by the supervisor."""
+    from datetime import timedelta
+
+    from jobs import boxend
+
+    settings, sessions, _, vast = cloud
+    spec = submit(cloud, toy_corpus, "vast", spot="on-demand")
+    supervisor = build_supervisor(settings, sessions)
+    late = []
+    supervisor.notify.past_deadline = lambda job_id, attempt, detail: late.append((job_id, attempt, detail))
+    supervisor.tick()
+    [contract] = [c for c in vast.instances if c >= 9000]
+    with sessions() as session:
+        [attempt] = attempts_of(session, spec.job_id)
+        max_hours = json.loads(attempt.handle)["data"]["max_hours"]
+        launched = attempt.launched_at
+    assert max_hours > 0  # the reservation's hours: what the box's script was given
+    storage.write_json_atomic(boxend.started_uri(report_uri(spec.output_uri, label_of(cloud, spec))), {})
+    backend = supervisor.backends["vast"]
+    window = max_hours * 3600 + backend.startup_s
+    supervisor.clock = lambda: launched + timedelta(seconds=window)  # at its deadline: still its own to end
+    supervisor.tick()
+    assert contract in vast.instances and late == []
+    supervisor.clock = lambda: launched + timedelta(seconds=window + 3600)
+    supervisor.tick()
+    assert contract not in vast.instances  # deleted: it was spending past its reservation
+    with sessions() as session:
+        [attempt] = attempts_of(session, spec.job_id)[:1]
+        assert attempt.outcome == "failed" and "past its deadline" in attempt.detail
+    assert late and late[0][:2] == (spec.job_id, 1) and "past its deadline" in late[0][2]
+
+
+def test_a_vast_spot_box_deadline_holds_the_reservation_at_the_most_its_bid_may_pay(cloud, toy_corpus):
+    from planner.records import Reservation
+    from planner.run.backends.remote import bid_cap
+
+    settings, sessions, _, vast = cloud
+    spec = submit(cloud, toy_corpus, "vast", spot="spot")
+    supervisor = build_supervisor(settings, sessions)
+    assert supervisor.tick().launched == [spec.job_id]
+    [contract] = [c for c in vast.instances if c >= 9000]
+    with sessions() as session:
+        [attempt] = attempts_of(session, spec.job_id)
+        reserved = session.get(Reservation, spec.job_id).usd
+        offer = next(o for o in book_offers(session) if o.offer_key == attempt.offer_key)
+    planned = offer.spot_usd_per_gpu_hour
+    max_hours = json.loads(attempt.handle)["data"]["max_hours"]
+    assert max_hours * bid_cap(offer, planned) == pytest.approx(reserved, rel=1e-9)  # at the cap: all of it
+    assert max_hours * attempt.usd_per_hour < reserved  # at the bid paid: within it
+    assert f'{math.ceil(max_hours * 3600)}' in json.dumps(vast.requests)  # the host's `duration` filter too
+
+
+def test_an_orphan_the_reaper_ends_is_sent_as_money_at_risk(cloud, toy_corpus):
+    settings, sessions, _, vast = cloud
+    with sessions() as session:
+        project = records.project_id(session)
+    vast.instances[5000] = {"id": 5000, "label": instance_label("ghost-1234", 1, project), "actual_status": "running"}
+    supervisor = build_supervisor(settings, sessions)
+    reaped = []
+    supervisor.notify.orphan_reaped = lambda backend, label, instance_id: reaped.append((backend, label, instance_id))
+    supervisor.tick()
+    assert 5000 not in vast.instances
+    assert reaped == [("vast", instance_label("ghost-1234", 1, project), "5000")]

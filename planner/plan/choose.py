@@ -6,9 +6,13 @@ For an offer at p $/h (whole instance) on which the job takes h hours of work:
 
 startup is the image pull and model download before the first step; for a spot offer, `rate`
 interruptions per hour each lose on average half a checkpoint interval of work (`lost`) plus a
-restart. Rates start from a prior per provider and tier (its entry in pricing.providers.registry, per
-hour) and are updated by our own attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) /
-(prior hours + hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
+restart. Where the provider bills bandwidth per byte (Vast's $/GB in and out) the job's traffic is added
+(`bandwidth`): its download once per start (each interruption pulls the model, the inputs and the
+checkpoint again), a checkpoint pushed per checkpoint interval, its outputs once. Disk billed apart from the
+GPU price (RunPod's container disk, $/GB-month) is added to p for the job's disk (`disk`). Rates start from a
+prior per provider and tier (its entry in pricing.providers.registry, per hour) and are updated by our own
+attempts on that provider and tier (a gamma-Poisson mean: (prior events + interruptions) / (prior hours +
+hours run)). The worst case reserved against budgets is WORST_CASE_FACTOR times the
 expected cost: the supervisor stops a job before it passes its own budget, so that bound holds.
 
 h uses every GPU of an offer for a data-parallel job (train-bag under torchrun): N GPUs at
@@ -33,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from jobs.protocol import CHECKPOINT_MINUTES
 from planner.plan import memory
+from planner.plan.billing import BYTES_PER_GB
 from planner.plan.estimate import MIN_CHUNK, VRAM_USABLE, Needs, suggestions
 from pricing import gpus
 from pricing.providers import registry
@@ -42,6 +47,7 @@ PRIOR_HOURS = 20.0  # weight of the prior, in instance-hours
 STARTUP_HOURS = 0.15  # image pull, dependency install, model download
 RESTART_HOURS = 0.15
 WORST_CASE_FACTOR = 2.0
+HOURS_PER_MONTH = 720  # a GB-month of disk billed per hour: the 30-day month (the dearer reading of "per month")
 LOCAL_RAM_USABLE = 0.8  # of this machine's RAM: the desktop, the supervisor and the page cache keep the rest
 DP_SCALING_PER_DOUBLING = 0.92  # our prior: each doubling of data-parallel GPUs keeps 92 % per GPU (all-reduce
                                 # and all-gather over PCIe on rented boxes); measured attempts replace it
@@ -72,13 +78,14 @@ class Limits:
                                                      # exclusive), gpus.image_compute_caps; None: not checked
     job_image: str = ""  # named in the reason an offer's GPU is out of compute_caps
     memory_failures: memory.Failures = memory.Failures()  # the job's earlier out-of-memory attempts: never again
+    max_usd_per_gb: float | None = None  # bandwidth-price cap: an offer billing more per GB in or out is out
 
 
 @dataclass(frozen=True)
 class Candidate:
     offer: Offer
     spot: bool
-    usd_per_hour: float  # whole instance
+    usd_per_hour: float  # whole instance, its separately billed disk included (what the attempt is recorded at)
     hours: float  # of work, before interruptions
     interruption_rate: float  # per hour
     expected_usd: float
@@ -89,6 +96,44 @@ class Candidate:
     gpus_used: int = 1  # the job's ranks on this offer
     mini_batch: int | None = None  # the gradient-cache chunk chosen for this offer's GPUs
     vram_need_gb: float = 0.0  # the job's VRAM per GPU at that chunk (Needs.vram_at): never above the card's
+    traffic: Traffic | None = None  # GB in and out one attempt moves, where the provider bills it
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What one attempt moves over a network billed per byte, in GB of 1e9 bytes, at the offer's $/GB."""
+
+    download_usd_per_gb: float
+    upload_usd_per_gb: float
+    download_gb: float  # pulled at the start: base model, inputs (and the checkpoint, when resuming)
+    upload_gb: float  # pushed at the end: the outputs
+    checkpoint_gb: float  # pushed every checkpoint interval, pulled again after an interruption
+
+    @classmethod
+    def of(cls, offer: Offer, needs: Needs) -> Traffic | None:
+        down, up = offer.download_usd_per_gb or 0.0, offer.upload_usd_per_gb or 0.0
+        if not down and not up:
+            return None
+        return cls(down, up, needs.download_bytes / BYTES_PER_GB, needs.upload_bytes / BYTES_PER_GB,
+                   needs.checkpoint_bytes / BYTES_PER_GB)
+
+    def expected_gb(self, hours: float, interruptions: float, checkpoint_hours: float) -> tuple[float, float]:
+        """GB pulled and pushed over `hours` on the box (work, startup, rework) with `interruptions` restarts."""
+        pulled = self.download_gb * (1 + interruptions) + self.checkpoint_gb * interruptions
+        return pulled, self.upload_gb + self.checkpoint_gb * hours / checkpoint_hours
+
+    def expected_usd(self, hours: float, interruptions: float, checkpoint_hours: float) -> float:
+        pulled, pushed = self.expected_gb(hours, interruptions, checkpoint_hours)
+        return self.download_usd_per_gb * pulled + self.upload_usd_per_gb * pushed
+
+    @property
+    def fixed_usd(self) -> float:
+        """One attempt's download and outputs, whatever its length."""
+        return self.download_usd_per_gb * self.download_gb + self.upload_usd_per_gb * self.upload_gb
+
+    def usd_per_hour(self, checkpoint_hours: float) -> float:
+        """The checkpoints' stream, per hour on the box."""
+        return self.upload_usd_per_gb * self.checkpoint_gb / checkpoint_hours
 
 
 class Rejection(enum.Enum):
@@ -113,6 +158,7 @@ class Rejection(enum.Enum):
     UNKNOWN_GPU_SPEED = "unknown GPU speed"
     TOO_SLOW_HERE = "too slow here"
     OVER_PRICE_CAP = "over the price cap"
+    OVER_BANDWIDTH_CAP = "over the bandwidth-price cap"
     OVER_BUDGET = "over the budget"
 
 
@@ -285,6 +331,7 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             if per_gpu is None or (limits.spot == "spot" and not spot) or (limits.spot == "on-demand" and spot):
                 continue
             price = per_gpu * offer.gpu_count
+            disk = needs.disk_gb * (offer.disk_usd_per_gb_month or 0.0) / HOURS_PER_MONTH  # $/h, the whole box
             if limits.max_usd_per_hour is not None and price > limits.max_usd_per_hour:
                 rejected.append(Rejected(offer, spot, Rejection.OVER_PRICE_CAP, f"over the price cap: ${price:.3f}/h > "
                                                                                 f"${limits.max_usd_per_hour:.3f}/h"))
@@ -293,15 +340,21 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             interruptions = rate * hours
             rework_hours = interruptions * (limits.checkpoint_hours / 2 + RESTART_HOURS)
             breakdown = {"work": price * hours, "startup": price * STARTUP_HOURS, "expected rework": price * rework_hours}
+            if disk:
+                breakdown["disk"] = disk * (hours + STARTUP_HOURS + rework_hours)
+            traffic = Traffic.of(offer, needs)
+            if traffic is not None:
+                breakdown["bandwidth"] = traffic.expected_usd(hours + STARTUP_HOURS + rework_hours, interruptions,
+                                                              limits.checkpoint_hours)
             expected = sum(breakdown.values())
             worst = WORST_CASE_FACTOR * expected
             if limits.budget_left_usd is not None and worst > limits.budget_left_usd:
                 rejected.append(Rejected(offer, spot, Rejection.OVER_BUDGET, f"over the budget: worst case ${worst:.2f} > "
                                                                              f"${limits.budget_left_usd:.2f} left"))
                 continue
-            ranked.append(Candidate(offer, spot, price, hours, rate, expected, worst, breakdown,
+            ranked.append(Candidate(offer, spot, price + disk, hours, rate, expected, worst, breakdown,
                                     hours + STARTUP_HOURS + rework_hours, gpus_used=ranks, mini_batch=mini_batch,
-                                    vram_need_gb=needs.vram_at(mini_batch)))
+                                    vram_need_gb=needs.vram_at(mini_batch), traffic=traffic))
     ranked.sort(key=lambda c: (c.expected_usd, c.hours, c.offer.provider, c.offer.offer_key, c.spot))
     if ranked:
         best = ranked[0]
@@ -356,6 +409,11 @@ def _offer_problem(offer: Offer, needs: Needs, limits: Limits, now: datetime) ->
         return Rejection.REGION_EXCLUDED, f"region excluded: {offer.location}"
     if offer.offer_key in limits.exclude_offer_keys and offer.provider != "local":  # our own box has no market
         return Rejection.COOLING_DOWN, "cooling down: interrupted recently"
+    if limits.max_usd_per_gb is not None and max(offer.download_usd_per_gb or 0.0,
+                                                 offer.upload_usd_per_gb or 0.0) > limits.max_usd_per_gb:
+        return Rejection.OVER_BANDWIDTH_CAP, (
+            f"over the bandwidth-price cap: ${offer.download_usd_per_gb or 0:.3f}/GB in, "
+            f"${offer.upload_usd_per_gb or 0:.3f}/GB out > ${limits.max_usd_per_gb:.3f}/GB")
     age = now - offer.fetched_at
     if age > limits.max_price_age and not limits.allow_stale and offer.provider != "local":
         return Rejection.STALE_PRICE, f"stale price: {age.total_seconds() / 3600:.1f} h old (refresh, or --allow-stale)"
@@ -407,6 +465,10 @@ def _with_reason(candidate: Candidate, best: Candidate) -> Candidate:
             and rework > best.breakdown["expected rework"] and candidate.hours <= best.hours * 1.01):
         why = (f"${more:.2f} more: {candidate.interruption_rate:.2f} interruptions/h cost ${rework:.2f} of rework, "
                "more than the spot discount saves")
+    elif (candidate.usd_per_hour < best.usd_per_hour and candidate.traffic is not None
+          and (bandwidth := candidate.breakdown["bandwidth"]) > best.breakdown.get("bandwidth", 0.0)):
+        why = (f"${more:.2f} more: cheaper per hour but its bandwidth costs ${bandwidth:.2f} "
+               f"(${candidate.traffic.download_usd_per_gb:.3f}/GB in, ${candidate.traffic.upload_usd_per_gb:.3f}/GB out)")
     elif candidate.usd_per_hour < best.usd_per_hour:
         why = f"${more:.2f} more: cheaper per hour but {candidate.hours:.2f} h of work vs {best.hours:.2f} h"
     else:

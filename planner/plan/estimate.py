@@ -49,6 +49,7 @@ VRAM_USABLE = 0.92  # of a GPU's VRAM; the allocator's fragmentation takes the r
 LORA_RANK = recipe.LORA["r"]
 ACTIVATION_MARGIN = 1.25  # over the saved-tensor count: the recomputed layer's backward holds gradients of its
                           # activations beside them, and the caching allocator rounds every block up
+TEXT_BYTES_PER_TOKEN = 4.0  # UTF-8 bytes per token of JSONL text (English prose with JSON keys): sizes downloads
 PROCESS_RAM_GB = 3.0  # a job process's own RSS: Python, torch and CUDA's host side, transformers, the tokenizer
 
 
@@ -310,6 +311,12 @@ class Needs:
     cache_flops: float = 0.0  # the gradient cache's extra first forward, when the batch is chunked
     ram_breakdown: dict[str, float] = field(default_factory=dict)  # GB of host RAM per component (rank 0)
     ram_per_extra_rank_gb: float = 0.0  # each further data-parallel rank's process on the same box
+    # bytes over the instance's network, what a provider that bills bandwidth per byte charges (Vast): pulled
+    # at each start (base model, inputs; a resumed attempt adds its checkpoint), pushed at the end (outputs),
+    # and one checkpoint pushed every checkpoint interval (jobs.checkpoint mirrors each save to its URI)
+    download_bytes: float = 0.0
+    upload_bytes: float = 0.0
+    checkpoint_bytes: float = 0.0
 
     def ram_on(self, gpu_count: int = 1) -> float:
         """Host RAM of an instance with `gpu_count` GPUs running the job (one process per rank)."""
@@ -335,7 +342,7 @@ class Needs:
         if fraction >= 1.0:
             return self
         return replace(self, flops=self.flops * fraction, io_bytes=self.io_bytes * fraction,
-                       cache_flops=self.cache_flops * fraction)
+                       cache_flops=self.cache_flops * fraction, download_bytes=self.download_bytes + self.checkpoint_bytes)
 
     def gpus_used(self, gpu_count: int) -> int:
         return gpu_count if self.data_parallel else 1
@@ -437,7 +444,9 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
                  flops=flops, io_bytes=0.0, breakdown=breakdown, notes=notes,
                  data_parallel=True, sequences_per_step=sequences if chunked else 0, fixed_gb=fixed,
                  gb_per_sequence=per_sequence, fixed_mini_batch=mini_batch_size or None,
-                 cache_flops=2 * P * tokens if chunked else 0.0)
+                 cache_flops=2 * P * tokens if chunked else 0.0,
+                 download_bytes=2 * P + stats.records * stats.mean_tokens * TEXT_BYTES_PER_TOKEN,  # bf16 base, corpus
+                 upload_bytes=4 * P, checkpoint_bytes=checkpoint_gb * GB)  # the float32 output
 
 
 ENCODE_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "nf4": 0.56}
@@ -456,7 +465,8 @@ def encode_needs(shape: ModelShape, records: int, mean_tokens: float, *, dtype: 
     ram = {"process": PROCESS_RAM_GB, "weights loaded on the CPU first": breakdown["weights"]}
     return Needs("encode", _floor(breakdown), disk_gb=shape.weight_bytes(4) / GB + records * shape.hidden * 4 / GB + 10,
                  ram_gb=sum(ram.values()), ram_breakdown=ram, flops=2 * P * records * mean_tokens, io_bytes=0.0,
-                 breakdown=breakdown)
+                 breakdown=breakdown, download_bytes=shape.weight_bytes() + records * mean_tokens * TEXT_BYTES_PER_TOKEN,
+                 upload_bytes=records * shape.hidden * 4)  # the weights as stored, the texts; float32 embeddings
 
 
 def merge_needs(shape: ModelShape, models: int, dtype_bytes: int = 4) -> Needs:
@@ -464,7 +474,8 @@ def merge_needs(shape: ModelShape, models: int, dtype_bytes: int = 4) -> Needs:
     size = shape.params * dtype_bytes
     largest = shape.vocab * shape.hidden * 4
     return Needs("merge", MIN_VRAM_GB, disk_gb=(models + 1) * size / GB + 5, ram_gb=max(4.0, 3 * models * largest / GB),
-                 flops=0.0, io_bytes=(models + 1) * size, breakdown={"floor": MIN_VRAM_GB})
+                 flops=0.0, io_bytes=(models + 1) * size, breakdown={"floor": MIN_VRAM_GB},
+                 download_bytes=models * size, upload_bytes=size)
 
 
 def suggestions(needs: Needs, largest_vram_gb: float) -> list[str]:

@@ -7,7 +7,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from jobs.protocol import CHECKPOINT_MINUTES
 from jobs.spec import JobSpec
+from planner.plan.choose import Traffic
 from planner.records import Job
 from pricing.offer import Offer
 
@@ -28,11 +30,18 @@ class Placement:
     mini_batch: int | None = None  # the gradient-cache chunk the attempt runs with (None: not chunked)
     planned_vram_gb: float | None = None  # per GPU at that chunk, and host RAM: what the attempt records
     planned_ram_gb: float | None = None
+    traffic: Traffic | None = None  # bandwidth billed per byte: the attempt's planned GB and the offer's $/GB
 
     @property
     def max_hours(self) -> float | None:
-        """How long the reservation pays for at this price: the longest the attempt may run."""
-        return self.worst_case_usd / self.usd_per_hour if self.usd_per_hour > 0 else None
+        """How long the reservation pays for at this price: the longest the attempt may run, after its billed
+        traffic (the download and outputs, and a checkpoint pushed per interval while it runs)."""
+        if self.usd_per_hour <= 0:
+            return None
+        if self.traffic is None:
+            return self.worst_case_usd / self.usd_per_hour
+        per_hour = self.usd_per_hour + self.traffic.usd_per_hour(CHECKPOINT_MINUTES / 60)
+        return max(0.0, self.worst_case_usd - self.traffic.fixed_usd) / per_hour
 
     def apply(self, spec: JobSpec) -> JobSpec:
         """The job's spec as this attempt runs it."""

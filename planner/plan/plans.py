@@ -39,7 +39,8 @@ def limits_for(job: Job | None, settings: Settings, session: Session | None = No
     price age, the job image's GPUs, this machine's hours. `job` None: no user limits and no budgets, what
     the hints ask ("what would run it at all"). `excluded`: offers cooling down after an interruption."""
     common = dict(max_price_age=settings.max_price_age, allow_stale=allow_stale, exclude_offer_keys=excluded,
-                  max_local_hours=settings.local_max_hours, **image_limits(settings))
+                  max_local_hours=settings.local_max_hours, max_usd_per_gb=settings.max_usd_per_gb,
+                  **image_limits(settings))
     if job is None:
         return Limits(**common)
     left = [v for v in (budget.left_this_month(session, for_job=job.id), budget.campaign_left(session, job),
@@ -124,7 +125,7 @@ def placement_for(spec: JobSpec, choice: Choice, backend: str, billing_seconds: 
                      worst_case_usd=winner.worst_case_usd, expected_usd=winner.expected_usd,
                      billing_seconds=billing_seconds, ranks=winner.gpus_used, spec_params=chosen,
                      mini_batch=winner.mini_batch, planned_vram_gb=winner.vram_need_gb,
-                     planned_ram_gb=choice.needs.ram_on(winner.gpus_used))
+                     planned_ram_gb=choice.needs.ram_on(winner.gpus_used), traffic=winner.traffic)
 
 
 def local_warning(session: Session, spec: JobSpec, offer: Offer, settings: Settings,
@@ -170,7 +171,12 @@ def choice_summary(spec: JobSpec, name: str, choice: Choice, top: int) -> dict:
                 "usd_per_hour": c.usd_per_hour, "work_hours": c.hours, "expected_hours": c.expected_hours,
                 "expected_usd": c.expected_usd, "worst_case_usd": c.worst_case_usd, "breakdown": c.breakdown,
                 "interruptions_per_hour": c.interruption_rate, "why_lost": c.why_lost or None,
-                "gpus_used": c.gpus_used, "mini_batch_size": c.mini_batch, "vram_need_gb": c.vram_need_gb}
+                "gpus_used": c.gpus_used, "mini_batch_size": c.mini_batch, "vram_need_gb": c.vram_need_gb,
+                "bandwidth": None if c.traffic is None else {
+                    "download_usd_per_gb": c.traffic.download_usd_per_gb,
+                    "upload_usd_per_gb": c.traffic.upload_usd_per_gb,
+                    "download_gb_per_start": c.traffic.download_gb, "upload_gb": c.traffic.upload_gb,
+                    "checkpoint_gb": c.traffic.checkpoint_gb}}
 
     needs = choice.needs
     return {"job_id": spec.job_id, "name": name, "kind": spec.kind, "params": spec.params,

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec, SpecError
-from planner.plan.billing import attempt_cost, billed_rate
+from planner.plan.billing import attempt_cost, billed_rate, traffic_columns
 from planner.plan import budget as budgets
 from planner.plan import memory, moving
 from planner.plan.budget import job_spent
@@ -204,7 +204,7 @@ class Supervisor:
                           usd_per_hour=placement.usd_per_hour, billing_seconds=placement.billing_seconds,
                           outcome="launching", launched_at=now, launch_fence=1, mini_batch_size=placement.mini_batch,
                           planned_vram_gb=placement.planned_vram_gb, planned_ram_gb=placement.planned_ram_gb,
-                          ram_gb=offer.ram_gb if offer else None,
+                          ram_gb=offer.ram_gb if offer else None, **traffic_columns(placement.traffic),
                           launch_lease_until=database_now(session) + CREATE_LEASE)
         session.add(attempt)
         job.state, job.updated_at, job.error = "launching", now, None
@@ -371,6 +371,11 @@ class Supervisor:
         if result.status in (Status.RUNNING, Status.PENDING) and stalled is not None and (
                 why := stalled(handle, attempt.launched_at, self.clock())):
             result = PollResult(Status.FAILED, detail=why)  # ended below with its log tail, and counted
+        past = getattr(backend, "past_deadline", None)  # a cloud box whose own watchdog did not end it
+        if result.status in (Status.RUNNING, Status.PENDING) and past is not None and (
+                why := past(handle, attempt.launched_at, self.clock())):
+            self.notify.past_deadline(job.id, attempt.number, why)
+            result = PollResult(Status.FAILED, detail=why)  # ended below (its instance deleted), and counted
         if result.status in (Status.RUNNING, Status.PENDING):
             if result.detail:  # e.g. SkyPilot recovering the attempt from a preemption on its own
                 attempt.detail = result.detail

@@ -31,6 +31,9 @@ GPU_TYPES = ("query GpuTypes { gpuTypes { id displayName memoryInGb maxGpuCount 
              "{ uninterruptablePrice stockStatus minVcpu minMemory } } }")
 TIERS = (("secure", "securePrice"), ("community", "communityPrice"))  # GraphQL price field per tier
 COUNTS = (1, 2, 4, 8)  # GPUs per pod offered: the sizes data-parallel training uses
+# a running pod's storage, container disk included, is billed apart from the GPU price; ingress and egress are
+# free (docs/providers/runpod.md, "Billing")
+DISK_USD_PER_GB_MONTH = 0.10
 
 
 class RunPodProvider(Provider):
@@ -132,7 +135,7 @@ class RunPodProvider(Provider):
             offers.append(Offer(provider=RUNPOD, offer_key=key, gpu_model=spec.model if spec else gpu_id,
                                 gpu_name_raw=gpu_id, vram_gb=vram, gpu_count=count,
                                 on_demand_usd_per_gpu_hour=float(price), spot_usd_per_gpu_hour=None, tier=tier,
-                                known_gpu=spec is not None, **extra))
+                                known_gpu=spec is not None, disk_usd_per_gb_month=DISK_USD_PER_GB_MONTH, **extra))
         except InvalidOffer as exc:
             self.last_report["dropped"] += 1
             log.warning("dropped RunPod row: %s", exc)

@@ -3,7 +3,8 @@
 Quirks kept here: `/api/v0/bundles/` answers 64 offers unless given a `limit`, so we ask for a large
 one and split the search (by GPU count, then by verification) while a page comes back full; prices
 are for the whole offer, so they are divided by `num_gpus`, with storage for a stated disk size
-added (pricing.providers.vast_api.storage_usd_per_hour); the interruptible price is `min_bid` from
+added (pricing.providers.vast_api.storage_usd_per_hour), and bandwidth kept apart as $/GB in and out
+(`inet_down_cost`, `inet_up_cost`: billed per byte, priced per job by planner.plan.choose); the interruptible price is `min_bid` from
 a `type: bid` search; VRAM is `gpu_ram` in MB (MiB) per GPU, never the name (modded 48 GB "RTX
 4090"s exist); `cpu_cores` may be null; about 10 searches a minute are allowed and 429 carries no
 Retry-After, so searches are spaced and retried with backoff. Only the fields we keep are decoded
@@ -58,6 +59,8 @@ class VastOffer(msgspec.Struct):
     cpu_cores_effective: float | None = None
     cpu_ram: float | None = None
     disk_space: float | None = None
+    inet_down_cost: float | None = None  # $/GB into the instance (docs/providers/vast.md, "Offers")
+    inet_up_cost: float | None = None  # $/GB out of it
 
 
 class _Bundles(msgspec.Struct):
@@ -197,4 +200,5 @@ class VastProvider(Provider):
             vcpus=effective or None,
             ram_gb=ram_mb * effective / cores / 1024 if (ram_mb and cores and effective) else None,
             disk_gb=raw.disk_space,
+            download_usd_per_gb=raw.inet_down_cost, upload_usd_per_gb=raw.inet_up_cost,
         )

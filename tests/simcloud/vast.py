@@ -1,7 +1,11 @@
 """Fake Vast.ai (note §4), each instance's command run as a real box (tests.simcloud.box).
 
-- `POST /api/v0/bundles/`: the asks, filtered by `id` when the query has `{"id": {"eq": N}}`; each with
-  `dph_total` (on-demand, whole machine), `min_bid`, `storage_cost` ($/GB-month), `num_gpus`, `gpu_name`.
+- `POST /api/v0/bundles/`: the asks, with `dph_total` (on-demand, whole machine), `min_bid`, `storage_cost`
+  ($/GB-month), `inet_down_cost` / `inet_up_cost` ($/GB), `duration`, `num_gpus`, `gpu_name`; the query's
+  `{field: {op: value}}` filters (eq, neq, gt, gte, lt, lte, in, notin: vast-cli `vastai/api/query.py`) are
+  honoured on every field an offer has (`{"eq": "any"}` lifts one).
+- Bandwidth is billed per byte (tests.simcloud.meter): a box's traffic to its object store goes through a
+  meter, billed at its ask's `inet_down_cost` / `inet_up_cost` per GB of 1e9 bytes.
 - `PUT /api/v0/asks/{id}/`: the input limits of create_instance.yaml (image <= 1024 chars, args + args_str +
   onstart <= 4096, label <= 256, each env entry <= 256, disk >= 8, price 0.001-128) else 400
   `invalid_args`; an unknown ask is 404 `no_such_ask`; with a `price` the instance is interruptible, and
@@ -13,7 +17,8 @@
   JSON `select_filters` on stored columns only (actual_status, label, gpu_name, id; others 400);
   `GET /api/v0/instances/` answers 410 `deprecated_endpoint`; `GET /api/v0/instances/{id}/` still works.
 - `DELETE /api/v0/instances/{id}/` -> {success: true}; 404 `no_such_instance` when gone.
-- `PUT /api/v0/instances/request_logs/{id}/` -> {success, result_url}; the URL answers 404 twice, then the log.
+- `PUT /api/v0/instances/request_logs/{id}/` -> {success, result_url}; the URL answers 404 twice, then the last
+  `tail` lines of the container's log, or with `daemon_logs` the host daemon's lines instead (logs.yaml).
 - An outbid instance is stopped (SIGTERM, SIGKILL after the grace) with cur_state = intended_status =
   next_state = "stopped"; while stopped it bills storage only. 429s carry no Retry-After.
 - Faults are injected per route: vast.search, vast.create, vast.list, vast.get, vast.delete, vast.logs.
@@ -28,16 +33,22 @@ import uuid
 from pathlib import Path
 
 from tests.simcloud.box import Box, now
+from tests.simcloud.meter import Meter
 from tests.simcloud.server import FakeServer, Reply
 
 HOURS_PER_MONTH = 720
 PAGE = 25
 STORED_COLUMNS = {"actual_status", "label", "gpu_name", "id"}
-ASKS = {  # ask id -> (gpu name, VRAM GB, on-demand dph, min bid, storage $/GB-month)
-    101: ("RTX 4090", 24, 0.45, 0.30, 0.144),
-    102: ("RTX 4090", 24, 0.50, 0.35, 0.144),
-    103: ("RTX A6000", 48, 0.55, 0.33, 0.144),
+ASKS = {  # ask id -> (gpu name, VRAM GB, on-demand dph, min bid, storage $/GB-month, inet down, up $/GB)
+    101: ("RTX 4090", 24, 0.45, 0.30, 0.144, 0.0, 0.0),
+    102: ("RTX 4090", 24, 0.50, 0.35, 0.144, 0.0, 0.0),
+    103: ("RTX A6000", 48, 0.55, 0.33, 0.144, 0.02, 0.02),
 }
+DURATION_S = 30 * 86400  # how long each host stays rentable (`duration`, seconds: docs/providers/vast.md "Offers")
+
+
+OPS = {"eq": lambda a, b: a == b, "neq": lambda a, b: a != b, "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b,
+       "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b}
 
 
 def err(status: int, error: str, msg: str, **extra) -> Reply:
@@ -75,7 +86,7 @@ class FakeVast(FakeServer):
             return "vast.list_v0", lambda: Reply(410, {"success": False, "error": "deprecated_endpoint",
                                                        "msg": "this endpoint is deprecated; use /api/v1/instances/"})
         if match := re.fullmatch(r"/api/v0/instances/request_logs/(\d+)/", path):
-            return "vast.logs", lambda: self._request_logs(int(match.group(1)))
+            return "vast.logs", lambda: self._request_logs(int(match.group(1)), body or {})
         if match := re.fullmatch(r"/api/v0/instances/(\d+)/", path):
             instance_id = int(match.group(1))
             if method == "GET":
@@ -102,16 +113,26 @@ class FakeVast(FakeServer):
     # ------------------------------------------------------------------ offers and create
 
     def _offer(self, ask: int) -> dict:
-        gpu, vram, dph, _, storage = ASKS[ask]
+        gpu, vram, dph, _, storage, down, up = ASKS[ask]
         return {"id": ask, "ask_contract_id": ask, "gpu_name": gpu, "num_gpus": 1, "gpu_ram": vram * 1024,
                 "dph_total": dph, "dph_base": dph, "min_bid": self.min_bid[ask], "storage_cost": storage,
-                "reliability2": 0.99, "verified": True, "rentable": True, "cuda_max_good": 12.8, "compute_cap": 890,
-                "disk_space": 200, "inet_down": 800, "geolocation": "US"}
+                "reliability2": 0.99, "verified": True, "rentable": True, "rented": False, "external": False,
+                "cuda_max_good": 12.8, "compute_cap": 890, "disk_space": 200, "inet_down": 800,
+                "inet_down_cost": down, "inet_up_cost": up, "duration": DURATION_S, "geolocation": "US"}
 
     def _search(self, query: dict) -> Reply:
-        wanted = (query.get("id") or {}).get("eq") if isinstance(query.get("id"), dict) else None
-        asks = [a for a in ASKS if wanted is None or a == int(wanted)]
-        return Reply(200, {"offers": [self._offer(a) for a in asks]})
+        offers = [self._offer(a) for a in ASKS]
+        fields = set(offers[0])
+        for field, condition in query.items():
+            if not isinstance(condition, dict):
+                continue  # type, limit, order, allocated_storage: not filters
+            for op, value in condition.items():
+                if value == "any" or (op in OPS and field not in fields):
+                    continue  # {"eq": "any"} lifts a filter; a field our offers lack is not judged
+                if op not in OPS:
+                    return err(400, "invalid_args", f"unknown operator {op} on {field}")
+                offers = [o for o in offers if OPS[op](o[field], value)]
+        return Reply(200, {"offers": offers})
 
     def _create(self, ask: int, body: dict) -> Reply:
         if ask not in ASKS:
@@ -134,7 +155,7 @@ class FakeVast(FakeServer):
             problems.append("price must be within 0.001-128")
         if problems:
             return err(400, "invalid_args", "; ".join(problems), ask_id=ask)
-        gpu, _, dph, _, storage_cost = ASKS[ask]
+        gpu, _, dph, _, storage_cost, down_cost, up_cost = ASKS[ask]
         storage = storage_cost * float(body["disk"]) / HOURS_PER_MONTH
         instance_id = next(self.ids)
         interruptible = price is not None
@@ -143,7 +164,12 @@ class FakeVast(FakeServer):
                     "dph_total": rate, "storage_rate": storage, "is_bid": interruptible, "ask": ask,
                     "actual_status": "running", "intended_status": "running", "cur_state": "running",
                     "next_state": "running", "status_msg": "", "image_uuid": body.get("image")}
-        self.bills[instance_id] = {"label": body.get("label") or "", "segments": [[now(), None, rate]]}
+        meter = None
+        if env.get("AWS_ENDPOINT_URL"):  # the box reaches its object store through the host's network meter
+            meter = Meter(env["AWS_ENDPOINT_URL"])
+            env = {**env, "AWS_ENDPOINT_URL": meter.url}
+        self.bills[instance_id] = {"label": body.get("label") or "", "segments": [[now(), None, rate]],
+                                   "meter": meter, "per_gb": (down_cost, up_cost)}
         self.instances[instance_id] = instance
         if interruptible and float(price) < self.min_bid[ask]:  # a losing bid: created stopped (note §4)
             self._set_stopped(instance_id, "bid below the current minimum")
@@ -210,11 +236,18 @@ class FakeVast(FakeServer):
         self._bill_segment(instance_id, None)
         return Reply(200, {"success": True})
 
-    def _request_logs(self, instance_id: int) -> Reply:
+    def _request_logs(self, instance_id: int, body: dict) -> Reply:
+        """logs.yaml: `tail` lines of the container's log, or with `daemon_logs` "the daemon system logs
+        instead of container logs" (the host's docker daemon: pulls, starts, exits; never the job's lines)."""
         if instance_id not in self.instances:
             return err(404, "invalid_id", f"instance {instance_id} not found")
         token = uuid.uuid4().hex
-        self.log_urls[token] = {"id": instance_id, "misses": 2}
+        daemon = str(body.get("daemon_logs", "")).lower() in ("true", "1")
+        try:
+            tail = max(1, int(body.get("tail") or 1000))
+        except (TypeError, ValueError):
+            return err(400, "invalid_args", "tail must be a number")
+        self.log_urls[token] = {"id": instance_id, "misses": 2, "daemon": daemon, "tail": tail}
         return Reply(200, {"success": True, "result_url": f"{self.url}/logs/{token}", "msg": "logs requested"})
 
     def _log_url(self, token: str) -> Reply:
@@ -224,8 +257,17 @@ class FakeVast(FakeServer):
         if entry["misses"] > 0:
             entry["misses"] -= 1
             return Reply(404, "<Error>NoSuchKey</Error>")
+        if entry["daemon"]:
+            instance = self.instances.get(entry["id"], {})
+            return Reply(200, "".join(f"{line}\n" for line in self.daemon_lines(entry["id"], instance)))
         box = self.boxes.get(entry["id"]) or self.gone.get(entry["id"])
-        return Reply(200, "\n".join(box.lines()[-1000:]) + "\n" if box else "")
+        return Reply(200, "\n".join(box.lines()[-entry["tail"]:]) + "\n" if box else "")
+
+    @staticmethod
+    def daemon_lines(instance_id: int, instance: dict) -> list[str]:
+        return [f"vastai-daemon: pulling image {instance.get('image_uuid')}",
+                f"vastai-daemon: starting container C.{instance_id}",
+                f"vastai-daemon: container C.{instance_id} status {instance.get('actual_status')}"]
 
     # ------------------------------------------------------------------ billing and events
 
@@ -263,6 +305,12 @@ class FakeVast(FakeServer):
             box.stop("outbid")
         self._set_stopped(instance_id, "outbid")
 
+    def close(self) -> None:
+        super().close()
+        for bill in self.bills.values():
+            if bill.get("meter") is not None:
+                bill["meter"].close()
+
     def live(self) -> list[str]:
         return [i["label"] for iid, i in self.instances.items() if iid in self.boxes and self.boxes[iid].alive]
 
@@ -274,4 +322,10 @@ class FakeVast(FakeServer):
             for start, end, rate in bill["segments"]:
                 seconds = -(-((end or now()) - start).total_seconds() // 1)
                 total += rate * seconds / 3600
+            total += self.bandwidth_usd(bill)
         return total
+
+    @staticmethod
+    def bandwidth_usd(bill: dict) -> float:
+        meter, (down, up) = bill.get("meter"), bill.get("per_gb", (0.0, 0.0))
+        return 0.0 if meter is None else (meter.down * down + meter.up * up) / 1e9

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from jobs.protocol import CHECKPOINT_MINUTES
 from planner.interface.cli import options
 from planner.interface.cli.common import app, emit_json, err, fail, out, sessions, settings
 from planner.interface.cli.options import Flags, floats, fraction as in_unit_interval, local_input, resolve
@@ -79,6 +80,14 @@ def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
                           f"{c.usd_per_hour:.3f}", f"{c.hours:.3g}", f"{c.expected_usd:.2f}",
                           f"{c.worst_case_usd:.2f}", escape(c.why_lost or "best"))
         out.print(table)
+        for rank, c in enumerate(choice.ranked[:top], start=1):
+            if c.traffic is not None:  # billed per byte: its own line of the breakdown
+                pulled, pushed = c.traffic.expected_gb(c.expected_hours, c.interruption_rate * c.hours,
+                                                       CHECKPOINT_MINUTES / 60)
+                out.print(f"  #{rank} bandwidth ${c.breakdown['bandwidth']:.2f}: {pulled:,.1f} GB in at "
+                          f"${c.traffic.download_usd_per_gb:.3f}/GB, {pushed:,.1f} GB out at "
+                          f"${c.traffic.upload_usd_per_gb:.3f}/GB (" + ", ".join(
+                              f"{k} ${v:.2f}" for k, v in c.breakdown.items()) + ")", highlight=False)
     return total
 
 

@@ -48,6 +48,7 @@ RELIABILITY_FLOOR = 0.9  # Vast hosts below this are not rented (dstack's floor;
 # >= 50 MB/s, 4 min) and the jobs install (2 min), with room for a slow host; the model download is the
 # job's own first work, inside its hours. PLANNER_BOX_STARTUP_MINUTES overrides it.
 DEFAULT_STARTUP_S = 20 * 60.0
+DEADLINE_SLACK_S = 120.0  # past the box's own deadline and stop grace: its delete call landing
 STOP_GRACE_SHARE, STOP_GRACE_MAX_S = 0.1, boxend.DEFAULT_STOP_GRACE_S  # of the box's hours: to checkpoint and end
 
 
@@ -73,6 +74,21 @@ class CloudBackend(Backend):
     def logs(self, handle: Handle, tail: int = 200) -> str:
         return report_logs(handle, tail, self.logs_hint)
 
+    def past_deadline(self, handle: Handle, launched_at: datetime, now: datetime) -> str | None:
+        """Why a box still up is past its deadline, or None. The box's own watchdog (jobs.boxend) ends it
+        `max_hours` after its script starts, which is within the startup window of its create, plus the stop
+        grace and DEADLINE_SLACK_S for the delete to land: a box still up after that is spending past its
+        reservation (a watchdog that died, a delete the provider lost)."""
+        max_hours = handle.data.get("max_hours")
+        if not max_hours:
+            return None
+        grace = min(STOP_GRACE_MAX_S, max(5.0, STOP_GRACE_SHARE * max_hours * 3600))
+        late = (now - launched_at).total_seconds() - (max_hours * 3600 + self.startup_s + grace + DEADLINE_SLACK_S)
+        if late <= 0:
+            return None
+        return (f"the box is still up {span(late)} past its deadline ({max_hours:.2f} h of reservation after "
+                f"a startup window of {span(self.startup_s)}): ended by the supervisor")
+
     def stalled(self, handle: Handle, launched_at: datetime, now: datetime) -> str | None:
         """Why a box that is up has not started its job within the startup window, or None: no started
         note and no report from it that long after its create (the install failed, the image cannot run
@@ -88,8 +104,13 @@ class CloudBackend(Backend):
                 return None
             except (OSError, ValueError):
                 continue
-        return (f"the box did not start the job within {waited / 60:.0f} min of its create (the startup window is "
-                f"{self.startup_s / 60:.0f} min: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
+        return (f"the box did not start the job within {span(waited)} of its create (the startup window is "
+                f"{span(self.startup_s)}: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
+
+
+def span(seconds: float) -> str:
+    """A duration for people: seconds under two minutes, else minutes."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def compute_cap_filter(image: str) -> dict:
@@ -158,7 +179,7 @@ def box_plan(backend: str, spec, offer, *, attempt: int, spot: bool, usd_per_hou
     return LaunchPlan(backend=backend, job_id=spec.job_id, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                       project=project,
                       command=command, env=env, offer=offer, image=image, setup=setup, disk_gb=disk_gb,
-                      request={"output_uri": spec.output_uri, **(request or {})},
+                      request={"output_uri": spec.output_uri, "max_hours": max_hours, **(request or {})},
                       secret_env=storage_credentials(spec.output_uri) if secret_env is None else dict(secret_env))
 
 

@@ -92,7 +92,7 @@ class RunPodBackend(CloudBackend):
         return Handle(backend=self.name, instance_id=str(pod["id"]), label=plan.label,
                       data={"output_uri": plan.request["output_uri"], "spot": False,
                             "usd_per_hour": plan.usd_per_hour, "billed_usd_per_hour": _cost(pod),
-                            "data_center": pod.get("dataCenterId")})
+                            "data_center": pod.get("dataCenterId"), "max_hours": plan.request.get("max_hours")})
 
     def poll(self, handle: Handle) -> PollResult:
         pod = self._call(self.api.pod, handle.instance_id)

@@ -4,7 +4,8 @@ docs/providers/vast.md, cited by section).
 Just before a create the offer is searched again (`POST /api/v0/bundles/`, its id) with the host
 filters the job image needs ("Host filters"): `cuda_max_good` >= the image's CUDA together with
 `compute_cap` for its PyTorch build, `disk_space` >= the job's disk, `reliability2` >=
-RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the attempt's reservation, and
+RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the attempt's reservation,
+`inet_down_cost` / `inet_up_cost` ($/GB) at most what the plan priced (and PLANNER_MAX_USD_PER_GB), and
 `verified`, `rentable`, `rented` sent explicitly (unset, the server's defaults apply). A host that no
 longer fits (or no longer exists) is NoCapacity: the next candidate, after the offer's cool-down.
 
@@ -13,7 +14,8 @@ args` keeps the image's entrypoint off, `onstart` is the entrypoint (/bin/sh) an
 script; the environment goes in parts where an entry passes Vast's 256 characters (jobs.boxenv).
 With a `price` (the whole machine's bid per hour) the instance is interruptible: the bid is
 min(cap, current `min_bid` + 5 %), the cap the lower of the offer's on-demand price and 120 % of the
-planned spot price; the attempt is recorded at the bid plus the disk's storage, what is paid. An
+planned spot price; the attempt is recorded at the bid plus the disk's storage, what is paid. A spot box's
+deadline is its reservation's hours at that cap (the most it may pay), so it never bills past the reservation. An
 error body that still names a `new_contract` means an instance exists (a losing bid is created
 stopped): pricing.providers.vast_api destroys it at once. The billed rate is the offer's (later the
 instance's) `dph_total`.
@@ -60,9 +62,11 @@ class VastBackend(CloudBackend):
     billing_seconds = 1
     logs_hint = "no log yet: the instance has not written one, and the job's report has not arrived"
 
-    def __init__(self, api, *, clock: Callable[[], float] = time.monotonic, **kwargs):
+    def __init__(self, api, *, clock: Callable[[], float] = time.monotonic, max_usd_per_gb: float | None = None,
+                 **kwargs):
         super().__init__(api, **kwargs)
         self.clock = clock
+        self.max_usd_per_gb = max_usd_per_gb
         self._listing: dict[str, dict] = {}  # label -> instance row, from the last shared listing
         self._listed: set[str] = set()  # the labels that listing asked for
         self._listed_at = -math.inf
@@ -73,30 +77,40 @@ class VastBackend(CloudBackend):
         mine = settings.providers[VAST]
         return cls(VastAPI(mine.url, mine.api_key, timeout=settings.http_timeout, retry=retry),
                    image=settings.job_image, jobs_install=settings.jobs_install, disk_gb=settings.vast_disk_gb,
-                   startup_s=settings.box_startup_minutes * 60)
+                   startup_s=settings.box_startup_minutes * 60, max_usd_per_gb=settings.max_usd_per_gb)
 
     def plan(self, spec, offer: Offer | None, *, attempt: int, spot: bool, usd_per_hour: float,
              disk_gb: float | None = None, max_hours: float | None = None) -> LaunchPlan:
         if offer is None or offer.provider != VAST:
             raise BackendError("the Vast.ai backend needs a Vast.ai offer")
         disk = max(MIN_DISK_GB, math.ceil(disk_gb or self.disk_gb))
+        if spot and max_hours:  # the reservation is at the planned price; a bid pays up to its cap: the box's
+            max_hours *= usd_per_hour / max(usd_per_hour, bid_cap(offer, usd_per_hour))  # deadline holds at the cap
         plan = box_plan(self.name, spec, offer, attempt=attempt, spot=spot, usd_per_hour=usd_per_hour,
                         image=self.image, jobs_install=self.jobs_install, disk_gb=disk, project=self.project,
                         max_hours=max_hours, api_url=self.api.base_url, startup_s=self.startup_s)
         body = {"client_id": "me", "image": plan.image, "disk": disk, "label": plan.label, "runtype": "args",
                 "onstart": ENTRYPOINT, "args": ["-c", plan.shell_script()], "cancel_unavail": not spot}
         request = {"ask_id": int(offer.offer_key), "body": body,
-                   "host_filters": self.host_filters(disk, max_hours, verified=offer.tier == "verified")}
+                   "host_filters": self.host_filters(disk, max_hours, verified=offer.tier == "verified",
+                                                     bandwidth=(offer.download_usd_per_gb, offer.upload_usd_per_gb))}
         if spot:
             request["bid_cap"] = round(bid_cap(offer, usd_per_hour), 4)
         return dataclasses.replace(plan, request={**plan.request, **request})
 
-    def host_filters(self, disk_gb: float, max_hours: float | None = None, *, verified: bool = True) -> dict:
+    def host_filters(self, disk_gb: float, max_hours: float | None = None, *, verified: bool = True,
+                     bandwidth: tuple[float | None, float | None] = (None, None)) -> dict:
         """The search filters a host must pass to run this backend's image with `disk_gb` of disk for up to
         `max_hours` (Vast's `duration` is in seconds; vast-cli multiplies its days by 86400), on the tier the
-        offer was planned on (`verified` is always sent: unset, the server's default would decide)."""
+        offer was planned on (`verified` is always sent: unset, the server's default would decide), billing
+        no more per GB in and out than `bandwidth` (the planned $/GB: the reservation was sized at them) and
+        the bandwidth-price cap."""
         filters = {"disk_space": {"gte": disk_gb}, "reliability2": {"gte": RELIABILITY_FLOOR},
                    "verified": {"eq": verified}, "rentable": {"eq": True}, "rented": {"eq": False}}
+        for field, planned in zip(("inet_down_cost", "inet_up_cost"), bandwidth):
+            caps = [cap for cap in (planned, self.max_usd_per_gb) if cap is not None]
+            if caps:
+                filters[field] = {"lte": min(caps)}
         if max_hours:
             filters["duration"] = {"gte": math.ceil(max_hours * 3600)}
         if cuda := image_cuda(self.image):
@@ -129,7 +143,7 @@ class VastBackend(CloudBackend):
             raise BackendError(f"Vast.ai: {exc}") from None
         return Handle(backend=self.name, instance_id=str(contract), label=plan.label,
                       data={"output_uri": plan.request["output_uri"], "spot": plan.spot, "usd_per_hour": usd_per_hour,
-                            "billed_usd_per_hour": billed})
+                            "billed_usd_per_hour": billed, "max_hours": plan.request.get("max_hours")})
 
     def poll(self, handle: Handle) -> PollResult:
         instance = self._shared_listing(handle.label)
