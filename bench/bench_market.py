@@ -68,10 +68,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose, efficiency_from  # noqa: E402
 from planner.plan import moving, naive  # noqa: E402
-from planner.plan.kinds import efficiency_prior  # noqa: E402
+from planner.plan.choose import RESTART_HOURS, STARTUP_HOURS, Limits, choose, efficiency_from  # noqa: E402
 from planner.plan.estimate import QWEN3, CorpusStats, merge_needs, train_needs  # noqa: E402
+from planner.plan.kinds import efficiency_prior  # noqa: E402
 from pricing import gpus  # noqa: E402
 from pricing.offer import Offer  # noqa: E402
 

@@ -66,8 +66,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-
 from bench_encode import QWEN3_4B, build_model, non_embedding_parameters, peak_tflops  # noqa: E402
+
 from jobs.toy import WORDS, write_toy_corpus  # noqa: E402
 
 SMALL = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,

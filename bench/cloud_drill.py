@@ -334,7 +334,14 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
     from tests.simcloud.server import Fault, Reply
     from tests.simcloud.vast import FakeVast
     from tests.simcloud.world import (
-        BILLING_TOLERANCE, RUNPOD_KEY, VAST_KEY, keys, settings_overrides, stop_fakes, weight_files, write_book,
+        BILLING_TOLERANCE,
+        RUNPOD_KEY,
+        VAST_KEY,
+        keys,
+        settings_overrides,
+        stop_fakes,
+        weight_files,
+        write_book,
     )
 
     rng = random.Random(f"{seed}/{index}")
@@ -561,9 +568,9 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
 
 def reference_files(model: Path, corpus: Path, work: Path) -> dict[str, bytes]:
     """The same job run once, directly, on local files, with nothing going wrong."""
-    from jobs.train_bag import main as train
-
     import contextlib
+
+    from jobs.train_bag import main as train
 
     output = work / "reference"
     argv = ["--model", str(model), "--data", str(corpus), "--fraction", str(FRACTION), "--seed", str(SEED),

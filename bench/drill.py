@@ -37,10 +37,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-from collections import Counter
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,19 +51,26 @@ sys.path.insert(0, str(ROOT))
 from botocore.exceptions import EndpointConnectionError  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
+from planner.config import load_settings  # noqa: E402
 from planner.plan import budget as budgets  # noqa: E402
 from planner.plan import campaigns  # noqa: E402
+from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Job  # noqa: E402
 from planner.run import progress as progress_module  # noqa: E402
 from planner.run import supervisor as supervisor_module  # noqa: E402
 from planner.run.backends import markers  # noqa: E402
-from planner.run.backends.base import BackendError, parse_label  # noqa: E402
+from planner.run.backends.base import (  # noqa: E402
+    BackendError,
+    Handle,  # noqa: E402
+    parse_label,
+)
 from planner.run.backends.local import LocalBackend  # noqa: E402
-from planner.config import load_settings  # noqa: E402
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor  # noqa: E402
-from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Job  # noqa: E402
-from planner.run.backends.base import Handle  # noqa: E402
-from pricing.db import database_now, session_factory, upgrade  # noqa: E402
-from pricing.db import utcnow  # noqa: E402
+from pricing.db import (  # noqa: E402
+    database_now,
+    session_factory,
+    upgrade,
+    utcnow,  # noqa: E402
+)
 
 TRAIN = {"batch_size": 6, "epochs": 2, "lr": 1e-3, "save_every_steps": 2}
 USD_PER_HOUR = 3.6

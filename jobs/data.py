@@ -412,7 +412,7 @@ def read_bag_lines(path) -> list[int]:
         return [int(line) for line in handle]
 
 
-def content_hash(records) -> str:
+def records_digest(records) -> str:
     """sha256 over the records' canonical lines, streamed (a Bag is read record by record)."""
     digest = hashlib.sha256()
     for record in records:

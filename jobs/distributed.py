@@ -13,7 +13,7 @@ import torch
 BUCKET_ELEMENTS = 1 << 26  # gradients are summed in buckets of this many elements (256 MB in fp32)
 
 
-class Group:
+class Ranks:
     def __init__(self) -> None:
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))

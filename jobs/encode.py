@@ -81,7 +81,7 @@ class Corpus:
     texts: list[str]
 
 
-def read_corpus(path: Path, name: str, *, text_field: str = "text", id_field: str = "id") -> Corpus:
+def read_texts(path: Path, name: str, *, text_field: str = "text", id_field: str = "id") -> Corpus:
     """Read and validate every record of the input file at `path` (`name` is how errors call it)."""
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -532,7 +532,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     if not storage.exists(args.input):
         raise BadInput(f"input {args.input} not found")
     input_path = storage.cached_local_copy(args.input, args.cache_dir)
-    corpus = read_corpus(input_path, args.input, text_field=args.text_field, id_field=args.id_field)
+    corpus = read_texts(input_path, args.input, text_field=args.text_field, id_field=args.id_field)
     model = inspect_model(storage.resolve_model(args.model, args.cache_dir), args.model)
     check_quantized(model, args.model, dtype, device)
     if args.dim is not None and args.dim > model.hidden_size:

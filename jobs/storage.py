@@ -20,7 +20,6 @@ from typing import Any
 
 import fsspec
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

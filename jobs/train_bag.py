@@ -66,8 +66,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from jobs import memory, recipe, storage
-from jobs.data import BadData, Batch, Group, build_bag, content_hash, schedule, step_groups, write_bag_lines
-from jobs.distributed import Group as Ranks
+from jobs.data import BadData, Batch, Group, build_bag, records_digest, schedule, step_groups, write_bag_lines
+from jobs.distributed import Ranks
 from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
 from jobs.protocol import DONE_MARKER, duration
 from jobs.train_config import Config, check_config, parse_args, resolve
@@ -266,7 +266,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
     except BadData as exc:
         raise BadInput(str(exc)) from None
     per_epoch, total_steps = schedule(bag, config)
-    identity = config.identity() | {"bag_records": len(bag), "bag_sha256": content_hash(bag)}
+    identity = config.identity() | {"bag_records": len(bag), "bag_sha256": records_digest(bag)}
     if ranks.world > 1:
         identity["world_size"] = ranks.world  # the batch is split across ranks: a different float summation
     log = print if ranks.is_main else (lambda *args, **kwargs: None)

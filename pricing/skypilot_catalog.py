@@ -53,6 +53,11 @@ RUNPOD_NAMES = {
 }
 
 
+def default_root() -> Path:
+    """SkyPilot's catalog directory for this user (read when called: HOME may differ between calls)."""
+    return Path.home() / ".sky" / "catalogs" / "v8"
+
+
 def accelerator_name(offer: Offer) -> str:
     """SkyPilot's accelerator name: on RunPod the name its launcher maps back to a GPU id (RUNPOD_NAMES),
     otherwise the canonical model without spaces ("RTX 4090" -> "RTX4090")."""

@@ -11,4 +11,6 @@ fi
 pgdir=$(mktemp -d)
 trap 'bash scripts/pg-throwaway.sh stop "$pgdir"' EXIT
 if pg_env=$(bash scripts/pg-throwaway.sh start "$pgdir"); then eval "$pg_env"; else echo "PostgreSQL unavailable: its tests skip" >&2; fi
+# Lint first (pyflakes, import order, bugbear; pyproject.toml [tool.ruff]): seconds, and a failure names the line.
+.venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

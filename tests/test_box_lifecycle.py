@@ -18,11 +18,11 @@ from jobs import storage
 from jobs.protocol import EXIT_DONE, EXIT_INTERRUPTED, report_uri
 from jobs.spec import JobSpec
 from planner.config import load_settings
+from planner.plan import campaigns
 from planner.run.backends.base import Status
 from planner.run.backends.runpod import RunPodBackend
 from planner.run.backends.vast import VastBackend
 from planner.run.launching import stage_for_cloud
-from planner.plan import campaigns
 from pricing.db import utcnow
 from pricing.offer import Offer
 from pricing.providers.http import RetryPolicy

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-
 RUNPOD_KEY = "rpa_SECRET_runpod_0123456789"
 VAST_KEY = "vast_SECRET_0123456789abcdef"
 
@@ -120,7 +119,7 @@ def test_refresh_shows_each_provider_while_it_waits(recorded_providers):
     from rich.console import Console
 
     from planner.config import load_settings
-    from planner.interface.cli.progress import refresh_status
+    from planner.interface.cli.display import refresh_status
     from planner.run.pricebook import refresh_book
     from pricing import db
 

@@ -23,14 +23,14 @@ from sqlalchemy import text
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner.plan import campaigns
-from planner.run.backends.remote import report_uri
-from planner.config import load_settings
-from planner.plan.plans import book_offers
-from planner.run.launching import JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem
-from planner.run.backends.base import Handle, instance_label
 from planner import records
+from planner.config import load_settings
+from planner.plan import campaigns
+from planner.plan.plans import book_offers
 from planner.records import Job
+from planner.run.backends.base import Handle, instance_label
+from planner.run.backends.remote import report_uri
+from planner.run.launching import JobOptions, add_jobs, attempts_of, build_backends, build_supervisor, cloud_problem
 from pricing import store
 from pricing.db import session_factory
 from pricing.offer import Offer

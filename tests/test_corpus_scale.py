@@ -40,7 +40,7 @@ def test_the_index_draws_the_same_bag_and_batches_as_reading_the_whole_file(tmp_
         assert chosen == data.stratified_sample(everything, fraction, seed)
         bag = data.Bag([(index, chosen)])
         whole = [everything[i] for i in chosen]
-        assert list(bag) == whole and data.content_hash(bag) == data.content_hash(whole)
+        assert list(bag) == whole and data.records_digest(bag) == data.records_digest(whole)
         assert data.epoch_batches(bag, 8, seed, 1) == data.epoch_batches(whole, 8, seed, 1)
 
 
@@ -54,7 +54,7 @@ def test_the_index_holds_offsets_not_records(tmp_path, monkeypatch):
     tracemalloc.start()
     index = data.open_corpus(str(path))
     bag = data.Bag([(index, data.stratified_sample(index, 0.5, 0))])
-    digest = data.content_hash(bag)
+    digest = data.records_digest(bag)
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     size = path.stat().st_size
@@ -103,7 +103,7 @@ def test_flagembedding_records_groups_and_types():
 def test_our_records_keep_their_old_hash():
     record = data.Record("q", "p", ("n",), "t", None)
     assert record.canonical() == json.dumps(["q", "p", ["n"], "t", None])
-    assert hashlib.sha256((record.canonical() + "\n").encode()).hexdigest() == data.content_hash([record])
+    assert hashlib.sha256((record.canonical() + "\n").encode()).hexdigest() == data.records_digest([record])
 
 
 def test_sample_stats_estimates_from_a_sample(tmp_path):

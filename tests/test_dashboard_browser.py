@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from tests.test_report import campaign  # noqa: F401  (a finished two-bag campaign, shared with the report tests)
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,8 +38,8 @@ def served(recorded_providers, backends, tmp_path, monkeypatch):
     """`planner serve`'s API on a free port over a book refreshed from the recorded payloads."""
     import uvicorn
 
-    from planner.interface.web import create_app
     from planner.config import load_settings
+    from planner.interface.web import create_app
     from planner.run.pricebook import refresh_book
     from pricing import db
 
@@ -240,7 +238,6 @@ def test_a_jobs_page_shows_progress_moving_and_cancel_cancels_it(served, backend
 
 def test_a_launched_local_job_appears_with_its_attempt_and_dollars(served, tiny_model_dir, toy_corpus, tmp_path):
     from playwright.sync_api import sync_playwright
-
     from sqlalchemy import select
 
     from planner.plan import campaigns

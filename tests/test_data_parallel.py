@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
+from jobs import storage
 from planner.config import load_settings
 from planner.plan import campaigns
 from planner.records import Attempt, Job
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final
 from pricing.db import session_factory
-from jobs import storage
 
 
 def test_a_bag_runs_on_both_local_gpus_through_the_supervisor(db_url, tmp_path, tiny_model_dir, toy_corpus):

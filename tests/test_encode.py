@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs.embedder import query_prompt
 from jobs.encode import EncodeConfig, collate_packed, encode_windows, load_encoder, main, plan_batches
@@ -113,8 +114,9 @@ def test_jsonl_parquet_and_text_inputs_agree(tiny_model_dir, tmp_path):
 
 def test_packed_batches_equal_padded_ones(tiny_model_dir):
     """The padding-free layout used with flash-attention: checked here through transformers' block mask."""
-    from jobs.embedder import load_tokenizer
     import torch
+
+    from jobs.embedder import load_tokenizer
 
     tokenizer, net = load_tokenizer(tiny_model_dir), load_encoder(tiny_model_dir, torch.device("cpu"), "float32")
     values = texts(30, seed=2)

@@ -25,7 +25,11 @@ def quantize_w4a16(source: Path, target: Path) -> Path:
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
-        QuantizationArgs, QuantizationConfig, QuantizationScheme, QuantizationStatus, apply_quantization_config,
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
     )
     from transformers import AutoModel
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from jobs import data, gradcache, train_bag
-from jobs.distributed import Group as Ranks
+from jobs.distributed import Ranks
 from jobs.loss import LOSSES, Layout, batch_layout
 from tests.test_train_bag import ROOT, flags, reference, spawn, torchrun, wait_for, weights  # noqa: F401
 
@@ -121,7 +121,7 @@ def chunked_reference(tiny_model_dir, toy_corpus, tmp_path_factory):
     return output
 
 
-def test_chunked_training_matches_unchunked_and_resumes_bitwise(chunked_reference, reference, tiny_model_dir,
+def test_chunked_training_matches_unchunked_and_resumes_bitwise(chunked_reference, reference, tiny_model_dir,  # noqa: F811
                                                                 toy_corpus, tmp_path):
     mine, ref = weights(chunked_reference), weights(reference)
     assert max((mine[k] - ref[k]).abs().max().item() for k in ref) < 1e-4  # same math, other summation order
@@ -138,7 +138,7 @@ def test_chunked_training_matches_unchunked_and_resumes_bitwise(chunked_referenc
     assert all(torch.equal(resumed[k], mine[k]) for k in mine)
 
 
-def test_two_ranks_with_chunks_train_what_one_process_trains(reference, tiny_model_dir, toy_corpus, tmp_path):
+def test_two_ranks_with_chunks_train_what_one_process_trains(reference, tiny_model_dir, toy_corpus, tmp_path):  # noqa: F811
     process = torchrun(flags(tiny_model_dir, toy_corpus, tmp_path / "bag", "--mini-batch-size", "2"), tmp_path / "log")
     assert process.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
     mine, ref = weights(tmp_path / "bag"), weights(reference)

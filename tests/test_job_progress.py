@@ -97,7 +97,7 @@ def test_a_running_job_shows_progress_spend_and_its_log(world):
 
 
 def test_the_watcher_prints_plain_progress_lines_when_piped_and_a_table_on_a_terminal(world):
-    from planner.interface.cli.progress import watch
+    from planner.interface.cli.display import watch
 
     settings, sessions, backends, spec = world
     supervisor = build_supervisor(settings, sessions, backends)

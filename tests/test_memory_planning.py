@@ -9,7 +9,7 @@ import pytest
 
 from jobs.spec import JobSpec
 from planner.plan import estimate
-from planner.plan.choose import Limits, Rejection, choose
+from planner.plan.choose import Rejection, choose
 from planner.plan.plans import choice_summary, needs_for
 from pricing.offer import Offer
 

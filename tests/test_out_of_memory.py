@@ -17,9 +17,9 @@ from jobs.spec import JobSpec  # noqa: E402
 from planner.config import load_settings  # noqa: E402
 from planner.plan import memory  # noqa: E402
 from planner.plan.budget import Ledger  # noqa: E402
+from planner.plan.campaigns import NewJob  # noqa: E402
 from planner.plan.plans import Placer  # noqa: E402
 from planner.records import Attempt, Job  # noqa: E402
-from planner.plan.campaigns import NewJob  # noqa: E402
 from planner.run.launching import JobOptions, add_jobs, run_until_final  # noqa: E402
 from planner.run.supervisor import Supervisor  # noqa: E402
 from pricing.db import session_factory, utcnow  # noqa: E402

@@ -223,9 +223,9 @@ def test_a_job_waits_while_others_hold_the_budget_then_launches_when_they_settle
     """Parallel jobs must not stop each other with worst cases they will not spend: the second waits,
     whether the cap is the monthly budget or the campaign's one budget."""
     from jobs.spec import JobSpec
-    from planner.run.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
-    from planner.records import Campaign, Job
     from planner.plan.placement import Placement
+    from planner.records import Campaign, Job
+    from planner.run.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
     from planner.run.supervisor import Supervisor
     from pricing.db import session_factory
 

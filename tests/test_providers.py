@@ -8,16 +8,17 @@ import time
 
 import msgspec
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from werkzeug import Response
 
+from planner.run.replay import recorded_payload
 from pricing import gpus
 from pricing.providers.base import ProviderError
 from pricing.providers.http import RetryPolicy
 from pricing.providers.runpod import RunPodProvider
 from pricing.providers.vast import VastOffer, VastProvider
-from planner.run.replay import recorded_payload
 
 FAST = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.01)
 KEY = "SECRET-key-should-never-leak-42"

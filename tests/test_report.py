@@ -10,54 +10,6 @@ from datetime import timedelta
 import pytest
 
 
-@pytest.fixture
-def campaign(recorded_providers, tiny_model_dir, toy_corpus, tmp_path, monkeypatch):
-    """A finished two-bag campaign (one bag interrupted once) with an evaluation of each bag and the merge."""
-    from planner.config import load_settings
-    from planner.plan import campaigns
-    from planner.records import Attempt, Campaign
-    from planner.run.launching import JobOptions, add_jobs
-    from planner.run.pricebook import refresh_book, sessions_for
-    from pricing import db
-    from pricing.db import utcnow
-
-    monkeypatch.setenv("PLANNER_RUNS_DIR", str(tmp_path / "runs"))
-    settings = load_settings()
-    db.upgrade(settings.db_url)
-    refresh_book(settings)
-    sessions = sessions_for(settings)
-    merged = str(tmp_path / "merged")
-    jobs = [campaigns.evaluate_job(settings, name, model, str(toy_corpus), ())
-            for name, model in (("bag 0.2", str(tiny_model_dir)), ("bag 1", str(tiny_model_dir)), ("merged", merged))]
-    merge = campaigns.merge_job(settings, [str(tiny_model_dir), str(tiny_model_dir)], [0.2, 1.0], (), output=merged)
-    scores = {0: 0.41, 1: 0.52, 2: 0.55}
-    t0 = utcnow().replace(microsecond=0) + timedelta(minutes=1)  # after the book's snapshot
-    with sessions() as session:
-        rows = add_jobs(session, [*jobs, merge], JobOptions(backend="vast"),
-                        Campaign(id="camp-report", kind="bagging", params="{}", budget_usd=3.0, created_at=t0))
-        attempts = {  # job index -> [(outcome, minutes from t0, minutes long, $/h)]
-            0: [("preempted", 0, 30, 0.4), ("succeeded", 35, 60, 0.4)],
-            1: [("succeeded", 0, 90, 0.6)],
-            2: [("succeeded", 100, 20, 0.3)],
-            3: [("launch-failed", 95, 0, 0.3), ("succeeded", 96, 3, 0.3)]}
-        for index, row in enumerate(rows):
-            row.state, row.finished_at = "succeeded", t0 + timedelta(minutes=120)
-            row.requirements = json.dumps({"expected_usd": 0.5 + index, "hours": 1.0 + index})
-            for number, (outcome, start, minutes, rate) in enumerate(attempts[index], 1):
-                launched = t0 + timedelta(minutes=start)
-                session.add(Attempt(job_id=row.id, number=number, backend="vast", provider="vast", gpu_model="RTX 4090",
-                                    usd_per_hour=rate, outcome=outcome, launched_at=launched,
-                                    ended_at=launched + timedelta(minutes=minutes), dollars=rate * minutes / 60,
-                                    detail="preempted: outbid" if outcome == "preempted" else None))
-        session.commit()
-    for index, item in enumerate(jobs):
-        out = tmp_path / "runs" / "outputs" / item.spec.job_id / "output"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({"overall": {"ndcg@10": scores[index], "recall@10": 0.7,
-                                                                  "mrr@10": 0.3}}))
-    return settings, sessions, [*jobs, merge], t0
-
-
 def test_the_report_adds_up_from_the_attempts(campaign):
     from planner.run.report import campaign_report
 

@@ -19,7 +19,6 @@ from jobs import data
 from jobs.data import Record
 from jobs.lifecycle import BadInput
 
-
 # --- FlagEmbedding's reference, ported -----------------------------------------------------------
 
 def flag_get_file_batch_size(types: list[str | None], default_batch_size: int) -> int:

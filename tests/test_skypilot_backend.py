@@ -11,16 +11,16 @@ import pytest
 from jobs import storage
 from jobs.spec import JobSpec
 from planner import records
+from planner.config import load_settings
 from planner.plan import campaigns
 from planner.run.backends.base import Status
 from planner.run.backends.remote import report_uri
 from planner.run.backends.skypilot import SkyPilotBackend
-from pricing.skypilot_catalog import accelerator_name
-from planner.config import load_settings
 from planner.run.launching import JobOptions, add_jobs, attempts_of, build_supervisor
 from pricing import store
 from pricing.db import session_factory
 from pricing.offer import Offer
+from pricing.skypilot_catalog import accelerator_name
 
 JOBS_INSTALL = "planner[jobs] @ git+https://example.invalid/planner@0123abc"
 

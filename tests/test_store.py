@@ -197,7 +197,7 @@ def test_refreshes_keep_the_daily_rollup_equal_to_a_rebuild(db_url, monkeypatch)
                             vram_gb=24, gpu_count=1, on_demand_usd_per_gpu_hour=price + 0.1 * i,
                             spot_usd_per_gpu_hour=None, tier="verified", location="US", available=True,
                             fetched_at=at) for i in range(3)]
-            monkeypatch.setattr(store, "utcnow", lambda: at)  # the snapshot finishes at `at`
+            monkeypatch.setattr(store, "utcnow", lambda at=at: at)  # the snapshot finishes at `at`
             store.write_snapshot(session, "vast", at, offers)
         since = start - timedelta(days=1)
         incremental = store.price_history(session, "RTX4090", since, daily=True)

@@ -16,15 +16,19 @@ import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-from planner.run.backends.base import Handle, instance_label
 from planner.config import load_settings
-from planner.run.launching import (
-    JobOptions, add_jobs, attempts_of, build_supervisor, run_until_final,
-)
 from planner.plan import campaigns
+from planner.plan.billing import attempt_cost
 from planner.records import Attempt, Job, project_id
 from planner.run import reaper
-from planner.plan.billing import attempt_cost
+from planner.run.backends.base import Handle, instance_label
+from planner.run.launching import (
+    JobOptions,
+    add_jobs,
+    attempts_of,
+    build_supervisor,
+    run_until_final,
+)
 from pricing.db import session_factory
 
 ROOT = Path(__file__).resolve().parents[1]

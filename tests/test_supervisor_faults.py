@@ -133,8 +133,8 @@ def test_a_create_answering_after_its_attempt_was_taken_over_ends_its_instance(d
 
 
 def test_two_projects_on_one_account_leave_each_other_s_boxes_running(db_url, tmp_path):
-    from tests.dbs import fresh_database
     from pricing.db import upgrade
+    from tests.dbs import fresh_database
 
     account = Account()
     a_sessions = session_factory(db_url)
@@ -285,8 +285,8 @@ def test_storage_credentials_quoted_in_a_provider_message_are_never_stored_or_se
 def test_a_relaunch_is_not_refused_by_its_own_reservation_under_a_monthly_budget(db_url):
     """The drill found it: with a monthly budget near the job's, a preempted job's relaunch was planned
     against the month less its own reservation, and stopped by budget having spent cents."""
-    from planner.plan.plans import limits_for
     from planner.config import load_settings
+    from planner.plan.plans import limits_for
 
     sessions = session_factory(db_url)
     with sessions() as session:

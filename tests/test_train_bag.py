@@ -146,7 +146,7 @@ def test_training_learns_the_toy_retrieval_task(tiny_model_dir, toy_corpus, tmp_
     done = json.loads((output / "DONE").read_text())
     chance = math.log(12)  # 6 queries, each against 6 positives + 6 hard negatives
     assert done["final_loss"] < chance - 0.5 and done["tokens_seen"] > 0 and done["peak_memory_bytes"] > 0
-    assert done["bag_sha256"] == data.content_hash(records)  # fraction 1.0 keeps every record, in file order
+    assert done["bag_sha256"] == data.records_digest(records)  # fraction 1.0 keeps every record, in file order
     # FLOPs count what the forward computed, padding included (issue 22), the planner's formula per token
     assert done["padded_tokens"] > done["tokens_seen"] and done["padding"] == round(
         done["padded_tokens"] / done["tokens_seen"], 4)

@@ -6,10 +6,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from planner.plan.billing import attempt_cost
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from planner.run import progress as progress_file
 from planner.run.launching import attempts_of, find_jobs
-from planner.plan.billing import attempt_cost
 from pricing import gpus
 from pricing.db import utcnow
 

@@ -40,8 +40,8 @@ from planner.plan import memory
 from planner.plan.billing import BYTES_PER_GB
 from planner.plan.estimate import MIN_CHUNK, VRAM_USABLE, Needs, suggestions
 from pricing import gpus
-from pricing.providers import registry
 from pricing.offer import Offer
+from pricing.providers import registry
 
 PRIOR_HOURS = 20.0  # weight of the prior, in instance-hours
 STARTUP_HOURS = 0.15  # image pull, dependency install, model download

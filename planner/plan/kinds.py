@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 from jobs import recipe
 from planner.plan.estimate import (
-    CorpusStats, EstimateError, ModelShape, Needs, corpus_stats, encode_needs, merge_needs, model_shape, text_stats,
+    CorpusStats,
+    EstimateError,
+    ModelShape,
+    Needs,
+    corpus_stats,
+    encode_needs,
+    merge_needs,
+    model_shape,
+    text_stats,
     train_needs,
 )
 

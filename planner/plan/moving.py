@@ -36,7 +36,7 @@ from planner.plan.billing import attempt_cost
 from planner.plan.budget import job_spent
 from planner.plan.choose import RESTART_HOURS, Candidate, Limits, choose, interruption_rates
 from planner.plan.estimate import EstimateError, Needs
-from planner.plan.placement import Placement, PlaceFn, PlacementContext
+from planner.plan.placement import PlaceFn, Placement, PlacementContext
 from planner.records import Attempt, Job
 from pricing import gpus
 from pricing.offer import Offer

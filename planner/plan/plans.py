@@ -16,13 +16,13 @@ from jobs.spec import JobSpec
 from planner.config import Settings
 from planner.plan import budget, kinds, memory
 from planner.plan.choose import Choice, Limits, Rejection, choose
-from pricing.db import utcnow
 from planner.plan.estimate import EstimateError, Needs
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
 from planner.records import Job
 from pricing import gpus, store
-from pricing.providers import registry
+from pricing.db import utcnow
 from pricing.offer import Offer
+from pricing.providers import registry
 
 
 def needs_for(spec: JobSpec, remaining_fraction: float = 1.0, shapes: dict[str, str] | None = None) -> Needs:

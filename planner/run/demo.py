@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from planner.run import pricebook
 from planner.config import Settings
+from planner.run import pricebook
 from planner.run.replay import RECORDED_LABEL, ReplayServer
 from pricing import db, store
 from pricing.offer import Offer

@@ -17,25 +17,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import storage
 from jobs.spec import JobSpec
-from planner.run.backends.local import LocalBackend, local_offer
-from planner.run.backends import cloud_backend_class
-from planner.run.backends.base import BackendError
-from planner.run.backends.skypilot import SkyPilotBackend
+from planner.config import Settings, mask_url_secrets, untrusted_routes
 from planner.plan import campaigns
 from planner.plan.budget import Ledger
 from planner.plan.campaigns import CampaignPlan, NewJob
-from planner.config import Settings, mask_url_secrets, untrusted_routes
 from planner.plan.choose import Choice, Limits
 from planner.plan.plans import Placer, limits_for, placement_for
 from planner.records import FINAL_STATES, Attempt, Campaign, Job
 from planner.run import funds
+from planner.run.backends import cloud_backend_class
+from planner.run.backends.base import BackendError
+from planner.run.backends.local import LocalBackend, local_offer
+from planner.run.backends.skypilot import SkyPilotBackend
 from planner.run.credentials import secret_values
 from planner.run.inputs import InputError, Upload, local_input_problem, stage_inputs
 from planner.run.notify import Notifier
 from planner.run.supervisor import Supervisor
 from planner.run.tick_report import TickReport
-from pricing.providers.registry import PROVIDERS
 from pricing.providers.http import RetryPolicy
+from pricing.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from sqlalchemy.orm import sessionmaker
 
 from planner.config import Settings
 from pricing import db, store
-from pricing.providers.base import Provider
 from pricing.providers import registry
+from pricing.providers.base import Provider
 from pricing.providers.http import RetryPolicy, secret_value
 from pricing.refresh import ProgressFn, ProviderResult, refresh
 

@@ -16,8 +16,8 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from planner.run import pricebook
 from planner.config import Settings
+from planner.run import pricebook
 
 log = logging.getLogger("planner.run.scheduler")
 MISFIRE_GRACE_S = 15 * 60

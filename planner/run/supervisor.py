@@ -46,16 +46,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from jobs.spec import JobSpec, SpecError
-from planner.plan.billing import attempt_cost, billed_rate, traffic_columns
 from planner.plan import budget as budgets
 from planner.plan import memory, moving
+from planner.plan.billing import attempt_cost, billed_rate, traffic_columns
 from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
 from planner.run import progress, reaper
-from planner.run.credentials import redact
 from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Scope, Status, instance_label
 from planner.run.backends.markers import read_done
+from planner.run.credentials import redact
 from planner.run.logs import bad_input_reason, log_tail
 from planner.run.notify import Notifier
 from planner.run.tick_report import TickReport

@@ -4,20 +4,20 @@ Every command takes --json for scripts. Exit codes: 0 ok, 1 an operational failu
 failed, a job failed), 2 bad usage or a fix the user must make (bad flag, schema behind, bad config).
 The app lives in common.py, the options several commands share in options.py. Each command group is
 one module that registers itself on the app when imported: add a new group's module to this list
-(the order is `planner --help`'s).
+(kept sorted, as ruff sorts imports: `planner --help` lists the groups in this order).
 """
 from planner.interface.cli import (  # noqa: F401  (importing a group registers its commands on `app`)
-    plan,
-    report,
-    notify,
-    jobs,
     budget,
-    db,
-    prices,
-    serve,
-    demo,
-    project,
     data,
+    db,
+    demo,
+    jobs,
+    notify,
+    plan,
+    prices,
+    project,
+    report,
+    serve,
 )
 from planner.interface.cli.common import app
 

@@ -25,7 +25,6 @@ from planner.run import pricebook
 from pricing import db
 
 
-
 class PlannerGroup(TyperGroup):
     """The top-level group: an error no command expected (a locked or vanished database, a bug) is one
     line on stderr and exit 1, never a traceback; `planner -v` logs the traceback too."""

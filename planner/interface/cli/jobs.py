@@ -35,7 +35,7 @@ def jobs_list(all_jobs: Annotated[bool, typer.Option("--all", help="Include fini
     if as_json:
         emit_json(rows)
         return
-    from planner.interface.cli.progress import bar, eta, spend
+    from planner.interface.cli.display import bar, eta, spend
 
     table = Table(title="jobs" if all_jobs else "open jobs (--all for finished ones)")
     for column in ("id", "name", "state", "progress", "ETA", "attempts", "$ / budget", "campaign"):
@@ -71,7 +71,7 @@ def jobs_show(ident: Ident, as_json: options.Json = False) -> None:
     if as_json:
         emit_json(data)
         return
-    from planner.interface.cli.progress import jobs_table
+    from planner.interface.cli.display import jobs_table
 
     for job in data["jobs"]:
         after = f" after {', '.join(job['depends_on'])}" if job["depends_on"] else ""
@@ -108,8 +108,8 @@ def jobs_logs(job_id: Annotated[str, typer.Argument()],
     """The log of a job's latest attempt, as raw lines (never wrapped or styled)."""
     import json
 
-    from planner.run.logs import follow as follow_log
     from planner.run.backends.base import Handle
+    from planner.run.logs import follow as follow_log
 
     cfg = settings()
     sessionmaker = sessions(cfg)
@@ -140,7 +140,7 @@ def jobs_logs(job_id: Annotated[str, typer.Argument()],
             sys.stdout.write((json.dumps(line) if as_json else line) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 @jobs_app.command("cancel")

@@ -7,8 +7,8 @@ flag) and resolves them with `Flags(ctx.params)`.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, NamedTuple, Optional
 
 import typer

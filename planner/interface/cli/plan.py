@@ -14,7 +14,8 @@ from rich.table import Table
 from jobs.protocol import CHECKPOINT_MINUTES
 from planner.interface.cli import options
 from planner.interface.cli.common import app, emit_json, err, fail, out, sessions, settings
-from planner.interface.cli.options import Flags, floats, fraction as in_unit_interval, local_input, resolve
+from planner.interface.cli.options import Flags, floats, local_input, resolve
+from planner.interface.cli.options import fraction as in_unit_interval
 from planner.plan import campaigns
 from planner.plan.campaigns import CampaignPlan, NewJob
 from planner.plan.choose import PIN_REJECTIONS, Choice
@@ -205,7 +206,7 @@ def _warn_local(cfg, plan: CampaignPlan) -> None:
 
 
 def _supervise(cfg, sessionmaker, ids: list[str], quiet: bool = False) -> dict[str, str]:
-    from planner.interface.cli.progress import watch
+    from planner.interface.cli.display import watch
     from planner.run.launching import build_supervisor, run_until_final
 
     supervisor = build_supervisor(cfg, sessionmaker)
@@ -214,7 +215,7 @@ def _supervise(cfg, sessionmaker, ids: list[str], quiet: bool = False) -> dict[s
             return run_until_final(supervisor, ids, interval_s=min(cfg.poll_interval_s, 2.0), on_tick=on_tick)
     except KeyboardInterrupt:
         err.print("stopped watching; the jobs keep running. `planner jobs tick` or `planner serve` supervises them")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 # ------------------------------------------------------------------------------------ the commands

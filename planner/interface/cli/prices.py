@@ -12,8 +12,8 @@ from rich.table import Table
 
 from planner.interface import views
 from planner.interface.cli import options
-from planner.interface.cli.options import finite
 from planner.interface.cli.common import app, emit_json, err, fail, out, sessions, settings
+from planner.interface.cli.options import finite
 from planner.run import pricebook
 from pricing import store
 
@@ -32,7 +32,7 @@ def prices_refresh(
     """Fetch current prices once (for cron; safe to overlap). Exit 1 if a provider failed."""
     if provider is not None and provider not in pricebook.PROVIDERS:
         fail(f"unknown provider {provider!r}; use one of: {', '.join(pricebook.PROVIDERS)}")
-    from planner.interface.cli.progress import refresh_status
+    from planner.interface.cli.display import refresh_status
 
     cfg = settings()
     sessions(cfg)
@@ -164,12 +164,12 @@ def prices_history(
 
 @prices_app.command("export-skypilot")
 def prices_export_skypilot(
-    directory: Annotated[Path, typer.Option("--dir", help="SkyPilot catalog root (a directory per cloud, "
-                                            "and common/).")] = Path.home() / ".sky" / "catalogs" / "v8",
+    directory: Annotated[Optional[Path], typer.Option("--dir", help="SkyPilot catalog root (a directory per "
+                                                      "cloud, and common/); default ~/.sky/catalogs/v8.")] = None,
     as_json: options.Json = False,
 ) -> None:
     """Write SkyPilot catalog CSVs from the live book, so SkyPilot's optimizer sees our prices."""
-    from pricing.skypilot_catalog import export_catalog
+    from pricing.skypilot_catalog import default_root, export_catalog
 
     cfg = settings()
     factory = sessions(cfg)
@@ -177,7 +177,7 @@ def prices_export_skypilot(
         offers = store.current_offers(session)
     if not offers:
         fail("the price book is empty; run: planner prices refresh", 1)
-    written = export_catalog(offers, directory)
+    written = export_catalog(offers, directory or default_root())
     if as_json:
         emit_json({name: str(path) for name, path in written.items()})
     else:

@@ -11,8 +11,21 @@ import typer
 from rich.table import Table
 
 from planner.config import (
-    JOB_KEYS, PATH_KEYS, PROJECT_FILE, PROJECT_SETTINGS, ConfigError, Settings, check_job_value, config_path,
-    CREDENTIAL_ROUTES, find_project, load_project, mask_url_secrets, read_toml, setting_sources, trust_project,
+    CREDENTIAL_ROUTES,
+    JOB_KEYS,
+    PATH_KEYS,
+    PROJECT_FILE,
+    PROJECT_SETTINGS,
+    ConfigError,
+    Settings,
+    check_job_value,
+    config_path,
+    find_project,
+    load_project,
+    mask_url_secrets,
+    read_toml,
+    setting_sources,
+    trust_project,
 )
 from planner.interface.cli import options
 from planner.interface.cli.common import app, emit_json, fail, out, project, settings

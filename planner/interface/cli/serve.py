@@ -22,7 +22,8 @@ def serve(
 
     SIGTERM or Ctrl-C stops it cleanly (a running refresh finishes first) with exit 0."""
     from planner.interface.web import check_bind, create_app
-    from planner.run.scheduler import ServeError, serve as run_serve
+    from planner.run.scheduler import ServeError
+    from planner.run.scheduler import serve as run_serve
 
     cfg = settings()
     sessions(cfg)

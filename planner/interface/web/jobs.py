@@ -51,7 +51,7 @@ def job_logs(ctx: Context, job_id: str, tail: int = Query(50, ge=1, le=5000)) ->
     try:
         text = backend.logs(Handle.from_attempt(attempts[-1]), tail=tail)
     except Exception as exc:  # provider weather: the page shows why, the next refresh tries again
-        raise HTTPException(502, f"cannot read the log: {type(exc).__name__}")
+        raise HTTPException(502, f"cannot read the log: {type(exc).__name__}") from None
     return {"job": job_id, "attempt": attempts[-1].number, "lines": text.splitlines()}
 
 

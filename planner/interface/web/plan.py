@@ -55,7 +55,7 @@ def plan(ctx: Context, request: PlanRequest) -> dict:
             limits = options.limits(ctx.settings, session, spec.job_id, allow_stale=request.allow_stale)
             choice = plan_job(session, spec, limits, book_offers(session), store.utcnow())
     except (SpecError, EstimateError, KeyError, ValueError) as exc:
-        raise HTTPException(422, f"cannot plan this job: {exc}")
+        raise HTTPException(422, f"cannot plan this job: {exc}") from None
     return choice_summary(spec, request.kind, choice, request.top)
 
 

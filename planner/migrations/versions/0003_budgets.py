@@ -6,9 +6,8 @@ Create Date: 2026-11-25
 """
 from datetime import datetime, timezone
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'

@@ -17,9 +17,8 @@ Create Date: 2026-12-07
 import uuid
 from datetime import datetime, timezone
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0008'
 down_revision = '0007'

@@ -7,9 +7,8 @@ Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-07
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0010'
 down_revision = '0009'

@@ -27,12 +27,19 @@ from typing import BinaryIO
 
 from planner.config import secret_env_names
 from planner.run.backends.base import (
-    Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, job_of_label,
+    Backend,
+    BackendError,
+    Handle,
+    LaunchPlan,
+    PollResult,
+    Status,
+    attempt_env,
+    job_of_label,
 )
 from planner.run.backends.markers import done_marker_exists
 from pricing import gpus as gpus_table
-from pricing.offer import Offer
 from pricing.db import utcnow
+from pricing.offer import Offer
 
 LOCAL_OFFER_KEY = "local"
 # A job's output goes to a log file: progress bars (tqdm, huggingface_hub and transformers, which follows

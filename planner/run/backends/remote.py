@@ -30,7 +30,14 @@ from datetime import datetime
 from jobs import boxend, storage
 from jobs.protocol import EXIT_INTERRUPTED, report_uri
 from planner.run.backends.base import (
-    Backend, BackendError, Handle, LaunchPlan, PollResult, Status, attempt_env, instance_label,
+    Backend,
+    BackendError,
+    Handle,
+    LaunchPlan,
+    PollResult,
+    Status,
+    attempt_env,
+    instance_label,
 )
 from planner.run.backends.markers import done_marker_exists
 from planner.run.credentials import storage_credentials

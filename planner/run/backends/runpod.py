@@ -30,7 +30,15 @@ import threading
 from collections.abc import Iterator
 
 from planner.run.backends.base import (
-    BackendError, Handle, KeyRejected, LaunchPlan, NoCapacity, OutOfFunds, PollResult, RequestRejected, Status,
+    BackendError,
+    Handle,
+    KeyRejected,
+    LaunchPlan,
+    NoCapacity,
+    OutOfFunds,
+    PollResult,
+    RequestRejected,
+    Status,
     job_of_label,
 )
 from planner.run.backends.remote import CloudBackend, box_plan, ended, image_cuda, report_logs, vanished

@@ -25,7 +25,8 @@ from planner.run.backends.base import Backend, BackendError, Handle, LaunchPlan,
 from planner.run.backends.remote import DEFAULT_DISK_GB, box_plan, ended, report_logs, vanished
 from pricing.offer import Offer
 from pricing.providers.registry import skypilot_providers
-from pricing.skypilot_catalog import accelerator_name, export_catalog, instance_type, region_of
+from pricing.skypilot_catalog import accelerator_name, default_root, export_catalog, instance_type, region_of
+
 RUNNING = {"STARTING", "RUNNING", "RECOVERING", "WINDING_DOWN", "CANCELLING"}
 PENDING = {"PENDING", "SUBMITTED"}
 
@@ -70,11 +71,11 @@ class SkyPilotBackend(Backend):
     billing_seconds = 1
 
     def __init__(self, *, image: str, jobs_install: str, catalog_offers: Callable[[], list[Offer]],
-                 catalog_root: Path = Path.home() / ".sky" / "catalogs" / "v8", client_factory=SkyClient):
+                 catalog_root: Path | None = None, client_factory=SkyClient):
         self.image = image
         self.jobs_install = jobs_install
         self.catalog_offers = catalog_offers
-        self.catalog_root = Path(catalog_root)
+        self.catalog_root = Path(catalog_root) if catalog_root is not None else default_root()
         self._client_factory = client_factory
         self._client = None
 

@@ -38,10 +38,25 @@ from collections.abc import Callable, Iterator
 
 from jobs import boxenv
 from planner.run.backends.base import (
-    BackendError, Handle, KeyRejected, LaunchPlan, NoCapacity, PollResult, Status, job_of_label,
+    BackendError,
+    Handle,
+    KeyRejected,
+    LaunchPlan,
+    NoCapacity,
+    PollResult,
+    Status,
+    job_of_label,
 )
 from planner.run.backends.remote import (
-    RELIABILITY_FLOOR, CloudBackend, bid_cap, box_plan, compute_cap_filter, ended, image_cuda, report_logs, spot_bid,
+    RELIABILITY_FLOOR,
+    CloudBackend,
+    bid_cap,
+    box_plan,
+    compute_cap_filter,
+    ended,
+    image_cuda,
+    report_logs,
+    spot_bid,
     vanished,
 )
 from pricing.offer import Offer
