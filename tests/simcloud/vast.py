@@ -1,4 +1,4 @@
-"""Fake Vast.ai (note §4), each instance's command run as a real box (tests.simcloud.box).
+"""Fake Vast.ai (docs/providers/vast.md), each instance's command run as a real box (tests.simcloud.box).
 
 - `POST /api/v0/bundles/`: the asks, with `dph_total` (on-demand, whole machine), `min_bid`, `storage_cost`
   ($/GB-month), `inet_down_cost` / `inet_up_cost` ($/GB), `duration`, `num_gpus`, `gpu_name`; the query's
@@ -101,7 +101,7 @@ class FakeVast(FakeServer):
         return header == f"Bearer {self.key}"
 
     def unauthorized(self):
-        return err(404, "auth_error", "Invalid user key")  # note §4: a bad key may be 404 auth_error
+        return err(404, "auth_error", "Invalid user key")  # docs/providers/vast.md, "Errors": a revoked key is 404 auth_error
 
     def forbidden(self):
         return err(403, "not_authorized", "this API key's scope does not include that")
@@ -171,7 +171,7 @@ class FakeVast(FakeServer):
         self.bills[instance_id] = {"label": body.get("label") or "", "segments": [[now(), None, rate]],
                                    "meter": meter, "per_gb": (down_cost, up_cost)}
         self.instances[instance_id] = instance
-        if interruptible and float(price) < self.min_bid[ask]:  # a losing bid: created stopped (note §4)
+        if interruptible and float(price) < self.min_bid[ask]:  # a losing bid: created stopped (docs/providers/vast.md, "Create")
             self._set_stopped(instance_id, "bid below the current minimum")
             return err(400, "invalid_price", f"bid {price} is below the minimum {self.min_bid[ask]}",
                        ask_id=ask, new_contract=instance_id)
