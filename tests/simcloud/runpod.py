@@ -1,5 +1,6 @@
 """Fake RunPod: REST v2 pods (docs/providers/runpod.md, "Pods"), the v2 GPU catalog ("Prices and
-availability") and the GraphQL price and balance queries ("GraphQL"), each pod's `args` run as a real box (tests.simcloud.box).
+availability") and the GraphQL price and balance queries ("GraphQL"), each pod's `args` run as a real
+box (tests.simcloud.box).
 
 - `POST /v2/pods` is strict: an unknown field (top level or in `gpu`) is 422 naming it; `cloud` must be
   SECURE or COMMUNITY (ALL is gone); no capacity for the (gpu, cloud) is 400 with only `detail` saying so.
