@@ -43,6 +43,20 @@ def _isolated_planner_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_s3_clients():
+    """s3fs caches a filesystem per constructor arguments, and the endpoint it reached an earlier test's S3
+    server on (AWS_ENDPOINT_URL, read from the environment) is not one of them: each test starts without."""
+    try:
+        import s3fs
+    except ImportError:
+        yield
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request, tmp_path, monkeypatch) -> str:
     """An upgraded, empty database (SQLite, and PostgreSQL when PLANNER_TEST_PG_URL is set)."""

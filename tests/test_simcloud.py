@@ -32,7 +32,9 @@ from tests.simcloud.world import (
     write_book,
 )
 
-TRAIN = {"batch_size": 4, "max_steps": 3, "save_every_steps": 1}
+# a chunk every offer holds, so the local reference and each cloud box chunk alike (sorted chunks of another
+# size round differently: jobs.gradcache)
+TRAIN = {"batch_size": 4, "max_steps": 3, "save_every_steps": 1, "mini_batch_size": 8}
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 BUDGET = 5.0
 
