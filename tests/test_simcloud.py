@@ -189,7 +189,9 @@ def test_bagging_on_vast_interruptible_with_outbids(sim, tiny_model_dir, toy_cor
     plan, states = run_campaign(sim, tiny_model_dir, toy_corpus, docs, "vast", "spot", outbid_two_bags)
     attempts = check_the_run(sim, plan, states, local_run)
     assert {a.provider for a in attempts} == {"vast"} and all(a.spot for a in attempts)
-    assert len(outbid) == 2 and sum(a.outcome == "preempted" for a in attempts) >= 2
+    # a bag outbid just after its last step can finish and report before the outbid stops it (the provider's
+    # race too): at least one of the two is preempted and resumed; the weights above match either way
+    assert len(outbid) == 2 and sum(a.outcome == "preempted" for a in attempts) >= 1
 
 
 def test_bagging_auto_across_both(sim, tiny_model_dir, toy_corpus, docs, local_run):
