@@ -7,6 +7,8 @@ what the simulated providers billed."""
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -174,24 +176,42 @@ def test_bagging_on_runpod(sim, tiny_model_dir, toy_corpus, docs, local_run):
     assert all(a.billed_usd_per_hour for a in attempts if a.outcome == "succeeded")
 
 
-def test_bagging_on_vast_interruptible_with_outbids(sim, tiny_model_dir, toy_corpus, docs, local_run):
+def test_bagging_on_vast_interruptible_with_outbids(sim, s3, tiny_model_dir, toy_corpus, docs, local_run):
     settings, sessions, runpod, vast = sim
-    outbid = set()
+    # two bags pinned mid-run, however fast this machine is: the store holds each one's first upload of a
+    # checkpoint past step 1 (jobs.checkpoint waits for it before DONE), the test outbids the box, and the
+    # resumed attempt uploads freely
+    later_step = re.compile(r"/([^/]*bag[^/]*)/checkpoints/step-(\d+)/")
+    pinned: list[str] = []
+    outbid: set[str] = set()
+    lock = threading.Lock()
 
-    def outbid_two_bags(report, supervisor):
-        for instance_id, box in list(vast.boxes.items()):
-            label = vast.instances.get(instance_id, {}).get("label") or ""
-            if len(outbid) < 2 and "bag" in label and label not in outbid and box.alive and any(
-                    "step" in line for line in box.lines()):
-                outbid.add(label)
-                vast.outbid(instance_id)
+    def first_two_bags_past_step_one(path: str) -> bool:
+        found = later_step.search(path)
+        if found is None or int(found[2]) < 2:
+            return False
+        with lock:
+            if found[1] not in pinned and len(pinned) < 2:
+                pinned.append(found[1])
+            return found[1] in pinned and found[1] not in outbid
 
-    plan, states = run_campaign(sim, tiny_model_dir, toy_corpus, docs, "vast", "spot", outbid_two_bags)
+    def outbid_pinned_bags(report, supervisor):
+        with sessions() as session:
+            live = {a.job_id: a.instance_id for a in session.query(Attempt).filter(Attempt.outcome == "running")}
+        for job_id in list(pinned):
+            if job_id not in outbid and live.get(job_id):
+                with lock:
+                    outbid.add(job_id)
+                vast.outbid(int(live[job_id]))
+
+    s3.hold(first_two_bags_past_step_one)
+    try:
+        plan, states = run_campaign(sim, tiny_model_dir, toy_corpus, docs, "vast", "spot", outbid_pinned_bags)
+    finally:
+        s3.release_all()
     attempts = check_the_run(sim, plan, states, local_run)
     assert {a.provider for a in attempts} == {"vast"} and all(a.spot for a in attempts)
-    # a bag outbid just after its last step can finish and report before the outbid stops it (the provider's
-    # race too): at least one of the two is preempted and resumed; the weights above match either way
-    assert len(outbid) == 2 and sum(a.outcome == "preempted" for a in attempts) >= 1
+    assert len(outbid) == 2 and {a.job_id for a in attempts if a.outcome == "preempted"} == outbid
 
 
 def test_bagging_auto_across_both(sim, tiny_model_dir, toy_corpus, docs, local_run):

@@ -1,12 +1,22 @@
 """S3 on loopback: moto in server mode, so PLANNER_STORAGE_URI=s3://bucket/... goes through a real S3 API
-(s3fs -> aiobotocore -> HTTP) on both sides: this process and the boxes, each with its own credentials."""
+(s3fs -> aiobotocore -> HTTP) on both sides: this process and the boxes, each with its own credentials.
+
+A test can hold writes (`hold`): a matching request waits in the server, as an upload to a slow or
+stalled store waits, until the test lets it go; it is then answered 503 SlowDown (S3's "reduce your
+request rate"), so nothing it carried is stored. A job cannot report DONE while its checkpoint upload
+is pending (jobs.checkpoint waits for it), so a held upload pins a job mid-run for as long as a test
+needs, on any machine speed."""
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import uuid
+from collections.abc import Callable
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIASIMCLOUDTEST0001", "AWS_SECRET_ACCESS_KEY": "sim-secret-" + "s3" * 12,
                "AWS_DEFAULT_REGION": "us-east-1"}
+SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
 
 
 def free_port() -> int:
@@ -15,17 +25,54 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class Hold:
+    """Writes whose path `matches` wait until `release`; `caught` lists the paths seen waiting."""
+
+    def __init__(self, matches: Callable[[str], bool]):
+        self.matches = matches
+        self.caught: list[str] = []
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class S3Server:
     def __init__(self):
-        from moto.server import ThreadedMotoServer
-
-        self.port = free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        import logging
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.server.start()
+        self.holds: list[Hold] = []
+        self.port = free_port()
+        moto = DomainDispatcherApplication(create_backend_app)
+        self.server = make_server("127.0.0.1", self.port, self._holding(moto), threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _holding(self, app):
+        def wsgi(environ, start_response):
+            if environ["REQUEST_METHOD"] in ("PUT", "POST"):
+                path = environ.get("PATH_INFO", "")
+                for hold in list(self.holds):
+                    if not hold.released.is_set() and hold.matches(path):
+                        hold.caught.append(path)
+                        hold.released.wait()
+                        start_response("503 Slow Down", [("Content-Type", "application/xml")])
+                        return [SLOW_DOWN]
+            return app(environ, start_response)
+        return wsgi
+
+    def hold(self, matches: Callable[[str], bool]) -> Hold:
+        hold = Hold(matches)
+        self.holds.append(hold)
+        return hold
+
+    def release_all(self) -> None:
+        for hold in self.holds:
+            hold.release()
+        self.holds.clear()
 
     def env(self) -> dict[str, str]:
         """What a lab's shell would export for this store: keys, region and the endpoint."""
@@ -41,4 +88,6 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        self.server.stop()
+        self.release_all()
+        self.server.shutdown()
+        self.thread.join()
