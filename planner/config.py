@@ -204,6 +204,9 @@ JOB_KEYS: dict[str, tuple[type, Any, str]] = {
     "spot": (bool, None, "true: only spot, false: only on-demand (unset: either)"),
     "max_price_per_hour": (float, None, "cap in USD per instance-hour"),
 }
+# integer keys' bounds: where the jobs' libraries are (torch.manual_seed takes 64 bits) or where no real run
+# goes; the flags (click's min/max) and a project file are held to the same
+INT_BOUNDS = {"seed": (0, 2**63 - 1), "epochs": (1, 1000), "batch_size": (1, 1_000_000), "max_steps": (1, 10**9)}
 CHOICES = {"method": ("full", "lora"), "backend": ("auto", "local", *PROVIDERS, "skypilot")}
 PATH_KEYS = ("data", "eval", "encode")  # always paths or URIs; `model` may also be a hub id
 # The settings a project file may hold: where this project's database, outputs and job code live.
@@ -333,7 +336,9 @@ def check_job_value(path: Path, key: str, value: Any) -> Any:
         raise ConfigError(f"{path}: {key} = {value!r}: choose {' or '.join(CHOICES[key])}")
     if kind is float and not math.isfinite(value):  # TOML has nan and inf literals
         raise ConfigError(f"{path}: {key} must be a finite number, got {value}")
-    if kind in (int, float) and key != "seed" and value <= 0:
+    if key in INT_BOUNDS and not INT_BOUNDS[key][0] <= value <= INT_BOUNDS[key][1]:
+        raise ConfigError(f"{path}: {key} must be from {INT_BOUNDS[key][0]} to {INT_BOUNDS[key][1]}, got {value}")
+    if kind in (int, float) and key not in INT_BOUNDS and value <= 0:
         raise ConfigError(f"{path}: {key} must be positive, got {value}")
     return value
 

@@ -220,3 +220,18 @@ def test_a_project_file_number_must_be_finite(cli, project, value):
     (project / "planner.toml").write_text(f"budget = {value}\n")
     result = cli("config", "show", code=2)
     assert "budget must be a finite number" in result.output
+
+
+@pytest.mark.parametrize("key,value", [("seed", -1), ("seed", 2**63), ("epochs", 0), ("max_steps", 10**12)])
+def test_integers_are_bounded_alike_in_the_project_file_and_on_the_command_line(cli, project, toy_corpus, key, value):
+    (project / "planner.toml").write_text(f"{key} = {value}\n")
+    assert f"{key} must be from" in cli("config", "show", code=2).stderr
+    (project / "planner.toml").write_text("")
+    flag = f"--{key.replace('_', '-')}"
+    result = cli("plan", "train-bag", "--fraction", "0.4", "--data", str(toy_corpus), flag, str(value), code=2)
+    assert flag in result.output and "Traceback" not in result.output
+
+
+def test_a_model_name_no_file_system_takes_is_exit_2(cli, project, toy_corpus):
+    result = cli("plan", "train-bag", "--fraction", "0.4", "--data", str(toy_corpus), "--model", "A" * 300, code=2)
+    assert "--model" in result.stderr and "not a usable path" in result.stderr

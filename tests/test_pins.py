@@ -46,6 +46,7 @@ def test_plan_and_launch_take_gpu_and_provider(recorded_providers, tiny_model_di
     assert "pinned:" in text and "offers left out as other GPU" in text
 
     for bad, message in ((["--gpu", "H100:0"], "give a GPU model and optionally a count"),
+                         (["--gpu", "H100:99999999999999999999"], "a count of 1 to 64"),  # past the column
                          (["--gpu", "Voodoo5"], "not a GPU this planner knows"),
                          (["--provider", "aws"], "--provider aws: choose")):
         result = runner.invoke(app, ["plan", *base, *bad])

@@ -14,13 +14,14 @@ from typing import Annotated, NamedTuple, Optional
 import typer
 
 from jobs import storage
-from planner.config import CHOICES, JOB_KEYS, Project
+from planner.config import CHOICES, INT_BOUNDS, JOB_KEYS, Project
 from planner.interface import views
 from planner.interface.cli.common import fail, project, settings
 from planner.run.launching import JobOptions
 from planner.run.pricebook import PROVIDERS
 from pricing import gpus
 
+MAX_GPUS_PER_INSTANCE = 64  # a sanity bound on `--gpu NAME:COUNT` (the column is a 32-bit integer), not a market fact
 UNSET = {"spot": "either", "method": "the recipe's for the model"}  # what an unset key means, for --help
 
 
@@ -58,11 +59,16 @@ Data = Annotated[Optional[str], typer.Option("--data", help=job_help("data"))]
 Eval = Annotated[Optional[str], typer.Option("--eval", help=job_help("eval"))]
 Encode = Annotated[Optional[str], typer.Option("--encode", help=job_help("encode"))]
 Method = Annotated[Optional[str], typer.Option("--method", help=job_help("method", "full | lora."))]
-Seed = Annotated[Optional[int], typer.Option("--seed", help=job_help("seed"))]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help=job_help("epochs", "Training epochs."))]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help=job_help("batch_size",
-                                                                                  "Training batch size."))]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help=job_help("max_steps"))]
+# out of config.INT_BOUNDS, click refuses an integer as a usage error (exit 2) before anything is planned
+Seed = Annotated[Optional[int], typer.Option("--seed", min=INT_BOUNDS["seed"][0], max=INT_BOUNDS["seed"][1],
+                                             help=job_help("seed"))]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", min=INT_BOUNDS["epochs"][0], max=INT_BOUNDS["epochs"][1],
+                                               help=job_help("epochs", "Training epochs."))]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=INT_BOUNDS["batch_size"][0],
+                                                  max=INT_BOUNDS["batch_size"][1],
+                                                  help=job_help("batch_size", "Training batch size."))]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", min=INT_BOUNDS["max_steps"][0],
+                                                 max=INT_BOUNDS["max_steps"][1], help=job_help("max_steps"))]
 Spot = Annotated[Optional[bool], typer.Option("--spot/--no-spot", help=job_help("spot",
                                                                                  "Only spot, or only on-demand."))]
 MaxPrice = Annotated[Optional[float], typer.Option("--max-price-per-hour", parser=finite(), help=job_help(
@@ -162,10 +168,7 @@ class Flags:
         method = self["method"]
         if method is not None and method not in CHOICES["method"]:
             fail(f"--method must be full or lora, got {method}")
-        extra = {key: self[key] for key in ("epochs", "batch_size", "max_steps")}
-        for key, value in extra.items():
-            if value is not None and value <= 0:
-                fail(f"--{key.replace('_', '-')} must be positive, got {value}")
+        extra = {key: self[key] for key in ("epochs", "batch_size", "max_steps")}  # bounded: config.INT_BOUNDS
         return method, {k: v for k, v in extra.items() if v is not None}
 
 
@@ -192,8 +195,10 @@ def gpu_pin(text: str | None) -> tuple[str | None, int | None]:
         return None, None
     name, _, count = text.rpartition(":") if ":" in text else (text, "", "")
     # isdecimal, not isdigit: '²' is a digit to Python but not a number int() reads
-    if count and not (count.isascii() and count.isdecimal()) or count and int(count) == 0 or not name.strip():
-        fail(f"--gpu {text}: give a GPU model and optionally a count, e.g. H100-SXM or H100-SXM:2")
+    if count and not (count.isascii() and count.isdecimal()) or not name.strip() or count and not (
+            0 < int(count) <= MAX_GPUS_PER_INSTANCE):
+        fail(f"--gpu {text}: give a GPU model and optionally a count of 1 to {MAX_GPUS_PER_INSTANCE}, e.g. "
+             "H100-SXM or H100-SXM:2")
     model = views.canonical_gpu(name.strip())
     if gpus.resolve(name.strip()) is None:
         fail(f"--gpu {name.strip()}: not a GPU this planner knows; `planner prices show` lists the models")
@@ -206,9 +211,13 @@ def local_input(value: str | None, option: str, *, model: bool = False) -> str |
     assumption. A model that looks like a hub id (org/name) is not a path."""
     if value is None or storage.is_remote(value):
         return value
-    if model and not value.startswith((".", "/", "~", "file://")) and not Path(value).exists():
-        return value
-    path = storage.local_path(value).expanduser()
-    if not path.exists():
+    try:
+        if model and not value.startswith((".", "/", "~", "file://")) and not Path(value).exists():
+            return value
+        path = storage.local_path(value).expanduser()
+        exists = path.exists()
+    except OSError as exc:  # a name longer than the file system allows, say
+        fail(f"{option} {value[:80]}...: not a usable path ({exc.strerror})")
+    if not exists:
         fail(f"{option} {value}: no such file or directory (from {Path.cwd()})")
     return str(path.resolve())
