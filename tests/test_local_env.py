@@ -34,3 +34,22 @@ def test_a_local_job_gets_an_allow_listed_environment(tmp_path, monkeypatch):
         assert name not in env
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["AWS_SECRET_ACCESS_KEY"] == "store-secret"
     assert env["PATH"] and "PLANNER_JOB_SPEC" in env and env["TQDM_DISABLE"] == "1"
+
+
+def test_a_cancelled_job_that_ignores_sigterm_is_gone_when_the_cancel_returns(tmp_path):
+    """The reaper lists right after a cancel: a group SIGKILLed but still exiting (a large address space takes a
+    while to tear down) would be "reaped" a second time and reported as an orphan (seen in bench/drill.py)."""
+    backend = LocalBackend(tmp_path / "runs")
+    plan = backend.plan(JobSpec("stubborn", "evaluate", str(tmp_path / "out"), {}), None, attempt=1, spot=False,
+                        usd_per_hour=0.0)
+    ready = tmp_path / "ready"
+    script = ("import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "block = bytearray(1 << 30); block[::4096] = b'x' * len(block[::4096]); "
+              f"pathlib.Path({str(ready)!r}).touch(); time.sleep(600)")
+    handle = backend.launch(replace(plan, command=(sys.executable, "-c", script)))
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    backend.preempt(handle, grace_s=0.2, wait=True)  # the cancel's path, with a short grace
+    assert backend.list_labeled() == []

@@ -42,6 +42,7 @@ from pricing.db import utcnow
 from pricing.offer import Offer
 
 LOCAL_OFFER_KEY = "local"
+KILL_SETTLE_S = 5.0  # how long a cancel waits for a SIGKILLed group to be gone
 # A job's output goes to a log file: progress bars (tqdm, huggingface_hub and transformers, which follows
 # huggingface_hub's switch) would fill it with carriage-return redraws. jobs.lifecycle does the same on a box.
 QUIET_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -283,6 +284,11 @@ class LocalBackend(Backend):
                 return
             time.sleep(0.05)
         _killpg(handle, signal.SIGKILL)
+        # SIGKILL is delivered at once but the exit is not: return once the group is gone, so the reaper's
+        # listing right after a cancel does not find the wrapper still there and "reap" it a second time
+        deadline = time.monotonic() + KILL_SETTLE_S
+        while _alive(handle) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _killpg(handle: Handle, sig: int) -> None:
