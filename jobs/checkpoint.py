@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jobs import storage
-from jobs.protocol import CHECKPOINTS_KEPT, PROGRESS_FILE, progress_uri
+from jobs.protocol import CHECKPOINTS_KEPT, PROGRESS_FILE, progress_uri, stamped
 
 LATEST = "LATEST"
 FILES = ("trainable.safetensors", "optimizer.pt", "state.pt", "identity.json")
@@ -81,7 +81,7 @@ class CheckpointStore:
         if final.exists():  # left by an attempt killed after the rename but before LATEST moved
             shutil.rmtree(final)
         os.replace(tmp, final)
-        storage.write_json_atomic(self.local / PROGRESS_FILE, progress)
+        storage.write_json_atomic(self.local / PROGRESS_FILE, stamped(progress))
         storage.write_bytes_atomic(self.local / LATEST, step_name(step).encode())
         self._prune(keep=step_name(step))
         if self._uploader is not None:
@@ -96,7 +96,7 @@ class CheckpointStore:
         """Between checkpoints: the progress file alone (a few hundred bytes), so people and the planner
         see where the job is; `checkpoint_step` says what a resume would restart from."""
         self.local.mkdir(parents=True, exist_ok=True)
-        storage.write_json_atomic(self.local / PROGRESS_FILE, progress)
+        storage.write_json_atomic(self.local / PROGRESS_FILE, stamped(progress))
         if self._uploader is not None:
             try:
                 storage.write_bytes_atomic(progress_uri(self.uri), (self.local / PROGRESS_FILE).read_bytes())

@@ -9,9 +9,12 @@ DONE plus exit 0, never a provider's status (ARCHITECTURE.md, "How a job travels
 """
 from __future__ import annotations
 
+import os
+
 from jobs import storage
 
 SPEC_ENV = "PLANNER_JOB_SPEC"  # the JobSpec as JSON (jobs.spec)
+ATTEMPT_ENV = "PLANNER_ATTEMPT"  # the attempt's number (1, 2, ...), stamped on the progress it writes
 GCS_JSON = "PLANNER_GCS_CREDENTIALS_JSON"  # a GCS key passed by value; jobs.boxenv writes it to a 0600 file
 
 DONE_MARKER = "DONE"  # at the output, written last: JSON with what the run measured (or empty)
@@ -53,3 +56,10 @@ def duration(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def stamped(progress: dict) -> dict:
+    """A progress report with the number of the attempt that wrote it: the file outlives its attempt, and the
+    next one (another card, perhaps) must not be credited with the last one's throughput or memory."""
+    number = os.environ.get(ATTEMPT_ENV, "")
+    return {**progress, "attempt": int(number)} if number.isdecimal() else progress

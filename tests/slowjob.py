@@ -20,6 +20,8 @@ MAX_SECONDS = 60.0
 
 
 def body(stop) -> int:
+    from jobs.protocol import stamped
+
     spec = json.loads(os.environ["PLANNER_JOB_SPEC"])
     checkpoint, output = Path(spec["checkpoint_uri"]), Path(spec["output_uri"])
     checkpoint.mkdir(parents=True, exist_ok=True)
@@ -28,8 +30,8 @@ def body(stop) -> int:
     step = (json.loads(progress.read_text()).get("checkpoint_step", 0) if progress.exists() else 0) + 1
     gpu = sys.argv[1]
     print(f"on {gpu}, resuming at step {step - 1}", flush=True)
-    progress.write_text(json.dumps({"step": step, "total_steps": TOTAL_STEPS, "checkpoint_step": step,
-                                    "tflops_per_gpu": rules["tflops"][gpu]}))
+    progress.write_text(json.dumps(stamped({"step": step, "total_steps": TOTAL_STEPS, "checkpoint_step": step,
+                                            "tflops_per_gpu": rules["tflops"][gpu]})))
     finish = time.monotonic() + rules["finish_after_s"].get(gpu, MAX_SECONDS)
     while time.monotonic() < finish:
         stop.check()

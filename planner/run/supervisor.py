@@ -566,8 +566,9 @@ class Supervisor:
         raw = progress.read(job.spec)
         if raw is not None:  # else no checkpoint yet, or a remote store that is briefly unreachable
             attempt.progress = json.dumps(raw)
-            _record_throughput(attempt, raw)
-            memory.record_peaks(attempt, raw)
+            if raw.get("attempt", attempt.number) == attempt.number:  # not the last attempt's, left on the store
+                _record_throughput(attempt, raw)
+                memory.record_peaks(attempt, raw)
 
     def _read_throughput(self, job: Job, attempt: Attempt) -> None:
         """The runner's DONE marker holds the whole attempt's achieved throughput."""

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.protocol import SPEC_ENV
+from jobs.protocol import ATTEMPT_ENV, SPEC_ENV
 from planner.config import Settings
 from pricing.offer import Offer
 
@@ -149,7 +149,7 @@ class Handle:
 
 def attempt_env(spec, attempt: int) -> dict[str, str]:
     """What every attempt's process gets in its environment: the spec (jobs.run reads it), no secrets."""
-    return {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, "PLANNER_ATTEMPT": str(attempt)}
+    return {SPEC_ENV: spec.to_json(), "PLANNER_JOB_ID": spec.job_id, ATTEMPT_ENV: str(attempt)}
 
 
 def instance_label(job_id: str, attempt: int, project: str = "") -> str:
