@@ -235,3 +235,11 @@ def test_integers_are_bounded_alike_in_the_project_file_and_on_the_command_line(
 def test_a_model_name_no_file_system_takes_is_exit_2(cli, project, toy_corpus):
     result = cli("plan", "train-bag", "--fraction", "0.4", "--data", str(toy_corpus), "--model", "A" * 300, code=2)
     assert "--model" in result.stderr and "not a usable path" in result.stderr
+
+
+def test_a_fraction_given_twice_is_exit_2_before_anything_is_planned(cli, project, toy_corpus):
+    cli("db", "upgrade")
+    result = cli("launch", "bagging", "--data", str(toy_corpus), "--fractions", "0.2,0.4,0.4",
+                 "--weights", "1,1,1", "--yes", code=2)
+    assert "0.4 more than once" in result.stderr and "the same draw" in result.stderr
+    assert json.loads(cli("jobs", "list", "--all", "--json").stdout) == []

@@ -89,6 +89,10 @@ def bagging(settings: Settings, *, model: str, data: str, fractions=FRACTIONS, w
         raise ValueError(f"{len(fractions)} fractions but {len(weights)} weights; give one weight per bag")
     if not all(0 < f <= 1 for f in fractions) or not all(w > 0 for w in weights):
         raise ValueError("fractions must be in (0, 1] and weights positive")
+    repeated = sorted({f for f in fractions if list(fractions).count(f) > 1})
+    if repeated:  # a bag's draw is seeded by its fraction (jobs.data.draw_seed): a twin trains the same model again
+        raise ValueError(f"--fractions gives {', '.join(map(str, repeated))} more than once: bags of one fraction are "
+                         "the same draw and would train the same model twice; give each bag its own fraction")
     bags = [train_bag_job(settings, model=model, data=data, fraction=f, seed=seed, method=method, extra=train_extra)
             for f in fractions]
     bag_ids = tuple(b.spec.job_id for b in bags)
