@@ -280,3 +280,33 @@ def test_a_user_config_holding_the_webhook_must_be_private(tmp_path, monkeypatch
         load_settings()
     path.chmod(0o600)
     assert load_settings().notify_url.get_secret_value().endswith("/x")
+
+
+def test_a_box_the_provider_will_not_let_us_end_is_money_at_risk(httpserver, sessions):
+    """A rotated or revoked key: the attempt ends in the database, its box bills on; say so once."""
+    from planner.records import Attempt, Job
+    from planner.run.backends.base import KeyRejected, PollResult, Status
+    from planner.run.supervisor import Supervisor
+
+    class RotatedKey:  # the cancel of planner.run.backends.runpod once RunPod answers 401 (test_box_end's rotation)
+        name = "runpod"
+
+        def cancel(self, handle):
+            raise KeyRejected("RunPod rejected the API key (HTTP 401): could not end pod pod-7, which keeps billing")
+
+    httpserver.expect_request(SECRET_PATH, method="POST").respond_with_data("ok")
+    add_job(sessions, "bag-k", "running", outcomes=("running",))
+    with sessions() as session:
+        attempt = session.query(Attempt).filter_by(job_id="bag-k").one()
+        attempt.backend, attempt.provider, attempt.instance_id, attempt.ended_at = "runpod", "runpod", "pod-7", None
+        session.commit()
+    supervisor = Supervisor(sessions, {"runpod": RotatedKey()}, lambda *args: None,
+                            notifier=notifier(httpserver, sessions))
+    for _ in range(2):
+        with sessions() as session:
+            job, attempt = session.get(Job, "bag-k"), session.query(Attempt).filter_by(job_id="bag-k").one()
+            supervisor._end_attempt(session, job, attempt, "failed", PollResult(Status.FAILED, detail="x"))
+    supervisor.notify.wait(30)
+    texts = [body["text"] for body in posted(httpserver)]
+    assert len(texts) == 1 and "money at risk: job bag-k attempt 1: instance pod-7 could not be ended" in texts[0]
+    assert "keeps billing" in texts[0] and "HTTP 401" in texts[0]

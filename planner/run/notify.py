@@ -54,7 +54,7 @@ DELIVERY_LEASE = timedelta(minutes=10)  # a claim whose process died is delivere
 TIMEOUT_S = 10.0
 JOB_EVENTS = {state: f"job-{state}" for state in FINAL_STATES}
 CAMPAIGN_FINISHED = "campaign-finished"
-MONEY_EVENTS = ("past-deadline", "orphan-reaped", "provider-paused")
+MONEY_EVENTS = ("past-deadline", "orphan-reaped", "provider-paused", "box-not-ended")
 
 
 class NotifyError(RuntimeError):
@@ -180,6 +180,13 @@ class Notifier:
         """A box outlived its deadline (issue 21's deadlines call this): once per attempt."""
         self.money_at_risk("past-deadline", f"{job_id}:{attempt}",
                            f"job {job_id} attempt {attempt} is past its deadline: {one_line(detail, 300)}")
+
+    def box_not_ended(self, job_id: str, attempt: int, instance_id: str, why: str) -> None:
+        """The provider refused the key that would end a box (rotated, revoked): it bills on until its own
+        deadline or a person ends it. Once per attempt."""
+        self.money_at_risk("box-not-ended", f"{job_id}:{attempt}",
+                           f"job {job_id} attempt {attempt}: instance {instance_id} could not be ended and keeps "
+                           f"billing until its deadline; end it in the provider's console ({one_line(why, 200)})")
 
     def resume_unsent(self) -> None:
         """Deliver the claims that a process which died before sending them left behind."""

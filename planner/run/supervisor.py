@@ -53,7 +53,16 @@ from planner.plan.budget import job_spent
 from planner.plan.placement import NoPlacement, PlaceFn, PlacementContext
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job, Reservation, project_id
 from planner.run import progress, reaper
-from planner.run.backends.base import Backend, BackendError, Handle, PollResult, Scope, Status, instance_label
+from planner.run.backends.base import (
+    Backend,
+    BackendError,
+    Handle,
+    KeyRejected,
+    PollResult,
+    Scope,
+    Status,
+    instance_label,
+)
 from planner.run.backends.markers import read_done
 from planner.run.credentials import redact
 from planner.run.logs import bad_input_reason, log_tail
@@ -456,6 +465,9 @@ class Supervisor:
         if backend is not None and attempt.instance_id:
             try:
                 backend.cancel(Handle.from_attempt(attempt))
+            except KeyRejected as exc:  # the reaper holds the same key: nothing here can end the box
+                log.warning("job %s attempt %d: terminate refused (%s)", job.id, attempt.number, exc)
+                self.notify.box_not_ended(job.id, attempt.number, attempt.instance_id, str(exc))
             except (BackendError, ProviderError) as exc:
                 log.warning("job %s attempt %d: terminate failed (%s); the reaper will retry", job.id, attempt.number, exc)
         attempt.outcome, attempt.exit_code = outcome, result.exit_code
