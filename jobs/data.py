@@ -729,7 +729,8 @@ class SampleStats:
 
 
 def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, group_size: int = 8,
-                 query_max_len: int = 512, doc_max_len: int = 512) -> SampleStats:
+                 query_max_len: int = 512, doc_max_len: int = 512,
+                 sampler: Sampler = SAMPLERS[DEFAULT_SAMPLER]) -> SampleStats:
     """Estimate a corpus's record count and token lengths from about `sample_records` lines read at
     `probes` evenly spread offsets (local path or fsspec URI; only those bytes are read) plus the
     file's size. Tokens are estimated as characters / 4 (no tokenizer); the query counts its
@@ -772,9 +773,11 @@ def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, grou
         records += 1
         prompt = f"Instruct: {record.instruction or 'Given a web search query, retrieve relevant passages'}\nQuery:"
         query_tokens += min(query_max_len, (len(prompt) + len(record.query)) / CHARS_PER_TOKEN + 1)
-        docs = [record.positive, *record.negatives[:group_size_for(record, group_size) - 1]]
+        group = group_size_for(record, group_size)
+        docs = [record.positive, *record.negatives[:group - 1]]
         doc_tokens += sum(min(doc_max_len, len(d) / CHARS_PER_TOKEN + 1) for d in docs) / len(docs)
-        group_docs += len(docs)
+        # as make_group builds it: a group short of negatives is filled with copies by FlagEmbedding's sampler
+        group_docs += group if sampler.repeat_negatives and record.negatives else len(docs)
         scored += record.has_teacher_scores
         tasks.add(record.task)
     if not records:

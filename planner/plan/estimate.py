@@ -229,12 +229,14 @@ class CorpusStats:
     measured: bool  # False: assumed, because the file was not reachable
 
 
-def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_size: int = 8) -> CorpusStats:
+def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_size: int = 8,
+                 sampler: str | None = None) -> CorpusStats:
     """Estimated from a sample of the JSONL and its size when it is reachable (jobs.data.sample_stats
     reads a few thousand lines at spread offsets, never the whole file), else a stated assumption.
-    `mean_tokens` is what one record costs to train on: its query and its group's documents."""
+    `mean_tokens` is what one record costs to train on: its query and its group's documents, as the job's
+    `sampler` (jobs.data.SAMPLERS; unset: FlagEmbedding's) builds the group."""
     from jobs import storage
-    from jobs.data import BadData, sample_stats
+    from jobs.data import DEFAULT_SAMPLER, SAMPLERS, BadData, sample_stats
 
     try:  # a remote URI this machine cannot read (no credentials, no network) is assumed, not an error
         reachable = uri is not None and storage.exists(uri)
@@ -243,8 +245,10 @@ def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_siz
     if not reachable:  # assumed: bge-style records, a full group of ~128-token documents
         return CorpusStats(assumed_records, ASSUMED_QUERY_TOKENS + group_size * ASSUMED_DOC_TOKENS, group_size - 1.0,
                            measured=False)
+    if (sampler or DEFAULT_SAMPLER) not in SAMPLERS:
+        raise EstimateError(f"sampler {sampler!r}: choose {' or '.join(SAMPLERS)}")
     try:
-        sample = sample_stats(uri, group_size=group_size)
+        sample = sample_stats(uri, group_size=group_size, sampler=SAMPLERS[sampler or DEFAULT_SAMPLER])
     except BadData as exc:
         raise EstimateError(str(exc)) from None
     return CorpusStats(sample.records, sample.mean_tokens_per_record, sample.mean_group_docs - 1, measured=True)

@@ -43,7 +43,7 @@ def _size_train(p: dict, shape: ShapeOf) -> Needs:
     """Unset method, batch size and group size are the BOOM recipe's, as the job resolves them (jobs.recipe)."""
     group = int(p.get("group_size") or recipe.COMMON["group_size"])
     mini = p.get("mini_batch_size")
-    return train_needs(shape(p["model"]), corpus_stats(p.get("data"), group_size=group), fraction=float(p["fraction"]),
+    return train_needs(shape(p["model"]), corpus_stats(p.get("data"), group_size=group, sampler=p.get("sampler")), fraction=float(p["fraction"]),
                        method=p.get("method"), epochs=int(p.get("epochs", 1)),
                        batch_size=int(p["batch_size"]) if p.get("batch_size") else None, group_size=group,
                        query_max_len=int(p.get("query_max_len", 512)), doc_max_len=int(p.get("doc_max_len", 512)),
