@@ -324,6 +324,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
                 if index == 0 and step > saved_step and save_fits():  # between steps (it came during the last
                     # one's save or report): nothing of this step is done, the finished steps are saved as they are
                     save_checkpoint(store, ranks, step, params, optimizer, state, identity, progress, log)
+                    store.flush()  # a remote store's upload runs in the background: done before the exit
                 raise Interrupted(stop.signal)
             scale = gradient_scale(batch_layout(batch, 1).in_batch, config.in_batch_grad_scale, len(batches))
             result = train_batch(net, tokenizer, batch, config, device, ranks, scale, grads.collect)
@@ -356,6 +357,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
         if ranks.any(stop.signal is not None):  # every rank stops at the same step
             if step < total_steps and ranks.any(ranks.is_main and save_fits()):
                 save_checkpoint(store, ranks, step, params, optimizer, state, identity, progress, log)
+                store.flush()  # a remote store's upload runs in the background: done before the exit
             raise Interrupted(stop.signal or "SIGTERM (another rank)")
         if step < total_steps and (step % config.save_every_steps == 0 or ranks.any(  # ranks' clocks differ
                 time.monotonic() - last_save_time >= 60 * config.save_every_minutes)):
