@@ -299,3 +299,67 @@ def test_a_box_that_ignores_the_stop_is_terminated_once_its_grace_has_run_out_ev
         bag = session.scalars(select(Attempt).where(Attempt.job_id == "bag")).one()
         assert "did not exit within 15 s of SIGTERM: terminated" in bag.detail
         assert "over the job budget of $1.00" in session.get(Job, "bag").error
+
+
+# ---------------------------------------------------------------------------------- the providers' stop, as documented
+
+STUBBORN_JOB = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75)); "
+                "print('up', flush=True); time.sleep(120)")  # a job that exits 75 on SIGTERM
+
+
+def test_runpods_stop_action_sigterms_the_pod_which_bills_its_disk_until_deleted(tmp_path):
+    from planner.run.backends.runpod import RunPodBackend
+    from pricing.providers.runpod_api import RunPodAPI
+
+    fake = FakeRunPod(RUNPOD_KEY, tmp_path / "boxes", grace_s=30.0)
+    try:
+        api = RunPodAPI(fake.url, RUNPOD_KEY)
+        pod = api.create_pod({"name": "planner-x-a1", "image": "img", "cloud": "COMMUNITY", "disk": 500,
+                              "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1},
+                              "args": f"exec python -c \"{STUBBORN_JOB}\""})
+        box = fake.boxes[pod["id"]]
+        wait_until(lambda: "up" in box.lines())
+        backend, handle = RunPodBackend(api, image="img", jobs_install="x"), Handle("runpod", pod["id"], "planner-x-a1")
+        assert backend.stop(handle) is True
+        wait_until(lambda: not box.alive, timeout=30)
+        assert box.exit_code == 75 and box.stop_reason == "stopped"  # SIGTERM, not SIGKILL
+        seen = api.pod(pod["id"])
+        assert seen["status"] == "EXITED" and seen["actions"] == ["start", "terminate"] and seen["cost"] == 0
+        backend.stop(handle)  # a second stop is a 409 (EXITED allows no stop): quiet
+        assert [r["path"] for r in fake.requests if r["method"] == "POST"].count(f"/v2/pods/{pod['id']}/action") == 2
+        stopped = fake.billed_usd("planner-")
+        wait_until(lambda: fake.billed_usd("planner-") > stopped, timeout=10)  # the stopped pod's disk bills on
+        backend.cancel(handle)
+        assert fake.kept() == [] and api.pod(pod["id"]) is None
+        deleted = fake.billed_usd("planner-")
+        time.sleep(1.1)
+        assert fake.billed_usd("planner-") == deleted  # nothing bills once it is deleted
+    finally:
+        stop_fakes(fake)
+
+
+def test_vasts_stop_sigterms_the_instance_which_bills_its_storage_until_destroyed(tmp_path):
+    from planner.run.backends.vast import VastBackend
+    from pricing.providers.vast_api import VastAPI
+
+    fake = FakeVast(VAST_KEY, tmp_path / "boxes", grace_s=30.0)
+    try:
+        api = VastAPI(fake.url, VAST_KEY)
+        instance = api.create(103, {"client_id": "me", "image": "img", "disk": 500, "label": "planner-x-a1",
+                                    "runtype": "args", "onstart": "/bin/sh", "args": ["-c", f"exec python -c \"{STUBBORN_JOB}\""]})
+        box = fake.boxes[instance]
+        wait_until(lambda: "up" in box.lines())
+        backend, handle = VastBackend(api, image="img", jobs_install="x"), Handle("vast", str(instance), "planner-x-a1")
+        assert backend.stop(handle) is True
+        row = fake.instances[instance]
+        assert (row["intended_status"], row["next_state"]) == ("stopped", "stopped")  # asked; the box is stopping
+        wait_until(lambda: not box.alive, timeout=30)
+        assert box.exit_code == 75 and box.stop_reason == "stopped"
+        [listed] = api.labelled(["planner-x-a1"])
+        assert {listed["cur_state"], listed["intended_status"], listed["next_state"]} == {"stopped"}
+        assert fake.bills[instance]["segments"][-1][2] == pytest.approx(0.144 * 500 / 720)  # storage only now
+        backend.stop(handle)  # already stopped: quiet
+        backend.cancel(handle)
+        assert fake.kept() == [] and fake.bills[instance]["segments"][-1][1] is not None
+    finally:
+        stop_fakes(fake)
