@@ -301,6 +301,38 @@ def test_a_box_that_ignores_the_stop_is_terminated_once_its_grace_has_run_out_ev
         assert "over the job budget of $1.00" in session.get(Job, "bag").error
 
 
+@pytest.mark.parametrize("scope", ["campaign", "monthly"])
+def test_the_stop_starts_a_grace_early_against_the_campaign_and_the_monthly_budget_too(db_url, scope):
+    from planner.records import Campaign
+
+    sessions, cloud = session_factory(db_url), Stubborn()
+    with sessions() as session:
+        if scope == "campaign":
+            session.add(Campaign(id="c1", kind="bagging", params="{}", budget_usd=1.0))
+        else:
+            budget.set_monthly_budget(session, 1.0)
+        session.add(Job(id="bag", name="bag", kind="train-bag", backend="runpod",
+                        campaign_id="c1" if scope == "campaign" else None,
+                        spec=JobSpec("bag", "train-bag", "/tmp/bag", {"sigterm_grace_seconds": 5}).to_json()))
+        session.commit()
+    place = lambda session, job, context: Placement("runpod", None, False, usd_per_hour=3.6, worst_case_usd=0.5)  # noqa: E731
+    start = datetime(2026, 12, 7, 12, tzinfo=timezone.utc)
+
+    def tick_at(seconds: float):
+        return Supervisor(sessions, {"runpod": cloud}, place, clock=lambda: start + timedelta(seconds=seconds),
+                          poll_interval_s=10).tick()
+
+    tick_at(0)
+    assert tick_at(970).waiting == {} and cloud.stops == []  # by 995 s (next check + 15 s grace): $0.995
+    assert "bag" in tick_at(980).waiting and cloud.stops == ["pod-1"]  # by 1005 s it would pass $1.00
+    assert tick_at(995).finished == [("bag", "stopped-by-budget")]
+    with sessions() as session:
+        attempt = session.scalars(select(Attempt)).one()
+        assert attempt.dollars == pytest.approx(0.995) and attempt.dollars <= 1.0
+        assert f"{'the campaign' if scope == 'campaign' else 'this month'}'s spend would reach $1.0" in (
+            session.get(Job, "bag").error)
+
+
 # ---------------------------------------------------------------------------------- the providers' stop, as documented
 
 STUBBORN_JOB = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75)); "
