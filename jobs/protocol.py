@@ -27,6 +27,9 @@ EXIT_DONE, EXIT_BAD_INPUT, EXIT_OUT_OF_MEMORY, EXIT_INTERRUPTED = 0, 2, 3, 75
 
 CHECKPOINTS_KEPT = 2  # the newest and its predecessor, in case the newest is still being uploaded
 CHECKPOINT_MINUTES = 30.0  # a training job's default checkpoint interval (train-bag --save-every-minutes)
+# seconds a checkpointing job counts on between SIGTERM and SIGKILL (train-bag --sigterm-grace-seconds; RunPod
+# gives 5): it saves on SIGTERM only where the save fits, and the planner's budget stop waits this long for it
+SIGTERM_GRACE_S = 5.0
 CHARS_PER_TOKEN = 4.0  # planning estimate of tokens from text length where no tokenizer is at hand
 
 

@@ -309,11 +309,22 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
     n_params = recipe.parameter_count(model_shape)
     meter = Meter(ranks.world)
     last_save_time, last_report_time, save_seconds, saved_step, cache = meter.started, meter.started, None, step, {}
+    progress, state = {}, {}  # the last finished step's, as a checkpoint records it
+
+    def save_fits() -> bool:  # a save on SIGTERM must end before the SIGKILL that follows it
+        estimate = save_seconds if save_seconds is not None else sum(
+            p.numel() * p.element_size() * 3 for p in params.values()) / DISK_BYTES_PER_SECOND
+        return time.monotonic() - stop.at + estimate < config.sigterm_grace_seconds - 1.0
+
     while step < total_steps:
         batches = step_groups(bag, config, step, per_epoch, cache)
         step_loss = 0.0
-        for batch in batches:
+        for index, batch in enumerate(batches):
             if stop.signal and ranks.world == 1:  # mid-step: the partial gradient is lost; the last checkpoint stands
+                if index == 0 and step > saved_step and save_fits():  # between steps (it came during the last
+                    # one's save or report): nothing of this step is done, the finished steps are saved as they are
+                    save_checkpoint(store, ranks, step, params, optimizer, state, identity, progress, log)
+                    store.flush()  # a remote store's upload runs in the background: done before the exit
                 raise Interrupted(stop.signal)
             scale = gradient_scale(batch_layout(batch, 1).in_batch, config.in_batch_grad_scale, len(batches))
             result = train_batch(net, tokenizer, batch, config, device, ranks, scale, grads.collect)
@@ -344,11 +355,9 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
                     "wall": wall, "checkpoint_step": step, "memory": {"ranks": [memory.usage(device)]}} | rates
         state = {"scheduler": scheduler.state_dict(), "tokens_seen": tokens_seen, "loss": loss_value, "wall_s": wall}
         if ranks.any(stop.signal is not None):  # every rank stops at the same step
-            save_estimate = save_seconds if save_seconds is not None else sum(
-                p.numel() * p.element_size() * 3 for p in params.values()) / DISK_BYTES_PER_SECOND
-            fits = time.monotonic() - stop.at + save_estimate < config.sigterm_grace_seconds - 1.0
-            if step < total_steps and ranks.any(ranks.is_main and fits):
+            if step < total_steps and ranks.any(ranks.is_main and save_fits()):
                 save_checkpoint(store, ranks, step, params, optimizer, state, identity, progress, log)
+                store.flush()  # a remote store's upload runs in the background: done before the exit
             raise Interrupted(stop.signal or "SIGTERM (another rank)")
         if step < total_steps and (step % config.save_every_steps == 0 or ranks.any(  # ranks' clocks differ
                 time.monotonic() - last_save_time >= 60 * config.save_every_minutes)):

@@ -63,7 +63,8 @@ class Config:
     save_every_minutes: float = option("and every this many minutes", protocol.CHECKPOINT_MINUTES)
     replay_data: str | None = option("old corpus to replay a share of (incremental stage)", None)
     replay_fraction: float | None = option("share of each task of --replay-data to add", None)
-    sigterm_grace_seconds: float = option("seconds from SIGTERM to SIGKILL (RunPod: 5)", 5.0)
+    sigterm_grace_seconds: float = option("seconds from SIGTERM to SIGKILL (RunPod: 5)",
+                                          protocol.SIGTERM_GRACE_S)
     gradient_checkpointing: bool = option("recompute activations in the backward (less memory)",
                                           recipe.COMMON["gradient_checkpointing"])
     cache_dir: str = option("where remote inputs are downloaded and remote checkpoints staged",

@@ -8,7 +8,8 @@ Job states: pending -> launching -> running -> (preempted -> launching ...) -> s
 cancelled | stopped-by-budget. Attempt outcomes: launching, running, preempted, lost, succeeded, failed,
 launch-failed (the provider refused or failed the launch), out-of-memory (CUDA's, or the host's OOM
 killer: relaunched with a smaller chunk or more memory), moved (measured slow: ended to run on a clearly
-cheaper offer, planner.plan.moving), cancelled, stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
+cheaper offer, planner.plan.moving), cancelled, stopping (a checkpointed job that would pass a budget, asked
+to save and exit: live until it has, or its grace ran out), stopped-by-budget. A job's `lease_owner`/`lease_until` make launching it a claim that
 only one supervisor process can hold, so a restarted or doubled supervisor never launches twice.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pricing.db import Base, UTCDateTime, utcnow
 JOB_STATES = ("pending", "launching", "running", "preempted", "succeeded", "failed", "cancelled",
               "stopped-by-budget")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped-by-budget")
-ATTEMPT_OUTCOMES = ("launching", "launch-failed", "running", "preempted", "lost", "succeeded", "failed",
+ATTEMPT_OUTCOMES = ("launching", "launch-failed", "running", "stopping", "preempted", "lost", "succeeded", "failed",
                     "out-of-memory", "moved", "cancelled", "stopped-by-budget")
-LIVE_ATTEMPT = ("launching", "running")
+LIVE_ATTEMPT = ("launching", "running", "stopping")
 
 
 def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -155,6 +156,9 @@ class Attempt(Base):
     # create is in flight; recovering a cut-off launch bumps the fence, so a late answer is not recorded
     launch_fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     launch_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # a budget stop (migration 0011): when the job was asked to checkpoint and exit ("stopping"), and why
+    stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @validates("outcome")
     def _known_outcome(self, _key: str, outcome: str) -> str:

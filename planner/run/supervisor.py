@@ -5,7 +5,9 @@ any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
 
   cancel requested        terminate the live attempt, settle it, the job is cancelled
   live attempt            poll it (provider faults: retry next tick) and read the runner's progress;
-                          past the budget -> terminate, stopped-by-budget
+                          past the budget -> a checkpointing kind is asked to stop (SIGTERM: it saves and
+                          exits 75) and is "stopping" until it has, or its grace ran out (then terminated);
+                          other kinds are terminated; either way the job is stopped-by-budget
                           measured slow, another offer finishes clearly cheaper -> moved: end it (it
                           checkpoints), place it again elsewhere (planner.plan.moving)
       SUCCEEDED           (the DONE marker exists) settle, the job succeeded
@@ -26,7 +28,8 @@ only once the claim has lapsed (its launcher died): it takes the claim (bumps th
 the instance by its label or records the launch as lost. The launcher records the create's answer only
 while its fence holds; a late answer finds it gone and ends its own instance. The reaper terminates
 this project's labelled instances that no live attempt owns (planner.run.reaper). An attempt costs
-what planner.plan.billing says; budgets count what live attempts accrue, every tick.
+what planner.plan.billing says; budgets count what live attempts accrue, every tick, up to the next tick plus,
+for a checkpointing kind, the grace its stop may take, so the stop starts early enough that no budget is passed.
 """
 from __future__ import annotations
 
@@ -44,8 +47,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from jobs.spec import JobSpec, SpecError
+from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SIGTERM_GRACE_S
+from jobs.spec import KINDS, JobSpec, SpecError
 from planner.plan import budget as budgets
 from planner.plan import memory, moving
 from planner.plan.billing import attempt_cost, billed_rate, traffic_columns
@@ -370,12 +373,17 @@ class Supervisor:
                 session.commit()
                 report.faults[job.id] = redact(f"poll failed ({attempt.poll_failures} in a row, retried): "
                                                 f"{fault_line(exc)}", self.secrets)
+                if attempt.outcome == "stopping":  # unseen, it may still run: its grace holds all the same
+                    self._watch_stop(session, job, attempt, PollResult(Status.RUNNING), report)
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
         attempt.polled_at = self.clock()
         if billed_rate(result.billed_usd_per_hour) is not None:  # 0 once a pod has exited: keep the running rate
             attempt.billed_usd_per_hour = result.billed_usd_per_hour
         self._read_progress(job, attempt)
+        if attempt.outcome == "stopping":
+            self._watch_stop(session, job, attempt, result, report)
+            return
         stalled = getattr(backend, "stalled", None)  # a cloud box: up past its startup window, the job never started
         if result.status in (Status.RUNNING, Status.PENDING) and stalled is not None and (
                 why := stalled(handle, attempt.launched_at, self.clock())):
@@ -389,7 +397,9 @@ class Supervisor:
             if result.detail:  # e.g. SkyPilot recovering the attempt from a preemption on its own
                 attempt.detail = result.detail
             over = self._over_budget(session, job, attempt)
-            if over:
+            if over and self._stop_grace(job) and self._start_stop(session, job, attempt, over, report):
+                pass  # it saves its work, then ends (_watch_stop)
+            elif over:
                 self._end_attempt(session, job, attempt, "stopped-by-budget", PollResult(Status.FAILED, detail=over))
                 self._finish(session, job, "stopped-by-budget", over, report)
             elif result.status is Status.RUNNING and (move := self._weigh_move(session, job, attempt)) is not None:
@@ -433,6 +443,66 @@ class Supervisor:
             attempt.detail = f"{result.detail or 'failed'}; log tail:\n{log_tail(backend, handle)}"
             self._end_attempt(session, job, attempt, "failed", result)
             self._after_failure(session, job, attempt, report)
+
+    def _start_stop(self, session: Session, job: Job, attempt: Attempt, over: str, report: TickReport) -> bool:
+        """Ask the attempt's job to save its work and exit (Backend.stop) instead of terminating it: the work since
+        its last checkpoint is kept for a relaunch with a raised budget. The attempt is "stopping" from now on, in
+        the database, so a restarted supervisor goes on waiting for it. False: no graceful stop (the backend has
+        none, or asking failed): the caller terminates it at once."""
+        try:
+            if not self.backends[attempt.backend].stop(Handle.from_attempt(attempt)):
+                return False
+        except (BackendError, ProviderError) as exc:
+            log.warning("job %s attempt %d: cannot stop it gracefully (%s); terminating it", job.id, attempt.number,
+                        exc)
+            return False
+        attempt.outcome, attempt.stop_requested_at, attempt.stop_reason = "stopping", self.clock(), over
+        job.error, job.updated_at = f"{STOPPING}: {over}", self.clock()
+        session.commit()
+        report.waiting[job.id] = f"{STOPPING}: {over}"
+        log.info("job %s attempt %d: %s: %s", job.id, attempt.number, STOPPING, over)
+        return True
+
+    def _watch_stop(self, session: Session, job: Job, attempt: Attempt, result: PollResult,
+                    report: TickReport) -> None:
+        """A budget stop under way: once the job has exited (75 after its checkpoint, or any other end) the attempt
+        is settled and the job stopped-by-budget; one that finished first succeeded; one still running past its
+        grace is terminated."""
+        if result.status is Status.SUCCEEDED:  # it finished before it stopped: the work is done, within budget
+            self._read_throughput(job, attempt)
+            self._end_attempt(session, job, attempt, "succeeded", result)
+            self._finish(session, job, "succeeded", None, report)
+            return
+        grace = self._stop_grace(job) or timedelta(0)
+        if result.status in (Status.RUNNING, Status.PENDING):
+            if self.clock() - attempt.stop_requested_at < grace:
+                report.waiting[job.id] = f"{STOPPING}: {attempt.stop_reason}"
+                return
+            how = f"it did not exit within {grace.total_seconds():.0f} s of SIGTERM: terminated"
+            result = PollResult(Status.FAILED, detail=how)
+        elif result.exit_code == EXIT_INTERRUPTED:
+            step = progress.load(attempt.progress).get("checkpoint_step")
+            how = "it saved its work and exited" + (f" (checkpoint at step {step})" if step is not None else "")
+        else:
+            how = f"it ended ({result.detail or result.status.value})"
+        self._end_attempt(session, job, attempt, "stopped-by-budget", replace(result, detail=f"stopped by budget: {how}"))
+        self._finish(session, job, "stopped-by-budget", f"{attempt.stop_reason} ({how})", report)
+
+    def _stop_grace(self, job: Job) -> timedelta | None:
+        """How long a graceful stop of the job may take: its own SIGTERM grace (what it counts on to save), plus
+        the poll interval within which a tick notices it exited. None for a kind that does not checkpoint (a
+        stop would save nothing: it is terminated at once)."""
+        try:
+            spec = JobSpec.from_json(job.spec)
+        except SpecError:
+            return None
+        if not KINDS[spec.kind].checkpointed:
+            return None
+        try:
+            seconds = float(spec.params.get("sigterm_grace_seconds", SIGTERM_GRACE_S))
+        except (TypeError, ValueError):
+            seconds = SIGTERM_GRACE_S
+        return timedelta(seconds=max(seconds, 0.0) + self.poll_interval_s)
 
     def _after_launch_failure(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         """The offer sits out its cool-down and the job is placed again; only a run of launch failures
@@ -516,22 +586,27 @@ class Supervisor:
             return None
 
     def _over_budget(self, session: Session, job: Job, attempt: Attempt) -> str | None:
-        """Stop before the spend would pass the job's (or its campaign's) budget by the next poll."""
-        ahead = self.clock() + timedelta(seconds=self.poll_interval_s)
+        """Stop before the spend would pass the job's (or its campaign's, or the month's) budget by the next poll
+        plus, for a kind stopped gracefully, the grace its stop may take from there: a stop started at the next
+        tick still ends within the budget."""
+        grace = self._stop_grace(job)
+        ahead = self.clock() + timedelta(seconds=self.poll_interval_s) + (grace or timedelta(0))
+        by = "by the next check" + (" and a stop's grace" if grace else "")
         projected = job_spent(session, job.id) + attempt_cost(attempt, ahead)
         if job.budget_usd is not None and projected > job.budget_usd:
-            return (f"spend would reach ${projected:.2f} by the next check, over the job budget of "
+            return (f"spend would reach ${projected:.2f} {by}, over the job budget of "
                     f"${job.budget_usd:.2f}; raise it with --budget to go on")
         campaign = session.get(Campaign, job.campaign_id) if job.campaign_id else None
         if campaign is not None and campaign.budget_usd is not None:
             others = sum(self._projected(session, other, ahead) for other in session.scalars(
                 select(Job).where(Job.campaign_id == job.campaign_id, Job.id != job.id)))
             if others + projected > campaign.budget_usd:
-                return (f"the campaign's spend would reach ${others + projected:.2f} by the next check, over its "
+                return (f"the campaign's spend would reach ${others + projected:.2f} {by}, over its "
                         f"budget of ${campaign.budget_usd:.2f}; raise it to go on")
-        return self._over_monthly_budget(session, job, projected, ahead)
+        return self._over_monthly_budget(session, job, projected, ahead, by)
 
-    def _over_monthly_budget(self, session: Session, job: Job, projected: float, ahead: datetime) -> str | None:
+    def _over_monthly_budget(self, session: Session, job: Job, projected: float, ahead: datetime,
+                             by: str) -> str | None:
         """The month's money by the next check: what was settled, what every live attempt will have accrued,
         and what other jobs hold. Over the cap, the job stops when it is the one past its own reservation (or
         holds none); jobs inside theirs were promised that money when they launched."""
@@ -542,7 +617,7 @@ class Supervisor:
         reservation = session.get(Reservation, job.id)
         if month <= cap or (reservation is not None and projected <= reservation.usd):
             return None
-        return (f"this month's spend would reach ${month:.2f} by the next check, over the monthly budget of "
+        return (f"this month's spend would reach ${month:.2f} {by}, over the monthly budget of "
                 f"${cap:.2f}; raise it with `planner budget set --monthly USD` to go on")
 
     def _budget_wait(self, session: Session, job: Job) -> str | None:
@@ -606,6 +681,7 @@ class Supervisor:
 
 
 REDACTED = "planner.redacted"  # Session.info key: the secret values its flushes blank
+STOPPING = "stopping for budget: saving a checkpoint first"  # a job's error while its budget stop is under way
 
 
 def _redact_before_flush(session: Session, flush_context, instances) -> None:

@@ -15,7 +15,8 @@ The facts this relies on, with RunPod's own documentation for each, are in docs/
   &count=N&minCudaVersion=V`; list prices per GPU, no spot, availability upper case, the data centres
   with stock.
 - Pods ("Pods"): `POST /v2/pods` (strict: 422 names an unknown field; 400 rule or no capacity; 402
-  balance; 403 pool not allowed), `GET /v2/pods/{id}`, `DELETE /v2/pods/{id}` (204), `GET /v2/pods` (one
+  balance; 403 pool not allowed), `GET /v2/pods/{id}`, `POST /v2/pods/{id}/action` (`stop`: SIGTERM, then EXITED, the disk kept and billed; 409
+  when the pod's status allows no stop), `DELETE /v2/pods/{id}` (204), `GET /v2/pods` (one
   unpaged list, no server-side filter: filtered by name on the client), and `GET /v2/pods/{id}/logs`
   ("Logs": Server-Sent Events of the container's lines with `source=container`, resumed with
   `Last-Event-ID`).
@@ -126,6 +127,16 @@ class RunPodAPI:
     def pod(self, pod_id: str) -> dict | None:
         pod = self.rest("GET", f"/pods/{pod_id}", missing_ok=True)
         return pod if isinstance(pod, dict) else None
+
+    def stop_pod(self, pod_id: str) -> None:
+        """POST /v2/pods/{id}/action {"action": "stop"} (docs/providers/runpod.md, "Pods"): the container gets
+        SIGTERM and the pod moves to EXITED, keeping (and billing) its disk until it is deleted. Quiet when the pod
+        is gone (404) or no longer running (409: `stop` is not in its `actions`)."""
+        try:
+            self.rest("POST", f"/pods/{pod_id}/action", body={"action": "stop"}, missing_ok=True)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
 
     def delete_pod(self, pod_id: str) -> None:
         """DELETE /v2/pods/{id}; quiet when the pod is already gone."""

@@ -11,7 +11,8 @@ below by its section names):
 - Instances ("Instances"): listed only through `GET /api/v1/instances/` (v0 answers 410
   `deprecated_endpoint`), at most 25 rows a page, `next_token` passed back as `after_token`, JSON-valued
   `select_filters` on stored columns (`label` with `eq` or `in`, `id`, `actual_status`, `gpu_name`).
-  `GET/DELETE /api/v0/instances/{id}/` and `PUT /api/v0/instances/request_logs/{id}/` still work.
+  `GET/DELETE /api/v0/instances/{id}/` and `PUT /api/v0/instances/request_logs/{id}/` still work; `PUT
+  /api/v0/instances/{id}/ {"state": "stopped"}` stops one (SIGTERM to its container; its disk bills on).
 - Create ("Create"): `PUT /api/v0/asks/{id}/`, sent once; an error body that still carries
   `new_contract` means a (stopped) instance exists: the caller destroys it at once.
 - Errors ("Errors"): `{success:false, error, msg}`. A revoked or rotated key is 404 `auth_error`, an
@@ -124,6 +125,14 @@ class VastAPI:
             raise ApiError(f"Vast.ai did not create an instance from offer {ask_id}: {reason}", status=200,
                            detail=str(reason), body=answer)
         return int(contract)
+
+    def stop(self, instance_id) -> None:
+        """PUT /api/v0/instances/{id}/ {"state": "stopped"} (vast-cli `stop_instance`; docs/providers/vast.md,
+        "Instances"): the container gets SIGTERM and the instance is stopped, its disk kept and billed until it is
+        destroyed. Quiet when it is gone (GONE_ERRORS), never for a rejected key."""
+        answer = self.call("PUT", f"/api/v0/instances/{instance_id}/", body={"state": "stopped"}, missing_ok=True)
+        if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") not in GONE_ERRORS:
+            raise ProviderError(f"Vast.ai did not stop instance {instance_id}: {answer.get('error')}")
 
     def destroy(self, instance_id) -> None:
         """DELETE /api/v0/instances/{id}/; quiet when it is gone (GONE_ERRORS), never for a rejected key."""

@@ -9,10 +9,17 @@ box (tests.simcloud.box).
   shell command line (`/bin/sh -c ARGS`, as Docker runs a string CMD).
 - `GET /v2/pods/{id}`: RUNNING with a runtime while the box runs; EXITED (cost 0, runtime null) once its
   command ends; 404 after DELETE (204). `GET /v2/pods` lists every pod and ignores unknown parameters.
+- `POST /v2/pods/{id}/action` (v2 OpenAPI `podAction`, runpod/docs api-reference-v2/openapi.json @a900806e):
+  a body of only `action` (start|stop|restart|terminate; else 422); `stop` "releasing GPU/CPU compute while
+  keeping its disk. The pod moves to `EXITED`": the box gets SIGTERM (SIGKILL after the grace) and the pod
+  answers 200 with the pod, still RUNNING until its container has exited, then EXITED; an action the pod's
+  `actions` do not list is 409 (EXITED allows start/terminate). `terminate` is DELETE (204). A stopped pod's
+  disk bills on until it is deleted: "stopped Pods are charged $0.20 per GB per month" (docs/providers/runpod.md,
+  "Billing"). start and restart are not simulated (422).
 - `GET /v2/pods/{id}/logs`: Server-Sent Events `id:` + `data:{"ts","source","line"}`, `tail` (default 100,
   0 = live only) and `Last-Event-ID` to resume; the stream follows the box while it runs.
 - Errors are RFC 9457 bodies; every answer has RateLimit headers; a 429 carries Retry-After.
-- Faults are injected per route: rp.create, rp.get, rp.list, rp.delete, rp.logs, rp.graphql, rp.catalog.
+- Faults are injected per route: rp.create, rp.get, rp.list, rp.delete, rp.action, rp.logs, rp.graphql, rp.catalog.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from tests.simcloud.server import FakeServer, Reply
 POD_FIELDS = {"name", "image", "templateId", "gpu", "cpu", "cloud", "dataCenterIds", "disk", "env", "ports", "args",
               "registry", "mounts", "startSsh", "startJupyter", "globalNetworking"}
 GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
+STOPPED_DISK_USD_PER_GB_MONTH = 0.20  # a stopped pod's disk (docs/providers/runpod.md, "Billing"); 720 h a month
 RATE_HEADERS = {"RateLimit": "limit=60, remaining=59, reset=60", "RateLimit-Policy": "60;w=60"}
 CATALOG = {  # id -> (VRAM GB, price per GPU-hour by cloud)
     "NVIDIA GeForce RTX 4090": (24, {"SECURE": 0.69, "COMMUNITY": 0.44}),
@@ -66,6 +74,8 @@ class FakeRunPod(FakeServer):
             return "rp.create", lambda: self._create(body)
         if path == "/v2/pods" and method == "GET":
             return "rp.list", lambda: Reply(200, {"pods": [self._view(p) for p in self.pods.values()]}, RATE_HEADERS)
+        if (match := re.fullmatch(r"/v2/pods/([\w-]+)/action", path)) and method == "POST":
+            return "rp.action", lambda: self._action(match.group(1), body)
         if match := re.fullmatch(r"/v2/pods/([\w-]+)/logs", path):
             return "rp.logs", lambda: self._logs(match.group(1), query, headers)
         if match := re.fullmatch(r"/v2/pods/([\w-]+)", path):
@@ -130,7 +140,8 @@ class FakeRunPod(FakeServer):
                "ssh": None, "env": env, "args": args, "ports": body.get("ports") or []}
         with self.lock:
             self.pods[pod_id], self.boxes[pod_id] = pod, box
-            self.bills[pod_id] = {"name": body["name"], "rate": rate, "start": box.started_at, "end": None, "box": box}
+            self.bills[pod_id] = {"name": body["name"], "rate": rate, "start": box.started_at, "end": None, "box": box,
+                                  "disk_gb": float(body.get("disk") or 0), "stopped": False, "deleted_at": None}
         return Reply(201, self._view(pod), RATE_HEADERS)
 
     def _view(self, pod: dict) -> dict:
@@ -140,6 +151,7 @@ class FakeRunPod(FakeServer):
             self._stopped_billing(pod["id"], box.stopped_at or now())
         return {k: v for k, v in pod.items() if k not in ("env", "args")} | {
             "status": "RUNNING" if running else "EXITED", "cost": pod["cost"] if running else 0,
+            "actions": ["stop", "restart", "terminate"] if running else ["start", "terminate"],
             "runtime": {"uptime": int((now() - box.started_at).total_seconds()),
                         "gpus": [{"util": 90, "memoryUtil": 40}], "ports": []} if running else None}
 
@@ -159,7 +171,26 @@ class FakeRunPod(FakeServer):
             box.stop("terminated")
             self._stopped_billing(pod_id, now())
             self.gone[pod_id] = box
+        self.bills[pod_id]["deleted_at"] = now()
         return Reply(204, None, RATE_HEADERS)
+
+    def _action(self, pod_id: str, body) -> Reply:
+        if not isinstance(body, dict) or set(body) != {"action"} or body["action"] not in (
+                "start", "stop", "restart", "terminate"):
+            return problem(422, "Unprocessable Entity", "the body must be {\"action\": start|stop|restart|terminate}")
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            return problem(404, "Not Found", f"pod {pod_id} not found")
+        action, view = body["action"], self._view(pod)
+        if action not in view["actions"]:
+            return problem(409, "Conflict", f"action {action} is not valid for a pod in status {view['status']}")
+        if action == "terminate":
+            return self._delete(pod_id)
+        if action != "stop":
+            return problem(422, "Unprocessable Entity", f"action {action} is not simulated")
+        self.boxes[pod_id].stop("stopped")  # SIGTERM now, SIGKILL after the grace; RUNNING until it has exited
+        self.bills[pod_id]["stopped"] = True
+        return Reply(200, self._view(pod), RATE_HEADERS)
 
     def _stopped_billing(self, pod_id: str, when) -> None:
         bill = self.bills.get(pod_id)
@@ -242,6 +273,10 @@ class FakeRunPod(FakeServer):
         """Names of pods whose box still runs (orphans, once every job is final)."""
         return [p["name"] for pid, p in self.pods.items() if self.boxes[pid].alive]
 
+    def kept(self) -> list[str]:
+        """Names of pods not deleted, running or stopped (a stopped pod still bills its disk)."""
+        return [p["name"] for p in self.pods.values()]
+
     def billed_usd(self, name_prefix: str = "") -> float:
         total = 0.0
         for bill in self.bills.values():
@@ -250,4 +285,7 @@ class FakeRunPod(FakeServer):
                 end = bill["end"] or (box.stopped_at if not box.alive and box.stopped_at else now())
                 seconds = -(-(end - bill["start"]).total_seconds() // 1)  # per-second billing, rounded up
                 total += bill["rate"] * seconds / 3600
+                if bill["stopped"] and not box.alive and box.stopped_at:  # its disk, from the stop to the delete
+                    stopped = -(-((bill["deleted_at"] or now()) - box.stopped_at).total_seconds() // 1)
+                    total += bill["disk_gb"] * STOPPED_DISK_USD_PER_GB_MONTH / 720 * max(stopped, 0) / 3600
         return total

@@ -17,11 +17,18 @@
   JSON `select_filters` on stored columns only (actual_status, label, gpu_name, id; others 400);
   `GET /api/v0/instances/` answers 410 `deprecated_endpoint`; `GET /api/v0/instances/{id}/` still works.
 - `DELETE /api/v0/instances/{id}/` -> {success: true}; 404 `no_such_instance` when gone.
+- `PUT /api/v0/instances/{id}/` (manage_instance.yaml, vast-ai/docs; vast-cli `stop_instance` sends `{"state":
+  "stopped"}`): `state` stopped|running and/or `label` (else 400 `invalid_args`), 404 `no_such_instance` when gone.
+  A stop sends the box SIGTERM (SIGKILL after the grace): intended_status and next_state are "stopped" at once,
+  the instance stays `running` until its container has exited, then all three are "stopped" and it bills its
+  storage only ("When an instance is stopped all of your data on the instance is preserved", vast-cli `stop
+  instance`; storage bills while stopped, docs/providers/vast.md "Offers") until it is destroyed. Starting a
+  stopped instance is not simulated (400).
 - `PUT /api/v0/instances/request_logs/{id}/` -> {success, result_url}; the URL answers 404 twice, then the last
   `tail` lines of the container's log, or with `daemon_logs` the host daemon's lines instead (logs.yaml).
 - An outbid instance is stopped (SIGTERM, SIGKILL after the grace) with cur_state = intended_status =
   next_state = "stopped"; while stopped it bills storage only. 429s carry no Retry-After.
-- Faults are injected per route: vast.search, vast.create, vast.list, vast.get, vast.delete, vast.logs.
+- Faults are injected per route: vast.search, vast.create, vast.list, vast.get, vast.delete, vast.manage, vast.logs.
 """
 from __future__ import annotations
 
@@ -93,6 +100,8 @@ class FakeVast(FakeServer):
                 return "vast.get", lambda: self._get(instance_id)
             if method == "DELETE":
                 return "vast.delete", lambda: self._delete(instance_id)
+            if method == "PUT":
+                return "vast.manage", lambda: self._manage(instance_id, body)
         if match := re.fullmatch(r"/logs/([\w-]+)", path):
             return "vast.log_url", lambda: self._log_url(match.group(1))
         return "vast.other", lambda: err(404, "not_found", f"no route {method} {path}")
@@ -195,6 +204,9 @@ class FakeVast(FakeServer):
 
     def _row(self, instance: dict) -> dict:
         box = self.boxes.get(instance["id"])
+        if box is not None and not box.alive and instance["intended_status"] == "stopped" and instance[
+                "cur_state"] != "stopped":  # a stop asked for: the container has exited now
+            self._set_stopped(instance["id"], "stopped", when=box.stopped_at)
         if box is not None and not box.alive and instance["actual_status"] == "running":
             instance.update(actual_status="exited", status_msg=f"container exited with code {box.exit_code}")
         return {k: v for k, v in instance.items() if k not in ("storage_rate", "ask")}
@@ -236,6 +248,25 @@ class FakeVast(FakeServer):
         self._bill_segment(instance_id, None)
         return Reply(200, {"success": True})
 
+    def _manage(self, instance_id: int, body) -> Reply:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            return err(404, "no_such_instance", f"instance {instance_id} does not exist")
+        if not isinstance(body, dict) or not {"state", "label"} & set(body) or body.get("state", "stopped") not in (
+                "stopped", "running") or len(str(body.get("label", ""))) > 1024:
+            return err(400, "invalid_args", "give state (stopped or running) and/or a label of at most 1024 characters")
+        if "label" in body:
+            instance["label"] = self.bills[instance_id]["label"] = str(body["label"])
+        if body.get("state") == "running" and instance["intended_status"] == "stopped":
+            return err(400, "invalid_args", "starting a stopped instance is not simulated")
+        if body.get("state") == "stopped" and instance["intended_status"] != "stopped":
+            instance.update(intended_status="stopped", next_state="stopped", status_msg="stopping")
+            box = self.boxes.get(instance_id)
+            if box is not None:
+                box.stop("stopped")
+            self._row(instance)  # a box already ended is stopped at once
+        return Reply(200, {"success": True})
+
     def _request_logs(self, instance_id: int, body: dict) -> Reply:
         """logs.yaml: `tail` lines of the container's log, or with `daemon_logs` "the daemon system logs
         instead of container logs" (the host's docker daemon: pulls, starts, exits; never the job's lines)."""
@@ -271,19 +302,20 @@ class FakeVast(FakeServer):
 
     # ------------------------------------------------------------------ billing and events
 
-    def _set_stopped(self, instance_id: int, why: str) -> None:
+    def _set_stopped(self, instance_id: int, why: str, when=None) -> None:
         instance = self.instances[instance_id]
         instance.update(actual_status="stopped", intended_status="stopped", cur_state="stopped", next_state="stopped",
                         status_msg=why)
-        self._bill_segment(instance_id, instance["storage_rate"])
+        self._bill_segment(instance_id, instance["storage_rate"], when)
 
-    def _bill_segment(self, instance_id: int, rate: float | None) -> None:
-        """End the current billing segment now; start one at `rate` (None: the instance is gone)."""
+    def _bill_segment(self, instance_id: int, rate: float | None, when=None) -> None:
+        """End the current billing segment at `when` (default now); start one at `rate` (None: the instance is gone)."""
+        when = when or now()
         segments = self.bills[instance_id]["segments"]
         if segments[-1][1] is None:
-            segments[-1][1] = now()
+            segments[-1][1] = when
         if rate is not None:
-            segments.append([now(), None, rate])
+            segments.append([when, None, rate])
 
     def balance(self) -> float:
         return self.funds - self.billed_usd()
@@ -313,6 +345,10 @@ class FakeVast(FakeServer):
 
     def live(self) -> list[str]:
         return [i["label"] for iid, i in self.instances.items() if iid in self.boxes and self.boxes[iid].alive]
+
+    def kept(self) -> list[str]:
+        """Labels of instances not destroyed, running or stopped (a stopped one still bills its storage)."""
+        return [i["label"] for i in self.instances.values()]
 
     def billed_usd(self, label_prefix: str = "") -> float:
         total = 0.0

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from planner.interface import views
 from planner.interface.cli import options
 from planner.interface.cli.common import app, emit_json, fail, out, sessions, settings
-from planner.records import FINAL_STATES, Job
+from planner.records import FINAL_STATES, LIVE_ATTEMPT, Job
 from planner.run.launching import attempts_of, build_backends, build_supervisor
 
 jobs_app = typer.Typer(help="Jobs and campaigns: list, show, logs, cancel, and the supervisor's tick.",
@@ -133,7 +133,7 @@ def jobs_logs(job_id: Annotated[str, typer.Argument()],
 
         with sessionmaker() as session:
             outcome = attempts_of(session, job_id)[-1].outcome
-        return outcome not in ("launching", "running") or attempt_ended(backend, handle)
+        return outcome not in LIVE_ATTEMPT or attempt_ended(backend, handle)
 
     try:
         for line in follow_log(backend, handle, tail=tail, ended=ended):

@@ -1,4 +1,4 @@
-"""The contract every backend keeps: plan / launch / poll / cancel / logs, plus the reaper's listing.
+"""The contract every backend keeps: plan / launch / poll / stop / cancel / logs, plus the reaper's listing.
 
 `plan` is pure (an offer and a spec in, a LaunchPlan out: golden-testable). The others talk to one
 place (a subprocess, a provider API). Every instance a backend creates carries a label with our
@@ -209,6 +209,13 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, handle: Handle) -> None:
         """Terminate the instance; succeeds quietly when it is already gone."""
+
+    def stop(self, handle: Handle) -> bool:
+        """Ask the attempt's job to stop gracefully: its processes get SIGTERM, so a checkpointing job saves
+        and exits 75 (jobs.protocol); the instance itself is not deleted (a stopped cloud box still bills its
+        disk: `cancel` ends it once the job has exited). True when the stop was sent; False where this backend
+        has no graceful path (the caller then cancels at once), which is the default."""
+        return False
 
     @abstractmethod
     def logs(self, handle: Handle, tail: int = 200) -> str: ...

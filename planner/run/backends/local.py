@@ -3,7 +3,7 @@
 Each attempt gets a run directory under Settings.runs_dir named by its label, holding the log, the
 process id and, once the job ends, its exit code (written by planner.run.backends.local_wrapper, so a
 restarted supervisor that is not the job's parent still learns how it ended). The job runs in its own
-session, so cancel and preemption reach the whole process group.
+session, so cancel, a graceful stop (SIGTERM only: a budget stop) and preemption reach the whole process group.
 
 `preempt(handle, grace_s=5)` is the test and demo hook for an interruption as RunPod delivers one:
 SIGTERM to the group, then SIGKILL after the grace period.
@@ -217,6 +217,13 @@ class LocalBackend(Backend):
     def cancel(self, handle: Handle) -> None:
         (Path(handle.data["run_dir"]) / "cancelled").touch()
         self._signal_then_kill(handle, grace_s=10.0)
+
+    def stop(self, handle: Handle) -> bool:
+        """SIGTERM to the job's process group, and return: the job checkpoints and exits 75, which the wrapper
+        records (local_wrapper); the supervisor polls for it and cancels the attempt if it outlives its grace."""
+        if _alive(handle):
+            _killpg(handle, signal.SIGTERM)
+        return True
 
     def preempt(self, handle: Handle, grace_s: float = 5.0, *, wait: bool = False) -> None:
         """Interrupt the attempt as a spot provider would: SIGTERM, SIGKILL after `grace_s`."""

@@ -120,6 +120,12 @@ class RunPodBackend(CloudBackend):
             result = vanished(output, handle.label, False, f"pod {status.lower() or 'without a status'}")
         return dataclasses.replace(result, billed_usd_per_hour=billed)
 
+    def stop(self, handle: Handle) -> bool:
+        """The pod's `stop` action: its container gets SIGTERM (the job checkpoints, reports exit 75 and the box
+        deletes itself), then EXITED; a stopped pod keeps billing its disk, so `cancel` still deletes it."""
+        self._call(self.api.stop_pod, handle.instance_id)
+        return True
+
     def cancel(self, handle: Handle) -> None:
         self._call(self.api.delete_pod, handle.instance_id)
 

@@ -12,6 +12,10 @@ the attempt's dollars; the reaper. A managed job SkyPilot is recovering after a 
 (RECOVERING, recovery_count) is still this attempt, billed until it ends. Known SkyPilot gaps on
 these clouds (docs/providers/*.md, "SkyPilot"): no bucket mounts, and on Vast it re-searches offers by
 score, so the instance it rents may not be the exact offer we chose.
+
+No graceful stop: SkyPilot's managed jobs have cancel (`sky jobs cancel`), which tears the cluster down, and no
+call that signals the job and keeps the instance until it has saved. A budget stop therefore terminates a
+SkyPilot attempt at once (Backend.stop's default), losing the work since its last periodic checkpoint.
 """
 from __future__ import annotations
 

@@ -180,6 +180,17 @@ class VastBackend(CloudBackend):
         result = ended(output, handle.label) or PollResult(Status.RUNNING if actual == "running" else Status.PENDING)
         return dataclasses.replace(result, billed_usd_per_hour=billed)
 
+    def stop(self, handle: Handle) -> bool:
+        """Stop the instance (`vastai stop instance`): its container gets SIGTERM (the job checkpoints, reports exit
+        75 and the box destroys itself); a stopped instance keeps billing its disk, so `cancel` still destroys it."""
+        try:
+            self.api.stop(handle.instance_id)
+        except AuthenticationError as exc:
+            raise key_rejected(exc, f"could not stop instance {handle.instance_id}") from None
+        except ProviderError as exc:
+            raise BackendError(f"Vast.ai: could not stop instance {handle.instance_id}: {exc}") from None
+        return True
+
     def cancel(self, handle: Handle) -> None:
         """Destroy the instance; a rejected key is KeyRejected saying the box could not be ended (it bills on)."""
         try:
