@@ -170,11 +170,9 @@ def cloud(db_url, tmp_path, monkeypatch, s3, wheel):  # noqa: F811 (the fixtures
     stop_fakes(runpod, vast)
 
 
-# Vast only: the simulated RunPod runs a pod's `args` under `/bin/sh -c`, and dash forks the `sh -c '...'` inside
-# instead of exec'ing it; its stop (SIGTERM to the box's group) ends that outer shell first, so the pod reads EXITED
-# before the job has reported, and the job's process is left behind. Which process a real pod's SIGTERM reaches
-# (PID 1: that shell, or the job) is not documented; see the branch's report.
-@pytest.mark.parametrize("provider", ["vast"])
+# RunPod's pod args start with `exec` (planner.run.backends.runpod.box_args): without it the shell that runs them
+# stays PID 1 and the stop's SIGTERM never reaches the job
+@pytest.mark.parametrize("provider", ["runpod", "vast"])
 def test_a_budget_stop_on_the_cloud_goes_through_the_providers_stop_and_deletes_the_box(
         cloud, provider, tiny_model_dir, toy_corpus):
     settings, sessions, runpod, vast = cloud

@@ -337,7 +337,7 @@ def test_runpod_v2_on_demand_pod_ended_without_report_is_a_counted_failure_relau
     assert sent["disk"] == max(1, math.ceil(needs["disk_gb"]))  # sized from the job, not a constant
     assert JobSpec.from_json(sent["env"]["PLANNER_JOB_SPEC"]).job_id == spec.job_id
     script = pod_script(sent)
-    assert "python -m jobs.run --report" in script and "--hold" in script and sent["args"].startswith("sh -c ")
+    assert "python -m jobs.run --report" in script and "--hold" in script and sent["args"].startswith("exec sh -c ")
 
     runpod.exit(pod["id"])  # ended without a report: a broken box, a failure counted toward max failures
     assert supervisor.tick().relaunching == [spec.job_id]

@@ -54,9 +54,13 @@ BOX_SCRIPT = "/tmp/planner-box.sh"
 
 def box_args(script: str) -> str:
     """The pod's `args`: one string that writes the (base64) script to a file and execs it, so the
-    job's process receives the container's signals and no character of the script needs quoting."""
+    job's process receives the container's signals and no character of the script needs quoting. The
+    string is run by a shell (`/bin/sh -c ARGS`, Docker's string CMD), and dash forks rather than execs a
+    last command: without the leading `exec` that shell stays PID 1, which ignores SIGTERM, and a stop
+    or a preemption never reaches the job (found with the simulated pod: the pod read EXITED, its job
+    still running)."""
     encoded = base64.b64encode(script.encode()).decode()
-    return "sh -c " + shlex.quote(f"echo {encoded} | base64 -d > {BOX_SCRIPT} && exec sh {BOX_SCRIPT}")
+    return "exec sh -c " + shlex.quote(f"echo {encoded} | base64 -d > {BOX_SCRIPT} && exec sh {BOX_SCRIPT}")
 
 
 class RunPodBackend(CloudBackend):
