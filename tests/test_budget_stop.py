@@ -130,6 +130,7 @@ def test_a_budget_stop_saves_the_local_job_mid_run_and_a_raised_budget_resumes_i
         assert attempt.dollars <= 2.4
         error = session.get(Job, spec.job_id).error
         assert "over the job budget of $2.40" in error and f"saved its work and exited (checkpoint at step {stopped_at})" in error
+        assert f"to resume, launch it again with --checkpoint {spec.checkpoint_uri} and a larger --budget" in error
     assert 2 <= stopped_at < total and "interrupted by SIGTERM" in text
     assert latest_step(spec.checkpoint_uri) == stopped_at  # no finished step lost
     assert f"checkpoint at step {stopped_at}:" in text

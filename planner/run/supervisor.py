@@ -483,6 +483,9 @@ class Supervisor:
         elif result.exit_code == EXIT_INTERRUPTED:
             step = progress.load(attempt.progress).get("checkpoint_step")
             how = "it saved its work and exited" + (f" (checkpoint at step {step})" if step is not None else "")
+            checkpoint = JobSpec.from_json(job.spec).checkpoint_uri
+            if checkpoint:  # what a lab that raises the budget needs to go on from here
+                how += f"; to resume, launch it again with --checkpoint {checkpoint} and a larger --budget"
         else:
             how = f"it ended ({result.detail or result.status.value})"
         self._end_attempt(session, job, attempt, "stopped-by-budget", replace(result, detail=f"stopped by budget: {how}"))
