@@ -2,7 +2,8 @@
 sizing a corpus while its store is down used to fall back to the stated assumption (1 M records), so a
 relaunch planned then reserved thousands of times the job's real worst case and the job was stopped by
 budget, or failed, for good. The corpus's store here is a real S3 API (moto on loopback) that refuses
-every request for a while, both ways a store goes away: 503 ServiceUnavailable, and the connection reset."""
+every request for a while, both ways a store goes away: 503 ServiceUnavailable, and the connection reset.
+The model's config.json, read from the store to size a job, is held to the same rule."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from jobs.spec import JobSpec
 from planner.config import load_settings
 from planner.plan.budget import Ledger
 from planner.plan.campaigns import NewJob
-from planner.plan.estimate import StoreUnreachable, corpus_stats
+from planner.plan.estimate import StoreUnreachable, corpus_stats, model_shape
 from planner.plan.plans import Placer
 from planner.records import Attempt, Job, Reservation
 from planner.run.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
@@ -76,15 +77,21 @@ class Here(Backend):
 
 
 @pytest.mark.parametrize("mode", OUTAGE_MODES)
-def test_a_corpus_on_a_store_that_is_down_is_not_sized_by_the_assumption(server, corpus, mode):
+def test_a_corpus_on_a_store_that_is_down_is_not_sized_by_the_assumption(server, corpus, tiny_model_dir, mode):
     measured = corpus_stats(corpus)
     assert measured.measured and measured.records < 1000
+    model = corpus.replace("data/train.jsonl", "model")
+    storage.write_bytes_atomic(f"{model}/config.json", (tiny_model_dir / "config.json").read_bytes())
+    shape = model_shape(model)
     server.outage(600, mode)
     try:
         with pytest.raises(StoreUnreachable) as refused:
             corpus_stats(corpus)
+        with pytest.raises(StoreUnreachable):  # not "cannot size model": that fails the job for good
+            model_shape(model)
     finally:
         server.outage(0)
+    assert model_shape(model) == shape
     assert "\n" not in str(refused.value) and f"the store holding {corpus} is unreachable" in str(refused.value)
     assert corpus_stats(corpus) == measured  # back: sized as before
     # facts about the store stay what they were: a missing object or bucket is sized by the stated assumption

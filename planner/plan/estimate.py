@@ -216,8 +216,11 @@ def _model_config(model: str) -> dict | None:
     if storage.is_remote(model):
         try:
             return storage.read_json(storage.join(model, "config.json"))
-        except (OSError, ValueError):
-            return None
+        except Exception as exc:  # noqa: BLE001 (botocore's errors are no OSError)
+            _store_weather(model, exc)  # a store that is down now is waited for, never "cannot size"
+            if isinstance(exc, (OSError, ValueError)):
+                return None
+            raise
     config_file = Path(model) / "config.json"
     return json.loads(config_file.read_text()) if config_file.exists() else None
 

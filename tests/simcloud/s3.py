@@ -7,8 +7,8 @@ request rate"), so nothing it carried is stored. A job cannot report DONE while 
 is pending (jobs.checkpoint waits for it), so a held upload pins a job mid-run for as long as a test
 needs, on any machine speed.
 
-A test can also take the whole store down (`outage`): for a while every request, read or write, from this
-process or a box, is refused: answered 503 ServiceUnavailable (S3's "retry later", botocore's 5xx), or its
+A test can also take the store down (`outage`): for a while every request, read or write, from this
+process or a box (or every one on some paths), is refused: answered 503 ServiceUnavailable (S3's "retry later", botocore's 5xx), or its
 connection reset before any answer (what a store that went away looks like: botocore's ConnectionClosedError
 or EndpointConnectionError). Nothing a refused request carried is stored."""
 from __future__ import annotations
@@ -52,7 +52,8 @@ class S3Server:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.holds: list[Hold] = []
-        self.down_until, self.down_mode = 0.0, "503"  # time.monotonic() until which every request is refused
+        self.down_until, self.down_mode = 0.0, "503"  # time.monotonic() until which requests are refused
+        self.down_paths: Callable[[str], bool] = lambda path: True  # ... those whose path matches
         self.refused = 0
         self.port = free_port()
         moto = DomainDispatcherApplication(create_backend_app)
@@ -63,7 +64,7 @@ class S3Server:
 
     def _holding(self, app):
         def wsgi(environ, start_response):
-            if time.monotonic() < self.down_until:
+            if time.monotonic() < self.down_until and self.down_paths(environ.get("PATH_INFO", "")):
                 self.refused += 1
                 if self.down_mode == "reset":  # the connection drops before any answer (werkzeug drops the
                     environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)  # write below: a ConnectionError)
@@ -87,10 +88,12 @@ class S3Server:
         self.holds.append(hold)
         return hold
 
-    def outage(self, seconds: float, mode: str = "503") -> None:
-        """Refuse every request for `seconds` from now, the `mode` way (OUTAGE_MODES)."""
+    def outage(self, seconds: float, mode: str = "503", paths: Callable[[str], bool] | None = None) -> None:
+        """Refuse every request (or those whose path `paths` matches: a store whose data is spread over
+        several servers, one of them down) for `seconds` from now, the `mode` way (OUTAGE_MODES)."""
         if mode not in OUTAGE_MODES:
             raise ValueError(f"outage mode {mode!r}: one of {OUTAGE_MODES}")
+        self.down_paths = paths or (lambda path: True)
         self.down_mode, self.down_until = mode, time.monotonic() + seconds
 
     def release_all(self) -> None:
