@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from planner.plan import budget
 from planner.records import Attempt, Job
@@ -61,3 +61,27 @@ def test_an_attempt_ended_by_another_supervisor_meanwhile_is_not_ended_again(db_
         assert (first.ended_at, first.dollars) == recorded[2:] and second.outcome == "running"
         assert session.get(Job, "bag").state == "running"
     assert account.created == ["pod-1", "pod-2"] and list(account.instances) == ["pod-2"]
+
+
+def test_a_launch_whose_claim_lapsed_while_placing_is_left_to_the_supervisor_that_took_it(db_url):
+    """Placing outlasted the launch claim (a store that hangs on the corpus, retried for minutes): another
+    supervisor took the job and launched it; the first must not launch a second attempt beside it."""
+    sessions, account = session_factory(db_url), Account()
+    add_job(sessions, "bag")
+    other = Supervisor(sessions, {"runpod": Cloud(account)}, place(), budget=budget.Ledger())
+    placed = place()
+
+    def slow_place(session, job, context):
+        with sessions() as elsewhere:  # the claim lapses meanwhile; the other supervisor claims and launches
+            elsewhere.execute(update(Job).values(lease_until=other._database_clock() - timedelta(seconds=1)))
+            elsewhere.commit()
+        assert other.tick().launched == ["bag"]
+        return placed(session, job, context)
+
+    this = Supervisor(sessions, {"runpod": Cloud(account)}, slow_place, budget=budget.Ledger())
+    report = this.tick()
+    assert report.launched == [] and report.faults == {}
+    with sessions() as session:
+        assert session.scalars(select(Attempt.outcome)).all() == ["running"]
+        assert session.get(Job, "bag").state == "running"
+    assert account.created == ["pod-1"]

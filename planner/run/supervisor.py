@@ -188,6 +188,8 @@ class Supervisor:
             else:
                 self._release_claim(session, job, error=placement.reason)  # prices may change: try next tick
             return
+        if not self._claim_holds(session, job):  # placing outlasted the claim (a store or book slow to answer)
+            return  # and another supervisor took the job meanwhile: it is theirs to launch
         if self.budget is not None:
             refusal = self.budget.reserve(session, job, placement.worst_case_usd)
             if refusal and refusal.shared and (wait := self._budget_wait(session, job)):
@@ -245,6 +247,16 @@ class Supervisor:
         report.launched.append(job.id)
         log.info("job %s attempt %d launched on %s (%s, $%.3f/h)", job.id, number, backend.name,
                  attempt.gpu_model, attempt.usd_per_hour)
+
+    def _claim_holds(self, session: Session, job: Job) -> bool:
+        """Renew this supervisor's claim on the job if it still holds it (nobody took it over while it lapsed)."""
+        renewed = session.execute(
+            update(Job).where(Job.id == job.id, Job.lease_owner == self.owner, Job.state.in_(("pending", "preempted")))
+            .values(lease_until=database_now(session) + LAUNCH_LEASE)).rowcount == 1
+        if not renewed:
+            session.rollback()
+            log.info("job %s: its launch claim lapsed while placing and was taken over; left to its holder", job.id)
+        return renewed
 
     def _recover_cut_off_launch(self, session: Session, job: Job, attempt: Attempt) -> None:
         """An attempt row with no instance id: a create in flight (its launcher renews the claim: leave it), or
