@@ -19,12 +19,12 @@ from planner.plan.campaigns import NewJob
 from planner.plan.estimate import StoreUnreachable, corpus_stats, model_shape
 from planner.plan.plans import Placer
 from planner.records import Attempt, Job, Reservation
-from planner.run.backends.base import Backend, Handle, LaunchPlan, PollResult, Status
 from planner.run.launching import JobOptions, add_jobs
 from planner.run.supervisor import Supervisor
 from pricing.db import session_factory, utcnow
 from pricing.offer import Offer
 from tests.simcloud.s3 import OUTAGE_MODES, S3Server
+from tests.test_supervisor_faults import Account, Cloud
 
 THIS_MACHINE = dict(provider="local", offer_key="local", gpu_model="CPU", gpu_name_raw="CPU", vram_gb=0.0, gpu_count=1,
                     on_demand_usd_per_gpu_hour=3.6, spot_usd_per_gpu_hour=None, tier="local", location="localhost",
@@ -48,32 +48,10 @@ def corpus(server, toy_corpus, monkeypatch) -> str:
     return uri
 
 
-class Here(Backend):
+class Here(Cloud):
     """This machine as a backend that only counts its launches (the sizing is what is tested)."""
 
     name = "local"
-
-    def __init__(self):
-        self.launched: list[str] = []
-
-    def plan(self, spec, offer, *, attempt, spot, usd_per_hour, disk_gb=None, max_hours=None):
-        return LaunchPlan(self.name, spec.job_id, attempt, spot, usd_per_hour, ("true",), {}, project=self.project)
-
-    def launch(self, plan):
-        self.launched.append(plan.label)
-        return Handle(self.name, f"pid-{len(self.launched)}", plan.label)
-
-    def poll(self, handle):
-        return PollResult(Status.RUNNING)
-
-    def cancel(self, handle):
-        pass
-
-    def logs(self, handle, tail=200):
-        return ""
-
-    def list_labeled(self):
-        return []
 
 
 @pytest.mark.parametrize("mode", OUTAGE_MODES)
@@ -103,7 +81,8 @@ def test_a_corpus_on_a_store_that_is_down_is_not_sized_by_the_assumption(server,
 def test_a_job_planned_while_its_store_is_down_waits_then_is_sized_correctly(db_url, server, corpus, tiny_model_dir,
                                                                              tmp_path):
     sessions = session_factory(db_url)
-    here = Here()
+    account = Account()
+    here = Here(account)
     placer = Placer(load_settings(db_url=db_url), {"local": here}, Offer(**THIS_MACHINE, fetched_at=utcnow()))
     supervisor = Supervisor(sessions, {"local": here}, placer, budget=Ledger(), poll_interval_s=0.05)
     spec = JobSpec("bag", "train-bag", str(tmp_path / "out"), {"model": str(tiny_model_dir), "data": corpus,
@@ -124,7 +103,7 @@ def test_a_job_planned_while_its_store_is_down_waits_then_is_sized_correctly(db_
         assert job.error.startswith(f"waiting: the store holding {corpus} is unreachable") and "\n" not in job.error
         assert job.error.endswith("; retrying")
         assert not session.scalars(select(Attempt)).all() and session.get(Reservation, "bag") is None
-    assert not here.launched and not report.faults  # a wait, not a fault of the job's step
+    assert not account.created and not report.faults  # a wait, not a fault of the job's step
 
     supervisor.tick()
     with sessions() as session:
@@ -132,5 +111,5 @@ def test_a_job_planned_while_its_store_is_down_waits_then_is_sized_correctly(db_
         assert job.state == "running" and job.error is None, job.error
         hours = json.loads(job.requirements)["hours"]
         reserved = session.get(Reservation, "bag").usd
-    assert len(here.launched) == 1
+    assert len(account.created) == 1
     assert hours < 1.0 and reserved <= 2.0  # the toy corpus's size, measured: not a million records
