@@ -113,3 +113,14 @@ def test_a_job_planned_while_its_store_is_down_waits_then_is_sized_correctly(db_
         reserved = session.get(Reservation, "bag").usd
     assert len(account.created) == 1
     assert hours < 1.0 and reserved <= 2.0  # the toy corpus's size, measured: not a million records
+
+
+def test_plan_says_in_one_line_that_the_store_is_down_and_exits_1(cli, server, corpus):
+    cli("db", "upgrade")
+    server.outage(600, "503")
+    try:
+        result = cli("plan", "train-bag", "--fraction", "0.4", "--data", corpus, code=1)
+    finally:
+        server.outage(0)
+    said = result.stderr.strip()
+    assert "\n" not in said and f"the store holding {corpus} is unreachable" in said and "Traceback" not in said
