@@ -52,8 +52,7 @@ class S3Server:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.holds: list[Hold] = []
-        self.down_until, self.down_mode = 0.0, "503"  # time.monotonic() until which requests are refused
-        self.down_paths: Callable[[str], bool] = lambda path: True  # ... those whose path matches
+        self.outages: list[tuple[float, str, Callable[[str], bool]]] = []  # (until, mode, paths), overlapping
         self.refused = 0
         self.port = free_port()
         moto = DomainDispatcherApplication(create_backend_app)
@@ -64,9 +63,11 @@ class S3Server:
 
     def _holding(self, app):
         def wsgi(environ, start_response):
-            if time.monotonic() < self.down_until and self.down_paths(environ.get("PATH_INFO", "")):
+            now, path = time.monotonic(), environ.get("PATH_INFO", "")
+            down = [mode for until, mode, paths in list(self.outages) if now < until and paths(path)]
+            if down:
                 self.refused += 1
-                if self.down_mode == "reset":  # the connection drops before any answer (werkzeug drops the
+                if down[0] == "reset":  # the connection drops before any answer (werkzeug drops the
                     environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)  # write below: a ConnectionError)
                 body = b"" if environ["REQUEST_METHOD"] == "HEAD" else UNAVAILABLE
                 start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
@@ -90,11 +91,14 @@ class S3Server:
 
     def outage(self, seconds: float, mode: str = "503", paths: Callable[[str], bool] | None = None) -> None:
         """Refuse every request (or those whose path `paths` matches: a store whose data is spread over
-        several servers, one of them down) for `seconds` from now, the `mode` way (OUTAGE_MODES)."""
+        several servers, one of them down) for `seconds` from now, the `mode` way (OUTAGE_MODES), beside any
+        outage under way; `seconds` 0 ends them all."""
         if mode not in OUTAGE_MODES:
             raise ValueError(f"outage mode {mode!r}: one of {OUTAGE_MODES}")
-        self.down_paths = paths or (lambda path: True)
-        self.down_mode, self.down_until = mode, time.monotonic() + seconds
+        now = time.monotonic()
+        self.outages = [o for o in self.outages if o[0] > now] + [(now + seconds, mode, paths or (lambda path: True))]
+        if seconds <= 0:
+            self.outages = []
 
     def release_all(self) -> None:
         for hold in self.holds:
@@ -116,6 +120,6 @@ class S3Server:
 
     def stop(self) -> None:
         self.release_all()
-        self.down_until = 0.0
+        self.outages = []
         self.server.shutdown()
         self.thread.join()
