@@ -3,6 +3,7 @@ backends and the simulated cloud (tests/simcloud), each running the real train-b
 
     .venv/bin/python bench/cloud_drill.py [--schedules 20] [--seed 0] [--out bench/out/cloud_drill.md]
     .venv/bin/python bench/cloud_drill.py --money [--schedules 20]    # the faults that cost money
+    .venv/bin/python bench/cloud_drill.py --project-faults [--schedules 10]    # issue 24's faults
 
 One wheel build, one moto S3 server and one uninterrupted reference run (the job run directly, on
 local files) serve every schedule. Each schedule is one train-bag job on a fresh database, fresh fake
@@ -31,8 +32,8 @@ restarts. Faults drawn from the schedule's seed:
                     on the second after the first pod's host died mid-training; the job must fail with the
                     balance message.
 
-The supervisor process runs with ADOPT_AFTER cut from 2 min to 15 s and LAUNCH_LEASE from 10 min to
-30 s (time compression: one supervisor at a time here, so nothing else relies on them), and with the
+The supervisor process runs with the create claim (CREATE_LEASE, renewed every quarter of it while a create
+is in flight) cut from 60 s to 6 s and LAUNCH_LEASE from 10 min to 30 s (time compression), and with the
 interrupted-offer cool-down at 20 s (`preempted_cooldown`), so a schedule does not wait out
 production-length timers. Checked for every schedule: the job ends as expected (succeeded; failed with
 the balance message for the 402 ones); a succeeded job's weights are bitwise those of the reference;
@@ -71,6 +72,42 @@ and billed <= the job's budget:
   balance runs out  RunPod only (its $0 behaviour and 402 are documented; what Vast answers to a create at
                     $0 is not): the balance is spent once the box has trained a step, RunPod terminates the
                     pod, and the relaunch meets a 402: the job fails naming the balance.
+
+`--project-faults` runs issue 24's faults instead, all in every schedule, the job on Vast spot or RunPod
+on-demand in turn (class ProjectWatch):
+
+  second project    a second database (its own project identity) on the same account (both keys, both fakes)
+                    and runs directory: its supervisor process ticks every 0.3 s, its reaper listing both
+                    providers, until the drill ends; it must end none of this project's boxes;
+  clock skew        a second supervisor process of this project, its clock (`Supervisor.clock` and its
+                    budget's, as bench/drill.py skews them) SKEW_S = 3 min ahead, ticks beside the first all along
+                    (leases and claims stay on the database's clock);
+  slow creates      the 1st, the 2nd or both creates answer SLOW_CREATE_S = 15 s after the instance exists
+                    (2.5 create claims of 6 s: the claim must be renewed, not taken over) while both supervisors
+                    tick;
+  store down        the corpus lives in the schedule's bucket (as a lab's often does: the planner sizes it
+                    there at every placement); 1-2 bursts at 0-40 s of 2-8 s in which the moto S3 server refuses
+                    every request (tests/simcloud/s3.py `outage`), answering 503 ServiceUnavailable or resetting the
+                    connection: the supervisors' reads and the boxes' uploads see it (a box rides it out through
+                    botocore's retries and its checkpoint upload retry, or fails and is relaunched from its
+                    checkpoint); and, as the first attempt ends (the Vast box outbid, or the RunPod host dead,
+                    after 1-4 steps), 40-50 s in which the corpus's object is refused, so the relaunch is planned
+                    while its store is down: it must wait ("waiting: the store holding ... is unreachable (...);
+                    retrying"), never be sized by the 1 M-record assumption and stopped by budget;
+  poisoned job      a job whose spec is torn JSON, beside the drilled one: failed in one line, nothing else stops;
+  key missing       a job whose live attempt runs on the provider the drilled job does not use, whose key is not
+                    set where the supervisors run (RUNPOD_API_KEY on Vast schedules, VAST_API_KEY on RunPod
+                    ones): it waits, saying "set <KEY>";
+plus one 429 storm on the provider in play and the supervisor kills of the default draw (p 0.5 at 2-40 s,
+p 0.4 mid-launch). The monthly budget is the job's + $0.30. Checked per schedule, beside outcome, weights, no
+crash, no orphan and no secret: double launches 0 (instances created per attempt label at the fakes' billing
+ledgers, plus attempts of the job live at once), unbilled boxes 0 (an instance no attempt row knows, sampled every 0.25 s, for more than
+UNOWNED_GRACE_S), boxes the second project ended 0 (its reaper's report), budgets held while attempts run
+(sampled every second: the job's settled + accruing and what the fakes billed <= its budget; the month's
+settled + accruing, committed and billed <= the monthly budget), the poisoned job failed in one line, the keyed
+one waiting with its key's name, and the other two supervisors ran to the end. Settled = billed is not
+checked here: the skewed supervisor's times are 3 minutes off by design (production supervisors use the
+database's clock); what the fakes billed is compared with the budgets instead.
 """
 from __future__ import annotations
 
@@ -91,10 +128,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TRAIN = {"batch_size": 4, "max_steps": 8, "save_every_steps": 2}
+# a chunk every offer holds, so the reference run and every box chunk alike (as test_simcloud pins it: a chunk the
+# planner picks for a card may differ from the reference's, and sorted chunks of another size round differently)
+TRAIN = {"batch_size": 4, "max_steps": 8, "save_every_steps": 2, "mini_batch_size": 8}
 FRACTION, SEED, METHOD = 0.5, 3, "full"
 BUDGET = 2.0
-ADOPT_AFTER_S, LAUNCH_LEASE_S, COOLDOWN_S = 15, 30, 20
+CREATE_LEASE_S, LAUNCH_LEASE_S, COOLDOWN_S = 6, 30, 20
 SCHEDULE_TIMEOUT_S = 600
 MONEY_FAULTS = ("killed for good", "install fails", "key rotated", "balance runs out")
 DEADLINE_STARTUP_HOURS = 0.012  # killed-for-good schedules: the plan's startup allowance (0.15 h in production)
@@ -109,6 +148,13 @@ NO_CAPACITY = {"title": "Bad Request", "status": 400, "detail": "There are no lo
 OUT_OF_FUNDS = {"title": "Payment Required", "status": 402, "detail": "Insufficient balance to create this pod."}
 POLL_ROUTES = {"runpod": "rp.get", "vast": "vast.list"}
 STORM_ROUTES = ["rp.create", "rp.get", "rp.list", "vast.search", "vast.create", "vast.list"]
+PROJECT_BACKENDS = [("vast", "spot"), ("runpod", "on-demand")]  # --project-faults: the key of the other is missing
+MONTHLY_OVER_JOB = 0.3  # --project-faults: the monthly budget, this much above the job's
+SLOW_CREATE_S = 15.0  # a slow create answers this long after the instance exists: 2.5 create claims
+SKEW_S = 180.0  # the second supervisor's clock, this far ahead
+UNOWNED_GRACE_S = 5.0  # an instance no attempt row knows for longer than this bills outside every ledger
+SKEW_ENV, ROLE_ENV = "DRILL_SKEW_S", "DRILL_ROLE"
+CORPUS_KEY = "data/train.jsonl"  # --project-faults: where the corpus lives in the schedule's bucket
 
 
 # ---------------------------------------------------------------------------------------------- supervisor
@@ -123,7 +169,7 @@ def supervise(config_path: str) -> int:
     from planner.run.launching import build_supervisor
     from pricing.db import session_factory
 
-    supervisor_module.ADOPT_AFTER = timedelta(seconds=ADOPT_AFTER_S)
+    supervisor_module.CREATE_LEASE = timedelta(seconds=CREATE_LEASE_S)
     if os.environ.get(DEADLINE_ENV):  # a short reservation, so a box's deadline comes within the drill
         import planner.plan.choose as choose_module
 
@@ -131,10 +177,17 @@ def supervise(config_path: str) -> int:
     supervisor_module.LAUNCH_LEASE = timedelta(seconds=LAUNCH_LEASE_S)
     settings = load_settings(**json.loads(Path(config_path).read_text()))  # the API keys: from the environment
     supervisor = build_supervisor(settings, session_factory(settings.db_url))
+    if os.environ.get(SKEW_ENV):  # a host whose clock runs ahead (as bench/drill.py skews it): this supervisor's
+        skew = timedelta(seconds=float(os.environ[SKEW_ENV]))  # times and its budget's; leases and claims keep
+        clock = supervisor.clock  # the database's
+        supervisor.clock = supervisor.budget.clock = lambda: clock() + skew
+    neighbour = os.environ.get(ROLE_ENV) == "neighbour"  # another project's: it ticks (its reaper) until killed
     print(json.dumps({"t": time.time(), "event": "started", "pid": os.getpid()}), flush=True)
+    waiting = 0  # jobs the last tick left waiting for a backend this process lacks (a key not set here)
     while True:
-        done = supervisor.open_jobs() == 0
+        done = not neighbour and supervisor.open_jobs() <= waiting
         report = supervisor.tick()
+        waiting = len(report.waiting)
         for line in report.lines():
             print(json.dumps({"t": time.time(), "event": line}), flush=True)
         for label in report.reaped:
@@ -164,6 +217,11 @@ class Faults:
     host_failure_after_steps: int | None = None  # the first RunPod pod's host dies (the 402-on-relaunch case)
     money: str | None = None  # one of MONEY_FAULTS
     money_after_steps: int = 1  # ... done once a box has trained this many steps
+    project: bool = False  # --project-faults (issue 24): the fields below, and the side jobs and neighbours
+    slow_create_at: set[int] = field(default_factory=set)  # these creates answer SLOW_CREATE_S after the instance
+    outages: list[tuple[float, float, str]] = field(default_factory=list)  # (at s, seconds, mode): the store down
+    outage_at_relaunch: tuple[float, str] | None = None  # (seconds, mode): the store goes down as the attempt ends
+    missing_key: str | None = None  # absent where the supervisors run; the keyed side job's attempt is there
 
     @property
     def expected(self) -> str:
@@ -183,6 +241,27 @@ def draw_money_faults(index: int, rng: random.Random) -> Faults:
     if money == "balance runs out":
         backend, spot = "runpod", "on-demand"
     return Faults(backend, spot, money=money, money_after_steps=rng.randint(1, 3))
+
+
+def draw_project_faults(index: int, rng: random.Random) -> Faults:
+    from tests.simcloud.s3 import OUTAGE_MODES
+
+    backend, spot = PROJECT_BACKENDS[index % len(PROJECT_BACKENDS)]
+    faults = Faults(backend, spot, project=True, missing_key="RUNPOD_API_KEY" if backend == "vast" else "VAST_API_KEY")
+    if backend == "vast":
+        faults.outbid_after_steps = [rng.randint(1, 4)]
+    else:
+        faults.host_failure_after_steps = rng.randint(1, 4)
+    faults.outage_at_relaunch = (rng.uniform(40, 50), rng.choice(OUTAGE_MODES))
+    faults.outages = [(rng.uniform(0, 40), rng.uniform(2, 8), rng.choice(OUTAGE_MODES)) for _ in range(rng.randint(1, 2))]
+    faults.slow_create_at = {1, 2} if rng.random() < 0.5 else {rng.choice([1, 2])}
+    route = rng.choice(["rp.create", "rp.get", "rp.list"] if backend == "runpod" else ["vast.create", "vast.list"])
+    faults.storms.append((rng.uniform(0, 35), route, rng.randint(2, 6)))
+    if rng.random() < 0.5:
+        faults.kill_at.append(rng.uniform(2, 40))
+    if rng.random() < 0.4:
+        faults.kill_mid_launch_at_create.add(rng.choice([1, 2]))
+    return faults
 
 
 def draw_faults(index: int, rng: random.Random) -> Faults:
@@ -320,7 +399,128 @@ def money_fault(kind: str, fake, driver: "Driver", sessions, job_id: str, reserv
             "dead_s": time.monotonic() - killed_at, "stops": stops}
 
 
-def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = False) -> dict:
+class ProjectWatch:
+    """--project-faults: what sits beside the drilled job (a poisoned job, a keyed one, a monthly budget near the
+    job's), the other supervisors on the account (the same project's, its clock SKEW_S ahead; a second project's,
+    its own database), and what is watched while they run: instances no attempt row knows, the money."""
+
+    def __init__(self, faults: Faults, session, directory: Path, overrides: dict):
+        from bench.drill import poisoned_and_keyed
+        from planner.plan import budget as budgets
+        from planner.records import project_id
+        from pricing.db import upgrade
+        from tests.simcloud.world import keys
+
+        self.faults, self.directory = faults, directory
+        self.monthly = BUDGET + MONTHLY_OVER_JOB
+        budgets.set_monthly_budget(session, self.monthly)
+        poisoned_and_keyed(session, keyed_on="runpod" if faults.missing_key == "RUNPOD_API_KEY" else "vast")
+        self.project = project_id(session)
+        neighbour_db = f"sqlite:///{directory / 'neighbour.db'}"  # the second project: same keys, fakes, runs dir
+        upgrade(neighbour_db)
+        (directory / "neighbour.json").write_text(json.dumps({**overrides, "db_url": neighbour_db}))
+        env = {**os.environ, **keys()}
+        self.second = Driver(directory / "settings.json", directory / "second.log", {**env, SKEW_ENV: str(SKEW_S)})
+        self.second.env.pop(faults.missing_key)
+        self.neighbour = Driver(directory / "neighbour.json", directory / "neighbour.log", {**env, ROLE_ENV: "neighbour"})
+        self.unknown_since: dict[tuple[str, str], float] = {}
+        self.unbilled: set[str] = set()
+        self.concurrent: set[tuple[int, ...]] = set()
+        self.peak_job = self.peak_month = 0.0
+        self.store_waits, self.waiting_for_store, self.budget_read_at = 0, False, 0.0
+        self.reported: set[str] = set()
+
+    def start(self) -> None:
+        self.second.start()
+        self.neighbour.start()
+
+    def stop(self) -> None:
+        for driver in (self.second, self.neighbour):
+            if driver.pid is not None:
+                driver.kill()
+
+    def watch(self, sessions, runpod, vast, job_id: str, problems: list[str]) -> None:
+        """Once per drill loop: instances no attempt row knows (for longer than UNOWNED_GRACE_S: unbilled), the
+        job's and the month's money (settled + accruing, committed, and what the fakes billed), the relaunch
+        waiting for the store, and the other supervisors still running as they should."""
+        from sqlalchemy import select
+
+        from planner.plan import budget as budgets
+        from planner.records import LIVE_ATTEMPT, Attempt, Job
+        from planner.run.backends.base import parse_label
+        from pricing.db import database_now
+
+        listed = ([("runpod", pod_id, pod.get("name") or "") for pod_id, pod in list(runpod.pods.items())]
+                  + [("vast", str(i), instance.get("label") or "") for i, instance in list(vast.instances.items())])
+        at = time.monotonic()
+        with sessions() as session:
+            rows = {(a.job_id, a.number): (a.instance_id, a.outcome) for a in session.scalars(select(Attempt))}
+            live = sorted(number for (job, number), (_, outcome) in rows.items() if job == job_id and outcome in LIVE_ATTEMPT)
+            if len(live) > 1:  # two attempts of the job at once: a launch made twice (the job's claim, not the attempt's)
+                self.concurrent.add(tuple(live))
+            unknown = set()
+            for provider, instance_id, label in listed:
+                parsed = parse_label(label)
+                if parsed is None or parsed.project not in (self.project, None):
+                    continue
+                owner, outcome = rows.get((parsed.job_id, parsed.attempt), ("", ""))
+                if owner == instance_id or (owner is None and outcome in LIVE_ATTEMPT):
+                    continue  # known (a create in flight has its row; the id comes with the answer)
+                unknown.add((provider, instance_id))
+                if at - self.unknown_since.setdefault((provider, instance_id), at) > UNOWNED_GRACE_S:
+                    self.unbilled.add(f"{provider}:{instance_id} {label}")
+            self.unknown_since = {k: v for k, v in self.unknown_since.items() if k in unknown}
+            waiting = (session.get(Job, job_id).error or "").startswith("waiting: the store holding")
+            self.store_waits += waiting and not self.waiting_for_store
+            self.waiting_for_store = waiting
+            if at - self.budget_read_at >= 1.0:
+                self.budget_read_at = at
+                now = database_now(session)
+                live, month = budgets.accruing(session, now), budgets.month_spend(session, now)
+                billed = runpod.billed_usd("planner-") + vast.billed_usd("planner-")
+                self.peak_job = max(self.peak_job, budgets.job_spent(session, job_id) + live.get(job_id, 0.0), billed)
+                self.peak_month = max(self.peak_month, month.settled_usd + month.accruing_usd, month.committed_usd, billed)
+        for name, driver in (("the second supervisor", self.second), ("the second project's supervisor", self.neighbour)):
+            code = driver.ended()
+            if code is not None and not driver.killed_by_us and (code != 0 or driver is self.neighbour) \
+                    and name not in self.reported:
+                self.reported.add(name)
+                driver.crashes += 1
+                tail = driver.log.read_text(errors="replace").splitlines()[-1:]
+                problems.append(f"{name} ended (exit {code}): {' '.join(tail)[-200:]}")
+
+    def logs(self) -> str:
+        return "\n".join(d.log.read_text(errors="replace") for d in (self.second, self.neighbour) if d.log.exists())
+
+    def results(self, sessions, runpod, vast, billed: float) -> tuple[dict, dict]:
+        """The checks of issue 24 (see the docstring) and the row's numbers."""
+        from collections import Counter
+
+        from planner.records import Job
+
+        creates = Counter(bill.get("label", bill.get("name", "")) for fake in (runpod, vast) for bill in fake.bills.values())
+        doubles = sum(n - 1 for n in creates.values() if n > 1) + sum(len(c) - 1 for c in self.concurrent)
+        neighbour_reaped = sum('"reaped"' in line for line in self.neighbour.log.read_text(errors="replace").splitlines())
+        with sessions() as session:
+            poisoned, keyed = session.get(Job, "poisoned"), session.get(Job, "keyed")
+            poisoned_ok = poisoned.state == "failed" and "\n" not in (poisoned.error or "x\n")
+            keyed_ok = keyed.state == "running" and (keyed.error or "").startswith("waiting: ") and \
+                f"set {self.faults.missing_key}" in keyed.error
+            side = f"poisoned {poisoned.state}: {(poisoned.error or '')[:60]}; keyed {keyed.state}: {keyed.error}"
+        checks = {"0 double launches": doubles == 0, "0 unbilled": not self.unbilled,
+                  "second project ended none": neighbour_reaped == 0,
+                  "budgets held": self.peak_job <= BUDGET + 1e-9 and self.peak_month <= self.monthly + 1e-9
+                  and billed <= BUDGET, "poisoned failed in one line": poisoned_ok,
+                  f"keyed waits for {self.faults.missing_key}": keyed_ok,
+                  "other supervisors ran": not self.reported}
+        return checks, {"double launches": doubles, "unbilled": len(self.unbilled), "unbilled labels": sorted(self.unbilled),
+                        "concurrent attempts": sorted(self.concurrent), "neighbour reaped": neighbour_reaped, "peak job": self.peak_job, "peak month": self.peak_month,
+                        "monthly": self.monthly, "store waits": self.store_waits,
+                        "side jobs": side, "side jobs ok": poisoned_ok and keyed_ok,
+                        "missing key": self.faults.missing_key}
+
+
+def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = False, project: bool = False) -> dict:
     from sqlalchemy import text
 
     from planner.config import load_settings
@@ -345,7 +545,7 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
     )
 
     rng = random.Random(f"{seed}/{index}")
-    faults = draw_money_faults(index, rng) if money else draw_faults(index, rng)
+    faults = (draw_money_faults if money else draw_project_faults if project else draw_faults)(index, rng)
     directory = work / f"schedule-{index:03d}"
     directory.mkdir(parents=True)
     runpod = FakeRunPod(RUNPOD_KEY, directory / "boxes", grace_s=3.0)
@@ -363,19 +563,29 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
                                        "box_startup_minutes": 0.1} if faults.money == "install fails" else {}))
     (directory / "settings.json").write_text(json.dumps(overrides))
     settings = load_settings(**overrides, runpod_api_key=RUNPOD_KEY, vast_api_key=VAST_KEY)
-    job = campaigns.train_bag_job(settings, model=str(shared["model"]), data=str(shared["corpus"]), fraction=FRACTION,
+    data = str(shared["corpus"])
+    if faults.project:  # the corpus in the store, as a lab's often is: the planner sizes it there, at every (re)launch
+        from jobs import storage
+
+        data = f"{settings.storage_uri.rsplit('/', 1)[0]}/{CORPUS_KEY}"
+        storage.write_bytes_atomic(data, shared["corpus"].read_bytes())
+    job = campaigns.train_bag_job(settings, model=str(shared["model"]), data=data, fraction=FRACTION,
                                   seed=SEED, method=METHOD, extra=dict(TRAIN))
     [job], _ = stage_for_cloud(settings, faults.backend, [job])
     with sessions() as session:
         add_jobs(session, [job], JobOptions(backend=faults.backend, spot=faults.spot, budget_usd=BUDGET))
+        if faults.project:
+            project = ProjectWatch(faults, session, directory, overrides)
     job_id = job.spec.job_id
 
     driver = Driver(directory / "settings.json", directory / "supervisor.log", {**os.environ, **keys()})
+    if faults.project:
+        driver.env.pop(faults.missing_key)
     if faults.money == "killed for good":
         driver.env[DEADLINE_ENV] = str(DEADLINE_STARTUP_HOURS)
     money_done: dict = {}  # what the money fault did and saw
     counts = {"outbids": 0, "no-capacity 400s": 0, "429s": 0, "5xx": 0, "lost create answers": 0, "losing bids": 0,
-              "402s": 0, "host failures": 0, "kills": 0, "kills mid-launch": 0}
+              "402s": 0, "host failures": 0, "kills": 0, "kills mid-launch": 0, "slow creates": 0, "store outages": 0}
     creates = [0]
 
     # ---- faults the fakes answer: a 402 at the n-th create, kill -9 of the supervisor inside a create
@@ -400,6 +610,9 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
                 if faults.destroy_fails:
                     vast.inject("vast.delete", 503, "<html>service unavailable</html>", times=5)
             reply = original_create(*args)
+            if reply.status in (200, 201) and number in faults.slow_create_at:
+                counts["slow creates"] += 1  # the instance bills; its answer comes after 2.5 create claims
+                time.sleep(SLOW_CREATE_S)
             if fake is vast and reply.status == 400 and isinstance(reply.body, dict) and reply.body.get("new_contract"):
                 counts["losing bids"] += 1
             if reply.status in (200, 201) and number in faults.kill_mid_launch_at_create and driver.kill():
@@ -418,17 +631,30 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
         runpod.inject("rp.create", 400, NO_CAPACITY, times=burst, headers=RATE_HEADERS)
     timed = sorted([(at, "storm", (route, count)) for at, route, count in faults.storms]
                    + [(at, "5xx", (route, count, status)) for at, route, count, status in faults.poll_5xx]
-                   + [(at, "kill", None) for at in faults.kill_at], key=lambda e: e[0])
+                   + [(at, "kill", None) for at in faults.kill_at]
+                   + [(at, "outage", (seconds, mode)) for at, seconds, mode in faults.outages], key=lambda e: e[0])
     outbids_left = list(faults.outbid_after_steps)
     outbid_ids: set[int] = set()
     stops: dict[tuple[str, str], tuple] = {}  # (provider, instance id) -> (when, $/h that stopped billing)
     host_failed = False
     problems: list[str] = []
+
+    def relaunch_outage():  # the store goes down as the attempt ends: the relaunch is planned while it is down
+        if faults.outage_at_relaunch:
+            shared["s3"].outage(*faults.outage_at_relaunch, paths=lambda path: path.endswith(CORPUS_KEY))
+            counts["store outages"] += 1
+            faults.outage_at_relaunch = None
+
+    refused_before = shared["s3"].refused
     started = time.monotonic()
     driver.start()
+    if faults.project:
+        project.start()
     state = "pending"
     try:
         while True:
+            if faults.project:
+                project.watch(sessions, runpod, vast, job_id, problems)
             elapsed = time.monotonic() - started
             while timed and timed[0][0] <= elapsed:
                 _, kind, what = timed.pop(0)
@@ -448,6 +674,9 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
                         if route.startswith("rp.") else "<html>bad gateway</html>", times=count)
                 elif kind == "kill" and driver.kill():
                     counts["kills"] += 1
+                elif kind == "outage":
+                    shared["s3"].outage(*what)
+                    counts["store outages"] += 1
             for instance_id, box in list(vast.boxes.items()):  # outbids, once a spot box has trained a little
                 instance = vast.instances.get(instance_id)
                 if (outbids_left and instance and instance["is_bid"] and instance_id not in outbid_ids and box.alive
@@ -457,6 +686,7 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
                     vast.outbid(instance_id)
                     stops[("vast", str(instance_id))] = (now(), instance["dph_total"] - instance["storage_rate"])
                     counts["outbids"] += 1
+                    relaunch_outage()
             if faults.host_failure_after_steps and not host_failed:
                 for pod_id, box in list(runpod.boxes.items()):
                     if box.alive and box_steps(box) >= faults.host_failure_after_steps:
@@ -464,6 +694,7 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
                         stops[("runpod", pod_id)] = (now(), runpod.pods[pod_id]["cost"])
                         host_failed = True
                         counts["host failures"] += 1
+                        relaunch_outage()
                         break
             if faults.money and not money_done and faults.money != "install fails":
                 fake = vast if faults.backend == "vast" else runpod
@@ -499,6 +730,9 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
     finally:
         if driver.pid is not None:
             driver.kill()
+        if faults.project:
+            project.stop()
+        shared["s3"].outage(0)
         deadline = time.monotonic() + 15  # boxes being terminated get SIGTERM, then SIGKILL after 3 s
         while time.monotonic() < deadline and (runpod.live() or vast.live()):
             time.sleep(0.2)
@@ -529,6 +763,12 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
         files = weight_files(job.spec.output_uri)
         checks["weights"] = bool(files) and files.keys() == shared["reference"].keys() and all(
             files[name] == shared["reference"][name] for name in files)
+        if not checks["weights"]:
+            reference = shared["reference"]
+            problems.append("weights: " + ", ".join(
+                f"{name} {len(files.get(name, b''))} B vs {len(reference.get(name, b''))} B"
+                + (" (differs)" if name in files and name in reference and files[name] != reference[name] else "")
+                for name in sorted(set(files) | set(reference))))
     checks["no crash"] = driver.crashes == 0 and not any(p.startswith("still") for p in problems)
     checks["no orphan"] = not left and not runpod.live() and not vast.live() and not open_attempts
     checks["budget"] = settled <= BUDGET + 1e-9
@@ -545,8 +785,14 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
         checks["billed <= reserved"] = money_done.get("billed", 1e9) <= money_done.get("reserved", 0.0) + 1e-9
     if faults.money == "key rotated":  # the box billed on while the planner could not see it
         checks["settled = billed"] = settled <= billed + tolerance
+    extra: dict = {}
+    if faults.project:  # the skewed supervisor's times are off by SKEW_S by design: what the fakes billed is the truth
+        del checks["settled = billed"]
+        project_checks, extra = project.results(sessions, runpod, vast, billed)
+        checks.update(project_checks)
+        extra["store refusals"] = shared["s3"].refused - refused_before
     secret = CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
-    log_text = "\n".join(log_lines)
+    log_text = "\n".join(log_lines) + (project.logs() if faults.project else "")
     sent = runpod.everything_sent() + vast.everything_sent()
     boxes = [*runpod.boxes.values(), *runpod.gone.values(), *vast.boxes.values(), *vast.gone.values()]
     checks["no secret"] = (not any(s in dump or s in log_text for s in (secret, RUNPOD_KEY, VAST_KEY))
@@ -560,7 +806,8 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
             "billed": billed, "unseen": unseen, "reaped": len(reaped), "left": len(left), "kills": driver.kills,
             "crashes": driver.crashes, "checks": checks, "failed": failed, "problems": problems,
             "seconds": seconds, "money": faults.money or "", "money_done": {
-                k: v for k, v in money_done.items() if k in ("billed", "reserved", "late_s", "dead_s")}, **counts}
+                k: v for k, v in money_done.items() if k in ("billed", "reserved", "late_s", "dead_s")}, **counts,
+            **extra}
 
 
 # ---------------------------------------------------------------------------------------------- the drill
@@ -586,7 +833,8 @@ def reference_files(model: Path, corpus: Path, work: Path) -> dict[str, bytes]:
 def faults_cell(r: dict) -> str:
     names = [("outbids", "outbid"), ("no-capacity 400s", "400"), ("429s", "429"), ("5xx", "5xx"),
              ("lost create answers", "create 502 after the pod"), ("losing bids", "losing bid"), ("kills", "kill"),
-             ("kills mid-launch", "kill mid-launch"), ("host failures", "host died"), ("402s", "402")]
+             ("kills mid-launch", "kill mid-launch"), ("host failures", "host died"), ("402s", "402"),
+             ("slow creates", "slow create"), ("store outages", "store down")]
     money = r.get("money", "")
     if money == "killed for good" and r["money_done"]:
         seen = r["money_done"]
@@ -632,17 +880,53 @@ def table(rows: list[dict], args) -> list[str]:
     return lines + ([""] + problems if problems else [])
 
 
+def project_table(rows: list[dict], args) -> list[str]:
+    """--project-faults: the checks of issue 24 per schedule."""
+    ok = [r for r in rows if not r["failed"]]
+    succeeded = [r for r in rows if r["state"] == "succeeded"]
+    totals = {k: sum(r[k] for r in rows) for k in ("outbids", "host failures", "slow creates", "store outages",
+                                                   "store refusals", "store waits", "429s", "kills", "kills mid-launch")}
+    lines = [f"{len(rows)} schedules, seed {args.seed}: **{len(ok)}/{len(rows)} passed every check**; {len(succeeded)} "
+             f"succeeded (weights bitwise equal to the uninterrupted run: "
+             f"{sum(r['checks'].get('weights', False) for r in succeeded)}); **double launches: "
+             f"{sum(r['double launches'] for r in rows)}, unbilled boxes: {sum(r['unbilled'] for r in rows)}, boxes the "
+             f"second project ended: {sum(r['neighbour reaped'] for r in rows)}**, budgets held: "
+             f"{sum(r['checks']['budgets held'] for r in rows)}/{len(rows)}, orphans left: {sum(r['left'] for r in rows)}, "
+             f"supervisor crashes: {sum(r['crashes'] for r in rows)}; poisoned job failed in one line and keyed job "
+             f"waiting for its key: {sum(r['side jobs ok'] for r in rows)}/{len(rows)}. "
+             f"In all settled ${sum(r['settled'] for r in rows):.5f}, billed at the fakes ${sum(r['billed'] for r in rows):.5f}.",
+             "", "Faults injected in all: " + ", ".join(f"{v} {k}" for k, v in totals.items()) + ".", "",
+             "| schedule | backend | key missing | faults | attempts | outcome | double launches | unbilled | second "
+             "project ended | $ peak job / month (budgets 2.00 / 2.30) | $ settled / billed | relaunch waited for the "
+             "store | store refusals | checks | s |",
+             "|---:|---|---|---|---|---|---:|---:|---:|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        outcome = r["state"] + (f" ({r['error']})" if r["state"] != "succeeded" and r["error"] else "")
+        checks = "all pass" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
+        lines.append(f"| {r['index']} | {r['backend']} | {r['missing key']} | {faults_cell(r)} | {' > '.join(r['outcomes'])} | "
+                     f"{outcome} | {r['double launches']} | {r['unbilled']} | {r['neighbour reaped']} | "
+                     f"{r['peak job']:.5f} / {r['peak month']:.5f} | {r['settled']:.5f} / {r['billed']:.5f} | "
+                     f"{r['store waits']} | {r['store refusals']} | {checks} | {r['seconds']:.0f} |")
+    problems = [f"- schedule {r['index']}: {p}" for r in rows for p in r["problems"]]
+    problems += [f"- schedule {r['index']}: unbilled {label}" for r in rows for label in r["unbilled labels"]]
+    problems += [f"- schedule {r['index']}: attempts {c} of the job live at once" for r in rows
+                 for c in r["concurrent attempts"]]
+    return lines + ([""] + problems if problems else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--schedules", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="where the table goes (bench/out/cloud_drill.md, with --money "
-                        "cloud_drill_money.md)")
+                        "cloud_drill_money.md, with --project-faults cloud_drill_project.md)")
     parser.add_argument("--only", type=int, nargs="*", help="run just these schedule indices (of --schedules)")
     parser.add_argument("--money", action="store_true", help="the faults that cost money (see the docstring)")
+    parser.add_argument("--project-faults", action="store_true", help="issue 24's faults (see the docstring)")
     parser.add_argument("--supervise", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.out = args.out or str(ROOT / "bench" / "out" / ("cloud_drill_money.md" if args.money else "cloud_drill.md"))
+    args.out = args.out or str(ROOT / "bench" / "out" / ("cloud_drill_money.md" if args.money else "cloud_drill_project.md"
+                                                       if args.project_faults else "cloud_drill.md"))
     if args.supervise:
         sys.exit(supervise(args.supervise))
 
@@ -665,7 +949,7 @@ def main() -> None:
         shared = {"s3": s3, "wheel": wheel, "model": model, "corpus": corpus, "reference": reference}
         rows = []
         for index in (args.only if args.only else range(args.schedules)):
-            row = run_schedule(index, args.seed, shared, work, money=args.money)
+            row = run_schedule(index, args.seed, shared, work, money=args.money, project=args.project_faults)
             rows.append(row)
             print(f"schedule {index} ({row['backend']}): {row['state']} after {' > '.join(row['outcomes'])}; "
                   f"faults: {faults_cell(row)}; ${row['settled']:.5f} settled / ${row['billed']:.5f} billed; "
@@ -674,13 +958,13 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     finally:
         s3.stop()
-    lines = table(rows, args)
+    lines = project_table(rows, args) if args.project_faults else table(rows, args)
     lines.append("")
     lines.append(f"Whole run: {(time.monotonic() - began) / 60:.1f} min.")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    sys.exit(0 if all(not r["failed"] for r in rows) and totals_agree(rows) else 1)
+    sys.exit(0 if all(not r["failed"] for r in rows) and (args.project_faults or totals_agree(rows)) else 1)
 
 
 if __name__ == "__main__":

@@ -88,8 +88,9 @@ class SupervisorKilled(BaseException):
 
 class StoreDown:
     """The object store refusing the supervisor's reads of a job's outputs (botocore's error, which is no
-    OSError): the DONE marker and the progress file. (The planner's own reads of a corpus are left alone:
-    a relaunch planned while the store is down is a finding of its own, in RESULTS.md.)"""
+    OSError): the DONE marker and the progress file. (The corpus here is a local file; a relaunch planned
+    while the store holding the corpus is down, found by this drill, waits now: bench/cloud_drill.py
+    --project-faults drills it against a real S3 API.)"""
 
     def __init__(self):
         self.ticks_left = 0
@@ -254,14 +255,14 @@ def run_schedule(index: int, seed: int, model: Path, corpus: Path, work: Path) -
             "side jobs ok": side_ok, "error": error, "store refusals": store.refused, **faults, **backend.counts}
 
 
-def poisoned_and_keyed(session) -> None:
-    """Beside the drilled job: one whose spec cannot be read, and one whose live attempt runs on RunPod (no key
-    here). Neither may stop the drilled job; the keyed one's box costs nothing, so the month's money is the
-    drilled job's."""
+def poisoned_and_keyed(session, keyed_on: str = "runpod") -> None:
+    """Beside the drilled job: one whose spec cannot be read, and one whose live attempt runs on `keyed_on` (no
+    key here). Neither may stop the drilled job; the keyed one's box costs nothing, so the month's money is the
+    drilled job's. (bench/cloud_drill.py --project-faults puts them beside its job too.)"""
     session.add(Job(id="poisoned", name="poisoned", kind="merge", backend="local", spec="{torn"))
-    session.add(Job(id="keyed", name="keyed", kind="merge", backend="runpod", spec="{}", state="running"))
+    session.add(Job(id="keyed", name="keyed", kind="merge", backend=keyed_on, spec="{}", state="running"))
     session.flush()
-    session.add(Attempt(job_id="keyed", number=1, backend="runpod", provider="runpod", spot=False, usd_per_hour=0.0,
+    session.add(Attempt(job_id="keyed", number=1, backend=keyed_on, provider=keyed_on, spot=False, usd_per_hour=0.0,
                         billing_seconds=1, outcome="running", launched_at=database_now(session), instance_id="pod-x"))
     session.commit()
 

@@ -47,6 +47,33 @@ def exists(uri: str | os.PathLike) -> bool:
     return local_path(uri).exists()
 
 
+WEATHER_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+                 "ThrottlingException", "RequestLimitExceeded"}  # S3's retry-later answers (besides any 5xx)
+
+
+def is_weather(exc: BaseException) -> bool:
+    """Whether a store's error says "not now" rather than "not so": a connection refused, reset or timed out
+    (botocore's own errors, which are no OSError, or the socket's), a 5xx or S3's SlowDown. A 403, a missing
+    bucket or key, or absent credentials are facts about the store; s3fs wraps the botocore error it
+    translates, so the whole chain of causes is read."""
+    try:
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        transient: tuple[type[BaseException], ...] = (HTTPClientError, BotoConnectionError)
+    except ImportError:  # a local-only machine without the S3 stack
+        ClientError, transient = None, ()
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError, *transient)):
+            return True
+        if ClientError is not None and isinstance(exc, ClientError):
+            meta = exc.response.get("ResponseMetadata", {})
+            return int(meta.get("HTTPStatusCode") or 0) >= 500 or exc.response.get("Error", {}).get("Code") in WEATHER_CODES
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     with fsspec.open(str(uri), "rb") as handle:
         return handle.read()

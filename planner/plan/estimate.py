@@ -195,13 +195,32 @@ class EstimateError(ValueError):
     """The model or data cannot be sized: one line saying what to give instead."""
 
 
+class StoreUnreachable(EstimateError):
+    """The store holding the data cannot answer now (refused, timed out, 5xx): weather, not a size. Sizing
+    by the assumption instead would plan a worst case thousands of times the real one (a $1 job reserved
+    at $2,480 and stopped by budget for good), so the caller waits and sizes again when the store is back."""
+
+    def __init__(self, uri: str, exc: BaseException):
+        super().__init__(f"the store holding {uri} is unreachable ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:160]}); retrying")
+
+
+def _store_weather(uri: str, exc: Exception) -> None:
+    """Raise StoreUnreachable for weather; return for a fact about the store (no access, no bucket)."""
+    if storage.is_weather(exc):
+        raise StoreUnreachable(uri, exc) from None
+
+
 def _model_config(model: str) -> dict | None:
     """The model's config.json: a local directory, or an fsspec URI (an uploaded input, a job's output)."""
     if storage.is_remote(model):
         try:
             return storage.read_json(storage.join(model, "config.json"))
-        except (OSError, ValueError):
-            return None
+        except Exception as exc:  # noqa: BLE001 (botocore's errors are no OSError)
+            _store_weather(model, exc)  # a store that is down now is waited for, never "cannot size"
+            if isinstance(exc, (OSError, ValueError)):
+                return None
+            raise
     config_file = Path(model) / "config.json"
     return json.loads(config_file.read_text()) if config_file.exists() else None
 
@@ -238,9 +257,10 @@ def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_siz
     from jobs import storage
     from jobs.data import DEFAULT_SAMPLER, SAMPLERS, BadData, sample_stats
 
-    try:  # a remote URI this machine cannot read (no credentials, no network) is assumed, not an error
+    try:  # a remote URI this machine may not read (no credentials, no access) is assumed, not an error
         reachable = uri is not None and storage.exists(uri)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 (botocore's errors are no OSError)
+        _store_weather(uri, exc)  # ... but a store that is down now is waited for (StoreUnreachable)
         reachable = False
     if not reachable:  # assumed: bge-style records, a full group of ~128-token documents
         return CorpusStats(assumed_records, ASSUMED_QUERY_TOKENS + group_size * ASSUMED_DOC_TOKENS, group_size - 1.0,
@@ -251,6 +271,9 @@ def corpus_stats(uri: str | None, assumed_records: int = 1_000_000, *, group_siz
         sample = sample_stats(uri, group_size=group_size, sampler=SAMPLERS[sampler or DEFAULT_SAMPLER])
     except BadData as exc:
         raise EstimateError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (the store went down between the two reads)
+        _store_weather(uri, exc)
+        raise
     return CorpusStats(sample.records, sample.mean_tokens_per_record, sample.mean_group_docs - 1, measured=True)
 
 
@@ -272,8 +295,11 @@ def text_stats(uri: str) -> CorpusStats | None:
         size = fs.size(path)
         with fs.open(path, "rb") as handle:
             head = handle.read(TEXT_SAMPLE_BYTES)
-    except (OSError, ValueError, ImportError):
-        return None
+    except Exception as exc:  # noqa: BLE001 (botocore's errors are no OSError)
+        _store_weather(uri, exc)
+        if isinstance(exc, (OSError, ValueError, ImportError)):
+            return None
+        raise
     lines = head.split(b"\n")
     if size > len(head):
         lines = lines[:-1]  # the last one was cut by the sample's end

@@ -16,7 +16,7 @@ from jobs.spec import JobSpec
 from planner.config import Settings
 from planner.plan import budget, kinds, memory
 from planner.plan.choose import Choice, Limits, Rejection, choose
-from planner.plan.estimate import EstimateError, Needs
+from planner.plan.estimate import EstimateError, Needs, StoreUnreachable
 from planner.plan.placement import NoPlacement, Placement, PlacementContext
 from planner.records import Job
 from pricing import gpus, store
@@ -92,6 +92,8 @@ class Placer:
                             spent_usd=context.spent_usd)
         try:
             choice = plan_job(session, spec, limits, offers, context.now, context.remaining_fraction)
+        except StoreUnreachable as exc:  # weather: the job waits and is sized again next tick
+            return NoPlacement(f"waiting: {exc}")
         except EstimateError as exc:
             return NoPlacement(str(exc), impossible=True)
         winner = choice.winner

@@ -133,6 +133,8 @@ class Supervisor:
                 job = session.get(Job, job_id)
                 if job is not None and job.state not in FINAL_STATES:
                     self._step(session, job, report)
+        except EndedElsewhere as exc:  # another supervisor of this project saw the same end first: it is theirs
+            log.info("job %s: %s", job_id, exc)
         except Exception as exc:  # noqa: BLE001 (the point: one job's fault, e.g. a store that is down, is that job's)
             why = redact(fault_line(exc), self.secrets)
             log.warning("job %s: its step failed (%s); tried again next tick", job_id, why)
@@ -198,6 +200,8 @@ class Supervisor:
             else:
                 self._release_claim(session, job, error=placement.reason)  # prices may change: try next tick
             return
+        if not self._claim_holds(session, job):  # placing outlasted the claim (a store or book slow to answer)
+            return  # and another supervisor took the job meanwhile: it is theirs to launch
         if self.budget is not None:
             refusal = self.budget.reserve(session, job, placement.worst_case_usd)
             if refusal and refusal.shared and (wait := self._budget_wait(session, job)):
@@ -255,6 +259,16 @@ class Supervisor:
         report.launched.append(job.id)
         log.info("job %s attempt %d launched on %s (%s, $%.3f/h)", job.id, number, backend.name,
                  attempt.gpu_model, attempt.usd_per_hour)
+
+    def _claim_holds(self, session: Session, job: Job) -> bool:
+        """Renew this supervisor's claim on the job if it still holds it (nobody took it over while it lapsed)."""
+        renewed = session.execute(
+            update(Job).where(Job.id == job.id, Job.lease_owner == self.owner, Job.state.in_(("pending", "preempted")))
+            .values(lease_until=database_now(session) + LAUNCH_LEASE)).rowcount == 1
+        if not renewed:
+            session.rollback()
+            log.info("job %s: its launch claim lapsed while placing and was taken over; left to its holder", job.id)
+        return renewed
 
     def _recover_cut_off_launch(self, session: Session, job: Job, attempt: Attempt) -> None:
         """An attempt row with no instance id: a create in flight (its launcher renews the claim: leave it), or
@@ -533,7 +547,10 @@ class Supervisor:
                             f"crashed: {(attempt.detail or 'no exit code').splitlines()[0]}")
 
     def _end_attempt(self, session: Session, job: Job, attempt: Attempt, outcome: str, result: PollResult) -> None:
-        """Record how the attempt ended, make sure its instance is gone (a stopped pod still bills disk), settle."""
+        """Record how the attempt ended, make sure its instance is gone (a stopped pod still bills disk), settle.
+        Once: two supervisors of a project watch the same attempts, and the one that records the end second (its
+        poll began before the other's end was committed) raises EndedElsewhere rather than settle it again, at its
+        own time, and relaunch or finish the job a second time."""
         backend = self.backends.get(attempt.backend)
         if backend is not None and attempt.instance_id:
             try:
@@ -543,8 +560,13 @@ class Supervisor:
                 self.notify.box_not_ended(job.id, attempt.number, attempt.instance_id, str(exc))
             except (BackendError, ProviderError) as exc:
                 log.warning("job %s attempt %d: terminate failed (%s); the reaper will retry", job.id, attempt.number, exc)
-        attempt.outcome, attempt.exit_code = outcome, result.exit_code
-        attempt.ended_at = self.clock()
+        ended_at = self.clock()
+        ended = session.execute(update(Attempt).where(Attempt.id == attempt.id, Attempt.outcome == attempt.outcome)
+                                .values(outcome=outcome, ended_at=ended_at)).rowcount
+        if ended != 1:
+            session.rollback()
+            raise EndedElsewhere(f"attempt {attempt.number} was ended by another supervisor meanwhile")
+        attempt.outcome, attempt.ended_at, attempt.exit_code = outcome, ended_at, result.exit_code
         if outcome != "failed" or not attempt.detail:  # a failure keeps the detail with its log tail
             attempt.detail = result.detail or attempt.detail
         self._settle(session, job, attempt)
@@ -702,6 +724,10 @@ def _record_throughput(attempt: Attempt, report: dict) -> None:
     measured = report.get("tflops_per_gpu")  # achieved, FLOPs counted as the planner counts them (jobs.recipe)
     if isinstance(measured, (int, float)) and measured > 0:
         attempt.measured_tflops = float(measured)
+
+
+class EndedElsewhere(Exception):
+    """The attempt this supervisor is ending was ended by another one of the project since it was read."""
 
 
 def fault_line(exc: BaseException) -> str:

@@ -5,18 +5,26 @@ A test can hold writes (`hold`): a matching request waits in the server, as an u
 stalled store waits, until the test lets it go; it is then answered 503 SlowDown (S3's "reduce your
 request rate"), so nothing it carried is stored. A job cannot report DONE while its checkpoint upload
 is pending (jobs.checkpoint waits for it), so a held upload pins a job mid-run for as long as a test
-needs, on any machine speed."""
+needs, on any machine speed.
+
+A test can also take the store down (`outage`): for a while every request, read or write, from this
+process or a box (or every one on some paths), is refused: answered 503 ServiceUnavailable (S3's "retry later", botocore's 5xx), or its
+connection reset before any answer (what a store that went away looks like: botocore's ConnectionClosedError
+or EndpointConnectionError). Nothing a refused request carried is stored."""
 from __future__ import annotations
 
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIASIMCLOUDTEST0001", "AWS_SECRET_ACCESS_KEY": "sim-secret-" + "s3" * 12,
                "AWS_DEFAULT_REGION": "us-east-1"}
 SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+UNAVAILABLE = b"<Error><Code>ServiceUnavailable</Code><Message>Service is unable to handle request.</Message></Error>"
+OUTAGE_MODES = ("503", "reset")
 
 
 def free_port() -> int:
@@ -44,6 +52,8 @@ class S3Server:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.holds: list[Hold] = []
+        self.outages: list[tuple[float, str, Callable[[str], bool]]] = []  # (until, mode, paths), overlapping
+        self.refused = 0
         self.port = free_port()
         moto = DomainDispatcherApplication(create_backend_app)
         self.server = make_server("127.0.0.1", self.port, self._holding(moto), threaded=True)
@@ -53,6 +63,16 @@ class S3Server:
 
     def _holding(self, app):
         def wsgi(environ, start_response):
+            now, path = time.monotonic(), environ.get("PATH_INFO", "")
+            down = [mode for until, mode, paths in list(self.outages) if now < until and paths(path)]
+            if down:
+                self.refused += 1
+                if down[0] == "reset":  # the connection drops before any answer (werkzeug drops the
+                    environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)  # write below: a ConnectionError)
+                body = b"" if environ["REQUEST_METHOD"] == "HEAD" else UNAVAILABLE
+                start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
+                                                          ("Content-Length", str(len(UNAVAILABLE)))])
+                return [body]
             if environ["REQUEST_METHOD"] in ("PUT", "POST"):
                 path = environ.get("PATH_INFO", "")
                 for hold in list(self.holds):
@@ -68,6 +88,17 @@ class S3Server:
         hold = Hold(matches)
         self.holds.append(hold)
         return hold
+
+    def outage(self, seconds: float, mode: str = "503", paths: Callable[[str], bool] | None = None) -> None:
+        """Refuse every request (or those whose path `paths` matches: a store whose data is spread over
+        several servers, one of them down) for `seconds` from now, the `mode` way (OUTAGE_MODES), beside any
+        outage under way; `seconds` 0 ends them all."""
+        if mode not in OUTAGE_MODES:
+            raise ValueError(f"outage mode {mode!r}: one of {OUTAGE_MODES}")
+        now = time.monotonic()
+        self.outages = [o for o in self.outages if o[0] > now] + [(now + seconds, mode, paths or (lambda path: True))]
+        if seconds <= 0:
+            self.outages = []
 
     def release_all(self) -> None:
         for hold in self.holds:
@@ -89,5 +120,6 @@ class S3Server:
 
     def stop(self) -> None:
         self.release_all()
+        self.outages = []
         self.server.shutdown()
         self.thread.join()

@@ -19,7 +19,7 @@ from planner.interface.cli.options import fraction as in_unit_interval
 from planner.plan import campaigns
 from planner.plan.campaigns import CampaignPlan, NewJob
 from planner.plan.choose import PIN_REJECTIONS, Choice
-from planner.plan.estimate import EstimateError
+from planner.plan.estimate import EstimateError, StoreUnreachable
 from planner.plan.plans import book_offers, choice_summary, plan_job
 from planner.run.inputs import InputError, Upload
 from planner.run.launching import JobOptions, LaunchError, build_backends, stage_for_cloud, submit
@@ -44,8 +44,8 @@ def _plans(plan: CampaignPlan, job_options: JobOptions, allow_stale: bool) -> li
             limits = job_options.limits(cfg, session, item.spec.job_id, allow_stale=allow_stale)
             try:
                 choice = plan_job(session, item.spec, limits, offers, utcnow(), shapes=shapes)
-            except EstimateError as exc:
-                fail(str(exc))
+            except EstimateError as exc:  # a store that is down for now is weather (exit 1), not bad input
+                fail(str(exc), 1 if isinstance(exc, StoreUnreachable) else 2)
             results.append((item, choice))
     return results
 
