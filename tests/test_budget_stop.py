@@ -37,7 +37,7 @@ from planner.run.supervisor import Supervisor
 from pricing.db import session_factory
 from tests.simcloud.runpod import FakeRunPod
 from tests.simcloud.vast import FakeVast
-from tests.simcloud.world import RUNPOD_KEY, VAST_KEY, settings_overrides, stop_fakes, write_book
+from tests.simcloud.world import RUNPOD_KEY, VAST_KEY, simulated_cloud, stop_fakes
 from tests.test_simcloud import s3, wheel  # noqa: F401 (fixtures: the object store, the jobs wheel the boxes install)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,17 +158,8 @@ def test_a_budget_stop_saves_the_local_job_mid_run_and_a_raised_budget_resumes_i
 @pytest.fixture
 def cloud(db_url, tmp_path, monkeypatch, s3, wheel):  # noqa: F811 (the fixtures imported above)
     """The simulated RunPod and Vast with a stop grace (SIGTERM to SIGKILL) long enough for a busy machine."""
-    boxes = tmp_path / "boxes"
-    runpod, vast = FakeRunPod(RUNPOD_KEY, boxes, grace_s=60.0), FakeVast(VAST_KEY, boxes, grace_s=60.0)
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings(runpod_api_key=RUNPOD_KEY, vast_api_key=VAST_KEY, **settings_overrides(
-        db_url=db_url, runs_dir=tmp_path / "runs", runpod=runpod, vast=vast, storage_uri=f"s3://{s3.bucket()}/planner",
-        wheel=wheel))
-    sessions = session_factory(db_url)
-    write_book(sessions)
-    yield settings, sessions, runpod, vast
-    stop_fakes(runpod, vast)
+    with simulated_cloud(db_url, tmp_path, monkeypatch, s3, wheel, grace_s=60.0) as world:
+        yield world
 
 
 # RunPod's pod args start with `exec` (planner.run.backends.runpod.box_args): without it the shell that runs them

@@ -20,18 +20,14 @@ from planner.plan import campaigns
 from planner.records import Attempt, Job
 from planner.run.launching import JobOptions, add_jobs, build_supervisor, run_until_final, stage_for_cloud
 from pricing.db import session_factory
-from tests.simcloud.runpod import FakeRunPod
 from tests.simcloud.s3 import S3Server
-from tests.simcloud.vast import FakeVast
 from tests.simcloud.world import (
     BILLING_TOLERANCE,
     RUNPOD_KEY,
     VAST_KEY,
     build_wheel,
-    settings_overrides,
-    stop_fakes,
+    simulated_cloud,
     weights,
-    write_book,
 )
 
 # a chunk every offer holds, so the local reference and each cloud box chunk alike (sorted chunks of another
@@ -94,18 +90,8 @@ def local_run(tmp_path_factory, tiny_model_dir, toy_corpus, docs):
 
 @pytest.fixture
 def sim(db_url, tmp_path, monkeypatch, s3, wheel):
-    boxes = tmp_path / "boxes"
-    runpod, vast = FakeRunPod(RUNPOD_KEY, boxes, grace_s=3.0), FakeVast(VAST_KEY, boxes, grace_s=3.0)
-    for name, value in s3.env().items():  # the lab's shell: this machine reaches the store with these
-        monkeypatch.setenv(name, value)
-    bucket = s3.bucket()
-    settings = load_settings(runpod_api_key=RUNPOD_KEY, vast_api_key=VAST_KEY, **settings_overrides(
-        db_url=db_url, runs_dir=tmp_path / "runs", runpod=runpod, vast=vast, storage_uri=f"s3://{bucket}/planner",
-        wheel=wheel))
-    sessions = session_factory(db_url)
-    write_book(sessions)
-    yield settings, sessions, runpod, vast
-    stop_fakes(runpod, vast)
+    with simulated_cloud(db_url, tmp_path, monkeypatch, s3, wheel, grace_s=3.0) as world:
+        yield world
 
 
 def run_campaign(sim, tiny_model_dir, toy_corpus, docs, backend, spot, on_tick=None):

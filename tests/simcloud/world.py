@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +86,28 @@ def stop_fakes(*fakes) -> None:
         for box in list(fake.boxes.values()):
             box.stop("run over", wait=False)
         fake.close()
+
+
+@contextmanager
+def simulated_cloud(db_url: str, tmp_path: Path, monkeypatch, s3, wheel: Path, *, grace_s: float) -> Iterator[tuple]:
+    """(settings, sessions, runpod, vast): both fakes (a box stopped gets SIGTERM, SIGKILL `grace_s` later),
+    the store's keys in the lab's shell (this machine reaches the store with them), planner settings that
+    point at all of them, and the price book written; the fakes stopped afterwards."""
+    from planner.config import load_settings
+    from pricing.db import session_factory
+    from tests.simcloud.runpod import FakeRunPod
+    from tests.simcloud.vast import FakeVast
+
+    boxes = tmp_path / "boxes"
+    runpod, vast = FakeRunPod(RUNPOD_KEY, boxes, grace_s=grace_s), FakeVast(VAST_KEY, boxes, grace_s=grace_s)
+    try:
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        settings = load_settings(runpod_api_key=RUNPOD_KEY, vast_api_key=VAST_KEY, **settings_overrides(
+            db_url=db_url, runs_dir=tmp_path / "runs", runpod=runpod, vast=vast,
+            storage_uri=f"s3://{s3.bucket()}/planner", wheel=wheel))
+        sessions = session_factory(db_url)
+        write_book(sessions)
+        yield settings, sessions, runpod, vast
+    finally:
+        stop_fakes(runpod, vast)
