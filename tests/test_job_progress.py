@@ -154,3 +154,27 @@ def test_jobs_turn_progress_bars_off_when_their_output_is_no_terminal(monkeypatc
     # tqdm was imported before the environment said so (it reads TQDM_* at import): patched to default off
     assert tqdm.std.tqdm(total=3, file=io.StringIO()).disable
     assert not tqdm.std.tqdm(total=3, file=io.StringIO(), disable=False).disable  # an explicit choice stands
+
+
+def test_a_cancel_reports_a_job_another_supervisor_ended_first(world, monkeypatch):
+    """`planner serve` ticks beside the API's cancel: when its supervisor ends the marked job first, the cancel
+    still says it was cancelled (the dashboard said "cancelled: nothing open" on a busy machine)."""
+    from planner.run import launching
+
+    settings, sessions, backends, spec = world
+    open_gate(spec, 2)
+    serving = build_supervisor(settings, sessions, backends)
+    serving.tick()
+    wait_for(lambda: (progress.read(spec) or {}).get("step") == 2)
+    build = launching.build_supervisor
+
+    def after_the_other(*args, **kwargs):  # the serving supervisor's tick lands between the mark and this one's
+        mine = build(*args, **kwargs)
+        tick = mine.tick
+        mine.tick = lambda: (serving.tick(), tick())[1]
+        return mine
+
+    monkeypatch.setattr(launching, "build_supervisor", after_the_other)
+    assert launching.cancel_jobs(settings, sessions, spec.job_id, backends) == [spec.job_id]
+    with sessions() as session:
+        assert [a.outcome for a in attempts_of(session, spec.job_id)] == ["cancelled"]

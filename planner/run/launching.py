@@ -257,6 +257,9 @@ def attempts_of(session: Session, job_id: str) -> list[Attempt]:
     return list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
 
 
+CANCEL_WAIT_S = 30.0  # how long a cancel waits for a job another supervisor is ending
+
+
 class Cancelled(list):
     """The ids a cancel ended; `not_ended`: job id -> why its box could not be ended from here (the backend's
     key is not set in this process): those stay marked, and the next supervisor that can reach it ends it."""
@@ -274,11 +277,19 @@ def cancel_jobs(settings: Settings, sessions: sessionmaker, ident: str,
         _, jobs = find_jobs(session, ident)
         if not jobs:
             return None
+        marked = [job.id for job in jobs if job.state not in FINAL_STATES]
         for job in jobs:
             if job.state not in FINAL_STATES:
                 job.cancel_requested = True
         session.commit()
-    report = build_supervisor(settings, sessions, backends).tick()
-    ids = {job.id for job in jobs}
-    return Cancelled([job_id for job_id, state in report.finished if state == "cancelled"],
-                     {job_id: why for job_id, why in report.waiting.items() if job_id in ids})
+    # Another supervisor (`planner serve`'s, a cron tick) may end a marked job first, or hold its lease while
+    # this tick runs: what counts is the state the jobs reach, whoever ended them.
+    supervisor, deadline = build_supervisor(settings, sessions, backends), time.monotonic() + CANCEL_WAIT_S
+    while True:
+        report = supervisor.tick()
+        not_ended = {job_id: why for job_id, why in report.waiting.items() if job_id in marked}
+        with sessions() as session:
+            states = dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(marked))).all())
+        if all(states[j] in FINAL_STATES or j in not_ended for j in marked) or time.monotonic() > deadline:
+            return Cancelled([j for j in marked if states[j] == "cancelled"], not_ended)
+        time.sleep(0.2)
