@@ -76,7 +76,8 @@ def test_with_the_store_down_tick_list_and_show_print_one_line_and_no_outcome_is
     assert api.get("/jobs").status_code == 200 and api.get("/jobs/stored").status_code == 200
 
 
-def test_cancel_without_the_provider_key_says_it_could_not_end_the_box(cli, db_url):
+def add_a_running_pod_job(db_url: str) -> None:
+    """Job "far", its attempt running on RunPod as pod-7: what a shell without RUNPOD_API_KEY cannot reach."""
     sessions = session_factory(db_url)
     with sessions() as session:
         session.add(Job(id="far", name="far", kind="merge", backend="runpod", spec="{}", state="running"))
@@ -85,11 +86,15 @@ def test_cancel_without_the_provider_key_says_it_could_not_end_the_box(cli, db_u
                             billing_seconds=1, outcome="running", launched_at=database_now(session),
                             instance_id="pod-7"))
         session.commit()
+
+
+def test_cancel_without_the_provider_key_says_it_could_not_end_the_box(cli, db_url):
+    add_a_running_pod_job(db_url)
     result = cli("jobs", "cancel", "far", code=1)
     assert result.stdout.strip() == ("far: not cancelled: cannot end its attempt runs on runpod (pod-7) from here: "
                                      "set RUNPOD_API_KEY where the supervisor runs")
     assert json.loads(cli("jobs", "cancel", "far", "--json", code=1).stdout)["cancelled"] == []
-    with sessions() as session:
+    with session_factory(db_url)() as session:
         assert session.get(Job, "far").state == "running" and session.get(Job, "far").cancel_requested
 
 
@@ -136,12 +141,5 @@ def test_a_log_tail_reads_from_the_end_not_the_whole_log(tmp_path):
 
 
 def test_logs_of_a_job_on_a_backend_without_its_key_say_which_key(cli, db_url):
-    sessions = session_factory(db_url)
-    with sessions() as session:
-        session.add(Job(id="far", name="far", kind="merge", backend="runpod", spec="{}", state="running"))
-        session.flush()
-        session.add(Attempt(job_id="far", number=1, backend="runpod", provider="runpod", spot=False, usd_per_hour=1.0,
-                            billing_seconds=1, outcome="running", launched_at=database_now(session),
-                            instance_id="pod-7"))
-        session.commit()
+    add_a_running_pod_job(db_url)
     assert "set RUNPOD_API_KEY" in cli("jobs", "logs", "far", code=1).output
