@@ -269,6 +269,9 @@ class FakeRunPod(FakeServer):
         box.grace_s = 0.0
         box.stop("host failure", wait=True)
 
+    def exists(self, instance_id: str) -> bool:
+        return instance_id in self.pods
+
     def live(self) -> list[str]:
         """Names of pods whose box still runs (orphans, once every job is final)."""
         return [p["name"] for pid, p in self.pods.items() if self.boxes[pid].alive]

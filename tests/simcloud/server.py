@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from tests.simcloud.box import now
+
 
 @dataclass
 class Fault:
@@ -39,6 +41,7 @@ class FakeServer:
     def __init__(self, key: str):
         self.key = key
         self.instance_keys: dict[str, str] = {}  # instance-scoped key -> the instance id it may act on
+        self.ended_by_itself: dict[str, object] = {}  # instance id -> when its own key deleted it (the box ended)
         self.requests: list[dict] = []
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
@@ -68,6 +71,7 @@ class FakeServer:
                         reply = api.dispatch(self.command, url.path, query, body, dict(self.headers))
                     except Exception as exc:  # a bug in the fake: a 500 the test will notice
                         reply = Reply(500, {"title": "fake server bug", "detail": repr(exc)})
+                    api.note_self_end(self.headers.get("Authorization"), reply)
                 if reply.stream is not None:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "text/event-stream")
@@ -126,6 +130,19 @@ class FakeServer:
         if instance is None:
             return self.unauthorized()
         return None if self.scope_allows(instance, method, path) else self.forbidden()
+
+    def exists(self, instance_id: str) -> bool:
+        """Whether the instance still exists (running or stopped)."""
+        raise NotImplementedError
+
+    def note_self_end(self, header: str | None, reply: Reply) -> None:
+        """A request made with an instance's own key that left the instance gone: the box ended itself, now
+        (the drills compare what the supervisor settled with the bill, which stops here)."""
+        with self.lock:
+            instance = self.instance_keys.get((header or "").removeprefix("Bearer "))
+            if instance is not None and reply.status < 300 and instance not in self.ended_by_itself \
+                    and not self.exists(instance):
+                self.ended_by_itself[instance] = now()
 
     def issue_instance_key(self, instance_id) -> str:
         key = f"inst-{secrets.token_hex(12)}"
