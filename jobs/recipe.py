@@ -54,6 +54,11 @@ LORA = {"r": 32, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": list(L
 # GPU busy; the planner only goes lower where a card cannot hold them, so a job's numbers do not depend
 # on which card it landed on.
 DEFAULT_MINI_BATCH = 32
+# Padded / real tokens of a step's forward passes with its sequences sorted by length before chunking
+# (jobs.gradcache; bench/RESULTS.md "train-bag: padding per step": 1.017 uniform, 1.042 log-normal lengths).
+# The job counts its FLOPs on the padded tokens (train_bag's Meter), so the planner, which learns its
+# efficiency from those FLOPs, counts a bag's work on its real tokens times this (planner.plan.estimate).
+SORTED_CHUNK_PADDING = 1.04
 LORA_FROM_PARAMS = 1.0e9  # BOOM fine-tunes the 4B with LoRA and the 0.6B fully; the line is drawn between
 
 # Where train-bag still differs from the authors' scripts, and why (README.md, "The jobs", lists them too).
