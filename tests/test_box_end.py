@@ -64,7 +64,8 @@ def test_a_box_deletes_its_own_instance_and_no_other(cloud):
     path = boxend.IDENTITY[provider][3].format(id=other)
     for method, url in (("DELETE", fake.url + path), ("GET", fake.url + ("/v2/pods" if provider == "runpod"
                                                                            else "/api/v1/instances/"))):
-        request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {environ[key_var]}"})
+        request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {environ[key_var]}",
+                                                                      "User-Agent": boxend.USER_AGENT})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 403
@@ -77,6 +78,24 @@ def test_a_box_deletes_its_own_instance_and_no_other(cloud):
         time.sleep(0.1)
     assert not my_box.alive  # the provider stopped the container, billing ended
     assert boxend.end_self(environ, sleep=lambda s: None) is None  # already gone: quiet
+
+
+def test_the_box_names_its_own_user_agent_which_runpods_edge_lets_through(cloud):
+    """RunPod's edge (Cloudflare) refuses urllib's default User-Agent with 403 "error code: 1010" before it
+    reads the key (docs/providers/runpod.md, "Box identity"): a box sending it could never end itself."""
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    environ = box_environ(provider, fake, box)
+    url = fake.url + boxend.IDENTITY[provider][3].format(id=mine)
+    default = urllib.request.Request(url, method="DELETE",
+                                     headers={"Authorization": f"Bearer {environ[boxend.IDENTITY[provider][1]]}"})
+    if provider == "runpod":
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(default, timeout=10)
+        assert refused.value.code == 403 and refused.value.read() == b"error code: 1010" and live(provider, fake, mine)
+    assert boxend.end_self(environ, sleep=lambda s: None) is None and not live(provider, fake, mine)
+    deletes = [r for r in fake.requests if r["method"] == "DELETE"]
+    assert deletes[-1]["headers"].get("User-Agent") == boxend.USER_AGENT
 
 
 def test_instance_keys_outlive_a_rotated_account_key(cloud):

@@ -18,6 +18,7 @@ box (tests.simcloud.box).
   "Billing"). start and restart are not simulated (422).
 - `GET /v2/pods/{id}/logs`: Server-Sent Events `id:` + `data:{"ts","source","line"}`, `tail` (default 100,
   0 = live only) and `Last-Event-ID` to resume; the stream follows the box while it runs.
+- The edge (Cloudflare) answers urllib's default User-Agent with 403 "error code: 1010" before reading the key.
 - Errors are RFC 9457 bodies; every answer has RateLimit headers; a 429 carries Retry-After.
 - Faults are injected per route: rp.create, rp.get, rp.list, rp.delete, rp.action, rp.logs, rp.graphql, rp.catalog.
 """
@@ -85,6 +86,14 @@ class FakeRunPod(FakeServer):
             if method == "DELETE":
                 return "rp.delete", lambda: self._delete(pod_id)
         return "rp.other", lambda: problem(404, "Not Found", f"no route {method} {path}")
+
+    def edge_refusal(self, user_agent: str | None) -> Reply | None:
+        """RunPod's API is behind Cloudflare, whose edge refuses the standard library's default User-Agent
+        (`Python-urllib/3.x`) with 403 "error code: 1010" before it reads the key (docs/providers/runpod.md,
+        "Box identity")."""
+        if (user_agent or "").startswith("Python-urllib/"):
+            return Reply(403, "error code: 1010")
+        return None
 
     def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
         """A pod-scoped key acts on its own pod only: read it, delete it, its actions and logs."""
