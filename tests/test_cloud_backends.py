@@ -664,7 +664,19 @@ def test_a_vast_spot_box_deadline_holds_the_reservation_at_the_most_its_bid_may_
     max_hours = json.loads(attempt.handle)["data"]["max_hours"]
     assert max_hours * bid_cap(offer, planned) == pytest.approx(reserved, rel=1e-9)  # at the cap: all of it
     assert max_hours * attempt.usd_per_hour < reserved  # at the bid paid: within it
-    assert f'{math.ceil(max_hours * 3600)}' in json.dumps(vast.requests)  # the host's `duration` filter too
+    startup_s = supervisor.backends["vast"].startup_s
+    assert f'"duration": {{"gte": {math.ceil(max_hours * 3600 + startup_s)}}}' in json.dumps(vast.requests)
+
+
+def test_a_vast_hosts_duration_covers_the_startup_window_and_the_reservation():
+    """`duration` (seconds the host stays rentable: docs/providers/vast.md, "Host filters") must outlast the box:
+    its deadline is its script's start, up to the startup window after the create, plus the reservation's hours."""
+    from planner.run.backends.vast import VastBackend
+    from pricing.providers.vast_api import VastAPI
+
+    backend = VastBackend(VastAPI("http://127.0.0.1:9", "k"), image="i", jobs_install="p", startup_s=1200)
+    assert backend.host_filters(50, 2.0)["duration"] == {"gte": 2 * 3600 + 1200}
+    assert "duration" not in backend.host_filters(50)  # no reservation (a box that ends with its job)
 
 
 def test_an_orphan_the_reaper_ends_is_sent_as_money_at_risk(cloud, toy_corpus):

@@ -115,9 +115,9 @@ class VastBackend(CloudBackend):
 
     def host_filters(self, disk_gb: float, max_hours: float | None = None, *, verified: bool = True,
                      bandwidth: tuple[float | None, float | None] = (None, None)) -> dict:
-        """The search filters a host must pass to run this backend's image with `disk_gb` of disk for up to
-        `max_hours` (Vast's `duration` is in seconds; vast-cli multiplies its days by 86400), on the tier the
-        offer was planned on (`verified` is always sent: unset, the server's default would decide), billing
+        """The search filters a host must pass to run this backend's image with `disk_gb` of disk for its startup
+        window and then `max_hours` (Vast's `duration` is in seconds; vast-cli multiplies its days by 86400), on
+        the tier the offer was planned on (`verified` is always sent: unset, the server's default would decide), billing
         no more per GB in and out than `bandwidth` (the planned $/GB: the reservation was sized at them) and
         the bandwidth-price cap."""
         filters = {"disk_space": {"gte": disk_gb}, "reliability2": {"gte": RELIABILITY_FLOOR},
@@ -126,8 +126,8 @@ class VastBackend(CloudBackend):
             caps = [cap for cap in (planned, self.max_usd_per_gb) if cap is not None]
             if caps:
                 filters[field] = {"lte": min(caps)}
-        if max_hours:
-            filters["duration"] = {"gte": math.ceil(max_hours * 3600)}
+        if max_hours:  # the box's deadline is its script's start (within the startup window) plus max_hours
+            filters["duration"] = {"gte": math.ceil(max_hours * 3600 + self.startup_s)}
         if cuda := image_cuda(self.image):
             filters["cuda_max_good"] = {"gte": float(cuda)}
             if cap := compute_cap_filter(self.image):
