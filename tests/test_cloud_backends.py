@@ -391,6 +391,29 @@ def test_runpod_create_errors_no_capacity_next_offer_422_and_402_stop(cloud, toy
     assert len(runpod.pods) == 1
 
 
+def test_a_runpod_multi_gpu_offer_is_priced_and_launched_as_one_pod_of_that_many_gpus(cloud, toy_corpus):
+    """Issue 21: a RunPod offer of N GPUs (its catalog prices them per GPU) is ranked at N x the price and
+    launched as one pod with `gpu.count` N (docs/providers/runpod.md, "Pods"), billed at N x the price."""
+    settings, sessions, runpod, _ = cloud
+    pair = dataclasses.replace(book_offer("runpod", "NVIDIA GeForce RTX 4090|community|2", "RTX4090", 0.69, None,
+                                          "community"), gpu_count=2)
+    with sessions() as session:
+        store.write_snapshot(session, "runpod", store.utcnow(), [pair])
+    job = campaigns.train_bag_job(settings, model="Qwen/Qwen3-0.6B", data=str(toy_corpus), fraction=0.4, seed=0,
+                                  method="lora", extra={"max_steps": 50})
+    with sessions() as session:
+        add_jobs(session, [job], JobOptions(backend="runpod", spot="on-demand", gpu_count=2))
+    supervisor = build_supervisor(settings, sessions)
+    assert supervisor.tick().launched == [job.spec.job_id]
+    [pod] = runpod.pods.values()
+    assert pod["input"]["gpu"] == {"id": "NVIDIA GeForce RTX 4090", "count": 2, "minCudaVersion": "12.4"}
+    with sessions() as session:
+        [attempt] = attempts_of(session, job.spec.job_id)
+        assert attempt.gpu_count == 2 and attempt.offer_key == pair.offer_key
+        assert 2 * 0.69 <= attempt.usd_per_hour < 2 * 0.69 + 0.05  # both GPUs, and the container disk
+        assert attempt.billed_usd_per_hour == pytest.approx(2 * 0.69)  # the pod's cost: what RunPod bills
+
+
 def test_runpod_422_is_our_bug_and_fails_loudly(cloud, toy_corpus):
     from planner.run.backends.base import RequestRejected
 

@@ -85,7 +85,7 @@ class VastBackend(CloudBackend):
         self._listing: dict[str, dict] = {}  # label -> instance row, from the last shared listing
         self._listed: set[str] = set()  # the labels that listing asked for
         self._listed_at = -math.inf
-        self._polled: set[str] = set()  # labels polled since that listing: polled again means a new tick
+        self._polled: set[str] = set()  # labels polled this tick: one polled again starts the next
 
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> VastBackend:
@@ -238,15 +238,19 @@ class VastBackend(CloudBackend):
     # ------------------------------------------------------------------ helpers
 
     def _shared_listing(self, label: str) -> dict | None:
-        """`label`'s instance from one listing shared by a tick's polls. The listing is read again when a
-        label is polled a second time since it was read (the next tick), when it did not ask for `label`,
-        or when it is older than LISTING_MAX_AGE_S; it asks for the labels polled since the last read."""
+        """`label`'s instance from one listing shared by a tick's polls. A label polled again since the tick's
+        first read starts the next tick: the listing is read afresh at the tick's first poll, for every label
+        the last tick polled, so no poll answers from the tick before. It is read again within a tick only for
+        a label it did not ask for (a new attempt) or when older than LISTING_MAX_AGE_S."""
         now = self.clock()
-        if label in self._polled or label not in self._listed or now - self._listed_at > LISTING_MAX_AGE_S:
-            wanted = self._polled | {label} if label in self._polled else self._listed | self._polled | {label}
+        next_tick = label in self._polled
+        if next_tick or label not in self._listed or now - self._listed_at > LISTING_MAX_AGE_S:
+            wanted = (self._polled if next_tick else self._listed | self._polled) | {label}
             rows = self._call(self.api.labelled, wanted)
             self._listing = {row.get("label"): row for row in rows if row.get("label") in wanted}
-            self._listed, self._listed_at, self._polled = set(wanted), now, set()
+            self._listed, self._listed_at = set(wanted), now
+            if next_tick:
+                self._polled = set()
         self._polled.add(label)
         return self._listing.get(label)
 
