@@ -702,6 +702,24 @@ def test_a_vast_hosts_duration_covers_the_startup_window_and_the_reservation():
     assert "duration" not in backend.host_filters(50)  # no reservation (a box that ends with its job)
 
 
+def test_a_vast_host_is_checked_on_the_tier_it_was_planned_on_with_verified_sent_explicitly():
+    """Left out, `verified` would be vast-cli's default (verified only) or the server's (docs/providers/vast.md,
+    "Offers"): the create's host check always sends it, with `rentable` and `rented`."""
+    from planner.run.backends.vast import VastBackend
+    from pricing.providers.vast_api import VastAPI
+
+    backend = VastBackend(VastAPI("http://127.0.0.1:9", "k"), image="i", jobs_install="p")
+    assert backend.host_filters(50, verified=False)["verified"] == {"eq": False}
+    assert backend.host_filters(50)["verified"] == {"eq": True}
+    assert backend.host_filters(50)["rentable"] == {"eq": True} and backend.host_filters(50)["rented"] == {"eq": False}
+    unverified = Offer(provider="vast", offer_key="101", gpu_model="RTX4090", gpu_name_raw="RTX 4090", vram_gb=24,
+                       gpu_count=1, on_demand_usd_per_gpu_hour=0.4, spot_usd_per_gpu_hour=None, tier="unverified",
+                       location="US", available=True, fetched_at=store.utcnow())
+    spec = JobSpec("v1", "merge", "s3://b/out/v1", {"models": ["s3://b/m1", "s3://b/m2"]})
+    plan = backend.plan(spec, unverified, attempt=1, spot=False, usd_per_hour=0.4, max_hours=1.0)
+    assert plan.request["host_filters"]["verified"] == {"eq": False}
+
+
 def test_an_orphan_the_reaper_ends_is_sent_as_money_at_risk(cloud, toy_corpus):
     settings, sessions, _, vast = cloud
     with sessions() as session:

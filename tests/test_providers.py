@@ -215,6 +215,9 @@ def test_vast_query_asks_for_3gb_both_types_and_a_limit(httpserver):
     queries = [json.loads(request.data) for request, _ in httpserver.log]
     assert {q["type"] for q in queries} == {"on-demand", "bid"}
     assert all(q["gpu_ram"] == {"gte": 3072} and q["limit"] == 777 and q["allocated_storage"] == 50 for q in queries)
+    # `verified` always sent: left out, vast-cli's default (verified only) or the server's would decide
+    # (docs/providers/vast.md, "Offers"); the book wants both tiers
+    assert all(q["verified"] == {"eq": "any"} for q in queries)
 
 
 def test_vast_bid_price_comes_from_the_bid_search(httpserver):
@@ -236,6 +239,7 @@ def test_vast_splits_full_pages_to_get_every_offer(httpserver):
     provider = vast(httpserver, limit=10)
     assert len(provider.fetch()) == 30 and not provider.last_report["truncated"]
     assert provider.last_report["searches"] == 2 * (1 + 5)  # per type: one full page, then five GPU-count parts
+    assert all("verified" in json.loads(request.data) for request, _ in httpserver.log)  # split searches too
 
 
 def test_vast_reports_truncation_when_splits_cannot_help(httpserver):
