@@ -98,6 +98,44 @@ def test_the_box_names_its_own_user_agent_which_runpods_edge_lets_through(cloud)
     assert deletes[-1]["headers"].get("User-Agent") == boxend.USER_AGENT
 
 
+def test_a_new_pod_passes_provisioning_and_starting_before_its_container_runs(tmp_path):
+    """RunPod's v2 `PodStatus`: a new pod is PROVISIONING, then STARTING, then RUNNING (docs/providers/runpod.md,
+    "Pods"); its container runs only once RUNNING, `runtime` null before. The backend reads both as pending."""
+    from pydantic import SecretStr
+
+    from planner.run.backends.base import Handle, Status
+    from planner.run.backends.runpod import RunPodBackend
+    from pricing.providers.runpod_api import RunPodAPI
+
+    fake = FakeRunPod(RUNPOD_KEY, tmp_path / "boxes", grace_s=1.0)
+    fake.boot_s = 2.0
+    try:
+        pod_id, box = rent("runpod", fake, "planner-boot-a1", "echo container up; sleep 60")
+        backend = RunPodBackend(RunPodAPI(fake.url, SecretStr(RUNPOD_KEY)), image="i", jobs_install="p")
+        handle = Handle(backend="runpod", instance_id=pod_id, label="planner-boot-a1",
+                        data={"output_uri": "memory://boot-a1/out"})
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while not seen or seen[-1] != "RUNNING":
+            assert time.monotonic() < deadline, seen
+            lines = box.lines()  # read before the status: a container up by then must read RUNNING
+            pod = requests.get(f"{fake.url}/v2/pods/{pod_id}", headers={"Authorization": f"Bearer {fake.key}"},
+                               timeout=10).json()
+            if pod["status"] != "RUNNING":
+                assert pod["runtime"] is None and "container up" not in lines, (pod, lines)
+                polled = backend.poll(handle)
+                assert polled.status is Status.PENDING and polled.detail.startswith("pod "), polled
+            if not seen or seen[-1] != pod["status"]:
+                seen.append(pod["status"])
+            time.sleep(0.1)
+        assert seen == ["PROVISIONING", "STARTING", "RUNNING"]
+        while "container up" not in box.lines():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stop_fakes(fake)
+
+
 def test_instance_keys_outlive_a_rotated_account_key(cloud):
     provider, fake = cloud
     mine, box = rent(provider, fake, "planner-j1-a1")
