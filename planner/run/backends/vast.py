@@ -4,7 +4,7 @@ docs/providers/vast.md, cited by section).
 Just before a create the offer is searched again (`POST /api/v0/bundles/`, its id) with the host
 filters the job image needs ("Host filters"): `cuda_max_good` >= the image's CUDA together with
 `compute_cap` for its PyTorch build, `disk_space` >= the job's disk, `reliability2` >=
-RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the attempt's reservation,
+RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the startup window plus the reservation,
 `inet_down_cost` / `inet_up_cost` ($/GB) at most what the plan priced (and PLANNER_MAX_USD_PER_GB), and
 `verified`, `rentable`, `rented` sent explicitly (unset, the server's defaults apply). A host that no
 longer fits (or no longer exists) is NoCapacity: the next candidate, after the offer's cool-down.
