@@ -62,8 +62,9 @@ class FakeServer:
                     api.requests.append({"method": self.command, "path": url.path, "query": query, "body": body,
                                          "raw": raw.decode(errors="replace"), "headers": dict(self.headers)})
                 # /logs/...: a pre-signed log URL (Vast's result_url) needs no key
-                refused = None if url.path.startswith("/logs/") else api.refusal(
-                    self.headers.get("Authorization"), self.command, url.path)
+                refused = api.edge_refusal(self.headers.get("User-Agent")) or (
+                    None if url.path.startswith("/logs/") else api.refusal(self.headers.get("Authorization"),
+                                                                            self.command, url.path))
                 if refused is not None:
                     reply = refused
                 else:
@@ -115,6 +116,11 @@ class FakeServer:
 
     def forbidden(self) -> Reply:
         return Reply(403, {"title": "Forbidden", "status": 403, "detail": "this key may not act on that resource"})
+
+    def edge_refusal(self, user_agent: str | None) -> Reply | None:
+        """The answer of the provider's edge (its CDN) to a client by its User-Agent, before any key is read;
+        None: let it through."""
+        return None
 
     def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
         """Whether an instance-scoped key for `instance_id` may make this request (the provider's rule)."""
