@@ -176,7 +176,11 @@ def test_vast_prices_per_gpu_with_storage_and_measured_vram(httpserver):
         assert offer.vram_gb == pytest.approx(r["gpu_ram"] / 1024)
     modded = offers["22790314"]  # two 48 GB "RTX 4090"s in Hong Kong, cpu_cores null
     assert (modded.gpu_model, modded.gpu_count, round(modded.vram_gb)) == ("RTX4090", 2, 48)
-    assert modded.ram_gb is None and modded.location == "Hong Kong, HK"
+    assert modded.location == "Hong Kong, HK"
+    # an instance gets its share of the machine's RAM by its share of the GPUs (gpu_frac), cores known or not
+    for key, offer in offers.items():
+        assert offer.ram_gb == pytest.approx(raw[key]["cpu_ram"] * raw[key]["gpu_frac"] / 1024), key
+    assert round(offers["11684738"].ram_gb, 1) == 15.7 and round(modded.ram_gb) == 126
     assert offers["20551207"].gpu_model == "A100-40GB-SXM"  # the name covers 40 and 80 GB: VRAM decides
     assert offers["11684738"].tier == "verified" and offers["11684738"].reliability == pytest.approx(0.9700835)
 
