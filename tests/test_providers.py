@@ -60,6 +60,7 @@ def test_runpod_normalizes_recorded_payload(httpserver):
     assert "NVIDIA H100 80GB HBM3|community" not in offers  # no community price: no community offer
     assert offers["NVIDIA GeForce RTX 3090|community"].available is False  # stockStatus null: out of stock
     assert all(o.gpu_count == 1 and o.known_gpu for o in offers.values())
+    assert h100.ram_gb == 125 and offers["NVIDIA GeForce RTX 4090|community"].ram_gb == 29  # lowestPrice.minMemory
 
 
 def test_runpod_has_no_spot_even_when_a_stale_answer_carries_spot_fields(httpserver):
@@ -104,6 +105,7 @@ def test_runpod_with_a_key_reads_the_v2_catalog_once_per_cloud(httpserver):
     assert offers["NVIDIA A100 80GB PCIe|secure"].available is False  # NONE, upper case (docs/providers/runpod.md)
     assert offers["AMD Instinct MI300X OAM|secure"].available and offers["AMD Instinct MI300X OAM|secure"].known_gpu
     assert provider.last_report["source"] == "REST v2 catalog"
+    assert all(o.ram_gb is None for o in offers.values())  # v2 states no host RAM ("Prices and availability")
 
 
 def test_runpod_v2_problem_json_error_is_one_line_with_its_detail(httpserver):
