@@ -183,3 +183,17 @@ def test_the_plan_shows_the_need_at_each_cards_chunk_the_ram_and_why_memory_left
     for key, gpu in (("3090", "1x RTX3090"), ("a4000", "1x RTX-A4000")):
         chunk, vram = need[key]
         assert rows[gpu][6:8] == [str(chunk), f"{vram:.1f}"], rows[gpu]
+
+
+def test_the_merge_counts_a_base_model_as_one_more_input():
+    """Five 4B bags: each input's embedding in float32 beside the merged one (merge_needs, held to the merge's
+    measured RSS by tests/test_memory_model.py), about 12 GB, not the 22 GB once planned (3 x 5 embeddings); a base model is a sixth
+    input, in RAM, disk and download."""
+    models = ["Qwen/Qwen3-4B"] * 5
+    plain = needs_for(JobSpec("m", "merge", "s3://b/m", {"models": models}))
+    based = needs_for(JobSpec("m", "merge", "s3://b/m", {"models": models, "base_model": "Qwen/Qwen3-4B"}))
+    shape = estimate.QWEN3["Qwen/Qwen3-4B"]
+    embedding = shape.vocab * shape.hidden * 4 / estimate.GB
+    assert plain.ram_gb == pytest.approx(estimate.PROCESS_RAM_GB + 6 * embedding) and plain.ram_gb < 12
+    assert based.ram_gb - plain.ram_gb == pytest.approx(embedding)
+    assert based.download_bytes - plain.download_bytes == pytest.approx(4 * shape.params)
