@@ -42,9 +42,11 @@ Markets: `recorded` is the recorded price book (pricing/data, refreshed through 
 RunPod's reader lists them) and Vast verified/unverified offers at list-like prices with a 25 %
 spread; Vast has two 1-GPU offers per model and tier and, often, 2x/4x/8x instances (present with
 probability 0.8/0.7/0.5) at 0.80-1.00x the 1-GPU price per GPU. The job: Qwen3-4B bags as the BOOM
-recipe sizes them (train_needs with method None: LoRA, 128 queries x a group of 8 documents per
-step, the gradient-cache chunk chosen per card and its cached first pass priced), a 500k-record
-corpus of 350 tokens a record, one hard negative, bags of 20/40/60/80/100 %; deadline one week. The budget of a campaign is
+recipe sizes them (train_needs with method None: LoRA, 128 queries per step, each with a group of 2
+documents: the positive and the record's one hard negative, as these stated corpus statistics give it
+(a measured corpus sized for FlagEmbedding's sampler would fill the group to 8 with copies); the
+gradient-cache chunk chosen per card and its cached first pass priced), a 500k-record corpus of 350
+tokens a record, bags of 20/40/60/80/100 %; deadline one week. The budget of a campaign is
 1.25 x the expected cost of the on-demand plan at the start (what a lab would budget from on-demand
 quotes). Reported per market and strategy: mean and median dollars, median hours to finish,
 the share finished (all six jobs done within the week), completion rate (finished without passing the

@@ -441,16 +441,14 @@ def planner_vram_gb(model_dir: Path, method: str, batch_size: int, args, tokens_
     """The planner's VRAM estimate per GPU (planner/plan/estimate.py train_needs, Needs.vram_at) for this run
     at its gradient-cache chunk, in GiB (the planner's GB, what jobs.memory reports), for comparison."""
     try:
-        try:
-            from planner.plan.estimate import CorpusStats, model_shape, train_needs
-        except ImportError:
-            from planner.estimate import CorpusStats, model_shape, train_needs
+        from planner.plan.estimate import CorpusStats, model_shape, train_needs
+
         stats = CorpusStats(records=batch_size * args.steps, mean_tokens=tokens_per_record,
                             negatives=args.group_size - 1, measured=True)
         needs = train_needs(model_shape(str(model_dir)), stats, fraction=1.0, method=method, batch_size=batch_size,
                             query_max_len=args.query_max_len, doc_max_len=args.doc_max_len, max_steps=args.steps)
         return round(needs.vram_at(args.mini_batch_size), 2)
-    except Exception as exc:  # the planner is being restructured; the bench still runs without it
+    except Exception as exc:  # noqa: BLE001 (the bench's measurements stand without the planner's figure)
         print(f"planner estimate unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
 

@@ -23,7 +23,7 @@ Records are split by position into shards of --shard-size. The output directory 
     shard-00000-of-00004.parquet ...       id, embedding (fixed-size list of float32), input order
     .encode/shard-...parquet.done          the shard's sha256; a shard counts only once this exists
     manifest.json                          model, hash, dim, dtype, prompt, records, shard checksums
-    DONE                                   last
+    DONE                                   last: the peaks of the rank that wrote it (jobs.memory)
 
 A shard's bytes depend only on its records and the settings, so a killed job rerun with the same
 command encodes only the shards without a marker and ends byte-identical to an uninterrupted run;
@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import storage
+from jobs import memory, storage
 from jobs.lifecycle import BadInput, StopRequest, run_job
 from jobs.protocol import done_uri
 
@@ -495,14 +495,16 @@ def marker(output: str, shard: Shard) -> str:
     return storage.join(output, MARKERS, f"{shard.file}.done")
 
 
-def finish(output: str, identity: dict, shards: list[Shard]) -> bool:
-    """Write the manifest and DONE if every shard has its marker; False while some are still missing."""
+def finish(output: str, identity: dict, shards: list[Shard], used: dict) -> bool:
+    """Write the manifest and DONE if every shard has its marker; False while some are still missing.
+    DONE holds `used`, this rank's memory peaks (jobs.memory.usage), as the supervisor reads a job's DONE
+    (planner.plan.memory.peaks): what the planner learns its encode VRAM correction from."""
     if not all(storage.exists(marker(output, shard)) for shard in shards):
         return False
     storage.write_json_atomic(storage.join(output, MANIFEST), {**identity, "shards": [
         {"file": s.file, "first_record": s.start, "records": s.stop - s.start,
          "sha256": storage.read_bytes(marker(output, s)).decode()} for s in shards]})
-    storage.write_bytes_atomic(done_uri(output), b"")
+    storage.write_json_atomic(done_uri(output), {"memory": {"ranks": [used]}})
     return True
 
 
@@ -569,7 +571,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         encode_shards(args.output, model, corpus, todo, device=device, dtype=dtype, prompt=identity["prompt"],
                       max_length=identity["max_length"], dim=args.dim,
                       batch_tokens=args.batch_tokens or BATCH_TOKENS[device.type], check_stop=stop.check)
-    if not finish(args.output, identity, shards):
+    if not finish(args.output, identity, shards, memory.usage(device)):
         print(f"rank {rank}: my shards are done; the last rank to finish writes DONE", file=sys.stderr)
     return 0
 

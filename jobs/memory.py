@@ -20,7 +20,6 @@ import sys
 from jobs.protocol import EXIT_OUT_OF_MEMORY  # noqa: F401  (the runner's outcome, named beside its cause)
 
 GB = 1024**3
-EXIT_KILLED = 137  # 128 + SIGKILL as a shell reports it (a process's own status is -9): the host's OOM killer
 
 
 def usage(device=None) -> dict:

@@ -83,6 +83,19 @@ def test_embeddings_equal_sentence_transformers_in_input_order(tiny_model_dir, s
     assert [s["records"] for s in manifest["shards"]] == [16, 16, 8] and (tmp_path / "out" / "DONE").exists()
 
 
+def test_done_reports_the_memory_the_encode_used(tiny_model_dir, tmp_path):
+    """Issue 23: an encode's DONE carries its peaks as a train-bag's does, so the supervisor stores them on the
+    attempt (planner.plan.memory.peaks, read from DONE) and the planner learns encode's VRAM correction."""
+    from planner.plan import memory
+    from planner.run.backends.markers import read_done
+
+    source, _, _ = corpus(tmp_path / "in.jsonl", count=8)
+    assert encode(tiny_model_dir, source, tmp_path / "out") == 0
+    used = memory.peaks(read_done(str(tmp_path / "out")))
+    assert used["peak_rss_gb"] > 0.1  # a CPU run: RSS only, no VRAM figures
+    assert "peak_vram_reserved_gb" not in used
+
+
 def test_matryoshka_truncation_renormalizes(tiny_model_dir, sentence_transformer, tmp_path):
     source, _, values = corpus(tmp_path / "in.jsonl", count=20)
     assert encode(tiny_model_dir, source, tmp_path / "full") == 0

@@ -148,3 +148,39 @@ def test_the_4b_lora_bag_at_chunk_32_needs_more_than_16_gb():
     assert needs.vram_at(32) > 16 + 2
     assert needs.mini_batch_on(16) < 32 and needs.vram_at(needs.mini_batch_on(16)) <= 16
     assert needs.mini_batch_on(24) == 32
+
+
+def test_the_merge_peak_matches_the_planners_copies_of_the_largest_tensor(tiny_model_dir, tmp_path, monkeypatch):
+    """Merge: the peak of live tensors in `python -m jobs.merge` (each input's tensor as it is read, tracked from
+    InputModel.read, and every tensor the merge computes) is one copy per input of the largest tensor plus the
+    merged float32 one, what merge_needs counts (it counted 3 x models); only jobs.multislerp's cache-sized
+    blocks come on top."""
+    from jobs import merge
+    from jobs.multislerp import BLOCK
+    from tests.test_merge import make_variant
+
+    rows, models = 1 << 16, 3  # a 16 MB float32 embedding, far the largest tensor
+
+    def big_embedding(seed):
+        def edit(tensors):
+            tensors["embed_tokens.weight"] = torch.randn(rows, 64, generator=torch.Generator().manual_seed(seed))
+        return edit
+
+    inputs = [make_variant(tiny_model_dir, tmp_path / f"in{i}", seed=i, edit=big_embedding(i)) for i in range(models)]
+    tracker, read = LiveBytes(set()), merge.InputModel.read
+
+    def counted(self, name):
+        tensor = read(self, name)
+        tracker.add(tensor, set())
+        return tensor
+
+    monkeypatch.setattr(merge.InputModel, "read", counted)
+    with tracker.mode:
+        assert merge.main(["--models", ",".join(map(str, inputs)), "--weights", "1,1,1",
+                           "--output", str(tmp_path / "out")]) == 0
+    largest = rows * 64 * 4
+    shape = ModelShape("merge", rows, 64, 256, 2, 4, 2, 16)  # its embedding is the largest tensor
+    planned = (estimate.merge_needs(shape, models).ram_gb - estimate.PROCESS_RAM_GB) * estimate.GB / largest
+    assert planned == models + 1
+    blocks = 2 * models * BLOCK * 4 + 4096  # a float32 block of every input and its product, the k x k algebra
+    assert 0 <= tracker.peak - planned * largest <= blocks, tracker.peak / largest

@@ -3,6 +3,7 @@ RAM is a need like VRAM, and a quantized checkpoint is planned as it is stored."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -153,3 +154,46 @@ def test_the_estimate_learns_a_memory_correction_per_gpu_model_from_what_attempt
     prior = choose(needs, [offer("4090", "RTX4090", 24, 0.35, ram=64)], now=NOW).winner
     assert learned.mini_batch < prior.mini_batch  # the card holds less of this job than the formula said
     assert learned.vram_need_gb == pytest.approx(needs.scaled(1.3).vram_at(learned.mini_batch))
+
+
+def test_the_plan_shows_the_need_at_each_cards_chunk_the_ram_and_why_memory_left_an_offer_out(db_url, cli, toy_corpus):
+    """`planner plan` states what the ranking used: the VRAM need at the chunk it chose for each card (not only
+    the breakdown at the smallest chunk), the host RAM with its parts, and which offers memory left out and why
+    (a 6 GB-RAM host, a card too small at any chunk)."""
+    from pricing import store
+    from pricing.db import session_factory
+
+    book = [offer("3090", "RTX3090", 24, 0.20, ram=48), offer("a4000", "RTX-A4000", 16, 0.10, ram=32),
+            offer("cheap-6gb", "RTX4090", 24, 0.05, ram=6.0), offer("3060", "RTX3060", 12, 0.04, ram=32)]
+    with session_factory(db_url)() as session:
+        store.write_snapshot(session, "vast", store.utcnow(), [replace(o, fetched_at=store.utcnow()) for o in book])
+    args = ["plan", "train-bag", "--fraction", "0.4", "--data", str(toy_corpus), "--model", "Qwen/Qwen3-4B"]
+    job = json.loads(cli(*args, "--json").stdout)["jobs"][0]
+    need = {c["offer_key"]: (c["mini_batch_size"], c["vram_need_gb"]) for c in job["ranked"]}
+    assert need["3090"][0] == 32 and need["a4000"][0] < 32 and need["3090"][1] > 16
+    text = cli(*args).stdout
+    lines = " ".join(text.split())  # rich wraps the long lines
+    ram = job["needs"]["ram_gb"]
+    assert f"{ram:.1f} GB RAM (process 3.0, float32 output" in lines
+    assert "needs" in lines and "GB VRAM per GPU at the smallest chunk (weights" in lines
+    assert f"too little RAM (e.g. vast 1x RTX4090: 6 GB < {ram:.1f} GB" in lines
+    assert "too little VRAM (e.g. vast 1x RTX3060: 12 GB" in lines
+    rows = {line.split("│")[2].strip(): [cell.strip() for cell in line.split("│")] for line in text.splitlines()
+            if line.count("│") > 8}
+    for key, gpu in (("3090", "1x RTX3090"), ("a4000", "1x RTX-A4000")):
+        chunk, vram = need[key]
+        assert rows[gpu][6:8] == [str(chunk), f"{vram:.1f}"], rows[gpu]
+
+
+def test_the_merge_counts_a_base_model_as_one_more_input():
+    """Five 4B bags: each input's embedding in float32 beside the merged one (merge_needs, held to the merge's
+    measured RSS by tests/test_memory_model.py), about 12 GB, not the 22 GB once planned (3 x 5 embeddings); a base model is a sixth
+    input, in RAM, disk and download."""
+    models = ["Qwen/Qwen3-4B"] * 5
+    plain = needs_for(JobSpec("m", "merge", "s3://b/m", {"models": models}))
+    based = needs_for(JobSpec("m", "merge", "s3://b/m", {"models": models, "base_model": "Qwen/Qwen3-4B"}))
+    shape = estimate.QWEN3["Qwen/Qwen3-4B"]
+    embedding = shape.vocab * shape.hidden * 4 / estimate.GB
+    assert plain.ram_gb == pytest.approx(estimate.PROCESS_RAM_GB + 6 * embedding) and plain.ram_gb < 12
+    assert based.ram_gb - plain.ram_gb == pytest.approx(embedding)
+    assert based.download_bytes - plain.download_bytes == pytest.approx(4 * shape.params)

@@ -60,6 +60,7 @@ def test_runpod_normalizes_recorded_payload(httpserver):
     assert "NVIDIA H100 80GB HBM3|community" not in offers  # no community price: no community offer
     assert offers["NVIDIA GeForce RTX 3090|community"].available is False  # stockStatus null: out of stock
     assert all(o.gpu_count == 1 and o.known_gpu for o in offers.values())
+    assert h100.ram_gb == 125 and offers["NVIDIA GeForce RTX 4090|community"].ram_gb == 29  # lowestPrice.minMemory
 
 
 def test_runpod_has_no_spot_even_when_a_stale_answer_carries_spot_fields(httpserver):
@@ -104,6 +105,7 @@ def test_runpod_with_a_key_reads_the_v2_catalog_once_per_cloud(httpserver):
     assert offers["NVIDIA A100 80GB PCIe|secure"].available is False  # NONE, upper case (docs/providers/runpod.md)
     assert offers["AMD Instinct MI300X OAM|secure"].available and offers["AMD Instinct MI300X OAM|secure"].known_gpu
     assert provider.last_report["source"] == "REST v2 catalog"
+    assert all(o.ram_gb is None for o in offers.values())  # v2 states no host RAM ("Prices and availability")
 
 
 def test_runpod_multi_gpu_pods_are_asked_per_count_for_the_images_cuda_and_priced_per_gpu(httpserver):
@@ -204,7 +206,11 @@ def test_vast_prices_per_gpu_with_storage_and_measured_vram(httpserver):
         assert offer.vram_gb == pytest.approx(r["gpu_ram"] / 1024)
     modded = offers["22790314"]  # two 48 GB "RTX 4090"s in Hong Kong, cpu_cores null
     assert (modded.gpu_model, modded.gpu_count, round(modded.vram_gb)) == ("RTX4090", 2, 48)
-    assert modded.ram_gb is None and modded.location == "Hong Kong, HK"
+    assert modded.location == "Hong Kong, HK"
+    # an instance gets its share of the machine's RAM by its share of the GPUs (gpu_frac), cores known or not
+    for key, offer in offers.items():
+        assert offer.ram_gb == pytest.approx(raw[key]["cpu_ram"] * raw[key]["gpu_frac"] / 1024), key
+    assert round(offers["11684738"].ram_gb, 1) == 15.7 and round(modded.ram_gb) == 126
     assert offers["20551207"].gpu_model == "A100-40GB-SXM"  # the name covers 40 and 80 GB: VRAM decides
     assert offers["11684738"].tier == "verified" and offers["11684738"].reliability == pytest.approx(0.9700835)
 

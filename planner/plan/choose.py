@@ -163,6 +163,8 @@ class Rejection(enum.Enum):
 
 
 PIN_REJECTIONS = frozenset({Rejection.OTHER_GPU, Rejection.OTHER_GPU_COUNT, Rejection.PROVIDER_EXCLUDED})
+MEMORY_REJECTIONS = frozenset({Rejection.TOO_LITTLE_VRAM, Rejection.TOO_LITTLE_VRAM_HERE, Rejection.TOO_LITTLE_RAM,
+                               Rejection.TOO_LITTLE_RAM_HERE, Rejection.RAN_OUT_OF_MEMORY})
 
 
 @dataclass(frozen=True)

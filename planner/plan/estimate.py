@@ -21,8 +21,9 @@ of at most T tokens each:
   all         + CUDA context and allocator slack (WORKSPACE_GB), and never under MIN_VRAM_GB (3 GB); a card
               holds a need when need <= VRAM_USABLE x its VRAM
 Host RAM: the process (PROCESS_RAM_GB) plus what the job builds on the CPU: train-bag's float32 output
-(the LoRA merge re-reads the base in float32), encode's weights before they move to the GPU; each
-further data-parallel rank loads the bf16 base there too (Needs.ram_on).
+(the LoRA merge re-reads the base in float32), encode's weights before they move to the GPU, the merge's
+largest tensor of each input beside their merged float32 (merge_needs); each further data-parallel rank
+loads the bf16 base there too (Needs.ram_on).
 Work: FLOPs per trained token from jobs.recipe.train_flops_per_token, the formula the job itself uses
 to report achieved TFLOP/s (full 8P with checkpointing, LoRA 6P, + 2P with the gradient cache), on the
 tokens its forward computes: the real ones times the padding its sorted chunks leave (jobs.recipe.
@@ -503,11 +504,16 @@ def encode_needs(shape: ModelShape, records: int, mean_tokens: float, *, dtype: 
 
 
 def merge_needs(shape: ModelShape, models: int, dtype_bytes: int = 4) -> Needs:
-    """The merge streams tensor by tensor on the CPU: a few tensors of RAM, disk for inputs and output."""
+    """The merge streams tensor by tensor on the CPU (jobs.merge): RAM for one tensor of each of the
+    `models` inputs (a base model counts as one) and their merged float32 result, at the largest tensor
+    (the embedding); tests/test_memory_model.py measures 2.7-3.3 such tensors of peak RSS for 3 inputs. Disk
+    for the inputs and the output."""
     size = shape.params * dtype_bytes
     largest = shape.vocab * shape.hidden * 4
-    return Needs("merge", MIN_VRAM_GB, disk_gb=(models + 1) * size / GB + 5, ram_gb=max(4.0, 3 * models * largest / GB),
-                 flops=0.0, io_bytes=(models + 1) * size, breakdown={"floor": MIN_VRAM_GB},
+    ram = {"process": PROCESS_RAM_GB, f"largest tensor x {models + 1} (each input's, the merged float32)":
+           (models + 1) * largest / GB}
+    return Needs("merge", MIN_VRAM_GB, disk_gb=(models + 1) * size / GB + 5, ram_gb=sum(ram.values()),
+                 ram_breakdown=ram, flops=0.0, io_bytes=(models + 1) * size, breakdown={"floor": MIN_VRAM_GB},
                  download_bytes=models * size, upload_bytes=size)
 
 

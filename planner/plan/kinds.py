@@ -64,7 +64,7 @@ def _size_encode(p: dict, shape: ShapeOf) -> Needs:
 
 def _size_merge(p: dict, shape: ShapeOf) -> Needs:
     models = _models(p)
-    return merge_needs(shape(models[0]), len(models))
+    return merge_needs(shape(models[0]), len(models) + bool(p.get("base_model")))  # the base is one more input
 
 
 KINDS: dict[str, KindPlan] = {

@@ -57,7 +57,8 @@ class VastOffer(msgspec.Struct):
     reliability: float | None = None
     cpu_cores: float | None = None
     cpu_cores_effective: float | None = None
-    cpu_ram: float | None = None
+    cpu_ram: float | None = None  # the machine's RAM in MiB, shared by its rentals (docs/providers/vast.md, "Offers")
+    gpu_frac: float | None = None  # the offer's GPUs / the machine's GPUs: its share of cpu_ram
     disk_space: float | None = None
     inet_down_cost: float | None = None  # $/GB into the instance (docs/providers/vast.md, "Offers")
     inet_up_cost: float | None = None  # $/GB out of it
@@ -77,6 +78,18 @@ def decode_bundles(content: bytes) -> list[VastOffer]:
         raise ProviderError(f"unexpected bundles schema: {exc}") from None
     except msgspec.DecodeError:
         raise ValueError("malformed JSON") from None  # request_json reports it as malformed
+
+
+def _ram_share_gb(raw: VastOffer) -> float | None:
+    """The host RAM an instance of this offer gets: the machine's `cpu_ram` times the offer's share of its
+    GPUs (`gpu_frac`; a row without it: its share of the CPU cores, `cpu_cores_effective / cpu_cores`).
+    None when the row says neither (unknown RAM is not held against an offer)."""
+    share = raw.gpu_frac
+    if not share and raw.cpu_cores and raw.cpu_cores_effective:
+        share = raw.cpu_cores_effective / raw.cpu_cores
+    if not raw.cpu_ram or not share or not 0 < share <= 1:
+        return None
+    return raw.cpu_ram * share / 1024
 
 
 class VastProvider(Provider):
@@ -189,7 +202,6 @@ class VastProvider(Provider):
                 unknown.append(name)
                 unknown.sort()
             log.warning("unknown Vast GPU %r (%.0f GB): kept under its raw name", name, vram_gb)
-        cores, effective, ram_mb = raw.cpu_cores, raw.cpu_cores_effective, raw.cpu_ram
         reliability = raw.reliability2 if raw.reliability2 is not None else raw.reliability
         return Offer(
             provider=VAST, offer_key=str(raw.id), gpu_model=spec.model if spec else name, gpu_name_raw=name,
@@ -197,8 +209,8 @@ class VastProvider(Provider):
             tier="verified" if raw.verification == "verified" else "unverified",
             location=raw.geolocation, available=raw.rentable is not False, fetched_at=now,
             known_gpu=spec is not None, reliability=reliability,
-            vcpus=effective or None,
-            ram_gb=ram_mb * effective / cores / 1024 if (ram_mb and cores and effective) else None,
+            vcpus=raw.cpu_cores_effective or None,
+            ram_gb=_ram_share_gb(raw),
             disk_gb=raw.disk_space,
             download_usd_per_gb=raw.inet_down_cost, upload_usd_per_gb=raw.inet_up_cost,
         )

@@ -18,7 +18,7 @@ from planner.interface.cli.options import Flags, floats, local_input, resolve
 from planner.interface.cli.options import fraction as in_unit_interval
 from planner.plan import campaigns
 from planner.plan.campaigns import CampaignPlan, NewJob
-from planner.plan.choose import PIN_REJECTIONS, Choice
+from planner.plan.choose import MEMORY_REJECTIONS, PIN_REJECTIONS, Choice, Rejection
 from planner.plan.estimate import EstimateError, StoreUnreachable
 from planner.plan.plans import book_offers, choice_summary, plan_job
 from planner.run.inputs import InputError, Upload
@@ -55,29 +55,34 @@ def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
     for item, choice in plans:
         needs = choice.needs
         parts = ", ".join(f"{k} {v:.1f}" for k, v in needs.breakdown.items())
-        out.print(f"[bold]{escape(item.name)}[/] ({item.spec.job_id}): needs {needs.vram_gb:.1f} GB VRAM per GPU "
-                  f"({parts}), {needs.disk_gb:.0f} GB disk, " + (f"{needs.flops / 1e12:,.3g} TFLOP" if needs.flops else
-                                                                 f"{needs.io_bytes / 1e9:,.3g} GB to stream"),
+        ram = ", ".join(f"{k} {v:.1f}" for k, v in needs.ram_breakdown.items())
+        chunked = bool(needs.sequences_per_step)  # train-bag: the gradient-cache chunk chosen for each card
+        at = (f" at chunk {needs.fixed_mini_batch}" if needs.fixed_mini_batch else " at the smallest chunk") if chunked else ""
+        extra_rank = f", +{needs.ram_per_extra_rank_gb:.1f} GB a further GPU" if needs.ram_per_extra_rank_gb else ""
+        out.print(f"[bold]{escape(item.name)}[/] ({item.spec.job_id}): needs {needs.vram_gb:.1f} GB VRAM per GPU{at} "
+                  f"({parts}), {needs.ram_gb:.1f} GB RAM" + (f" ({escape(ram)}{extra_rank})" if ram else "")
+                  + f", {needs.disk_gb:.0f} GB disk, " + (f"{needs.flops / 1e12:,.3g} TFLOP" if needs.flops else
+                                                          f"{needs.io_bytes / 1e9:,.3g} GB to stream"),
                   highlight=False)
         for note in needs.notes:
             out.print(f"  note: {escape(note)}", highlight=False)
-        pinned = _pinned_out(choice)
-        if pinned:
-            out.print(f"  pinned: {escape(pinned)}", highlight=False)
+        for label, codes in (("pinned", PIN_REJECTIONS), ("memory", MEMORY_REJECTIONS)):
+            if left := _left_out(choice, codes):
+                out.print(f"  {label}: {escape(left)}", highlight=False)
         if choice.winner is None:
             out.print(f"  [yellow]no offer:[/] {escape(choice.explain_empty())}", highlight=False)
             continue
         total += choice.winner.expected_usd
         table = Table(show_edge=False, pad_edge=False)
-        chunked = bool(needs.sequences_per_step)  # train-bag: the gradient-cache chunk chosen for each card
-        for column in ("#", "provider", "GPU", "VRAM", "tier", "spot", *(("chunk",) if chunked else ()), "$/h",
-                       "work h", "expected $", "worst $", "why not"):
-            table.add_column(column, justify="right" if column in ("VRAM", "chunk", "$/h", "work h", "expected $",
-                                                                   "worst $") else "left")
+        numbers = ("VRAM", "chunk", "need", "$/h", "work h", "expected $", "worst $")
+        for column in ("#", "provider", "GPU", "VRAM", "tier", "spot", *(("chunk",) if chunked else ()), "need",
+                       "$/h", "work h", "expected $", "worst $", "why not"):
+            table.add_column(column, justify="right" if column in numbers else "left")
         for rank, c in enumerate(choice.ranked[:top], start=1):
             chunk = (str(c.mini_batch) if c.mini_batch else "-",) if chunked else ()
             table.add_row(str(rank), c.offer.provider, f"{c.offer.gpu_count}x {c.offer.gpu_model}",
                           f"{c.offer.vram_gb:.0f}", c.offer.tier, "spot" if c.spot else "on-demand", *chunk,
+                          f"{c.vram_need_gb:.1f}",  # VRAM per GPU at that chunk, the learned correction included
                           f"{c.usd_per_hour:.3f}", f"{c.hours:.3g}", f"{c.expected_usd:.2f}",
                           f"{c.worst_case_usd:.2f}", escape(c.why_lost or "best"))
         out.print(table)
@@ -92,14 +97,15 @@ def _render_plan(plans: list[tuple[NewJob, Choice]], top: int) -> float:
     return total
 
 
-def _pinned_out(choice: Choice) -> str:
-    """How many offers the --gpu/--provider pins left out, by reason, with an example of each."""
-    pinned: dict[str, list[str]] = {}
+def _left_out(choice: Choice, codes: frozenset[Rejection]) -> str:
+    """How many offers lost on one of `codes` (the --gpu/--provider pins; the job's memory against the
+    card's VRAM or the host's RAM), by reason, with an example of each."""
+    left: dict[str, list[str]] = {}
     for item in choice.rejected:
-        if item.code in PIN_REJECTIONS:
-            pinned.setdefault(item.code.value, []).append(item.reason.split(": ", 1)[-1])
-    return "; ".join(f"{len(examples)} offers left out as {code} (e.g. {examples[0]})"
-                     for code, examples in pinned.items())
+        if item.code in codes:
+            where = "" if item.code in PIN_REJECTIONS else f"{item.offer.provider} {item.offer.gpu_count}x {item.offer.gpu_model}: "
+            left.setdefault(item.code.value, []).append(where + item.reason.split(": ", 1)[-1])
+    return "; ".join(f"{len(examples)} offers left out as {code} (e.g. {examples[0]})" for code, examples in left.items())
 
 
 def _show_plan(plan: CampaignPlan, flags: Flags, job_options: JobOptions, skypilot_tasks: bool = False) -> None:
