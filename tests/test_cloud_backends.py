@@ -34,6 +34,7 @@ from planner.run.launching import JobOptions, add_jobs, attempts_of, build_backe
 from pricing import store
 from pricing.db import session_factory
 from pricing.offer import Offer
+from tests.simcloud.runpod import GPU_FIELDS, POD_FIELDS
 
 RUNPOD_KEY, VAST_KEY = "rp-secret-key-5f1c", "vast-secret-key-9d2e"
 JOBS_INSTALL = "planner[jobs] @ git+https://example.invalid/planner@0123abc"
@@ -96,11 +97,6 @@ class FakeAPI:
 
 def problem(status: int, title: str, detail: str) -> dict:
     return {"title": title, "status": status, "detail": detail}
-
-
-POD_FIELDS = {"name", "image", "templateId", "gpu", "cpu", "cloud", "dataCenterIds", "disk", "env", "ports", "args",
-              "registry", "mounts", "startSsh", "startJupyter", "globalNetworking"}
-GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
 
 
 class FakeRunPod(FakeAPI):

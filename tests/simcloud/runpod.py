@@ -38,7 +38,9 @@ from tests.simcloud.server import FakeServer, Reply
 
 POD_FIELDS = {"name", "image", "templateId", "gpu", "cpu", "cloud", "dataCenterIds", "disk", "env", "ports", "args",
               "registry", "mounts", "startSsh", "startJupyter", "globalNetworking"}
-GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
+# CreatePodRequest and its gpu object as RunPod's v2 OpenAPI declares them (runpod/docs api-reference-v2, "Create a
+# pod"; unevaluatedProperties false): anything else is a 422, so a field we invent fails here as it would there
+GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion"}
 STOPPED_DISK_USD_PER_GB_MONTH = 0.20  # a stopped pod's disk (docs/providers/runpod.md, "Billing"); 720 h a month
 RATE_HEADERS = {"RateLimit": "limit=60, remaining=59, reset=60", "RateLimit-Policy": "60;w=60"}
 CATALOG = {  # id -> (VRAM GB, price per GPU-hour by cloud)
