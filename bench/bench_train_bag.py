@@ -104,7 +104,8 @@ def planned_batches(config) -> list[list]:
 
 def tokens_per_step(model_dir: Path, batches: list[list], query_max_len: int, doc_max_len: int) -> list[int]:
     """Real (attention-mask) tokens of each step as jobs.train_bag encodes them."""
-    from jobs.embedder import format_query, load_tokenizer, tokenize
+    from jobs.embedder import load_tokenizer, tokenize
+    from jobs.prompt import format_query
 
     tokenizer = load_tokenizer(model_dir)
     counts = []
@@ -217,7 +218,8 @@ def run_peer(args: argparse.Namespace) -> None:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import get_cosine_schedule_with_warmup
 
-    from jobs.embedder import attention_implementation, format_query, pick_device_dtype
+    from jobs.embedder import attention_implementation, pick_device_dtype
+    from jobs.prompt import format_query
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     print(f"threads {torch.get_num_threads()}", file=sys.stderr, flush=True)

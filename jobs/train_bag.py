@@ -149,7 +149,7 @@ class BatchResult(NamedTuple):
 
 def texts(groups: list[Group]) -> tuple[list[str], list[str]]:
     """The queries (with their instruction prompt) and every group's documents, in order."""
-    from jobs.embedder import format_query
+    from jobs.prompt import format_query
 
     queries = [format_query(g.query, g.instruction) for g in groups]
     docs = [format_query(doc, g.instruction) if g.prompt_documents else doc for g in groups for doc in g.documents]
