@@ -62,3 +62,10 @@ def test_sizing_counts_the_query_prompt_the_job_puts_before_a_query(tmp_path):
     expected = [len(format_query("what is a bag")), len(format_query("why merge", "Find"))]
     stats = sample_stats(str(corpus))
     assert stats.mean_query_tokens == pytest.approx(sum(n / protocol.CHARS_PER_TOKEN + 1 for n in expected) / 2)
+
+
+def test_a_stored_progress_report_reads_as_a_dict_or_nothing():
+    """One reading of Attempt.progress for the supervisor and the move rule (jobs.protocol.parse_progress)."""
+    assert protocol.parse_progress('{"step": 3}') == {"step": 3}
+    assert protocol.parse_progress(None) == protocol.parse_progress("") == protocol.parse_progress("{oops") == {}
+    assert protocol.parse_progress("[1, 2]") == {}

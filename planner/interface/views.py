@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from jobs.protocol import parse_progress
 from planner.plan.billing import attempt_cost
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from planner.run import progress as progress_file
@@ -36,7 +37,7 @@ def job_progress(job: Job, attempts: list[Attempt], *, fresh: bool = True) -> di
         return None
     latest = attempts[-1]
     raw = progress_file.read(job.spec) if fresh and latest.outcome in LIVE_ATTEMPT else None
-    parsed = progress_file.parse(raw or progress_file.load(latest.progress))
+    parsed = progress_file.parse(raw or parse_progress(latest.progress))
     if parsed is None:
         return None
     if job.state == "succeeded" and parsed.total:  # the last file predates the last step
