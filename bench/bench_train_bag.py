@@ -68,6 +68,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 from bench_encode import QWEN3_4B, build_model, non_embedding_parameters, peak_tflops  # noqa: E402
 
+from jobs.protocol import DONE_MARKER  # noqa: E402
 from jobs.toy import WORDS, write_toy_corpus  # noqa: E402
 
 SMALL = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
@@ -493,7 +494,7 @@ def run_gpu(args: argparse.Namespace) -> None:
             try:
                 run = run_timed(ours_command(model_dir, data, output, args, method=method, cache=cache),
                                 work / f"log-{method}-{batch_size}-{chunk}.txt")
-                done = json.loads((output / "DONE").read_text())
+                done = json.loads((output / DONE_MARKER).read_text())
                 rate = rates(run, step_tokens)
                 used = done["memory"]["ranks"][0]  # jobs.memory: GiB, what the planner's GB are
                 entry |= rate | {"peak_memory_gb": done["peak_memory_bytes"] / 1e9,
