@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from jobs import storage
+from jobs.spec import KINDS
 from planner.interface.web.common import Context, same_origin
 from pricing import store
 
@@ -25,7 +26,7 @@ MAX_DIRECTORY_ENTRIES = 10_000  # a model directory holds tens of files; more is
 
 
 class PlanRequest(BaseModel):
-    kind: str = Field(description="train-bag | merge | encode | evaluate", max_length=40)
+    kind: str = Field(description=" | ".join(KINDS), max_length=40)
     params: dict = Field(description="the job's parameters, e.g. {model, data, fraction, method}")
     spot: str = Field("any", pattern="^(any|spot|on-demand)$")
     max_price_per_hour: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
@@ -37,7 +38,7 @@ class PlanRequest(BaseModel):
 @router.post("/plan", dependencies=[Depends(same_origin)])
 def plan(ctx: Context, request: PlanRequest) -> dict:
     """The ranked offers for a job (kind and its parameters, as the job's flags with underscores)."""
-    from jobs.spec import KINDS, JobSpec, SpecError
+    from jobs.spec import JobSpec, SpecError
     from planner.plan.estimate import EstimateError
     from planner.plan.plans import book_offers, choice_summary, plan_job
     from planner.run.launching import JobOptions
@@ -61,7 +62,6 @@ def plan(ctx: Context, request: PlanRequest) -> dict:
 
 def input_problem(kind: str, params: dict, roots: tuple[Path, ...], storage_uri: str | None) -> str | None:
     """Why the API may not read one of a job's inputs (None: it may read them all)."""
-    from jobs.spec import KINDS
     from planner.run.inputs import is_local_input
 
     entry = KINDS[kind]
