@@ -407,12 +407,6 @@ def write_bag_lines(bag: Bag, output: str) -> dict:
     return rows
 
 
-def read_bag_lines(path) -> list[int]:
-    """The line numbers a bag_lines.txt.gz lists."""
-    with gzip.open(path, "rt") as handle:
-        return [int(line) for line in handle]
-
-
 def records_digest(records) -> str:
     """sha256 over the records' canonical lines, streamed (a Bag is read record by record)."""
     digest = hashlib.sha256()
