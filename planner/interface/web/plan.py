@@ -1,5 +1,6 @@
 """POST /plan: the ranked offers for a job, under the limits `planner plan` uses (launching.JobOptions
--> plans.limits_for: pins, the job's budget and the month's budget left).
+-> plans.limits_for: the GPU, provider and backend pins, read as `planner plan --gpu/--provider/--backend`
+reads them; the job's budget and the month's budget left).
 
 The API reads only what the project may read: a local input must lie under the project directory or
 the runs dir and be a regular file or a directory of regular files (never a FIFO or a device, which
@@ -18,8 +19,10 @@ from pydantic import BaseModel, Field
 
 from jobs import storage
 from jobs.spec import KINDS
+from planner.config import CHOICES
 from planner.interface.web.common import Context, same_origin
 from pricing import store
+from pricing.providers.registry import NAMES
 
 router = APIRouter(tags=["plan"])
 MAX_DIRECTORY_ENTRIES = 10_000  # a model directory holds tens of files; more is not an input
@@ -31,6 +34,9 @@ class PlanRequest(BaseModel):
     spot: str = Field("any", pattern="^(any|spot|on-demand)$")
     max_price_per_hour: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
     budget_usd: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    gpu: Optional[str] = Field(None, max_length=64, description="pin a GPU model, NAME[:COUNT] (e.g. H100-SXM:2)")
+    provider: Optional[str] = Field(None, max_length=40, description="pin a provider: " + " | ".join((*NAMES, "local")))
+    backend: str = Field("auto", max_length=40, description=" | ".join(CHOICES["backend"]))
     allow_stale: bool = False
     top: int = Field(5, ge=1, le=100)
 
@@ -41,15 +47,25 @@ def plan(ctx: Context, request: PlanRequest) -> dict:
     from jobs.spec import JobSpec, SpecError
     from planner.plan.estimate import EstimateError
     from planner.plan.plans import book_offers, choice_summary, plan_job
-    from planner.run.launching import JobOptions
+    from planner.run.launching import JobOptions, gpu_pin, provider_pin
 
     if request.kind not in KINDS:
         raise HTTPException(422, f"cannot plan this job: unknown kind {request.kind!r}; one of: {', '.join(KINDS)}")
     problem = input_problem(request.kind, request.params, ctx.roots, ctx.settings.storage_uri)
     if problem:
         raise HTTPException(422, f"cannot plan this job: {problem}")
-    options = JobOptions(spot=request.spot, max_price_per_hour=request.max_price_per_hour,
-                         budget_usd=request.budget_usd)
+    try:
+        gpu, gpu_count = gpu_pin(request.gpu)
+    except ValueError as exc:
+        raise HTTPException(422, f"cannot plan this job: gpu {exc}") from None
+    try:
+        provider = provider_pin(request.provider)
+    except ValueError as exc:
+        raise HTTPException(422, f"cannot plan this job: provider {exc}") from None
+    if request.backend not in CHOICES["backend"]:
+        raise HTTPException(422, f"cannot plan this job: backend {request.backend}: choose {' | '.join(CHOICES['backend'])}")
+    options = JobOptions(backend=request.backend, spot=request.spot, max_price_per_hour=request.max_price_per_hour,
+                         budget_usd=request.budget_usd, gpu=gpu, gpu_count=gpu_count, provider=provider)
     try:
         spec = JobSpec("plan", request.kind, "plan-only", request.params)
         with ctx.sessions() as session:
