@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from jobs.protocol import parse_progress
+from jobs.protocol import duration, parse_progress
 from planner.plan.billing import attempt_cost
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from planner.run import progress as progress_file
@@ -44,7 +44,8 @@ def job_progress(job: Job, attempts: list[Attempt], *, fresh: bool = True) -> di
         parsed = replace(parsed, done=parsed.total, eta_s=0.0)
     elif job.state in FINAL_STATES:  # stopped short: no time left to estimate
         parsed = replace(parsed, eta_s=None)
-    return parsed.as_dict() | {"text": progress_file.describe(parsed)}
+    eta = None if parsed.eta_s is None else duration(parsed.eta_s)  # as the job's log and the CLI write it
+    return parsed.as_dict() | {"text": progress_file.describe(parsed), "eta": eta}
 
 
 def spent_so_far(attempts: list[Attempt], now: datetime | None = None) -> float:
