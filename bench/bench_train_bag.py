@@ -4,6 +4,7 @@
     python bench/bench_train_bag.py gpu [--methods lora full] [--batch-sizes 4 8 16] [--out bench/out/train-gpu.json]
     python bench/bench_train_bag.py gpu --smoke        # the GPU mode's code on a tiny model, any device
     .venv/bin/python bench/bench_train_bag.py padding  # padded tokens per step, sorted chunks vs not
+    .venv/bin/python bench/bench_train_bag.py overlap  # how much of one bag lies in another, from bag_lines.txt.gz
 
 cpu: a small random Qwen3 (hidden 384, 6 layers, intermediate 1024, float32, SDPA), the toy 3-task
 corpus (jobs.toy, 160 records a task, one hard negative each), batch 16, lr 1e-5, temperature 0.02,
@@ -581,6 +582,40 @@ def run_padding(args) -> None:
               f"one width per step {whole / chunks.tokens:.3f}")
 
 
+def run_overlap(args) -> None:
+    """The bags of one campaign (fractions 0.2 ... 1.0, one --seed) drawn by the job's own code (jobs.data.
+    build_bag) and written as each bag's bag_lines.txt.gz, read back: the share of the smaller bag's lines in
+    the larger's (independent draws: the larger fraction), beside nested draws (one seed for every bag, the
+    job before issue 22). A synthetic corpus of three tasks; a count, no timing, no model."""
+    import json
+    import random
+    import tempfile
+
+    from jobs import data
+    from jobs.train_config import Config
+
+    work = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
+    rng = random.Random(0)
+    corpus = work / "corpus.jsonl"
+    sizes = {"a": 6 * args.records // 10, "b": 3 * args.records // 10, "c": args.records // 10}
+    with open(corpus, "w") as out:
+        for task, n in sizes.items():
+            out.writelines(json.dumps({"query": f"q {task} {i}", "positive": f"p {rng.random()}", "task": task}) + "\n"
+                           for i in range(n))
+    fractions, lines = (0.2, 0.4, 0.6, 0.8, 1.0), {}
+    for fraction in fractions:
+        config = Config(model="m", data=str(corpus), fraction=fraction, seed=args.seed, output=str(work / f"bag{fraction}"),
+                        cache_dir=str(work))
+        data.write_bag_lines(data.build_bag(config), config.output)
+        lines[fraction] = set(data.read_bag_lines(Path(config.output) / "bag_lines.txt.gz"))
+    index = data.open_corpus(str(corpus))
+    nested = {f: set(data.stratified_sample(index, f, args.seed)) for f in fractions}
+    print(f"{sum(sizes.values())} records in 3 tasks ({', '.join(map(str, sizes.values()))}), campaign seed {args.seed}")
+    for small, large in ((0.2, 0.4), (0.2, 0.6), (0.4, 0.8), (0.6, 0.8)):
+        print(f"{small:.0%} bag in the {large:.0%} bag: {len(lines[small] & lines[large]) / len(lines[small]):.4f} "
+              f"(independent draws: {large:.2f}; nested: {len(nested[small] & nested[large]) / len(nested[small]):.4f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     modes = parser.add_subparsers(dest="mode")
@@ -620,6 +655,9 @@ def main() -> None:
     padding.add_argument("--group-size", type=int, default=8)
     padding.add_argument("--mini-batch-size", type=int, default=32)
     padding.add_argument("--doc-max-len", type=int, default=512)
+    overlap = modes.add_parser("overlap", help="how much of one bag lies in another (bag_lines.txt.gz), no timing")
+    overlap.add_argument("--records", type=int, default=100_000, help="corpus records (60/30/10 %% in three tasks)")
+    overlap.add_argument("--seed", type=int, default=0, help="the campaign's seed")
     peer = modes.add_parser("peer", help="(internal) one sentence-transformers training run, step lines to stderr")
     common(peer, 20, 16)
     peer.add_argument("--kind", choices=["trainer", "loop"], required=True)
@@ -629,7 +667,8 @@ def main() -> None:
     peer.add_argument("--query-max-len", type=int, default=512)
     peer.add_argument("--doc-max-len", type=int, default=512)
     args = parser.parse_args()
-    {"cpu": run_cpu, "gpu": run_gpu, "padding": run_padding, "peer": run_peer, None: run_cpu}[args.mode](
+    {"cpu": run_cpu, "gpu": run_gpu, "padding": run_padding, "overlap": run_overlap, "peer": run_peer,
+     None: run_cpu}[args.mode](
         args if args.mode else parser.parse_args(["cpu"]))
 
 

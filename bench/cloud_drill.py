@@ -42,8 +42,9 @@ stopped: a stopped Vast instance still bills its disk) and no attempt is left op
 job's budget; the dollars settled over its attempts are not below the fakes' billing ledger (within the
 tolerance test_simcloud uses: 5 % or $0.0002), and summed over the run they equal it within that
 tolerance, as test_simcloud compares a campaign's sum (a schedule may settle more than was billed: a box
-stopped by its provider while the supervisor was dead, rate-limited or waiting to adopt a cut-off launch
-is settled up to when the supervisor saw it stopped, as no provider says when it stopped); no secret
+stopped by its provider, or that deleted itself once its job ended (jobs.boxend), while the supervisor was
+dead, rate-limited, between polls or waiting to adopt a cut-off launch is settled up to when the supervisor
+saw it gone, as no provider says when a box ended: the drill takes those ends from the fakes); no secret
 (the store's key, either provider key) in the database, the supervisor's log or any request the fakes
 received (the Authorization header aside), and no provider key in any box's environment.
 
@@ -525,6 +526,7 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
 
     from planner.config import load_settings
     from planner.plan import campaigns
+    from planner.plan.billing import attempt_cost
     from planner.records import FINAL_STATES, Job, Reservation
     from planner.run.launching import JobOptions, add_jobs, attempts_of, stage_for_cloud
     from pricing.db import session_factory, upgrade
@@ -745,11 +747,15 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
         attempts = attempts_of(session, job_id)
         outcomes = [f"{a.provider}:{a.outcome}" for a in attempts]
         settled = sum(a.dollars or 0.0 for a in attempts)
-        unseen = 0.0  # $ settled for time between a provider's stop and the supervisor seeing it
-        for a in attempts:
+        unseen = 0.0  # $ settled for time between a box's end (its provider's stop, or its own delete) and the
+        for a in attempts:  # supervisor seeing it: no provider says when a box ended
+            fake = runpod if a.provider == "runpod" else vast
             if (a.provider, a.instance_id) in stops and a.ended_at is not None:
                 when, rate = stops[(a.provider, a.instance_id)]
                 unseen += max(0.0, (a.ended_at - when).total_seconds()) * rate / 3600
+            elif a.instance_id in fake.ended_by_itself and a.ended_at is not None:
+                ended = fake.ended_by_itself[a.instance_id].replace(tzinfo=timezone.utc)
+                unseen += attempt_cost(a, a.ended_at) - attempt_cost(a, ended)
         open_attempts = [a.number for a in attempts if a.outcome in ("launching", "running")]
         dump = "\n".join(str(r) for table in ("jobs", "attempts", "campaigns")
                          for r in session.execute(text(f"SELECT * FROM {table}")))
@@ -877,8 +883,8 @@ def table(rows: list[dict], args) -> list[str]:
              f"{sum(r['state'] == 'failed' for r in rows)} failed ({sum(r['expected'] == 'failed' for r in rows)} "
              f"expected to), orphans reaped: {sum(r['reaped'] for r in rows)}, instances left: "
              f"{sum(r['left'] for r in rows)}, supervisor crashes: {sum(r['crashes'] for r in rows)}; in all settled "
-             f"${sum(r['settled'] for r in rows):.5f}, of which ${sum(r['unseen'] for r in rows):.5f} for provider stops "
-             f"the supervisor could not see yet; billed ${sum(r['billed'] for r in rows):.5f} (the rest "
+             f"${sum(r['settled'] for r in rows):.5f}, of which ${sum(r['unseen'] for r in rows):.5f} for box ends "
+             f"(a provider's stop, a box deleting itself) the supervisor could not see yet; billed ${sum(r['billed'] for r in rows):.5f} (the rest "
              f"{'within' if totals_agree(rows) else 'OUTSIDE'} test_simcloud's tolerance, 5 % or $0.0002).",
              *faults_injected(rows, ("outbids", "no-capacity 400s", "429s", "5xx", "lost create answers",
                                      "losing bids", "kills", "kills mid-launch", "host failures", "402s"),
@@ -887,7 +893,7 @@ def table(rows: list[dict], args) -> list[str]:
              "|---:|---|---|---|---|---|---:|---|---:|"]
     for r in rows:
         lines.append(f"| {r['index']} | {r['backend']} | {faults_cell(r)} | {' > '.join(r['outcomes'])} | {outcome_cell(r)} | "
-                     f"{r['settled']:.5f} / {r['billed']:.5f}" + (f" (unseen stops {r['unseen']:.5f})" if r['unseen'] else "")
+                     f"{r['settled']:.5f} / {r['billed']:.5f}" + (f" (unseen ends {r['unseen']:.5f})" if r['unseen'] else "")
                      + f" | {r['reaped']} | {checks_cell(r)} | {r['seconds']:.0f} |")
     return lines + problem_lines(rows)
 

@@ -16,6 +16,10 @@ ever sent to a box:
   that specific instance"). The box deletes itself with `DELETE /api/v0/instances/{id}/`; a 404 is "gone"
   only when its `error` is `no_such_instance`, since a revoked key also answers 404 (`auth_error`).
 
+Every request names its own User-Agent: RunPod's API sits behind Cloudflare, whose edge answers the standard
+library's default (`Python-urllib/3.x`) with 403 "error code: 1010" before it reads the key (docs/providers/
+runpod.md, "Box identity"); the box would read that as a refused key and never end itself.
+
 The launch names the provider and its API base (PLANNER_PROVIDER, PLANNER_PROVIDER_URL), the Unix time
 by which the box must be gone (PLANNER_BOX_DEADLINE: the attempt's worst-case hours from its budget
 reservation), how long before it the job is stopped to checkpoint (PLANNER_BOX_STOP_GRACE_S), and how
@@ -51,6 +55,7 @@ IDENTITY = {
     "vast": ("CONTAINER_ID", "CONTAINER_API_KEY", "https://console.vast.ai", "/api/v0/instances/{id}/"),
 }
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+USER_AGENT = "planner-box/1 (jobs.boxend)"  # never urllib's default, which RunPod's edge refuses
 
 
 def own_instance(environ=None) -> tuple[str, str, str] | None:
@@ -80,7 +85,8 @@ def end_self(environ=None, *, tries: int = 8, sleep=time.sleep, log=print) -> st
     key = environ[IDENTITY[provider][1]]
     why = "not tried"
     for attempt in range(tries):
-        request = urllib.request.Request(url, method="DELETE", headers={"Authorization": f"Bearer {key}"})
+        request = urllib.request.Request(url, method="DELETE",
+                                         headers={"Authorization": f"Bearer {key}", "User-Agent": USER_AGENT})
         try:
             with urllib.request.urlopen(request, timeout=30):
                 return None

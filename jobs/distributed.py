@@ -6,7 +6,9 @@ group of one whose collectives return their input, so single-process code paths 
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import torch
 
@@ -115,3 +117,19 @@ class Ranks:
 
     def _collective_device(self) -> torch.device:
         return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def leave(code: int) -> int:
+    """End a rank of a multi-rank run without the interpreter's finalization, once its group is destroyed.
+
+    Gloo's C++ threads can still hold work at finalization and abort the process ("terminate called without
+    an active exception", SIGABRT; pytorch/pytorch PR #179291 describes the mechanism): seen once under load, on
+    rank 1 after rank 0 had written DONE, which turned a finished job into a crash. Everything the job writes is
+    flushed or waited for before this point (the checkpoint store waits for its uploads before DONE), so the rank
+    flushes its streams and logs and exits with `code`. A single process returns `code` and ends normally."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

@@ -17,8 +17,11 @@ Sources (repository hengran/Bagging-Based-Model-Merging, FlagEmbedding-based, co
   Not set by either script, so transformers' TrainingArguments defaults: weight decay 0.0,
   max_grad_norm 1.0, AdamW betas (0.9, 0.999), eps 1e-8. FlagEmbedding's decoder-only model arguments
   default lora_dropout to 0.1 (FlagEmbedding/finetune/embedder/decoder_only/base/arguments.py).
-  Schedule: Training/examples/finetune/ds_stage3.json sets DeepSpeed's "WarmupDecayLR" (all "auto"),
-  so the scripts' schedule is DeepSpeed's, not transformers' lr_scheduler_type "linear": its warmup is
+  Schedule: Training/examples/finetune/ds_stage3.json (the 4B script's) sets DeepSpeed's "WarmupDecayLR"
+  (all "auto"), and so does the 0.6B script's examples/finetune/ds_stage1.json, which the authors'
+  repository does not hold (FlagEmbedding's file of that name, FlagOpen/FlagEmbedding examples/finetune/
+  ds_stage1.json, does; its fp16 and bf16 are both "auto", so --fp16 trains that one in fp16); so the
+  scripts' schedule is DeepSpeed's, not transformers' lr_scheduler_type "linear": its warmup is
   logarithmic (WarmupLR's warmup_type defaults to "log", deepspeed/runtime/lr_schedules.py), from 0
   (transformers/integrations/deepspeed.py fills warmup_min_lr 0, warmup_max_lr the learning rate,
   warmup_num_steps ceil(0.1 x steps), total_num_steps the steps), then linear decay to 0. That is
@@ -54,17 +57,29 @@ LORA = {"r": 32, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": list(L
 # GPU busy; the planner only goes lower where a card cannot hold them, so a job's numbers do not depend
 # on which card it landed on.
 DEFAULT_MINI_BATCH = 32
+# Padded / real tokens of a step's forward passes with its sequences sorted by length before chunking
+# (jobs.gradcache; bench/RESULTS.md "train-bag: padding per step": 1.017 uniform, 1.042 log-normal lengths).
+# The job counts its FLOPs on the padded tokens (train_bag's Meter), so the planner, which learns its
+# efficiency from those FLOPs, counts a bag's work on its real tokens times this (planner.plan.estimate).
+SORTED_CHUNK_PADDING = 1.04
 LORA_FROM_PARAMS = 1.0e9  # BOOM fine-tunes the 4B with LoRA and the 0.6B fully; the line is drawn between
 
 # Where train-bag still differs from the authors' scripts, and why (README.md, "The jobs", lists them too).
 DEVIATIONS = {
-    "query format": "`Instruct: {instruction}\\nQuery:` (the released BOOM and Qwen3-Embedding model cards, "
-                    "jobs.embedder) instead of the 4B script's `<instruct>{}\\n<query>{}` with three added "
-                    "special tokens and its default instruction: the merged model is used the way its card "
-                    "says, and added tokens would start untrained",
-    "precision": "bf16 weights with Kahan-compensated AdamW, fp32 moments and fp32 gradient sums (jobs.optim); "
-                 "the scripts pass --fp16 while ds_stage3.json enables bf16 (fp16 'auto'), and the log does "
-                 "not say which ran: ours is the precision-safe reading of their bf16 ZeRO-3",
+    "query format": "`Instruct: {instruction}\\nQuery:{query}` (the released BOOM and Qwen3-Embedding model "
+                    "cards, jobs.embedder) instead of the 4B script's `<instruct>{}\\n<query>{}` with three added "
+                    "special tokens, or the 0.6B script's `Instruct: {}\\nQuery: {}` (a space after Query:): the "
+                    "merged model is used the way its card says, and added tokens would start untrained",
+    "default instruction": "a line without its own instruction (`prompt`) gets jobs.embedder.DEFAULT_INSTRUCTION "
+                           "(the Qwen3-Embedding card's web-search one) instead of both scripts' 'Given a query, "
+                           "retrieve passages that are relevant to the query.': the one the card's users query "
+                           "with; every line of FlagEmbedding's example data (tests/data/flagembedding_sample) carries its "
+                           "own `prompt`, so there it reaches none",
+    "precision": "bf16 weights with Kahan-compensated AdamW, fp32 moments and fp32 gradient sums (jobs.optim), "
+                 "close to DeepSpeed's fp32 master weights; the 4B script passes --fp16 while its ds_stage3.json "
+                 "enables bf16 (fp16 'auto'), a pair transformers' DeepSpeed integration reports as a mismatch, "
+                 "and the log does not say which ran; the 0.6B script's ds_stage1.json (FlagEmbedding's) would "
+                 "train in fp16, whose loss scaling a bf16 GPU does not need: ours is the precision-safe reading",
     "gradient cache": "the step's whole batch on one GPU in chunks (--mini-batch-size), the same gradient up to "
                       "rounding, instead of 8 GPUs x 16 (4B) or x 32 (0.6B) queries: it fits one 24 GB card",
     "padding": "each step's sequences sorted by length before chunking, each chunk padded to its longest, "
@@ -78,8 +93,15 @@ DEVIATIONS = {
               "--save_merged_lora_model's 16-bit merge, so the bags' small updates survive the merge",
     "checkpoints": "every 500 steps and every jobs.protocol.CHECKPOINT_MINUTES, and on SIGTERM, instead of "
                    "--save_steps 1000: interruptible cloud GPUs; no effect on the weights",
-    "bags": "the bag, its batches and its groups are jobs.data's (its docstring states its choices against "
-            "FlagEmbedding's same-dataset sampler)",
+    "bags": "each bag is a sample without replacement of --fraction of every task, drawn with a seed of the "
+            "campaign's seed and the fraction (jobs.data): the authors' repository holds no sampling code and "
+            "the paper says only that the subsets are distinct; batches and groups are FlagEmbedding's "
+            "same-dataset sampler's, drawn from seeded generators of our own (not its global random state), "
+            "so a resumed run redraws them",
+    "in-batch negatives": "a task also trains without them when its records' type is symmetric_class or "
+                          "symmetric_clustering, not only when its directory or file name ends in "
+                          "no_in_batch_neg (FlagEmbedding's only test): a bge-full-data corpus concatenated "
+                          "without the converter still keeps those batches free of false negatives",
 }
 
 

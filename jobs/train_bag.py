@@ -67,7 +67,7 @@ from typing import NamedTuple
 
 from jobs import memory, recipe, storage
 from jobs.data import BadData, Batch, Group, build_bag, records_digest, schedule, step_groups, write_bag_lines
-from jobs.distributed import Ranks
+from jobs.distributed import Ranks, leave
 from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
 from jobs.protocol import done_uri, duration
 from jobs.train_config import Config, check_config, parse_args, resolve
@@ -410,4 +410,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(leave(main()))

@@ -7,6 +7,7 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 
 from jobs import data, train_bag
 
@@ -83,3 +84,23 @@ def test_a_bag_is_drawn_from_its_own_seed(tmp_path, fraction):
     bag = data.build_bag(config)
     assert bag.draws[0].seed == data.draw_seed(0, fraction)
     assert list(bag.parts[0][1]) == data.stratified_sample(bag.parts[0][0], fraction, data.draw_seed(0, fraction))
+
+
+def test_the_bags_of_one_campaign_start_from_one_initialisation(tiny_model_dir, tmp_path):
+    """Only the data draw depends on the bag: LoRA's random A matrices come from the campaign's seed, the same for
+    every bag (the authors' runs share their init, which helps the merge). One step each, at the log warmup's
+    lr 0, so each bag's adapter is still its initialisation."""
+    from safetensors.torch import load_file
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", {"a": 40, "b": 20})
+    adapters = {}
+    for fraction, seed in ((0.2, 0), (0.4, 0), (0.4, 1)):
+        output = tmp_path / f"bag{fraction}-{seed}"
+        assert train_bag.main(["--model", str(tiny_model_dir), "--data", str(corpus), "--fraction", str(fraction),
+                               "--seed", str(seed), "--output", str(output), "--batch-size", "4", "--max-steps", "1",
+                               "--method", "lora"]) == 0
+        adapters[fraction, seed] = load_file(str(output / "adapter" / "adapter_model.safetensors"))
+    a_matrices = [k for k in adapters[0.2, 0] if "lora_A" in k]
+    assert a_matrices and all(adapters[0.2, 0][k].abs().sum() > 0 for k in a_matrices)
+    assert all(torch.equal(adapters[0.2, 0][k], adapters[0.4, 0][k]) for k in adapters[0.2, 0])
+    assert not all(torch.equal(adapters[0.4, 0][k], adapters[0.4, 1][k]) for k in a_matrices)  # another campaign

@@ -64,7 +64,8 @@ def test_a_box_deletes_its_own_instance_and_no_other(cloud):
     path = boxend.IDENTITY[provider][3].format(id=other)
     for method, url in (("DELETE", fake.url + path), ("GET", fake.url + ("/v2/pods" if provider == "runpod"
                                                                            else "/api/v1/instances/"))):
-        request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {environ[key_var]}"})
+        request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {environ[key_var]}",
+                                                                      "User-Agent": boxend.USER_AGENT})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 403
@@ -77,6 +78,62 @@ def test_a_box_deletes_its_own_instance_and_no_other(cloud):
         time.sleep(0.1)
     assert not my_box.alive  # the provider stopped the container, billing ended
     assert boxend.end_self(environ, sleep=lambda s: None) is None  # already gone: quiet
+
+
+def test_the_box_names_its_own_user_agent_which_runpods_edge_lets_through(cloud):
+    """RunPod's edge (Cloudflare) refuses urllib's default User-Agent with 403 "error code: 1010" before it
+    reads the key (docs/providers/runpod.md, "Box identity"): a box sending it could never end itself."""
+    provider, fake = cloud
+    mine, box = rent(provider, fake, "planner-j1-a1")
+    environ = box_environ(provider, fake, box)
+    url = fake.url + boxend.IDENTITY[provider][3].format(id=mine)
+    default = urllib.request.Request(url, method="DELETE",
+                                     headers={"Authorization": f"Bearer {environ[boxend.IDENTITY[provider][1]]}"})
+    if provider == "runpod":
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(default, timeout=10)
+        assert refused.value.code == 403 and refused.value.read() == b"error code: 1010" and live(provider, fake, mine)
+    assert boxend.end_self(environ, sleep=lambda s: None) is None and not live(provider, fake, mine)
+    deletes = [r for r in fake.requests if r["method"] == "DELETE"]
+    assert deletes[-1]["headers"].get("User-Agent") == boxend.USER_AGENT
+
+
+def test_a_new_pod_passes_provisioning_and_starting_before_its_container_runs(tmp_path):
+    """RunPod's v2 `PodStatus`: a new pod is PROVISIONING, then STARTING, then RUNNING (docs/providers/runpod.md,
+    "Pods"); its container runs only once RUNNING, `runtime` null before. The backend reads both as pending."""
+    from pydantic import SecretStr
+
+    from planner.run.backends.base import Handle, Status
+    from planner.run.backends.runpod import RunPodBackend
+    from pricing.providers.runpod_api import RunPodAPI
+
+    fake = FakeRunPod(RUNPOD_KEY, tmp_path / "boxes", grace_s=1.0)
+    fake.boot_s = 2.0
+    try:
+        pod_id, box = rent("runpod", fake, "planner-boot-a1", "echo container up; sleep 60")
+        backend = RunPodBackend(RunPodAPI(fake.url, SecretStr(RUNPOD_KEY)), image="i", jobs_install="p")
+        handle = Handle(backend="runpod", instance_id=pod_id, label="planner-boot-a1",
+                        data={"output_uri": "memory://boot-a1/out"})
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while not seen or seen[-1] != "RUNNING":
+            assert time.monotonic() < deadline, seen
+            lines = box.lines()  # read before the status: a container up by then must read RUNNING
+            pod = requests.get(f"{fake.url}/v2/pods/{pod_id}", headers={"Authorization": f"Bearer {fake.key}"},
+                               timeout=10).json()
+            if pod["status"] != "RUNNING":
+                assert pod["runtime"] is None and "container up" not in lines, (pod, lines)
+                polled = backend.poll(handle)
+                assert polled.status is Status.PENDING and polled.detail.startswith("pod "), polled
+            if not seen or seen[-1] != pod["status"]:
+                seen.append(pod["status"])
+            time.sleep(0.1)
+        assert seen == ["PROVISIONING", "STARTING", "RUNNING"]
+        while "container up" not in box.lines():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stop_fakes(fake)
 
 
 def test_instance_keys_outlive_a_rotated_account_key(cloud):

@@ -143,3 +143,49 @@ def test_a_log_tail_reads_from_the_end_not_the_whole_log(tmp_path):
 def test_logs_of_a_job_on_a_backend_without_its_key_say_which_key(cli, db_url):
     add_a_running_pod_job(db_url)
     assert "set RUNPOD_API_KEY" in cli("jobs", "logs", "far", code=1).output
+
+
+def test_a_cancel_whose_key_the_provider_refuses_leaves_the_job_marked_and_says_so(cli, db_url, tmp_path, monkeypatch):
+    """Issue 21 item 5: Vast answers a rotated key with 404 `auth_error` (docs/providers/vast.md, "Errors"). A cancel
+    that cannot end the box (it bills on) does not record the attempt as ended nor say "cancelled": exit 1 naming
+    why, the job stays marked; once the key is fixed the next cancel ends the box."""
+    from planner.run.backends.base import instance_label
+    from tests.simcloud.vast import FakeVast
+    from tests.simcloud.world import VAST_KEY, stop_fakes
+    from tests.test_box_end import rent
+
+    fake = FakeVast(VAST_KEY, tmp_path / "boxes", grace_s=1.0)
+    sessions = session_factory(db_url)
+    try:
+        with sessions() as session:
+            label = instance_label("vfar", 1, project_id(session))
+        instance, _ = rent("vast", fake, label)
+        with sessions() as session:
+            session.add(Job(id="vfar", name="vfar", kind="merge", backend="vast", spec="{}", state="running"))
+            session.flush()
+            session.add(Attempt(job_id="vfar", number=1, backend="vast", provider="vast", spot=False, usd_per_hour=1.0,
+                                billing_seconds=1, outcome="running", launched_at=database_now(session),
+                                instance_id=instance, handle=json.dumps({
+                                    "backend": "vast", "instance_id": instance, "label": label,
+                                    "data": {"output_uri": "memory://vfar/out", "spot": False}})))
+            session.commit()
+        old = fake.key
+        fake.rotate_key()
+        monkeypatch.setenv("VAST_API_KEY", old)
+        monkeypatch.setenv("PLANNER_VAST_URL", fake.url)
+        result = cli("jobs", "cancel", "vfar", code=1)
+        assert result.stdout.startswith("vfar: not cancelled: the cancel could not end its box: Vast.ai rejected "
+                                        "VAST_API_KEY (HTTP 404, auth_error)"), result.stdout
+        assert not result.stdout.startswith("cancelled:") and len(result.stdout.splitlines()) == 1
+        assert old not in result.output
+        assert int(instance) in fake.instances  # it bills on, and the user is told
+        with sessions() as session:
+            job, attempt = session.get(Job, "vfar"), session.query(Attempt).filter_by(job_id="vfar").one()
+            assert job.state == "running" and job.cancel_requested
+            assert attempt.outcome == "running" and attempt.ended_at is None  # never recorded as ended
+
+        monkeypatch.setenv("VAST_API_KEY", fake.key)  # the lab's fix
+        assert cli("jobs", "cancel", "vfar").stdout.strip() == "cancelled: vfar"
+        assert int(instance) not in fake.instances
+    finally:
+        stop_fakes(fake)

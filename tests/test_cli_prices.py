@@ -155,6 +155,17 @@ def test_export_skypilot_catalog(cli, recorded_providers, tmp_path, monkeypatch)
     vast = (tmp_path / "cat" / "vast" / "vms.csv").read_text().splitlines()
     assert runpod[0].startswith("InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Region,SpotPrice")
     assert any(line.startswith("1x_") and "_COMMUNITY," in line for line in runpod[1:])
+    import csv
+
+    from pricing.skypilot_catalog import SKYPILOT_RUNPOD_NAMES
+
+    rows = list(csv.DictReader(runpod))
+    # SkyPilot sends AvailabilityZone to RunPod as dataCenterIds, which RunPod enforces: a real data-centre id
+    # from the catalog (the recorded one answers US-TX-3), never a country; Region is the country it is in
+    assert rows and {(r["Region"], r["AvailabilityZone"]) for r in rows} == {("US", "US-TX-3")}
+    known = {r["AcceleratorName"] for r in rows} & SKYPILOT_RUNPOD_NAMES
+    assert {"RTX4090", "H100-SXM"} <= known and not {r["AcceleratorName"] for r in rows} & {
+        "RTX3080-Ti", "RTX3090-Ti", "RTX4080-SUPER", "V100-SXM2", "V100-SXM2-32GB"}  # the launcher's names
     assert vast[0].endswith("Price,SpotPrice,Region,HostingType") and len(vast) > 1
     assert (tmp_path / "cat" / "common" / "accelerators.csv").exists()
 

@@ -392,6 +392,29 @@ def test_runpod_create_errors_no_capacity_next_offer_422_and_402_stop(cloud, toy
     assert len(runpod.pods) == 1
 
 
+def test_a_runpod_multi_gpu_offer_is_priced_and_launched_as_one_pod_of_that_many_gpus(cloud, toy_corpus):
+    """Issue 21: a RunPod offer of N GPUs (its catalog prices them per GPU) is ranked at N x the price and
+    launched as one pod with `gpu.count` N (docs/providers/runpod.md, "Pods"), billed at N x the price."""
+    settings, sessions, runpod, _ = cloud
+    pair = dataclasses.replace(book_offer("runpod", "NVIDIA GeForce RTX 4090|community|2", "RTX4090", 0.69, None,
+                                          "community"), gpu_count=2)
+    with sessions() as session:
+        store.write_snapshot(session, "runpod", store.utcnow(), [pair])
+    job = campaigns.train_bag_job(settings, model="Qwen/Qwen3-0.6B", data=str(toy_corpus), fraction=0.4, seed=0,
+                                  method="lora", extra={"max_steps": 50})
+    with sessions() as session:
+        add_jobs(session, [job], JobOptions(backend="runpod", spot="on-demand", gpu_count=2))
+    supervisor = build_supervisor(settings, sessions)
+    assert supervisor.tick().launched == [job.spec.job_id]
+    [pod] = runpod.pods.values()
+    assert pod["input"]["gpu"] == {"id": "NVIDIA GeForce RTX 4090", "count": 2, "minCudaVersion": "12.4"}
+    with sessions() as session:
+        [attempt] = attempts_of(session, job.spec.job_id)
+        assert attempt.gpu_count == 2 and attempt.offer_key == pair.offer_key
+        assert 2 * 0.69 <= attempt.usd_per_hour < 2 * 0.69 + 0.05  # both GPUs, and the container disk
+        assert attempt.billed_usd_per_hour == pytest.approx(2 * 0.69)  # the pod's cost: what RunPod bills
+
+
 def test_runpod_422_is_our_bug_and_fails_loudly(cloud, toy_corpus):
     from planner.run.backends.base import RequestRejected
 
@@ -681,7 +704,37 @@ def test_a_vast_spot_box_deadline_holds_the_reservation_at_the_most_its_bid_may_
     max_hours = json.loads(attempt.handle)["data"]["max_hours"]
     assert max_hours * bid_cap(offer, planned) == pytest.approx(reserved, rel=1e-9)  # at the cap: all of it
     assert max_hours * attempt.usd_per_hour < reserved  # at the bid paid: within it
-    assert f'{math.ceil(max_hours * 3600)}' in json.dumps(vast.requests)  # the host's `duration` filter too
+    startup_s = supervisor.backends["vast"].startup_s
+    assert f'"duration": {{"gte": {math.ceil(max_hours * 3600 + startup_s)}}}' in json.dumps(vast.requests)
+
+
+def test_a_vast_hosts_duration_covers_the_startup_window_and_the_reservation():
+    """`duration` (seconds the host stays rentable: docs/providers/vast.md, "Host filters") must outlast the box:
+    its deadline is its script's start, up to the startup window after the create, plus the reservation's hours."""
+    from planner.run.backends.vast import VastBackend
+    from pricing.providers.vast_api import VastAPI
+
+    backend = VastBackend(VastAPI("http://127.0.0.1:9", "k"), image="i", jobs_install="p", startup_s=1200)
+    assert backend.host_filters(50, 2.0)["duration"] == {"gte": 2 * 3600 + 1200}
+    assert "duration" not in backend.host_filters(50)  # no reservation (a box that ends with its job)
+
+
+def test_a_vast_host_is_checked_on_the_tier_it_was_planned_on_with_verified_sent_explicitly():
+    """Left out, `verified` would be vast-cli's default (verified only) or the server's (docs/providers/vast.md,
+    "Offers"): the create's host check always sends it, with `rentable` and `rented`."""
+    from planner.run.backends.vast import VastBackend
+    from pricing.providers.vast_api import VastAPI
+
+    backend = VastBackend(VastAPI("http://127.0.0.1:9", "k"), image="i", jobs_install="p")
+    assert backend.host_filters(50, verified=False)["verified"] == {"eq": False}
+    assert backend.host_filters(50)["verified"] == {"eq": True}
+    assert backend.host_filters(50)["rentable"] == {"eq": True} and backend.host_filters(50)["rented"] == {"eq": False}
+    unverified = Offer(provider="vast", offer_key="101", gpu_model="RTX4090", gpu_name_raw="RTX 4090", vram_gb=24,
+                       gpu_count=1, on_demand_usd_per_gpu_hour=0.4, spot_usd_per_gpu_hour=None, tier="unverified",
+                       location="US", available=True, fetched_at=store.utcnow())
+    spec = JobSpec("v1", "merge", "s3://b/out/v1", {"models": ["s3://b/m1", "s3://b/m2"]})
+    plan = backend.plan(spec, unverified, attempt=1, spot=False, usd_per_hour=0.4, max_hours=1.0)
+    assert plan.request["host_filters"]["verified"] == {"eq": False}
 
 
 def test_an_orphan_the_reaper_ends_is_sent_as_money_at_risk(cloud, toy_corpus):

@@ -126,6 +126,17 @@ def test_sample_stats_estimates_from_a_sample(tmp_path):
     assert small.exact and small.records == 10
 
 
+def test_the_readme_lists_every_deviation_from_the_authors_scripts():
+    """README's list under `DEVIATIONS` names each of jobs.recipe.DEVIATIONS, and nothing else (issue 22)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    listed = readme[readme.index("`jobs/recipe.py` `DEVIATIONS`"):].split("\n\n")[1]
+    names = [line[len("- **"):line.index("**:")] for line in listed.splitlines() if line.startswith("- **")]
+    assert names == list(recipe.DEVIATIONS)
+    assert all(len(reason) > 60 for reason in recipe.DEVIATIONS.values())  # each with its reason
+
+
 def test_boom_recipe_defaults():
     qwen3_4b = {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128}

@@ -4,6 +4,9 @@ throughput the planner learns from."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from jobs import storage
 from planner.config import load_settings
@@ -29,3 +32,18 @@ def test_a_bag_runs_on_both_local_gpus_through_the_supervisor(db_url, tmp_path, 
         assert attempt.gpu_count == 2 and attempt.measured_tflops and attempt.measured_tflops > 0
         assert json.loads(session.get(Job, job.spec.job_id).requirements)["ranks"] == 2
         assert isinstance(attempt, Attempt)
+
+
+def test_a_rank_leaves_with_its_code_and_its_output_flushed_without_finalization():
+    """jobs.distributed.leave: a rank of a multi-rank run exits with its code, streams flushed, and skips the
+    interpreter's finalization (where gloo's threads can abort a finished rank; an atexit hook stands for it).
+    A single process returns the code and finalizes as usual."""
+    script = ("import atexit, sys; from jobs.distributed import leave\n"
+              "atexit.register(lambda: print('finalized'))\n"
+              "print('trained', end=''); sys.stderr.write('saved')\n"
+              "raise SystemExit(leave(75))\n")
+    for world, finalized in (("2", False), ("1", True)):
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "WORLD_SIZE": world})
+        assert run.returncode == 75 and run.stderr.endswith("saved")
+        assert run.stdout.startswith("trained") and ("finalized" in run.stdout) == finalized

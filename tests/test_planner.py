@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
+from jobs import recipe
 from planner.plan import budget, estimate
 from planner.plan.choose import Limits, choose
 from planner.plan.estimate import GB, CorpusStats, ModelShape, model_shape, train_needs
@@ -51,7 +52,8 @@ def test_full_fine_tuning_memory_by_hand():
         needs.breakdown["adam moments"] == pytest.approx(14 * P / GB)
     assert needs.breakdown["activations"] == pytest.approx(activations / GB)
     assert needs.vram_gb == estimate.MIN_VRAM_GB  # a tiny model still asks for the 3 GB floor
-    assert needs.flops == pytest.approx(8 * P * 1000 * 0.5 * 50)  # 6PT plus the recomputed forward
+    # 6PT plus the recomputed forward, on the tokens the job computes: padding included, as it counts them
+    assert needs.flops == pytest.approx(8 * P * 1000 * 0.5 * 50 * recipe.SORTED_CHUNK_PADDING)
 
 
 def test_lora_needs_far_less_than_full_for_a_4b_model():

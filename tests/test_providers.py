@@ -106,6 +106,34 @@ def test_runpod_with_a_key_reads_the_v2_catalog_once_per_cloud(httpserver):
     assert provider.last_report["source"] == "REST v2 catalog"
 
 
+def test_runpod_multi_gpu_pods_are_asked_per_count_for_the_images_cuda_and_priced_per_gpu(httpserver):
+    """Issue 21: the catalog is asked once per cloud and pod size (`count`, up to the largest `maxCount`) with the
+    job image's CUDA (`minCudaVersion`, so a type whose hosts cannot run the image reads unavailable instead of
+    400ing at create), and a pod of N GPUs is offered at N x the per-GPU list price (docs/providers/runpod.md,
+    "Prices and availability")."""
+    def answer(request):
+        count = int(request.args["count"])
+        gpus = copy.deepcopy(CATALOG["gpus"])
+        for gpu in gpus:
+            if count == 8:  # no data centre has eight free H100s in one machine now
+                gpu["availability"] = "NONE"
+                gpu["dataCenters"] = [{**dc, "availability": "NONE"} for dc in gpu.get("dataCenters", [])]
+        return Response(json.dumps({"gpus": gpus}), content_type="application/json")
+
+    httpserver.expect_request("/v2/catalog/gpus", method="GET").respond_with_handler(answer)
+    provider = RunPodProvider(httpserver.url_for(""), SecretStr(KEY), retry=FAST, min_cuda="12.4")
+    offers = {o.offer_key: o for o in provider.fetch()}
+    asked = sorted((r.args["cloud"], int(r.args["count"])) for r, _ in httpserver.log)
+    assert asked == [(cloud, n) for cloud in ("COMMUNITY", "SECURE") for n in (1, 2, 4, 8)]
+    assert all(r.args["minCudaVersion"] == "12.4" for r, _ in httpserver.log)
+    two = offers["NVIDIA H100 80GB HBM3|secure|2"]
+    assert (two.gpu_count, two.on_demand_usd_per_gpu_hour, two.available, two.location) == (2, 2.99, True, "US-TX-3")
+    assert offers["NVIDIA H100 80GB HBM3|community|4"].on_demand_usd_per_gpu_hour * 4 == pytest.approx(4 * 2.69)
+    assert offers["NVIDIA H100 80GB HBM3|secure|8"].available is False  # asked with count=8: NONE
+    assert "NVIDIA A100 80GB PCIe|community|2" not in offers  # maxCount 0 on community: not offered there
+    assert not [key for key in offers if key.startswith("NVIDIA A100 80GB PCIe|secure|") and offers[key].available]
+
+
 def test_runpod_v2_problem_json_error_is_one_line_with_its_detail(httpserver):
     problem = {"title": "Bad Request", "status": 400, "detail": "include=AVAILABILITY requires product"}
     httpserver.expect_request("/v2/catalog/gpus").respond_with_json(problem, status=400,
@@ -187,6 +215,9 @@ def test_vast_query_asks_for_3gb_both_types_and_a_limit(httpserver):
     queries = [json.loads(request.data) for request, _ in httpserver.log]
     assert {q["type"] for q in queries} == {"on-demand", "bid"}
     assert all(q["gpu_ram"] == {"gte": 3072} and q["limit"] == 777 and q["allocated_storage"] == 50 for q in queries)
+    # `verified` always sent: left out, vast-cli's default (verified only) or the server's would decide
+    # (docs/providers/vast.md, "Offers"); the book wants both tiers
+    assert all(q["verified"] == {"eq": "any"} for q in queries)
 
 
 def test_vast_bid_price_comes_from_the_bid_search(httpserver):
@@ -208,6 +239,7 @@ def test_vast_splits_full_pages_to_get_every_offer(httpserver):
     provider = vast(httpserver, limit=10)
     assert len(provider.fetch()) == 30 and not provider.last_report["truncated"]
     assert provider.last_report["searches"] == 2 * (1 + 5)  # per type: one full page, then five GPU-count parts
+    assert all("verified" in json.loads(request.data) for request, _ in httpserver.log)  # split searches too
 
 
 def test_vast_reports_truncation_when_splits_cannot_help(httpserver):

@@ -103,6 +103,27 @@ def test_the_next_plan_follows_a_finished_attempts_measurement(db_url):
     assert after.hours == pytest.approx(before.hours * 2)
 
 
+def test_an_efficiency_learned_from_a_bags_report_predicts_that_bags_hours():
+    """The job counts its FLOPs on the tokens its forward computes, padding included (issue 22: train_bag's
+    Meter); the planner counts a bag's work the same way, so a bag that reports its TFLOP/s after T hours is
+    planned again at T hours (counting real tokens only, it was planned at T / padding)."""
+    from jobs import recipe
+    from jobs.train_bag import Meter
+    from planner.plan.estimate import CorpusStats, model_shape, train_needs
+
+    shape, stats, hours = model_shape("Qwen/Qwen3-4B"), CorpusStats(200_000, 900.0, 7.0, measured=True), 10.0
+    needs = train_needs(shape, stats, fraction=0.4)
+    real = stats.records * 0.4 * stats.mean_tokens  # what the bag trains on
+    padded = real * recipe.SORTED_CHUNK_PADDING  # what its sorted chunks compute
+    meter = Meter(world=1)
+    meter.started -= hours * 3600  # the run took `hours`
+    meter.add(round(real), round(padded), padded * recipe.train_flops_per_token(shape.params, "lora",
+                                                                                 cached_passes=True))
+    measured = meter.rates(1, 1)["tflops_per_gpu"]  # what the supervisor records (Attempt.measured_tflops)
+    peak = gpus.by_model("H100-SXM").bf16_tflops
+    assert needs.hours_on(peak, measured / peak, 1, needs.flops_on(24, 1)) == pytest.approx(hours, rel=1e-3)
+
+
 def test_ranks_outcome_combines_like_one_process():
     from jobs.run import combined_exit
 

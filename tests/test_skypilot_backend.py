@@ -181,6 +181,23 @@ def test_every_runpod_gpu_of_our_table_has_a_name_skypilot_knows():
     assert accelerator_name(offer("vast", gpu="RTX-A6000", key="1")) == "RTX-A6000"  # Vast keeps our names
 
 
+def test_runpod_catalog_rows_are_one_per_data_centre_with_its_country_as_region():
+    """SkyPilot passes a row's AvailabilityZone as RunPod `dataCenterIds` (enforced by RunPod) and groups zones by
+    country as its fetcher's REGION_ZONES does (docs/providers/runpod.md, "SkyPilot"); an offer whose data centres
+    the book does not know (prices read without a key) is left out rather than guessed."""
+    import dataclasses
+
+    from pricing.skypilot_catalog import data_centre_country, runpod_rows
+
+    assert [data_centre_country(dc) for dc in ("US-TX-3", "EU-RO-1", "EUR-IS-1", "CA-MTL-1", "AP-IN-1", "OC-AU-1")] \
+        == ["US", "RO", "IS", "CA", "IN", "AU"]
+    spread = dataclasses.replace(offer(), location="EU-RO-1,US-TX-3")
+    unplaced = dataclasses.replace(offer(raw="NVIDIA RTX A6000", gpu="RTX-A6000"), location=None)
+    rows = runpod_rows([spread, unplaced])
+    assert [(r["Region"], r["AvailabilityZone"]) for r in rows] == [("RO", "EU-RO-1"), ("US", "US-TX-3")]
+    assert {r["InstanceType"] for r in rows} == {"1x_RTX4090_COMMUNITY"}
+
+
 def test_a_skypilot_dry_run_prints_the_task_it_would_submit(recorded_providers, tiny_model_dir, toy_corpus,
                                                             monkeypatch, tmp_path):
     """`launch --backend skypilot --dry-run` shows, after the plan, the task YAML the backend would submit for

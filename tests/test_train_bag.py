@@ -324,6 +324,19 @@ def test_two_ranks_interrupted_resume_to_the_same_bits(two_ranks, tiny_model_dir
 
 # --- the recipe as the authors ran it (issue 22) ---------------------------------------------------
 
+def deepspeed_warmup_decay_lr(updates: int, warmup_num_steps: int, total_num_steps: int) -> float:
+    """The lr of the update after `updates` updates, ported from deepspeedai/DeepSpeed deepspeed/runtime/
+    lr_schedules.py (Apache-2.0): WarmupLR.__init__ (warmup_num_steps = max(2, ...), last_batch_iteration -1,
+    lr = min lr then), get_lr and WarmupDecayLR._get_gamma with warmup_type "log", min lr 0 and max lr 1;
+    its engine calls step() (last_batch_iteration + 1) after each optimizer update."""
+    last_batch_iteration, warmup_num_steps = updates - 1, max(2, warmup_num_steps)
+    if last_batch_iteration < 0:
+        return 0.0
+    if last_batch_iteration < warmup_num_steps:
+        return (1.0 / math.log(warmup_num_steps)) * math.log(last_batch_iteration + 1)
+    return max(0.0, float(total_num_steps - last_batch_iteration) / float(max(1.0, total_num_steps - warmup_num_steps)))
+
+
 def test_log_warmup_is_deepspeeds_warmup_decay_lr_as_the_boom_scripts_run_it():
     """deepspeed/runtime/lr_schedules.py WarmupDecayLR (warmup_type "log", the default), as transformers
     fills ds_stage3.json's "auto": min 0, max the lr, warmup ceil(0.1 x steps). DeepSpeed starts at
@@ -337,6 +350,11 @@ def test_log_warmup_is_deepspeeds_warmup_decay_lr_as_the_boom_scripts_run_it():
     assert lrs[2] == pytest.approx(math.log(2) / math.log(10)) and lrs[10] == pytest.approx(math.log(10) / math.log(10))
     assert lrs[11] == pytest.approx((100 - 10) / 90) and lrs[-1] == pytest.approx(2 / 90)
     assert all(a <= b for a, b in zip(lrs[:11], lrs[1:11])) and all(a >= b for a, b in zip(lrs[11:], lrs[12:]))
+    for total_steps in (1, 5, 37, 1000):  # DeepSpeed's own schedule, update for update
+        warmup_steps = math.ceil(0.1 * total_steps)
+        for k in range(total_steps):
+            assert warmup_decay(k, warmup_steps=warmup_steps, total_steps=total_steps, warmup="log") == \
+                pytest.approx(deepspeed_warmup_decay_lr(k, warmup_steps, total_steps), abs=1e-12), (total_steps, k)
     # linear: transformers' get_linear_schedule_with_warmup, step for step
     from transformers import get_linear_schedule_with_warmup
 

@@ -24,7 +24,9 @@ Host RAM: the process (PROCESS_RAM_GB) plus what the job builds on the CPU: trai
 (the LoRA merge re-reads the base in float32), encode's weights before they move to the GPU; each
 further data-parallel rank loads the bf16 base there too (Needs.ram_on).
 Work: FLOPs per trained token from jobs.recipe.train_flops_per_token, the formula the job itself uses
-to report achieved TFLOP/s (full 8P with checkpointing, LoRA 6P, + 2P with the gradient cache); encode
+to report achieved TFLOP/s (full 8P with checkpointing, LoRA 6P, + 2P with the gradient cache), on the
+tokens its forward computes: the real ones times the padding its sorted chunks leave (jobs.recipe.
+SORTED_CHUNK_PADDING), as the job counts them, so an efficiency learned from its report predicts its hours; encode
 2*P*tokens; merge: bytes read and written. Hours on N GPUs = FLOPs / (N x peak bf16 FLOP/s x
 efficiency x data-parallel scaling(N)); efficiency is a prior per kind (planner.plan.kinds) until
 finished attempts measure it (planner.plan.choose), and only train-bag runs data-parallel (torchrun).
@@ -459,7 +461,8 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
     tokens = stats.records * fraction * epochs * stats.mean_tokens
     if max_steps is not None:
         tokens = min(tokens, max_steps * batch_size * stats.mean_tokens)
-    flops = recipe.train_flops_per_token(P, method, gradient_checkpointing=gradient_checkpointing) * tokens
+    computed = tokens * recipe.SORTED_CHUNK_PADDING  # padding included, as the job counts its FLOPs
+    flops = recipe.train_flops_per_token(P, method, gradient_checkpointing=gradient_checkpointing) * computed
     # a checkpoint: bf16 weights + compensation and fp32 moments (full), or the fp32 adapter and its moments
     checkpoint_gb = (12 * P if method == "full" else 12 * shape.lora_params(LORA_RANK)) / GB
     disk_gb = 2 * P / GB + 4 * P / GB + CHECKPOINTS_KEPT * checkpoint_gb + 10  # bf16 base, float32 output, slack
@@ -475,7 +478,7 @@ def train_needs(shape: ModelShape, stats: CorpusStats, *, fraction: float, metho
                  flops=flops, io_bytes=0.0, breakdown=breakdown, notes=notes,
                  data_parallel=True, sequences_per_step=sequences if chunked else 0, fixed_gb=fixed,
                  gb_per_sequence=per_sequence, fixed_mini_batch=mini_batch_size or None,
-                 cache_flops=2 * P * tokens if chunked else 0.0,
+                 cache_flops=2 * P * computed if chunked else 0.0,
                  download_bytes=2 * P + stats.records * stats.mean_tokens * TEXT_BYTES_PER_TOKEN,  # bf16 base, corpus
                  upload_bytes=4 * P, checkpoint_bytes=checkpoint_gb * GB)  # the float32 output
 

@@ -5,7 +5,8 @@ reserves there (the worst case of the jobs whose best offer is on that provider)
 Balances come from the providers' API clients: RunPod GraphQL `myself { clientBalance }`
 (pricing.providers.runpod_api.RunPodAPI.balance), Vast.ai `GET /api/v0/users/current/`
 (pricing.providers.vast_api.VastAPI.balance). A balance that cannot be read now (provider weather) is a
-warning, not a stop: the supervisor's per-create check and a provider's 402 still hold the line.
+warning, not a stop: a provider's 402 at a create still holds the line (the supervisor then pauses that
+provider for the run). The balance is read at launch only, not before each create.
 """
 from __future__ import annotations
 

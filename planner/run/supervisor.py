@@ -150,7 +150,15 @@ class Supervisor:
             return
         if job.cancel_requested:
             if attempt is not None:
-                self._end_attempt(session, job, attempt, "cancelled", PollResult(Status.FAILED, detail="cancelled"))
+                try:
+                    self._end_attempt(session, job, attempt, "cancelled", PollResult(Status.FAILED, detail="cancelled"),
+                                      open_if_refused=True)
+                except KeyRejected as exc:  # the box bills on: the job stays marked, the next tick tries again
+                    why = f"waiting: the cancel could not end its box: {exc}"
+                    job.error, job.updated_at = redact(why, self.secrets), self.clock()
+                    session.commit()
+                    report.waiting[job.id] = job.error
+                    return
             self._finish(session, job, "cancelled", "cancelled by the user", report)
             return
         if attempt is not None:
@@ -546,11 +554,13 @@ class Supervisor:
             report.relaunch(job.id, f"crashed with exit {code}" if code is not None else
                             f"crashed: {(attempt.detail or 'no exit code').splitlines()[0]}")
 
-    def _end_attempt(self, session: Session, job: Job, attempt: Attempt, outcome: str, result: PollResult) -> None:
+    def _end_attempt(self, session: Session, job: Job, attempt: Attempt, outcome: str, result: PollResult,
+                     *, open_if_refused: bool = False) -> None:
         """Record how the attempt ended, make sure its instance is gone (a stopped pod still bills disk), settle.
         Once: two supervisors of a project watch the same attempts, and the one that records the end second (its
         poll began before the other's end was committed) raises EndedElsewhere rather than settle it again, at its
-        own time, and relaunch or finish the job a second time."""
+        own time, and relaunch or finish the job a second time. `open_if_refused`: where the provider refuses the
+        key that would end the box (it bills on), raise KeyRejected and leave the attempt open (a cancel)."""
         backend = self.backends.get(attempt.backend)
         if backend is not None and attempt.instance_id:
             try:
@@ -558,6 +568,8 @@ class Supervisor:
             except KeyRejected as exc:  # the reaper holds the same key: nothing here can end the box
                 log.warning("job %s attempt %d: terminate refused (%s)", job.id, attempt.number, exc)
                 self.notify.box_not_ended(job.id, attempt.number, attempt.instance_id, str(exc))
+                if open_if_refused:
+                    raise
             except (BackendError, ProviderError) as exc:
                 log.warning("job %s attempt %d: terminate failed (%s); the reaper will retry", job.id, attempt.number, exc)
         ended_at = self.clock()

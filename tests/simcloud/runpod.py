@@ -7,7 +7,9 @@ box (tests.simcloud.box).
   A 201 answers the Pod with `cost` (USD per hour, the billed rate) and `dataCenterId`.
 - `args` is one string handed to the image ENTRYPOINT; the PyTorch image has none, so it runs as a
   shell command line (`/bin/sh -c ARGS`, as Docker runs a string CMD).
-- `GET /v2/pods/{id}`: RUNNING with a runtime while the box runs; EXITED (cost 0, runtime null) once its
+- `GET /v2/pods/{id}`: a new pod passes PROVISIONING and STARTING before RUNNING (the v2 OpenAPI `PodStatus`;
+  docs/providers/runpod.md, "Pods"), for `boot_s` after its create (0: at once), its container started only then,
+  `runtime` null until RUNNING; RUNNING with a runtime while the box runs; EXITED (cost 0, runtime null) once its
   command ends; 404 after DELETE (204). `GET /v2/pods` lists every pod and ignores unknown parameters.
 - `POST /v2/pods/{id}/action` (v2 OpenAPI `podAction`, runpod/docs api-reference-v2/openapi.json @a900806e):
   a body of only `action` (start|stop|restart|terminate; else 422); `stop` "releasing GPU/CPU compute while
@@ -18,6 +20,7 @@ box (tests.simcloud.box).
   "Billing"). start and restart are not simulated (422).
 - `GET /v2/pods/{id}/logs`: Server-Sent Events `id:` + `data:{"ts","source","line"}`, `tail` (default 100,
   0 = live only) and `Last-Event-ID` to resume; the stream follows the box while it runs.
+- The edge (Cloudflare) answers urllib's default User-Agent with 403 "error code: 1010" before reading the key.
 - Errors are RFC 9457 bodies; every answer has RateLimit headers; a 429 carries Retry-After.
 - Faults are injected per route: rp.create, rp.get, rp.list, rp.delete, rp.action, rp.logs, rp.graphql, rp.catalog.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -58,6 +62,7 @@ class FakeRunPod(FakeServer):
         self.bills: dict[str, dict] = {}  # pod id -> {"name", "rate", "start", "end", "box"}
         self.gone: dict[str, Box] = {}  # deleted pods' boxes (their logs stay readable)
         self.funds = 100.0  # USD deposited; what is left is funds - billed (clientBalance)
+        self.boot_s = 0.0  # PROVISIONING for the first half of it after a create, then STARTING; the container after
 
     # ------------------------------------------------------------------ routing
 
@@ -85,6 +90,14 @@ class FakeRunPod(FakeServer):
             if method == "DELETE":
                 return "rp.delete", lambda: self._delete(pod_id)
         return "rp.other", lambda: problem(404, "Not Found", f"no route {method} {path}")
+
+    def edge_refusal(self, user_agent: str | None) -> Reply | None:
+        """RunPod's API is behind Cloudflare, whose edge refuses the standard library's default User-Agent
+        (`Python-urllib/3.x`) with 403 "error code: 1010" before it reads the key (docs/providers/runpod.md,
+        "Box identity")."""
+        if (user_agent or "").startswith("Python-urllib/"):
+            return Reply(403, "error code: 1010")
+        return None
 
     def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
         """A pod-scoped key acts on its own pod only: read it, delete it, its actions and logs."""
@@ -131,8 +144,10 @@ class FakeRunPod(FakeServer):
         # RunPod injects the pod's id and a pod-scoped key into every pod (runpod/docs
         # pods/templates/environment-variables.mdx, "Runpod-provided variables")
         provided = {"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": self.issue_instance_key(pod_id)}
-        box = Box(self.boxes_dir, f"runpod-{pod_id}", ["/bin/sh", "-c", args] if args else ["/bin/true"], env,
-                  grace_s=self.grace_s, provided_env=provided)
+        argv = ["/bin/sh", "-c", args] if args else ["/bin/true"]
+        if self.boot_s > 0:  # the image pull and the container's start: nothing of the pod's command runs yet
+            argv = ["/bin/sh", "-c", f'sleep {self.boot_s}; exec "$@"', "boot", *argv]
+        box = Box(self.boxes_dir, f"runpod-{pod_id}", argv, env, grace_s=self.grace_s, provided_env=provided)
         pod = {"id": pod_id, "name": body["name"], "image": body.get("image"), "cloud": cloud,
                "gpu": {"id": gpu["id"], "count": count, "vcpuCount": 8 * count, "memory": 62 * count},
                "dataCenterId": "EU-RO-1", "cudaVersion": "12.8", "cost": rate, "createdAt": box.started_at.isoformat() + "Z",
@@ -149,11 +164,14 @@ class FakeRunPod(FakeServer):
         running = box is not None and box.alive
         if not running and box is not None:
             self._stopped_billing(pod["id"], box.stopped_at or now())
+        age = (now() - box.started_at).total_seconds() if box is not None else math.inf
+        status = ("EXITED" if not running else "PROVISIONING" if age < self.boot_s / 2
+                  else "STARTING" if age < self.boot_s else "RUNNING")
         return {k: v for k, v in pod.items() if k not in ("env", "args")} | {
-            "status": "RUNNING" if running else "EXITED", "cost": pod["cost"] if running else 0,
+            "status": status, "cost": pod["cost"] if running else 0,
             "actions": ["stop", "restart", "terminate"] if running else ["start", "terminate"],
-            "runtime": {"uptime": int((now() - box.started_at).total_seconds()),
-                        "gpus": [{"util": 90, "memoryUtil": 40}], "ports": []} if running else None}
+            "runtime": {"uptime": int(age - self.boot_s),
+                        "gpus": [{"util": 90, "memoryUtil": 40}], "ports": []} if status == "RUNNING" else None}
 
     def _get(self, pod_id: str) -> Reply:
         pod = self.pods.get(pod_id)
@@ -268,6 +286,9 @@ class FakeRunPod(FakeServer):
         box = self.boxes[pod_id]
         box.grace_s = 0.0
         box.stop("host failure", wait=True)
+
+    def exists(self, instance_id: str) -> bool:
+        return instance_id in self.pods
 
     def live(self) -> list[str]:
         """Names of pods whose box still runs (orphans, once every job is final)."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from tests.simcloud.box import now
+
 
 @dataclass
 class Fault:
@@ -39,6 +41,7 @@ class FakeServer:
     def __init__(self, key: str):
         self.key = key
         self.instance_keys: dict[str, str] = {}  # instance-scoped key -> the instance id it may act on
+        self.ended_by_itself: dict[str, object] = {}  # instance id -> when its own key deleted it (the box ended)
         self.requests: list[dict] = []
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
@@ -59,8 +62,9 @@ class FakeServer:
                     api.requests.append({"method": self.command, "path": url.path, "query": query, "body": body,
                                          "raw": raw.decode(errors="replace"), "headers": dict(self.headers)})
                 # /logs/...: a pre-signed log URL (Vast's result_url) needs no key
-                refused = None if url.path.startswith("/logs/") else api.refusal(
-                    self.headers.get("Authorization"), self.command, url.path)
+                refused = api.edge_refusal(self.headers.get("User-Agent")) or (
+                    None if url.path.startswith("/logs/") else api.refusal(self.headers.get("Authorization"),
+                                                                            self.command, url.path))
                 if refused is not None:
                     reply = refused
                 else:
@@ -68,6 +72,7 @@ class FakeServer:
                         reply = api.dispatch(self.command, url.path, query, body, dict(self.headers))
                     except Exception as exc:  # a bug in the fake: a 500 the test will notice
                         reply = Reply(500, {"title": "fake server bug", "detail": repr(exc)})
+                    api.note_self_end(self.headers.get("Authorization"), reply)
                 if reply.stream is not None:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "text/event-stream")
@@ -112,6 +117,11 @@ class FakeServer:
     def forbidden(self) -> Reply:
         return Reply(403, {"title": "Forbidden", "status": 403, "detail": "this key may not act on that resource"})
 
+    def edge_refusal(self, user_agent: str | None) -> Reply | None:
+        """The answer of the provider's edge (its CDN) to a client by its User-Agent, before any key is read;
+        None: let it through."""
+        return None
+
     def scope_allows(self, instance_id: str, method: str, path: str) -> bool:
         """Whether an instance-scoped key for `instance_id` may make this request (the provider's rule)."""
         return False
@@ -126,6 +136,19 @@ class FakeServer:
         if instance is None:
             return self.unauthorized()
         return None if self.scope_allows(instance, method, path) else self.forbidden()
+
+    def exists(self, instance_id: str) -> bool:
+        """Whether the instance still exists (running or stopped)."""
+        raise NotImplementedError
+
+    def note_self_end(self, header: str | None, reply: Reply) -> None:
+        """A request made with an instance's own key that left the instance gone: the box ended itself, now
+        (the drills compare what the supervisor settled with the bill, which stops here)."""
+        with self.lock:
+            instance = self.instance_keys.get((header or "").removeprefix("Bearer "))
+            if instance is not None and reply.status < 300 and instance not in self.ended_by_itself \
+                    and not self.exists(instance):
+                self.ended_by_itself[instance] = now()
 
     def issue_instance_key(self, instance_id) -> str:
         key = f"inst-{secrets.token_hex(12)}"

@@ -343,6 +343,9 @@ class FakeVast(FakeServer):
             if bill.get("meter") is not None:
                 bill["meter"].close()
 
+    def exists(self, instance_id: str) -> bool:
+        return int(instance_id) in self.instances
+
     def live(self) -> list[str]:
         return [i["label"] for iid, i in self.instances.items() if iid in self.boxes and self.boxes[iid].alive]
 

@@ -4,7 +4,7 @@ docs/providers/vast.md, cited by section).
 Just before a create the offer is searched again (`POST /api/v0/bundles/`, its id) with the host
 filters the job image needs ("Host filters"): `cuda_max_good` >= the image's CUDA together with
 `compute_cap` for its PyTorch build, `disk_space` >= the job's disk, `reliability2` >=
-RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the attempt's reservation,
+RELIABILITY_FLOOR, `duration` (seconds the host stays rentable) >= the startup window plus the reservation,
 `inet_down_cost` / `inet_up_cost` ($/GB) at most what the plan priced (and PLANNER_MAX_USD_PER_GB), and
 `verified`, `rentable`, `rented` sent explicitly (unset, the server's defaults apply). A host that no
 longer fits (or no longer exists) is NoCapacity: the next candidate, after the offer's cool-down.
@@ -85,7 +85,7 @@ class VastBackend(CloudBackend):
         self._listing: dict[str, dict] = {}  # label -> instance row, from the last shared listing
         self._listed: set[str] = set()  # the labels that listing asked for
         self._listed_at = -math.inf
-        self._polled: set[str] = set()  # labels polled since that listing: polled again means a new tick
+        self._polled: set[str] = set()  # labels polled this tick: one polled again starts the next
 
     @classmethod
     def from_settings(cls, settings, retry: RetryPolicy) -> VastBackend:
@@ -115,9 +115,9 @@ class VastBackend(CloudBackend):
 
     def host_filters(self, disk_gb: float, max_hours: float | None = None, *, verified: bool = True,
                      bandwidth: tuple[float | None, float | None] = (None, None)) -> dict:
-        """The search filters a host must pass to run this backend's image with `disk_gb` of disk for up to
-        `max_hours` (Vast's `duration` is in seconds; vast-cli multiplies its days by 86400), on the tier the
-        offer was planned on (`verified` is always sent: unset, the server's default would decide), billing
+        """The search filters a host must pass to run this backend's image with `disk_gb` of disk for its startup
+        window and then `max_hours` (Vast's `duration` is in seconds; vast-cli multiplies its days by 86400), on
+        the tier the offer was planned on (`verified` is always sent: unset, the server's default would decide), billing
         no more per GB in and out than `bandwidth` (the planned $/GB: the reservation was sized at them) and
         the bandwidth-price cap."""
         filters = {"disk_space": {"gte": disk_gb}, "reliability2": {"gte": RELIABILITY_FLOOR},
@@ -126,8 +126,8 @@ class VastBackend(CloudBackend):
             caps = [cap for cap in (planned, self.max_usd_per_gb) if cap is not None]
             if caps:
                 filters[field] = {"lte": min(caps)}
-        if max_hours:
-            filters["duration"] = {"gte": math.ceil(max_hours * 3600)}
+        if max_hours:  # the box's deadline is its script's start (within the startup window) plus max_hours
+            filters["duration"] = {"gte": math.ceil(max_hours * 3600 + self.startup_s)}
         if cuda := image_cuda(self.image):
             filters["cuda_max_good"] = {"gte": float(cuda)}
             if cap := compute_cap_filter(self.image):
@@ -229,15 +229,19 @@ class VastBackend(CloudBackend):
     # ------------------------------------------------------------------ helpers
 
     def _shared_listing(self, label: str) -> dict | None:
-        """`label`'s instance from one listing shared by a tick's polls. The listing is read again when a
-        label is polled a second time since it was read (the next tick), when it did not ask for `label`,
-        or when it is older than LISTING_MAX_AGE_S; it asks for the labels polled since the last read."""
+        """`label`'s instance from one listing shared by a tick's polls. A label polled again since the tick's
+        first read starts the next tick: the listing is read afresh at the tick's first poll, for every label
+        the last tick polled, so no poll answers from the tick before. It is read again within a tick only for
+        a label it did not ask for (a new attempt) or when older than LISTING_MAX_AGE_S."""
         now = self.clock()
-        if label in self._polled or label not in self._listed or now - self._listed_at > LISTING_MAX_AGE_S:
-            wanted = self._polled | {label} if label in self._polled else self._listed | self._polled | {label}
+        next_tick = label in self._polled
+        if next_tick or label not in self._listed or now - self._listed_at > LISTING_MAX_AGE_S:
+            wanted = (self._polled if next_tick else self._listed | self._polled) | {label}
             rows = self._call(self.api.labelled, wanted)
             self._listing = {row.get("label"): row for row in rows if row.get("label") in wanted}
-            self._listed, self._listed_at, self._polled = set(wanted), now, set()
+            self._listed, self._listed_at = set(wanted), now
+            if next_tick:
+                self._polled = set()
         self._polled.add(label)
         return self._listing.get(label)
 
