@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 from bench_encode import QWEN3_4B, build_model, non_embedding_parameters, peak_tflops  # noqa: E402
 
+from jobs.protocol import DONE_MARKER  # noqa: E402
 from jobs.toy import WORDS, write_toy_corpus  # noqa: E402
 
 SMALL = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
@@ -105,7 +106,8 @@ def planned_batches(config) -> list[list]:
 
 def tokens_per_step(model_dir: Path, batches: list[list], query_max_len: int, doc_max_len: int) -> list[int]:
     """Real (attention-mask) tokens of each step as jobs.train_bag encodes them."""
-    from jobs.embedder import format_query, load_tokenizer, tokenize
+    from jobs.embedder import load_tokenizer, tokenize
+    from jobs.prompt import format_query
 
     tokenizer = load_tokenizer(model_dir)
     counts = []
@@ -218,7 +220,8 @@ def run_peer(args: argparse.Namespace) -> None:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import get_cosine_schedule_with_warmup
 
-    from jobs.embedder import attention_implementation, format_query, pick_device_dtype
+    from jobs.embedder import attention_implementation, pick_device_dtype
+    from jobs.prompt import format_query
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     print(f"threads {torch.get_num_threads()}", file=sys.stderr, flush=True)
@@ -490,7 +493,7 @@ def run_gpu(args: argparse.Namespace) -> None:
             try:
                 run = run_timed(ours_command(model_dir, data, output, args, method=method, cache=cache),
                                 work / f"log-{method}-{batch_size}-{chunk}.txt")
-                done = json.loads((output / "DONE").read_text())
+                done = json.loads((output / DONE_MARKER).read_text())
                 rate = rates(run, step_tokens)
                 used = done["memory"]["ranks"][0]  # jobs.memory: GiB, what the planner's GB are
                 entry |= rate | {"peak_memory_gb": done["peak_memory_bytes"] / 1e9,

@@ -858,10 +858,24 @@ def totals_agree(rows: list[dict]) -> bool:
     return abs(settled - billed) <= max(BILLING_TOLERANCE["abs"], BILLING_TOLERANCE["rel"] * billed)
 
 
+def outcome_cell(r: dict) -> str:
+    return r["state"] + (f" ({r['error']})" if r["state"] != "succeeded" and r["error"] else "")
+
+
+def checks_cell(r: dict) -> str:
+    return "all pass" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
+
+
+def problem_lines(rows: list[dict], more: list[str] = ()) -> list[str]:
+    """What went wrong, a line each, after the table (nothing when nothing did)."""
+    problems = [f"- schedule {r['index']}: {p}" for r in rows for p in r["problems"]] + list(more)
+    return [""] + problems if problems else []
+
+
 def table(rows: list[dict], args) -> list[str]:
+    from bench.drill import faults_injected
+
     ok = [r for r in rows if not r["failed"]]
-    totals = {k: sum(r[k] for r in rows) for k in ("outbids", "no-capacity 400s", "429s", "5xx", "lost create answers",
-                                                   "losing bids", "kills", "kills mid-launch", "host failures", "402s")}
     succeeded = [r for r in rows if r["state"] == "succeeded"]
     lines = [f"{len(rows)} schedules, seed {args.seed}: **{len(ok)}/{len(rows)} passed every check**; "
              f"{len(succeeded)} succeeded (weights bitwise equal to the uninterrupted run: "
@@ -872,26 +886,24 @@ def table(rows: list[dict], args) -> list[str]:
              f"${sum(r['settled'] for r in rows):.5f}, of which ${sum(r['unseen'] for r in rows):.5f} for box ends "
              f"(a provider's stop, a box deleting itself) the supervisor could not see yet; billed ${sum(r['billed'] for r in rows):.5f} (the rest "
              f"{'within' if totals_agree(rows) else 'OUTSIDE'} test_simcloud's tolerance, 5 % or $0.0002).",
-             "", "Faults injected in all (answered by the fakes or done to the supervisor): "
-             + ", ".join(f"{v} {k}" for k, v in totals.items()) + ".", "",
+             *faults_injected(rows, ("outbids", "no-capacity 400s", "429s", "5xx", "lost create answers",
+                                     "losing bids", "kills", "kills mid-launch", "host failures", "402s"),
+                              " (answered by the fakes or done to the supervisor)"),
              "| schedule | backend | faults | attempts | outcome | $ settled / billed | orphans reaped | checks | s |",
              "|---:|---|---|---|---|---|---:|---|---:|"]
     for r in rows:
-        outcome = r["state"] + (f" ({r['error']})" if r["state"] != "succeeded" and r["error"] else "")
-        checks = "all pass" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
-        lines.append(f"| {r['index']} | {r['backend']} | {faults_cell(r)} | {' > '.join(r['outcomes'])} | {outcome} | "
+        lines.append(f"| {r['index']} | {r['backend']} | {faults_cell(r)} | {' > '.join(r['outcomes'])} | {outcome_cell(r)} | "
                      f"{r['settled']:.5f} / {r['billed']:.5f}" + (f" (unseen ends {r['unseen']:.5f})" if r['unseen'] else "")
-                     + f" | {r['reaped']} | {checks} | {r['seconds']:.0f} |")
-    problems = [f"- schedule {r['index']}: {p}" for r in rows for p in r["problems"]]
-    return lines + ([""] + problems if problems else [])
+                     + f" | {r['reaped']} | {checks_cell(r)} | {r['seconds']:.0f} |")
+    return lines + problem_lines(rows)
 
 
 def project_table(rows: list[dict], args) -> list[str]:
     """--project-faults: the checks of issue 24 per schedule."""
+    from bench.drill import faults_injected
+
     ok = [r for r in rows if not r["failed"]]
     succeeded = [r for r in rows if r["state"] == "succeeded"]
-    totals = {k: sum(r[k] for r in rows) for k in ("outbids", "host failures", "slow creates", "store outages",
-                                                   "store refusals", "store waits", "429s", "kills", "kills mid-launch")}
     lines = [f"{len(rows)} schedules, seed {args.seed}: **{len(ok)}/{len(rows)} passed every check**; {len(succeeded)} "
              f"succeeded (weights bitwise equal to the uninterrupted run: "
              f"{sum(r['checks'].get('weights', False) for r in succeeded)}); **double launches: "
@@ -901,23 +913,21 @@ def project_table(rows: list[dict], args) -> list[str]:
              f"supervisor crashes: {sum(r['crashes'] for r in rows)}; poisoned job failed in one line and keyed job "
              f"waiting for its key: {sum(r['side jobs ok'] for r in rows)}/{len(rows)}. "
              f"In all settled ${sum(r['settled'] for r in rows):.5f}, billed at the fakes ${sum(r['billed'] for r in rows):.5f}.",
-             "", "Faults injected in all: " + ", ".join(f"{v} {k}" for k, v in totals.items()) + ".", "",
+             *faults_injected(rows, ("outbids", "host failures", "slow creates", "store outages", "store refusals",
+                                     "store waits", "429s", "kills", "kills mid-launch")),
              "| schedule | backend | key missing | faults | attempts | outcome | double launches | unbilled | second "
              "project ended | $ peak job / month (budgets 2.00 / 2.30) | $ settled / billed | relaunch waited for the "
              "store | store refusals | checks | s |",
              "|---:|---|---|---|---|---|---:|---:|---:|---|---|---:|---:|---|---:|"]
     for r in rows:
-        outcome = r["state"] + (f" ({r['error']})" if r["state"] != "succeeded" and r["error"] else "")
-        checks = "all pass" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
         lines.append(f"| {r['index']} | {r['backend']} | {r['missing key']} | {faults_cell(r)} | {' > '.join(r['outcomes'])} | "
-                     f"{outcome} | {r['double launches']} | {r['unbilled']} | {r['neighbour reaped']} | "
+                     f"{outcome_cell(r)} | {r['double launches']} | {r['unbilled']} | {r['neighbour reaped']} | "
                      f"{r['peak job']:.5f} / {r['peak month']:.5f} | {r['settled']:.5f} / {r['billed']:.5f} | "
-                     f"{r['store waits']} | {r['store refusals']} | {checks} | {r['seconds']:.0f} |")
-    problems = [f"- schedule {r['index']}: {p}" for r in rows for p in r["problems"]]
-    problems += [f"- schedule {r['index']}: unbilled {label}" for r in rows for label in r["unbilled labels"]]
-    problems += [f"- schedule {r['index']}: attempts {c} of the job live at once" for r in rows
-                 for c in r["concurrent attempts"]]
-    return lines + ([""] + problems if problems else [])
+                     f"{r['store waits']} | {r['store refusals']} | {checks_cell(r)} | {r['seconds']:.0f} |")
+    return lines + problem_lines(rows, [f"- schedule {r['index']}: unbilled {label}" for r in rows
+                                        for label in r["unbilled labels"]]
+                                 + [f"- schedule {r['index']}: attempts {c} of the job live at once" for r in rows
+                                    for c in r["concurrent attempts"]])
 
 
 def main() -> None:

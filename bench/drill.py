@@ -144,6 +144,12 @@ class FaultyLocal(LocalBackend):
         return super().poll(handle)
 
 
+def faults_injected(rows: list[dict], kinds: tuple[str, ...], how: str = "") -> list[str]:
+    """The report's line of every fault injected across the schedules (this drill's and bench/cloud_drill.py's)."""
+    totals = {k: sum(r[k] for r in rows) for k in kinds}
+    return ["", f"Faults injected in all{how}: " + ", ".join(f"{v} {k}" for k, v in totals.items()) + ".", ""]
+
+
 def weights_digest(output: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(output.glob("*.safetensors")):
@@ -328,9 +334,6 @@ def main() -> None:
     ok = [r for r in rows if r["state"] in ("succeeded", "stopped-by-budget") and r["equal"] is not False
           and r["orphans"] == 0 and r["spent"] <= r["budget"] + 1e-9 and r["month"] <= r["monthly"] + 1e-9
           and r["double launches"] == 0 and r["unbilled"] == 0 and r["neighbour reaped"] == 0 and r["side jobs ok"]]
-    totals = {k: sum(r[k] for r in rows) for k in ("interruptions", "supervisor kills", "kills mid-launch",
-                                                   "launch faults", "poll faults", "slow creates", "skewed ticks",
-                                                   "store-down ticks", "store refusals")}
     lines = [f"{args.schedules} schedules, seed {args.seed}: **{len(ok)}/{len(rows)} passed every check**; "
              f"{sum(r['state'] == 'succeeded' for r in rows)} succeeded (weights bitwise equal to the uninterrupted "
              f"run: {sum(bool(r['equal']) for r in rows)}), {sum(r['state'] == 'stopped-by-budget' for r in rows)} "
@@ -340,7 +343,8 @@ def main() -> None:
              f"{sum(r['double launches'] for r in rows)}, unbilled boxes: {sum(r['unbilled'] for r in rows)}, "
              f"boxes the second project reaped: {sum(r['neighbour reaped'] for r in rows)}, side jobs as expected "
              f"(poisoned failed, keyed waiting): {sum(bool(r['side jobs ok']) for r in rows)}/{len(rows)}.",
-             "", "Faults injected in all: " + ", ".join(f"{v} {k}" for k, v in totals.items()) + ".", "",
+             *faults_injected(rows, ("interruptions", "supervisor kills", "kills mid-launch", "launch faults",
+                                     "poll faults", "slow creates", "skewed ticks", "store-down ticks", "store refusals")),
              "| schedule | budget | outcome | attempts | spent | month | interruptions | kills (tick / mid-launch) | "
              "launch faults | poll faults | slow creates | store-down ticks | weights equal | orphans | double "
              "launches | unbilled | seconds |",

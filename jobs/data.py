@@ -64,13 +64,14 @@ from pathlib import Path
 
 from jobs import storage
 from jobs.lifecycle import BadInput
+from jobs.prompt import format_query
+from jobs.protocol import CHARS_PER_TOKEN
 
 DEFAULT_TASK = "default"
 NO_IN_BATCH_NEG = "no_in_batch_neg"
 SYMMETRIC_WITH_PROMPT = ("symmetric_sts", "symmetric_clustering")
 NO_IN_BATCH_TYPES = ("symmetric_class", "symmetric_clustering")  # bge-full-data's *-no_in_batch_neg directories
 FLAG_SUFFIXES = (".json", ".jsonl")  # the files FlagEmbedding reads from a training directory
-CHARS_PER_TOKEN = 4.0  # sample_stats' token estimate (the planner's planning figure too)
 BLOCK = 1 << 24
 
 
@@ -406,12 +407,6 @@ def write_bag_lines(bag: Bag, output: str) -> dict:
     return rows
 
 
-def read_bag_lines(path) -> list[int]:
-    """The line numbers a bag_lines.txt.gz lists."""
-    with gzip.open(path, "rt") as handle:
-        return [int(line) for line in handle]
-
-
 def records_digest(records) -> str:
     """sha256 over the records' canonical lines, streamed (a Bag is read record by record)."""
     digest = hashlib.sha256()
@@ -733,8 +728,8 @@ def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, grou
                  sampler: Sampler = SAMPLERS[DEFAULT_SAMPLER]) -> SampleStats:
     """Estimate a corpus's record count and token lengths from about `sample_records` lines read at
     `probes` evenly spread offsets (local path or fsspec URI; only those bytes are read) plus the
-    file's size. Tokens are estimated as characters / 4 (no tokenizer); the query counts its
-    instruction prompt (`Instruct: ...\\nQuery:`, jobs.embedder). Raises BadData if no line parses."""
+    file's size. Tokens are estimated as characters / CHARS_PER_TOKEN (no tokenizer); the query counts
+    the instruction prompt the job puts before it (jobs.prompt). Raises BadData if no line parses."""
     import fsspec
 
     if not storage.exists(uri):
@@ -771,8 +766,7 @@ def sample_stats(uri: str, *, sample_records: int = 4000, probes: int = 32, grou
             first_problem = first_problem or exc
             continue
         records += 1
-        prompt = f"Instruct: {record.instruction or 'Given a web search query, retrieve relevant passages'}\nQuery:"
-        query_tokens += min(query_max_len, (len(prompt) + len(record.query)) / CHARS_PER_TOKEN + 1)
+        query_tokens += min(query_max_len, len(format_query(record.query, record.instruction)) / CHARS_PER_TOKEN + 1)
         group = group_size_for(record, group_size)
         docs = [record.positive, *record.negatives[:group - 1]]
         doc_tokens += sum(min(doc_max_len, len(d) / CHARS_PER_TOKEN + 1) for d in docs) / len(docs)

@@ -3,7 +3,7 @@
 Qwen3 embedders (Qwen3-Embedding, BOOM) read the hidden state of the last token: the tokenizer
 appends an end-of-text token to every input, batches are left-padded so that token sits in the last
 position, and the embedding is that hidden state L2-normalized. Queries carry the instruction prompt
-`Instruct: {instruction}\\nQuery:`; documents carry none. The saved output directory holds the
+(jobs.prompt); documents carry none. The saved output directory holds the
 sentence-transformers module files so `SentenceTransformer(path).encode(x, prompt_name="query")`
 reproduces exactly what `embed()` computes here.
 """
@@ -15,16 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+from jobs.prompt import DEFAULT_INSTRUCTION, query_prompt
+
 END_OF_TEXT = "<|endoftext|>"
-
-
-def query_prompt(instruction: str = DEFAULT_INSTRUCTION) -> str:
-    return f"Instruct: {instruction}\nQuery:"
-
-
-def format_query(query: str, instruction: str | None = None) -> str:
-    return query_prompt(instruction or DEFAULT_INSTRUCTION) + query
 
 
 def appended_token(tokenizer) -> str:

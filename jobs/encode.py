@@ -223,7 +223,7 @@ def check_quantized(model: ModelInfo, name: str, dtype: str, device) -> None:
 
 def resolve_prompt(model: ModelInfo, name: str, prompt_name: str | None, instruction: str | None) -> str:
     """The text put before every input, as sentence-transformers' encode(prompt_name=...) would."""
-    from jobs.embedder import query_prompt
+    from jobs.prompt import query_prompt
 
     if instruction is not None:
         return query_prompt(instruction)

@@ -65,7 +65,7 @@ def tied_rank_metrics(above: int, tied: int) -> dict[str, float]:
 
 def _task_texts(items: list[Record]) -> tuple[list[str], list[str], list[int]]:
     """(the task's document pool as encoded, its queries as encoded, each query's positive's pool index)."""
-    from jobs.embedder import format_query
+    from jobs.prompt import format_query
 
     pool = sorted({r.positive for r in items} | {n for r in items for n in r.negatives})
     index = {text: i for i, text in enumerate(pool)}

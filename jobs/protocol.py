@@ -9,6 +9,7 @@ DONE plus exit 0, never a provider's status (ARCHITECTURE.md, "How a job travels
 """
 from __future__ import annotations
 
+import json
 import os
 
 from jobs import storage
@@ -59,6 +60,15 @@ def duration(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def parse_progress(text: str | None) -> dict:
+    """A progress report kept as text (the planner's Attempt.progress column) as a dict; {} when empty or unreadable."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def stamped(progress: dict) -> dict:

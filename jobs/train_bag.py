@@ -69,7 +69,7 @@ from jobs import memory, recipe, storage
 from jobs.data import BadData, Batch, Group, build_bag, records_digest, schedule, step_groups, write_bag_lines
 from jobs.distributed import Ranks, leave
 from jobs.lifecycle import BadInput, Interrupted, StopRequest, run_job
-from jobs.protocol import DONE_MARKER, duration
+from jobs.protocol import done_uri, duration
 from jobs.train_config import Config, check_config, parse_args, resolve
 
 PROGRESS_EVERY_S = 15.0  # the progress file between checkpoints (planner jobs show, the dashboard)
@@ -149,7 +149,7 @@ class BatchResult(NamedTuple):
 
 def texts(groups: list[Group]) -> tuple[list[str], list[str]]:
     """The queries (with their instruction prompt) and every group's documents, in order."""
-    from jobs.embedder import format_query
+    from jobs.prompt import format_query
 
     queries = [format_query(g.query, g.instruction) for g in groups]
     docs = [format_query(doc, g.instruction) if g.prompt_documents else doc for g in groups for doc in g.documents]
@@ -251,7 +251,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
 
     # the run: its config, data and identity
     check_config(config)
-    if storage.exists(storage.join(config.output, DONE_MARKER)):
+    if storage.exists(done_uri(config.output)):
         if ranks.is_main:
             print(f"{config.output} is already trained", file=sys.stderr)
         return 0
@@ -388,7 +388,7 @@ def train(config: Config, stop: StopRequest, ranks: Ranks) -> int:
     export.write_output(config, base_path, net, tokenizer, optimizer, done)
     done["memory"] = {"ranks": [memory.usage(device), *used[1:]]}  # RSS with the float32 output built
     store.flush()
-    storage.write_json_atomic(storage.join(config.output, DONE_MARKER), done)
+    storage.write_json_atomic(done_uri(config.output), done)
     if config.checkpoint is None:
         store.remove()  # the default checkpoints live inside the output and are no use once it is final
     print(json.dumps(done), flush=True)

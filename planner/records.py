@@ -70,7 +70,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     campaign_id: Mapped[str | None] = mapped_column(ForeignKey("campaigns.id"), nullable=True)
     name: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(16))  # train-bag | merge | encode | evaluate
+    kind: Mapped[str] = mapped_column(String(16))  # a jobs.spec.KINDS name
     spec: Mapped[str] = mapped_column(Text)  # jobs.spec.JobSpec JSON
     depends_on: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of job ids
     state: Mapped[str] = mapped_column(String(24), default="pending")

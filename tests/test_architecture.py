@@ -119,7 +119,8 @@ def test_every_job_kind_has_sizing_a_campaign_constructor_and_cli_commands():
 
 
 def test_a_missing_piece_of_a_job_kind_is_caught():
-    """Each way of half-declaring a kind is reported: the check can fail."""
+    """Each way of half-declaring a kind is reported: the check can fail (the planted kind's name is one no real kind
+    will take)."""
     from types import SimpleNamespace
 
     from jobs.spec import KINDS as RUNNERS
@@ -127,30 +128,31 @@ def test_a_missing_piece_of_a_job_kind_is_caught():
     from planner.plan.kinds import KINDS as PLANS
 
     commands = cli_commands()
-    new = dict(RUNNERS) | {"distill": RUNNERS["train-bag"]}
-    constructors = SimpleNamespace(**{n: getattr(campaigns, n) for n in dir(campaigns)}, distill_job=lambda: None)
-    assert kind_gaps(new, PLANS | {"distill": PLANS["train-bag"]}, constructors,
-                     {g: names | {"distill"} for g, names in commands.items()}) == []
-    assert kind_gaps(new, PLANS, constructors, {g: names | {"distill"} for g, names in commands.items()}) == [
-        "distill: no sizing entry in planner.plan.kinds.KINDS"]
-    assert kind_gaps(new, PLANS | {"distill": PLANS["train-bag"]}, campaigns,
-                     {g: names | {"distill"} for g, names in commands.items()}) == [
-        "distill: no constructor planner.plan.campaigns.distill_job"]
-    assert kind_gaps(new, PLANS | {"distill": PLANS["train-bag"]}, constructors,
-                     commands | {"launch": commands["launch"] | {"distill"}}) == ["distill: no `planner plan distill` command"]
-    assert kind_gaps(RUNNERS, PLANS | {"distill": PLANS["train-bag"]}, campaigns, commands) == [
-        "distill: sized in planner.plan.kinds but not declared in jobs.spec.KINDS"]
+    new = dict(RUNNERS) | {"planted-kind": RUNNERS["train-bag"]}
+    constructors = SimpleNamespace(**{n: getattr(campaigns, n) for n in dir(campaigns)}, planted_kind_job=lambda: None)
+    assert kind_gaps(new, PLANS | {"planted-kind": PLANS["train-bag"]}, constructors,
+                     {g: names | {"planted-kind"} for g, names in commands.items()}) == []
+    assert kind_gaps(new, PLANS, constructors, {g: names | {"planted-kind"} for g, names in commands.items()}) == [
+        "planted-kind: no sizing entry in planner.plan.kinds.KINDS"]
+    assert kind_gaps(new, PLANS | {"planted-kind": PLANS["train-bag"]}, campaigns,
+                     {g: names | {"planted-kind"} for g, names in commands.items()}) == [
+        "planted-kind: no constructor planner.plan.campaigns.planted_kind_job"]
+    assert kind_gaps(new, PLANS | {"planted-kind": PLANS["train-bag"]}, constructors,
+                     commands | {"launch": commands["launch"] | {"planted-kind"}}) == ["planted-kind: no `planner plan planted-kind` command"]
+    assert kind_gaps(RUNNERS, PLANS | {"planted-kind": PLANS["train-bag"]}, campaigns, commands) == [
+        "planted-kind: sized in planner.plan.kinds but not declared in jobs.spec.KINDS"]
 
 
 # ------------------------------------------------------------------ a provider is declared once
 
 def provider_homes(name: str, root: Path = ROOT) -> set[Path]:
     """Where a provider's name may be written: the registry, the provider's own price reader, API client
-    and backend, and the box's table of how each provider's box ends itself (jobs/boxend.py: the jobs
-    package stands alone and cannot read the registry). Docs and tests are not scanned."""
+    and backend, the box's table of how each provider's box ends itself (jobs/boxend.py: the jobs
+    package stands alone and cannot read the registry), and SkyPilot's catalog writer (its CSV columns differ
+    per cloud; ARCHITECTURE.md, "Adding a provider"). Docs and tests are not scanned."""
     return {root / "pricing" / "providers" / "registry.py", root / "pricing" / "providers" / f"{name}.py",
             root / "pricing" / "providers" / f"{name}_api.py", root / "planner" / "run" / "backends" / f"{name}.py",
-            root / "jobs" / "boxend.py"}
+            root / "jobs" / "boxend.py", root / "pricing" / "skypilot_catalog.py"}
 
 
 def docstrings(tree: ast.AST) -> set[int]:
@@ -162,15 +164,22 @@ def docstrings(tree: ast.AST) -> set[int]:
 
 def provider_literals(paths, names, root: Path = ROOT) -> list[str]:
     """Each string in code (docstrings aside; f-string parts included) that names a registered provider as
-    a value would ("runpod", "--backend vast", "runpod/vms.csv") outside that provider's homes: such a
+    a value would ("runpod", "--backend vast", "runpod/vms.csv"), and each use of the registry's constant for
+    it (`registry.VAST`, `from pricing.providers.registry import VAST`), outside that provider's homes: such a
     branch or list is a second declaration that the next provider would have to find and extend."""
     import re
 
     found = []
+    constants = {name.upper(): name for name in names}
     for path in paths:
         tree = ast.parse(path.read_text(), str(path))
         skip = docstrings(tree)
         for node in ast.walk(tree):
+            used = ([alias.name for alias in node.names] if isinstance(node, ast.ImportFrom)
+                    and node.module == "pricing.providers.registry" else [node.attr] if isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name) and node.value.id == "registry" else [])
+            found += [f"{path.relative_to(root)}:{node.lineno}: registry.{constant}" for constant in used
+                      if constant in constants and path not in provider_homes(constants[constant], root)]
             if not isinstance(node, ast.Constant) or not isinstance(node.value, str) or id(node) in skip:
                 continue
             for name in names:
@@ -190,6 +199,8 @@ def test_provider_names_live_only_in_their_own_modules_and_the_registry():
     ("planner/run/sneaky.py", 'def f(o):\n    return o.provider in ("runpod", "vast")'),
     ("planner/interface/cli/sneaky.py", 'HELP = f"--backend runpod or {x}"'),
     ("pricing/providers/vast.py", 'OTHER = "runpod"'),  # a provider's module naming another provider
+    ("planner/plan/sneaky.py", "from pricing.providers.registry import VAST"),  # the name by its constant
+    ("planner/run/sneaky.py", "def f(o):\n    return o.provider == registry.RUNPOD"),
 ])
 def test_a_provider_literal_outside_its_home_is_caught(tmp_path, module, line):
     """The rule can fail: a planted file naming a provider where it does not live is reported; a docstring

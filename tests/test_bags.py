@@ -12,6 +12,12 @@ import torch
 from jobs import data, train_bag
 
 
+def read_bag_lines(path) -> list[int]:
+    """The line numbers a bag_lines.txt.gz lists."""
+    with gzip.open(path, "rt") as handle:
+        return [int(line) for line in handle]
+
+
 def write_corpus(path, n_per_task: dict[str, int]):
     rng = random.Random(0)
     with open(path, "w") as out:
@@ -36,7 +42,7 @@ def test_two_bags_of_one_campaign_share_what_independent_draws_share(tiny_model_
         output = tmp_path / f"bag{fraction}"
         assert train_bag.main(["--model", str(tiny_model_dir), "--data", str(corpus), "--fraction", str(fraction),
                                "--seed", "0", "--output", str(output), "--batch-size", "4", "--max-steps", "1"]) == 0
-        lines[fraction] = data.read_bag_lines(output / "bag_lines.txt.gz")
+        lines[fraction] = read_bag_lines(output / "bag_lines.txt.gz")
         cards[fraction] = (output / "README.md").read_text()
         assert json.loads((output / "DONE").read_text())["bag_draws"]["bag draw seed"] == data.draw_seed(0, fraction)
     small, large = set(lines[0.2]), set(lines[0.4])
@@ -64,8 +70,8 @@ def test_bag_lines_are_byte_reproducible_and_cover_replay(tmp_path):
     data.write_bag_lines(data.build_bag(config), str(tmp_path / "b"))
     for name in ("bag_lines.txt.gz", "replay_lines.txt.gz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert len(data.read_bag_lines(tmp_path / "a" / "bag_lines.txt.gz")) == 15
-    assert len(data.read_bag_lines(tmp_path / "a" / "replay_lines.txt.gz")) == 12
+    assert len(read_bag_lines(tmp_path / "a" / "bag_lines.txt.gz")) == 15
+    assert len(read_bag_lines(tmp_path / "a" / "replay_lines.txt.gz")) == 12
     assert rows["replay draw seed"] == data.draw_seed(3, 0.4, "replay")
     assert gzip.decompress((tmp_path / "a" / "bag_lines.txt.gz").read_bytes()).decode().endswith("\n")
 

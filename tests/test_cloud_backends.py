@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from jobs import storage
+from jobs.protocol import duration
 from jobs.spec import JobSpec
 from planner import records
 from planner.config import load_settings
@@ -663,7 +664,23 @@ def test_a_box_past_its_deadline_is_ended_counted_and_sent_as_money_at_risk(clou
     with sessions() as session:
         [attempt] = attempts_of(session, spec.job_id)[:1]
         assert attempt.outcome == "failed" and "past its deadline" in attempt.detail
+        assert f"a startup window of {duration(backend.startup_s)}" in attempt.detail  # as every duration reads
     assert late and late[0][:2] == (spec.job_id, 1) and "past its deadline" in late[0][2]
+
+
+def test_a_vast_stop_or_end_with_a_rejected_key_names_the_instance(cloud):
+    """A key Vast rejects on a stop or a destroy is KeyRejected naming the instance, and for the destroy that it
+    keeps billing: one mapping of Vast's errors (VastBackend._call) for every call."""
+    from planner.run.backends.base import KeyRejected
+
+    settings, _, _, vast = cloud
+    backend = build_backends(settings)["vast"]
+    handle = Handle(backend="vast", instance_id="4242", label="planner-x", data={})
+    vast.key = "rotated"  # the key the planner holds is rejected from now on
+    with pytest.raises(KeyRejected, match=r"rejected VAST_API_KEY \(HTTP 401\): could not stop instance 4242;"):
+        backend.stop(handle)
+    with pytest.raises(KeyRejected, match="could not end instance 4242, which keeps billing; fix VAST_API_KEY"):
+        backend.cancel(handle)
 
 
 def test_a_vast_spot_box_deadline_holds_the_reservation_at_the_most_its_bid_may_pay(cloud, toy_corpus):

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.embedder import query_prompt
 from jobs.encode import EncodeConfig, collate_packed, encode_windows, load_encoder, main, plan_batches
+from jobs.prompt import query_prompt
 from tests.tiny import WORDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,6 +70,7 @@ def test_a_running_job_shows_progress_spend_and_its_log(world):
     job = json.loads(shown.stdout)["jobs"][0]
     assert job["state"] == "running" and job["progress"]["done"] == 4 and job["progress"]["fraction"] == 0.4
     assert job["progress"]["eta_s"] == 12.0 and job["spent_usd"] > 0 and job["budget_usd"] == 5.0
+    assert job["progress"]["eta"] == "12s"  # the dashboard shows this text: one duration format (jobs.protocol)
 
     plain = runner.invoke(app, ["jobs", "show", spec.job_id])
     assert "progress: step 4/10 (40%) · 4k tokens" in plain.stdout and "ETA 12s" in plain.stdout

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import pytest
 
 from jobs import protocol, storage
 from jobs.spec import KINDS, JobSpec
@@ -45,3 +48,24 @@ def test_report_and_marker_locations():
     assert protocol.report_uri("s3://b/out", "job-1-a0") == "s3://b/out/.attempts/job-1-a0.json"
     assert protocol.done_uri("s3://b/out") == "s3://b/out/" + protocol.DONE_MARKER
     assert protocol.progress_uri("s3://b/ck") == "s3://b/ck/" + protocol.PROGRESS_FILE
+
+
+def test_sizing_counts_the_query_prompt_the_job_puts_before_a_query(tmp_path):
+    """The planner's corpus sample (jobs.data.sample_stats) counts the instruction prompt the trainer tokenizes
+    (jobs.prompt), the job's default instruction where a record names none, at the one CHARS_PER_TOKEN."""
+    from jobs.data import sample_stats
+    from jobs.prompt import format_query
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"query": "what is a bag", "positive": "a seeded sample of the corpus"}) + "\n"
+                      + json.dumps({"query": "why merge", "positive": "to pool the bags", "instruction": "Find"}) + "\n")
+    expected = [len(format_query("what is a bag")), len(format_query("why merge", "Find"))]
+    stats = sample_stats(str(corpus))
+    assert stats.mean_query_tokens == pytest.approx(sum(n / protocol.CHARS_PER_TOKEN + 1 for n in expected) / 2)
+
+
+def test_a_stored_progress_report_reads_as_a_dict_or_nothing():
+    """One reading of Attempt.progress for the supervisor and the move rule (jobs.protocol.parse_progress)."""
+    assert protocol.parse_progress('{"step": 3}') == {"step": 3}
+    assert protocol.parse_progress(None) == protocol.parse_progress("") == protocol.parse_progress("{oops") == {}
+    assert protocol.parse_progress("[1, 2]") == {}

@@ -125,6 +125,17 @@ def test_hard_filters_and_their_reasons():
     assert choose(needs(), market, Limits(allow_stale=True), now=NOW).winner.offer.offer_key == "stale"
 
 
+def test_a_merge_streams_bytes_so_a_gpu_of_unknown_speed_may_run_it():
+    """The merge's sizing says it is I/O-bound (Needs.io_bound): a GPU missing from the speed table may run it,
+    its hours from the bytes it streams; a computing job on that GPU is rejected as of unknown speed."""
+    merge = estimate.merge_needs(model_shape("Qwen/Qwen3-4B"), models=5)
+    market = [offer("mystery", "Voodoo5", 80, on_demand=0.1)]
+    placed = choose(merge, market, now=NOW).winner
+    assert merge.io_bound and placed.offer.offer_key == "mystery"
+    assert placed.hours == pytest.approx(merge.io_bytes / (estimate.DISK_GBPS * 1e9) / 3600 + 0.05)
+    assert choose(needs(), market, now=NOW).winner is None
+
+
 def test_nothing_fits_says_by_how_much_and_what_would():
     choice = choose(needs(vram=100.0), [offer("a", "H100-SXM", 80, on_demand=2.0)], now=NOW)
     assert choice.winner is None

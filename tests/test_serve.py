@@ -204,6 +204,29 @@ def test_api_plan_and_jobs(upgraded, recorded_providers, tiny_model_dir, toy_cor
     assert client.get("/jobs/missing").status_code == 404
 
 
+def test_api_plan_takes_the_pins_planner_plan_takes(upgraded, recorded_providers, toy_corpus, monkeypatch):
+    """POST /plan ranks under the same limits as `planner plan` (launching.JobOptions -> plans.limits_for): a GPU and
+    provider pin narrow the ranking, and a pin it cannot read is a 422 naming it, as --gpu/--provider are exit 2."""
+    from planner.run.pricebook import refresh_book
+
+    refresh_book(upgraded)
+    monkeypatch.chdir(toy_corpus.parent)
+    client = TestClient(create_app(upgraded), base_url=LOCAL)
+    job = {"kind": "train-bag", "params": {"model": "Qwen/Qwen3-0.6B", "data": str(toy_corpus), "fraction": 0.4,
+                                           "method": "lora"}, "allow_stale": True, "top": 100}
+    free = client.post("/plan", json=job).json()
+    assert {(c["gpu"], c["provider"]) for c in free["ranked"]} > {("RTX4090", "vast")}  # more than the pin keeps
+    pinned = client.post("/plan", json=job | {"gpu": "RTX 4090", "provider": "vast"}).json()
+    assert pinned["ranked"] and {(c["gpu"], c["provider"]) for c in pinned["ranked"]} == {("RTX4090", "vast")}
+    two = client.post("/plan", json=job | {"gpu": "RTX4090:2"}).json()
+    assert two["ranked"] and all(c["gpu_count"] == 2 for c in two["ranked"])
+    for bad, message in (({"gpu": "Voodoo5"}, "gpu Voodoo5: not a GPU this planner knows"),
+                         ({"gpu": "H100:0"}, "a count of 1 to 64"), ({"provider": "aws"}, "provider aws: choose"),
+                         ({"backend": "aws"}, "backend aws: choose")):
+        answer = client.post("/plan", json=job | bad)
+        assert answer.status_code == 422 and message in answer.text, answer.text
+
+
 def test_a_rebound_name_an_oversized_body_and_a_foreign_origin_are_refused_before_any_endpoint(upgraded):
     """DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example,
     and is answered 421; bodies are capped; a state change from a page of another host is refused."""

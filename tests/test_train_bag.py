@@ -159,7 +159,8 @@ def test_output_loads_in_sentence_transformers_with_our_pooling(reference):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from jobs.embedder import embed, format_query, load_model, load_tokenizer, tokenize
+    from jobs.embedder import embed, load_model, load_tokenizer, tokenize
+    from jobs.prompt import format_query
 
     texts = ["cat run", "paris bread"]
     st = SentenceTransformer(str(reference), device="cpu")

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from jobs.protocol import duration, parse_progress
 from planner.plan.billing import attempt_cost
 from planner.records import FINAL_STATES, LIVE_ATTEMPT, Attempt, Campaign, Job
 from planner.run import progress as progress_file
@@ -36,14 +37,15 @@ def job_progress(job: Job, attempts: list[Attempt], *, fresh: bool = True) -> di
         return None
     latest = attempts[-1]
     raw = progress_file.read(job.spec) if fresh and latest.outcome in LIVE_ATTEMPT else None
-    parsed = progress_file.parse(raw or progress_file.load(latest.progress))
+    parsed = progress_file.parse(raw or parse_progress(latest.progress))
     if parsed is None:
         return None
     if job.state == "succeeded" and parsed.total:  # the last file predates the last step
         parsed = replace(parsed, done=parsed.total, eta_s=0.0)
     elif job.state in FINAL_STATES:  # stopped short: no time left to estimate
         parsed = replace(parsed, eta_s=None)
-    return parsed.as_dict() | {"text": progress_file.describe(parsed)}
+    eta = None if parsed.eta_s is None else duration(parsed.eta_s)  # as the job's log and the CLI write it
+    return parsed.as_dict() | {"text": progress_file.describe(parsed), "eta": eta}
 
 
 def spent_so_far(attempts: list[Attempt], now: datetime | None = None) -> float:

@@ -301,7 +301,7 @@ def choose(needs: Needs, offers: Iterable[Offer], limits: Limits = Limits(), *, 
             rejected.append(Rejected(offer, None, *problem))
             continue
         spec = gpus.by_model(offer.gpu_model)
-        if spec is None and needs.kind != "merge" and offer.provider != "local":
+        if spec is None and not needs.io_bound and offer.provider != "local":
             rejected.append(Rejected(offer, None, Rejection.UNKNOWN_GPU_SPEED,
                                      f"unknown GPU speed: {offer.gpu_name_raw} is not in the GPU table"))
             continue

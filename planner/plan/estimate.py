@@ -336,6 +336,7 @@ class Needs:
     breakdown: dict[str, float] = field(default_factory=dict)  # GB per component, at the smallest chunk
     notes: tuple[str, ...] = ()
     data_parallel: bool = False  # runs on every GPU of an offer (torchrun), not on one
+    io_bound: bool = False  # streams io_bytes instead of computing (the merge): any GPU's speed will do
     # The gradient cache, for train-bag: chunks are chosen per GPU (mini_batch_on); 0 = not chunked
     sequences_per_step: int = 0  # queries + their group documents in one optimizer step, all GPUs
     fixed_gb: float = 0.0  # what does not scale with the chunk: weights, optimizer, workspace
@@ -407,7 +408,7 @@ class Needs:
     def hours_on(self, peak_tflops: float, efficiency: float, gpus: int = 1, flops: float | None = None) -> float:
         """Hours of work on `gpus` GPUs of `peak_tflops` each at `efficiency` (achieved per GPU / peak,
         data-parallel losses included)."""
-        if self.kind == "merge":
+        if self.io_bound:
             return self.io_bytes / (DISK_GBPS * 1e9) / 3600 + 0.05
         return (self.flops if flops is None else flops) / (peak_tflops * 1e12 * efficiency * gpus) / 3600
 
@@ -514,7 +515,7 @@ def merge_needs(shape: ModelShape, models: int, dtype_bytes: int = 4) -> Needs:
            (models + 1) * largest / GB}
     return Needs("merge", MIN_VRAM_GB, disk_gb=(models + 1) * size / GB + 5, ram_gb=sum(ram.values()),
                  ram_breakdown=ram, flops=0.0, io_bytes=(models + 1) * size, breakdown={"floor": MIN_VRAM_GB},
-                 download_bytes=models * size, upload_bytes=size)
+                 download_bytes=models * size, upload_bytes=size, io_bound=True)
 
 
 def suggestions(needs: Needs, largest_vram_gb: float) -> list[str]:

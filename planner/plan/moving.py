@@ -23,13 +23,13 @@ places the job again without the offers it moved off (`moved_off`). bench/bench_
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from jobs.protocol import parse_progress
 from jobs.spec import JobSpec
 from planner.plan import kinds
 from planner.plan.billing import attempt_cost
@@ -110,7 +110,7 @@ def weigh(session: Session, job: Job, attempt: Attempt, place: PlaceFn, context:
     spec = gpus.by_model(attempt.gpu_model or "")
     moves = session.scalar(select(func.count()).select_from(Attempt)
                            .where(Attempt.job_id == job.id, Attempt.outcome == "moved"))
-    raw = _progress(attempt.progress)
+    raw = parse_progress(attempt.progress)
     if (spec is None or not attempt.measured_tflops or not attempt.offer_key or moves >= MAX_MOVES
             or not _own_progress(session, attempt, raw)):
         return None
@@ -140,14 +140,6 @@ def weigh(session: Session, job: Job, attempt: Attempt, place: PlaceFn, context:
     return decide(stay, elsewhere, done_here=_done_since_checkpoint(raw, context.remaining_fraction), moves=moves)
 
 
-def _progress(text: str | None) -> dict:
-    try:
-        data = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _own_progress(session: Session, attempt: Attempt, raw: dict) -> bool:
     """Whether the progress file is this attempt's: its step has passed the last step an earlier attempt
     of the job reported (the file stays where the previous attempt left it until the new one writes)."""
@@ -157,7 +149,7 @@ def _own_progress(session: Session, attempt: Attempt, raw: dict) -> bool:
     earlier = session.scalars(select(Attempt.progress).where(
         Attempt.job_id == attempt.job_id, Attempt.number < attempt.number, Attempt.progress.is_not(None))
         .order_by(Attempt.number.desc()).limit(1)).first()
-    before = _progress(earlier).get("step")
+    before = parse_progress(earlier).get("step")
     return not isinstance(before, (int, float)) or step > before
 
 

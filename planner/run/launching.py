@@ -34,10 +34,12 @@ from planner.run.inputs import InputError, Upload, local_input_problem, stage_in
 from planner.run.notify import Notifier
 from planner.run.supervisor import Supervisor
 from planner.run.tick_report import TickReport
+from pricing import gpus
 from pricing.providers.http import RetryPolicy
 from pricing.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
+MAX_GPUS_PER_INSTANCE = 64  # a sanity bound on a pinned GPU count (the column is a 32-bit integer), not a market fact
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,31 @@ class JobOptions:
                     budget_usd=self.budget_usd, pin_gpu=self.gpu, pin_gpu_count=self.gpu_count,
                     pin_provider=self.provider)
         return limits_for(probe, settings, session, allow_stale=allow_stale)
+
+
+def gpu_pin(text: str | None) -> tuple[str | None, int | None]:
+    """A pinned GPU, `NAME[:COUNT]` (SkyPilot's --gpus H100:1), as (canonical model, count): `planner plan --gpu`
+    and POST /plan's `gpu`. ValueError starting with the part it could not read."""
+    if not text:
+        return None, None
+    name, _, count = text.rpartition(":") if ":" in text else (text, "", "")
+    name = name.strip()
+    # isdecimal, not isdigit: '²' is a digit to Python but not a number int() reads
+    if count and not (count.isascii() and count.isdecimal()) or not name or count and not (
+            0 < int(count) <= MAX_GPUS_PER_INSTANCE):
+        raise ValueError(f"{text}: give a GPU model and optionally a count of 1 to {MAX_GPUS_PER_INSTANCE}, e.g. "
+                         "H100-SXM or H100-SXM:2")
+    spec = gpus.resolve(name)
+    if spec is None:
+        raise ValueError(f"{name}: not a GPU this planner knows; `planner prices show` lists the models")
+    return spec.model, int(count) if count else None
+
+
+def provider_pin(name: str | None) -> str | None:
+    """A pinned provider: a registered one or this machine; ValueError naming the choices."""
+    if name is not None and name not in (*PROVIDERS, "local"):
+        raise ValueError(f"{name}: choose {', '.join(PROVIDERS)} or local")
+    return name
 
 
 class LaunchError(Exception):

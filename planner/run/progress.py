@@ -7,7 +7,6 @@ tokens_per_s, tflops_per_gpu, eta_s, ...}`; other kinds may write `records`/`tot
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 from jobs.protocol import duration, progress_uri
@@ -26,15 +25,6 @@ def read(spec: JobSpec | str) -> dict | None:
     except Exception:  # noqa: BLE001 (a store that is down raises botocore's own errors, which are no OSError)
         return None
     return data if isinstance(data, dict) else None
-
-
-def load(text: str | None) -> dict:
-    """An Attempt.progress column as a dict ({} when empty or unreadable)."""
-    try:
-        data = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)

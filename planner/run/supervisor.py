@@ -47,7 +47,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SIGTERM_GRACE_S
+from jobs.protocol import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SIGTERM_GRACE_S, parse_progress
 from jobs.spec import KINDS, JobSpec, SpecError
 from planner.plan import budget as budgets
 from planner.plan import memory, moving
@@ -503,7 +503,7 @@ class Supervisor:
             how = f"it did not exit within {grace.total_seconds():.0f} s of SIGTERM: terminated"
             result = PollResult(Status.FAILED, detail=how)
         elif result.exit_code == EXIT_INTERRUPTED:
-            step = progress.load(attempt.progress).get("checkpoint_step")
+            step = parse_progress(attempt.progress).get("checkpoint_step")
             how = "it saved its work and exited" + (f" (checkpoint at step {step})" if step is not None else "")
             checkpoint = JobSpec.from_json(job.spec).checkpoint_uri
             if checkpoint:  # what a lab that raises the budget needs to go on from here
@@ -609,7 +609,7 @@ class Supervisor:
         """Whether the attempt, its throughput measured, should checkpoint and move (planner.plan.moving). A
         fault while weighing (a price book that cannot be read) leaves the attempt where it runs: moving only
         saves money, and must never keep the attempt from being watched."""
-        mark = (progress.load(attempt.progress).get("checkpoint_step"), attempt.measured_tflops)
+        mark = (parse_progress(attempt.progress).get("checkpoint_step"), attempt.measured_tflops)
         if attempt.measured_tflops is None or self.weighed.get(attempt.id) == mark:
             return None  # once per checkpoint: sizing the job again reads its corpus, and a move waits for one
         self.weighed[attempt.id] = mark
@@ -684,7 +684,7 @@ class Supervisor:
     def _remaining_fraction(self, session: Session, job: Job) -> float:
         latest = session.scalars(select(Attempt.progress).where(Attempt.job_id == job.id)
                                  .order_by(Attempt.number.desc()).limit(1)).first()
-        return progress.remaining_fraction(progress.load(latest))
+        return progress.remaining_fraction(parse_progress(latest))
 
     def _read_progress(self, job: Job, attempt: Attempt) -> None:
         raw = progress.read(job.spec)

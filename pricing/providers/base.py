@@ -14,7 +14,7 @@ class ProviderError(Exception):
 
 
 class Provider(ABC):
-    """A registered provider class (pricing.providers.PROVIDERS) also has `from_settings(settings, retry)`:
+    """A registered provider class (pricing.providers.registry) also has `from_settings(settings, retry)`:
     built from planner settings (duck-typed: pricing never imports planner) and the shared RetryPolicy.
     Tests feed providers directly, so it is not part of this abstract interface."""
 

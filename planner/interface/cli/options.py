@@ -15,13 +15,10 @@ import typer
 
 from jobs import storage
 from planner.config import CHOICES, INT_BOUNDS, JOB_KEYS, Project
-from planner.interface import views
 from planner.interface.cli.common import fail, project, settings
-from planner.run.launching import JobOptions
+from planner.run.launching import JobOptions, gpu_pin, provider_pin
 from planner.run.pricebook import PROVIDERS
-from pricing import gpus
 
-MAX_GPUS_PER_INSTANCE = 64  # a sanity bound on `--gpu NAME:COUNT` (the column is a 32-bit integer), not a market fact
 UNSET = {"spot": "either", "method": "the recipe's for the model"}  # what an unset key means, for --help
 
 
@@ -155,10 +152,14 @@ class Flags:
             if value is not None and not (math.isfinite(value) and value > 0):
                 fail(f"{flag} {value}: --max-price-per-hour and --budget must be positive, finite numbers")
         spot = self["spot"]
-        gpu, count = gpu_pin(self["gpu"])
-        provider = self["provider"]
-        if provider is not None and provider not in (*PROVIDERS, "local"):
-            fail(f"--provider {provider}: choose {', '.join(PROVIDERS)} or local")
+        try:
+            gpu, count = gpu_pin(self["gpu"])
+        except ValueError as exc:
+            fail(f"--gpu {exc}")
+        try:
+            provider = provider_pin(self["provider"])
+        except ValueError as exc:
+            fail(f"--provider {exc}")
         return JobOptions(backend=backend, spot="any" if spot is None else ("spot" if spot else "on-demand"),
                           max_price_per_hour=max_price, budget_usd=budget_usd, gpu=gpu, gpu_count=count,
                           provider=provider)
@@ -187,22 +188,6 @@ def fraction(value: float, flag: str) -> float:
     if not 0 < value <= 1:  # NaN fails this too
         fail(f"{flag} must be in (0, 1], got {value}")
     return value
-
-
-def gpu_pin(text: str | None) -> tuple[str | None, int | None]:
-    """`--gpu NAME[:COUNT]` (SkyPilot's --gpus H100:1) as (canonical model, count)."""
-    if not text:
-        return None, None
-    name, _, count = text.rpartition(":") if ":" in text else (text, "", "")
-    # isdecimal, not isdigit: '²' is a digit to Python but not a number int() reads
-    if count and not (count.isascii() and count.isdecimal()) or not name.strip() or count and not (
-            0 < int(count) <= MAX_GPUS_PER_INSTANCE):
-        fail(f"--gpu {text}: give a GPU model and optionally a count of 1 to {MAX_GPUS_PER_INSTANCE}, e.g. "
-             "H100-SXM or H100-SXM:2")
-    model = views.canonical_gpu(name.strip())
-    if gpus.resolve(name.strip()) is None:
-        fail(f"--gpu {name.strip()}: not a GPU this planner knows; `planner prices show` lists the models")
-    return model, int(count) if count else None
 
 
 def local_input(value: str | None, option: str, *, model: bool = False) -> str | None:

@@ -1,5 +1,6 @@
 """POST /plan: the ranked offers for a job, under the limits `planner plan` uses (launching.JobOptions
--> plans.limits_for: pins, the job's budget and the month's budget left).
+-> plans.limits_for: the GPU, provider and backend pins, read as `planner plan --gpu/--provider/--backend`
+reads them; the job's budget and the month's budget left).
 
 The API reads only what the project may read: a local input must lie under the project directory or
 the runs dir and be a regular file or a directory of regular files (never a FIFO or a device, which
@@ -17,19 +18,25 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from jobs import storage
+from jobs.spec import KINDS
+from planner.config import CHOICES
 from planner.interface.web.common import Context, same_origin
 from pricing import store
+from pricing.providers.registry import NAMES
 
 router = APIRouter(tags=["plan"])
 MAX_DIRECTORY_ENTRIES = 10_000  # a model directory holds tens of files; more is not an input
 
 
 class PlanRequest(BaseModel):
-    kind: str = Field(description="train-bag | merge | encode | evaluate", max_length=40)
+    kind: str = Field(description=" | ".join(KINDS), max_length=40)
     params: dict = Field(description="the job's parameters, e.g. {model, data, fraction, method}")
     spot: str = Field("any", pattern="^(any|spot|on-demand)$")
     max_price_per_hour: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
     budget_usd: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    gpu: Optional[str] = Field(None, max_length=64, description="pin a GPU model, NAME[:COUNT] (e.g. H100-SXM:2)")
+    provider: Optional[str] = Field(None, max_length=40, description="pin a provider: " + " | ".join((*NAMES, "local")))
+    backend: str = Field("auto", max_length=40, description=" | ".join(CHOICES["backend"]))
     allow_stale: bool = False
     top: int = Field(5, ge=1, le=100)
 
@@ -37,18 +44,28 @@ class PlanRequest(BaseModel):
 @router.post("/plan", dependencies=[Depends(same_origin)])
 def plan(ctx: Context, request: PlanRequest) -> dict:
     """The ranked offers for a job (kind and its parameters, as the job's flags with underscores)."""
-    from jobs.spec import KINDS, JobSpec, SpecError
+    from jobs.spec import JobSpec, SpecError
     from planner.plan.estimate import EstimateError
     from planner.plan.plans import book_offers, choice_summary, plan_job
-    from planner.run.launching import JobOptions
+    from planner.run.launching import JobOptions, gpu_pin, provider_pin
 
     if request.kind not in KINDS:
         raise HTTPException(422, f"cannot plan this job: unknown kind {request.kind!r}; one of: {', '.join(KINDS)}")
     problem = input_problem(request.kind, request.params, ctx.roots, ctx.settings.storage_uri)
     if problem:
         raise HTTPException(422, f"cannot plan this job: {problem}")
-    options = JobOptions(spot=request.spot, max_price_per_hour=request.max_price_per_hour,
-                         budget_usd=request.budget_usd)
+    try:
+        gpu, gpu_count = gpu_pin(request.gpu)
+    except ValueError as exc:
+        raise HTTPException(422, f"cannot plan this job: gpu {exc}") from None
+    try:
+        provider = provider_pin(request.provider)
+    except ValueError as exc:
+        raise HTTPException(422, f"cannot plan this job: provider {exc}") from None
+    if request.backend not in CHOICES["backend"]:
+        raise HTTPException(422, f"cannot plan this job: backend {request.backend}: choose {' | '.join(CHOICES['backend'])}")
+    options = JobOptions(backend=request.backend, spot=request.spot, max_price_per_hour=request.max_price_per_hour,
+                         budget_usd=request.budget_usd, gpu=gpu, gpu_count=gpu_count, provider=provider)
     try:
         spec = JobSpec("plan", request.kind, "plan-only", request.params)
         with ctx.sessions() as session:
@@ -61,7 +78,6 @@ def plan(ctx: Context, request: PlanRequest) -> dict:
 
 def input_problem(kind: str, params: dict, roots: tuple[Path, ...], storage_uri: str | None) -> str | None:
     """Why the API may not read one of a job's inputs (None: it may read them all)."""
-    from jobs.spec import KINDS
     from planner.run.inputs import is_local_input
 
     entry = KINDS[kind]

@@ -28,7 +28,7 @@ import zlib
 from datetime import datetime
 
 from jobs import boxend, storage
-from jobs.protocol import EXIT_INTERRUPTED, report_uri
+from jobs.protocol import EXIT_INTERRUPTED, duration, report_uri
 from planner.run.backends.base import (
     Backend,
     BackendError,
@@ -93,8 +93,8 @@ class CloudBackend(Backend):
         late = (now - launched_at).total_seconds() - (max_hours * 3600 + self.startup_s + grace + DEADLINE_SLACK_S)
         if late <= 0:
             return None
-        return (f"the box is still up {span(late)} past its deadline ({max_hours:.2f} h of reservation after "
-                f"a startup window of {span(self.startup_s)}): ended by the supervisor")
+        return (f"the box is still up {duration(late)} past its deadline ({max_hours:.2f} h of reservation after "
+                f"a startup window of {duration(self.startup_s)}): ended by the supervisor")
 
     def stalled(self, handle: Handle, launched_at: datetime, now: datetime) -> str | None:
         """Why a box that is up has not started its job within the startup window, or None: no started
@@ -111,13 +111,8 @@ class CloudBackend(Backend):
                 return None
             except (OSError, ValueError):
                 continue
-        return (f"the box did not start the job within {span(waited)} of its create (the startup window is "
-                f"{span(self.startup_s)}: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
-
-
-def span(seconds: float) -> str:
-    """A duration for people: seconds under two minutes, else minutes."""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        return (f"the box did not start the job within {duration(waited)} of its create (the startup window is "
+                f"{duration(self.startup_s)}: image pull and install; PLANNER_BOX_STARTUP_MINUTES): ended")
 
 
 def compute_cap_filter(image: str) -> dict:

@@ -183,22 +183,13 @@ class VastBackend(CloudBackend):
     def stop(self, handle: Handle) -> bool:
         """Stop the instance (`vastai stop instance`): its container gets SIGTERM (the job checkpoints, reports exit
         75 and the box destroys itself); a stopped instance keeps billing its disk, so `cancel` still destroys it."""
-        try:
-            self.api.stop(handle.instance_id)
-        except AuthenticationError as exc:
-            raise key_rejected(exc, f"could not stop instance {handle.instance_id}") from None
-        except ProviderError as exc:
-            raise BackendError(f"Vast.ai: could not stop instance {handle.instance_id}: {exc}") from None
+        self._call(self.api.stop, handle.instance_id, what=f"could not stop instance {handle.instance_id}")
         return True
 
     def cancel(self, handle: Handle) -> None:
         """Destroy the instance; a rejected key is KeyRejected saying the box could not be ended (it bills on)."""
-        try:
-            self.api.destroy(handle.instance_id)
-        except AuthenticationError as exc:
-            raise key_rejected(exc, f"could not end instance {handle.instance_id}, which keeps billing") from None
-        except ProviderError as exc:
-            raise BackendError(f"Vast.ai: could not end instance {handle.instance_id}: {exc}") from None
+        self._call(self.api.destroy, handle.instance_id,
+                   what=f"could not end instance {handle.instance_id}, which keeps billing")
         self._listing.pop(handle.label, None)
 
     def list_labeled(self) -> list[Handle]:
@@ -267,13 +258,15 @@ class VastBackend(CloudBackend):
         return match
 
     @staticmethod
-    def _call(function, *args):
+    def _call(function, *args, what: str = ""):
+        """`function(*args)`, a rejected key as KeyRejected and other provider errors as BackendError, each
+        saying `what` could not be done."""
         try:
             return function(*args)
         except AuthenticationError as exc:
-            raise key_rejected(exc) from None
+            raise key_rejected(exc, what) from None
         except ProviderError as exc:
-            raise BackendError(f"Vast.ai: {exc}") from None
+            raise BackendError(f"Vast.ai: {what + ': ' if what else ''}{exc}") from None
 
 
 def key_rejected(exc: AuthenticationError, what: str = "") -> KeyRejected:
