@@ -50,9 +50,9 @@ class ListingOnlyCloud(Backend):
         return [Handle(backend=self.name, instance_id="i-42", label=self.label, data={})]
 
 
-def cut_off_launch(db_url):
+def cut_off_launch(db_url, output_uri: str = "s3://bucket/planner/cut-off/output"):
     sessions = session_factory(db_url)
-    spec = JobSpec("cut-off", "train-bag", "s3://bucket/planner/cut-off/output", {})
+    spec = JobSpec("cut-off", "train-bag", output_uri, {})
     with sessions() as session:
         session.add(Job(id=spec.job_id, name="train-bag", kind=spec.kind, spec=spec.to_json(), depends_on="[]",
                         state="launching", backend="stub", spot="spot", max_failures=3))
@@ -91,3 +91,47 @@ def test_a_failed_listing_while_adopting_is_retried_not_taken_for_lost(db_url):
     with sessions() as session:
         [attempt] = session.query(Attempt).all()
         assert attempt.outcome == "running" and attempt.instance_id == "i-42"
+
+
+class FinishedBeforeTakeover(ListingOnlyCloud):
+    """A box that ran its job, wrote its report and deleted itself (jobs.boxend) before the cut-off launch was
+    taken over: no listing shows it any more, its report says how it ended."""
+
+    def __init__(self, label: str, report: PollResult):
+        super().__init__(label)
+        self.report = report
+
+    def list_labeled(self):
+        return []
+
+    def reported(self, label, output_uri):
+        return self.report if label == self.label else None
+
+
+def test_a_cut_off_launch_whose_box_already_finished_ends_as_its_report_says_not_lost(db_url, tmp_path):
+    """Found by the cloud drill: a relaunched bag with three steps left finished and deleted its box inside the
+    create claim; the takeover saw no instance, called it lost ($0 settled for a box that billed) and launched
+    another box for a job that was done."""
+    sessions, spec = cut_off_launch(db_url, str(tmp_path / "output"))
+    backend = FinishedBeforeTakeover(instance_label(spec.job_id, 1), PollResult(Status.SUCCEEDED, exit_code=0))
+    placed = []
+    supervisor = Supervisor(sessions, {"stub": backend}, lambda *args: placed.append(args) or NoPlacement("none"),
+                            poll_interval_s=0.1)
+    supervisor.tick()
+    with sessions() as session:
+        [attempt] = session.query(Attempt).all()
+        assert attempt.outcome == "succeeded" and attempt.dollars > 0  # settled from its row, 5 minutes at $0.31/h
+        assert session.get(Job, spec.job_id).state == "succeeded"
+    assert not placed
+
+
+def test_a_cut_off_launch_whose_box_was_interrupted_is_relaunched_from_its_checkpoint(db_url, tmp_path):
+    sessions, spec = cut_off_launch(db_url, str(tmp_path / "output"))
+    backend = FinishedBeforeTakeover(instance_label(spec.job_id, 1), PollResult(
+        Status.FAILED, exit_code=75, detail="interrupted; resumable from its checkpoint"))
+    supervisor = Supervisor(sessions, {"stub": backend}, lambda *args: NoPlacement("none"), poll_interval_s=0.1)
+    supervisor.tick()
+    with sessions() as session:
+        [attempt] = session.query(Attempt).all()
+        assert attempt.outcome == "preempted" and attempt.dollars > 0
+        assert session.get(Job, spec.job_id).state in ("preempted", "pending")

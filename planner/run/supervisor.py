@@ -163,7 +163,7 @@ class Supervisor:
             return
         if attempt is not None:
             if attempt.instance_id is None:
-                self._recover_cut_off_launch(session, job, attempt)
+                self._recover_cut_off_launch(session, job, attempt, report)
             else:
                 self._watch(session, job, attempt, report)
             return
@@ -278,9 +278,10 @@ class Supervisor:
             log.info("job %s: its launch claim lapsed while placing and was taken over; left to its holder", job.id)
         return renewed
 
-    def _recover_cut_off_launch(self, session: Session, job: Job, attempt: Attempt) -> None:
+    def _recover_cut_off_launch(self, session: Session, job: Job, attempt: Attempt, report: TickReport) -> None:
         """An attempt row with no instance id: a create in flight (its launcher renews the claim: leave it), or
-        one a dead supervisor cut off (the claim lapsed): take the claim over, then adopt or call it lost."""
+        one a dead supervisor cut off (the claim lapsed): take the claim over, then adopt it, end it as the report
+        its box left says (a box that finished, reported and deleted itself before the takeover), or call it lost."""
         db_now = database_now(session)
         taken = session.execute(
             update(Attempt).where(Attempt.id == attempt.id, Attempt.launch_fence == attempt.launch_fence,
@@ -301,17 +302,26 @@ class Supervisor:
                             .values(launch_lease_until=None))  # free for the next tick, whoever runs it
             session.commit()
             return
+        spec = JobSpec.from_json(job.spec)
+        reported = None if found else next(
+            ((label, result) for label in sorted(labels)
+             if (result := self.backends[attempt.backend].reported(label, spec.output_uri)) is not None), None)
         if found:
-            handle = _adopted(found[0], JobSpec.from_json(job.spec), attempt)
+            handle = _adopted(found[0], spec, attempt)
             recorded = self._record_create(session, attempt, instance_id=handle.instance_id, handle=handle.to_json(),
                                            outcome="running")
+        elif reported is not None:  # its box ran, reported and deleted itself before anyone saw its id
+            handle = _adopted(Handle(backend=attempt.backend, instance_id="", label=reported[0], data={}), spec, attempt)
+            recorded = self._record_create(session, attempt, handle=handle.to_json(), outcome="running")
         else:
             recorded = self._record_create(session, attempt, outcome="lost", ended_at=self.clock(),
                                            detail="launch cut off before the instance existed")
         if recorded:
-            job.state = "running" if found else "preempted"
+            job.state = "running" if found or reported else "preempted"
             job.lease_owner = job.lease_until = None
             session.commit()
+        if recorded and reported is not None:  # settled from the attempt's row: the create came after it
+            self._act_on(session, job, attempt, self.backends[attempt.backend], handle, reported[1], report)
 
     def _record_create(self, session: Session, attempt: Attempt, **values) -> bool:
         """Write how the attempt's create ended, if this supervisor still holds its claim (the fence it saw)."""
@@ -399,6 +409,11 @@ class Supervisor:
                     self._watch_stop(session, job, attempt, PollResult(Status.RUNNING), report)
                 return
             result = PollResult(Status.LOST, detail=f"{MAX_POLL_FAILURES} polls failed in a row: {exc}")
+        self._act_on(session, job, attempt, backend, handle, result, report)
+
+    def _act_on(self, session: Session, job: Job, attempt: Attempt, backend: Backend, handle: Handle,
+                result: PollResult, report: TickReport) -> None:
+        """What a live attempt's poll result means for it and its job: wait, stop, move, or end and settle it."""
         attempt.polled_at = self.clock()
         if billed_rate(result.billed_usd_per_hour) is not None:  # 0 once a pod has exited: keep the running rate
             attempt.billed_usd_per_hour = result.billed_usd_per_hour

@@ -223,3 +223,9 @@ class Backend(ABC):
     @abstractmethod
     def list_labeled(self) -> list[Handle]:
         """Every live instance carrying one of our labels (for the reaper)."""
+
+    def reported(self, label: str, output_uri: str) -> PollResult | None:
+        """How the attempt labelled `label` ended, from the report its box left, for an instance no listing shows
+        any more (a cloud box reports, then deletes itself); None while there is none, and where this backend's
+        boxes leave no report (the default)."""
+        return None

@@ -81,6 +81,9 @@ class CloudBackend(Backend):
     def logs(self, handle: Handle, tail: int = 200) -> str:
         return report_logs(handle, tail, self.logs_hint)
 
+    def reported(self, label: str, output_uri: str) -> PollResult | None:
+        return ended(output_uri, label)
+
     def past_deadline(self, handle: Handle, launched_at: datetime, now: datetime) -> str | None:
         """Why a box still up is past its deadline, or None. The box's own watchdog (jobs.boxend) ends it
         `max_hours` after its script starts, which is within the startup window of its create, plus the stop
