@@ -189,3 +189,107 @@ def test_a_cancel_whose_key_the_provider_refuses_leaves_the_job_marked_and_says_
         assert int(instance) not in fake.instances
     finally:
         stop_fakes(fake)
+
+
+@pytest.mark.parametrize("provider", ["runpod", "vast"])
+def test_a_key_rotated_while_a_box_runs_is_waited_out_not_lost_and_settled_once_the_key_works(
+        provider, db_url, tmp_path, httpserver):
+    """Issue 21: a poll the provider refuses for our key (RunPod 401, docs/providers/runpod.md "Authorizations";
+    Vast 404 `auth_error`, docs/providers/vast.md "Errors") is not weather: past MAX_POLL_FAILURES ticks of it the
+    attempt is still live and nothing is relaunched (the box bills on and ends itself, jobs.boxend), the job says
+    which key to fix, the money at risk is sent once; a supervisor with the new key sees the box ended as its job
+    did (succeeded) and settles it: what the provider billed, up to when the box ended itself."""
+    from datetime import timezone
+
+    from jobs import boxend
+    from planner.config import load_settings
+    from planner.plan.billing import attempt_cost
+    from planner.run.backends.base import instance_label
+    from planner.run.backends.remote import report_uri
+    from planner.run.launching import build_supervisor
+    from planner.run.supervisor import MAX_POLL_FAILURES
+    from tests.simcloud.runpod import FakeRunPod
+    from tests.simcloud.vast import FakeVast
+    from tests.simcloud.world import BILLING_TOLERANCE, RUNPOD_KEY, VAST_KEY, stop_fakes
+    from tests.test_box_end import box_environ, live, rent
+    from tests.test_notify import SECRET_PATH, notifier, posted
+
+    fake = (FakeRunPod(RUNPOD_KEY, tmp_path / "boxes", grace_s=1.0) if provider == "runpod"
+            else FakeVast(VAST_KEY, tmp_path / "boxes", grace_s=1.0))
+    httpserver.expect_request(SECRET_PATH, method="POST").respond_with_data("ok")
+    sessions = session_factory(db_url)
+    spec = JobSpec("keyed", "merge", f"memory://keyed-{provider}/out", {"models": ["x"], "weights": [1]})
+
+    def supervisor(key: str):
+        keys = {"runpod_api_key": key} if provider == "runpod" else {"vast_api_key": key}
+        settings = load_settings(db_url=db_url, runs_dir=tmp_path / "runs", **{f"{provider}_url": fake.url}, **keys,
+                                 storage_uri="memory://keyed", poll_interval_s=0.1, http_retry_wait_s=0.01,
+                                 vast_min_interval_s=0)
+        built = build_supervisor(settings, sessions)
+        built.notify = notifier(httpserver, sessions)
+        return built
+
+    def state():
+        with sessions() as session:
+            job, attempts = session.get(Job, "keyed"), session.query(Attempt).filter_by(job_id="keyed").all()
+            session.expunge_all()
+            return job, attempts
+
+    try:
+        with sessions() as session:
+            label = instance_label("keyed", 1, project_id(session))
+        instance, box = rent(provider, fake, label)
+        if provider == "runpod":
+            rate, started = fake.pods[instance]["cost"], fake.bills[instance]["start"]
+        else:
+            rate, started = fake.instances[int(instance)]["dph_total"], fake.bills[int(instance)]["segments"][0][0]
+        with sessions() as session:
+            session.add(Job(id="keyed", name="keyed", kind="merge", backend=provider, spec=spec.to_json(),
+                            state="running"))
+            session.flush()
+            session.add(Attempt(job_id="keyed", number=1, backend=provider, provider=provider, spot=False,
+                                usd_per_hour=rate, billed_usd_per_hour=rate, billing_seconds=1, outcome="running",
+                                launched_at=started.replace(tzinfo=timezone.utc), instance_id=instance,
+                                handle=json.dumps({"backend": provider, "instance_id": instance, "label": label,
+                                                   "data": {"output_uri": spec.output_uri, "spot": False}})))
+            session.commit()
+        old = fake.key
+        watching = supervisor(old)
+        assert watching.tick().waiting == {}  # the key works: it runs
+        fake.rotate_key()
+        key_env = "RUNPOD_API_KEY" if provider == "runpod" else "VAST_API_KEY"
+        for _ in range(MAX_POLL_FAILURES + 3):
+            report = watching.tick()
+            assert report.launched == [] and report.relaunching == [] and report.finished == []
+        job, [attempt] = state()
+        assert job.state == "running" and attempt.outcome == "running" and attempt.ended_at is None
+        assert not attempt.dollars and attempt.poll_failures == 0  # not a poll failure, not settled
+        assert job.error.startswith("waiting: cannot see or end its box") and f"rejected {key_env}" in job.error
+        assert f"fix {key_env}" in job.error and old not in job.error
+        assert report.waiting == {"keyed": job.error}
+        assert live(provider, fake, instance)  # it bills on; nothing could end it
+        watching.notify.wait(30)
+        [sent] = [body["text"] for body in posted(httpserver)]
+        assert f"job keyed attempt 1: instance {instance} could not be ended" in sent and old not in sent
+
+        # the job ends on the box: its report, then it deletes its own instance with its instance-scoped key
+        storage.write_bytes_atomic(storage.join(spec.output_uri, "DONE"), b"{}")
+        storage.write_json_atomic(report_uri(spec.output_uri, label), {"exit_code": 0, "log_tail": ""})
+        assert boxend.end_self(box_environ(provider, fake, box), sleep=lambda s: None) is None
+        assert not live(provider, fake, instance)
+        assert watching.tick().finished == []  # still refused: nothing is guessed
+
+        fixed = supervisor(fake.key)  # the lab's fix: the supervisor runs with the new key
+        assert fixed.tick().finished == [("keyed", "succeeded")]
+        job, [attempt] = state()
+        assert job.error is None and attempt.outcome == "succeeded"
+        ended = fake.ended_by_itself[instance].replace(tzinfo=timezone.utc)
+        billed = fake.billed_usd("planner-")
+        unseen = attempt.dollars - attempt_cost(attempt, ended)  # between its own end and the supervisor seeing it
+        assert 0 <= unseen and abs(attempt.dollars - unseen - billed) <= max(
+            BILLING_TOLERANCE["abs"], BILLING_TOLERANCE["rel"] * billed), (attempt.dollars, unseen, billed)
+        fixed.notify.wait(30)
+        texts = [body["text"] for body in posted(httpserver, 2)]
+        assert sum("money at risk" in text for text in texts) == 1 and "job keyed (keyed) succeeded" in texts[-1]
+    finally:
+        stop_fakes(fake)

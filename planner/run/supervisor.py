@@ -4,7 +4,8 @@ All state lives in the database (planner.records), so the supervisor can be kill
 any moment: `tick()` reads what is live, polls it, and acts. One tick per job:
 
   cancel requested        terminate the live attempt, settle it, the job is cancelled
-  live attempt            poll it (provider faults: retry next tick) and read the runner's progress;
+  live attempt            poll it (provider faults: retry next tick; a refused key: the job waits, saying
+                          so, the attempt stays live and is never called lost) and read the runner's progress;
                           past the budget -> a checkpointing kind is asked to stop (SIGTERM: it saves and
                           exits 75) and is "stopping" until it has, or its grace ran out (then terminated);
                           other kinds are terminated; either way the job is stopped-by-budget
@@ -386,6 +387,23 @@ class Supervisor:
             session.commit()
         report.waiting[job.id] = why
 
+    def _wait_for_key(self, session: Session, job: Job, attempt: Attempt, exc: KeyRejected,
+                      report: TickReport) -> None:
+        """The provider refuses the key (rotated, revoked) while the attempt's box runs: its end cannot be seen,
+        and the box cannot be ended from here (the reaper holds the same key). It is no lost box: the attempt
+        stays live (budgets count it as accruing), nothing is relaunched, the job says why and what fixes it,
+        and the money at risk is sent once. The box still ends itself when its job ends or at its deadline
+        (jobs.boxend); a supervisor with a working key polls it again and settles it as it is then seen."""
+        why = redact(f"{KEY_REFUSED} ({attempt.backend} {attempt.instance_id}), which bills until it ends "
+                     f"itself: {exc}; with the fixed key where the supervisor runs, its watch "
+                     "resumes", self.secrets)
+        log.warning("job %s attempt %d: poll refused (%s)", job.id, attempt.number, exc)
+        self.notify.box_not_ended(job.id, attempt.number, attempt.instance_id, str(exc))
+        if job.error != why:
+            job.error, job.updated_at = why, self.clock()
+        session.commit()
+        report.waiting[job.id] = why
+
     def _database_clock(self) -> datetime:
         with self.sessions() as session:
             return database_now(session)
@@ -398,6 +416,11 @@ class Supervisor:
         try:
             result = backend.poll(handle)
             attempt.poll_failures = 0
+            if (job.error or "").startswith(KEY_REFUSED):  # the key was fixed: the watch goes on
+                job.error = None
+        except KeyRejected as exc:  # not weather, not a loss: the box bills on, unseen, until the key is fixed
+            self._wait_for_key(session, job, attempt, exc, report)
+            return
         except (BackendError, ProviderError) as exc:
             attempt.poll_failures += 1
             attempt.detail = f"poll failed: {exc}"
@@ -734,6 +757,7 @@ class Supervisor:
 
 REDACTED = "planner.redacted"  # Session.info key: the secret values its flushes blank
 STOPPING = "stopping for budget: saving a checkpoint first"  # a job's error while its budget stop is under way
+KEY_REFUSED = "waiting: cannot see or end its box"  # a job's error while the provider refuses the key (_wait_for_key)
 
 
 def _redact_before_flush(session: Session, flush_context, instances) -> None:

@@ -44,7 +44,7 @@ from planner.run.backends.base import (
 from planner.run.backends.remote import CloudBackend, box_plan, ended, image_cuda, report_logs, vanished
 from pricing.offer import Offer
 from pricing.providers.base import ProviderError
-from pricing.providers.http import ApiError, RetryPolicy
+from pricing.providers.http import ApiError, AuthenticationError, RetryPolicy
 from pricing.providers.registry import PROVIDERS, RUNPOD
 from pricing.providers.runpod_api import CLOUDS, RunPodAPI
 
@@ -169,10 +169,22 @@ class RunPodBackend(CloudBackend):
 
     @staticmethod
     def _call(function, *args):
+        """A refused key (401, or 403 for a key lacking the permission: "Authorizations") is KeyRejected, never
+        provider weather: a poll waits for the key instead of counting toward a lost box, a cancel says the box
+        bills on."""
         try:
             return function(*args)
+        except AuthenticationError as exc:
+            raise key_rejected(exc) from None
         except ProviderError as exc:
             raise BackendError(f"RunPod: {exc}") from None
+
+
+def key_rejected(exc: ApiError) -> KeyRejected:
+    detail = f" ({exc.detail})" if exc.detail else ""
+    key = PROVIDERS[RUNPOD].key_env
+    return KeyRejected(f"RunPod rejected {key} (HTTP {exc.status}){detail}: fix {key}, then launches on RunPod "
+                       "resume")
 
 
 def _cost(pod: dict) -> float | None:
@@ -191,8 +203,7 @@ def launch_error(exc: ApiError, body: dict) -> BackendError:
         return RequestRejected(f"RunPod rejected the pod request as malformed (HTTP 422){detail}: a planner bug, "
                                "not capacity; please report it")
     if exc.status == 401:
-        return KeyRejected(f"RunPod rejected {PROVIDERS[RUNPOD].key_env} (HTTP 401){detail}: fix the key, then "
-                           "launches on RunPod resume")
+        return key_rejected(exc)
     if exc.status == 402:
         return OutOfFunds(f"RunPod: the account balance is too low to start a pod (HTTP 402){detail}; top it up, "
                           "then launches on RunPod resume")
