@@ -523,6 +523,14 @@ class ProjectWatch:
                         "missing key": self.faults.missing_key}
 
 
+def own_instance(fake, attempt) -> str | None:
+    """The instance a cut-off launch created, by its label (the attempt never learned its id: its box had
+    reported and deleted itself before the takeover, and it was ended as its report said)."""
+    label = json.loads(attempt.handle or "{}").get("label")
+    return next((str(i) for i, bill in fake.bills.items() if label and bill.get("label", bill.get("name")) == label),
+                None)
+
+
 def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = False, project: bool = False) -> dict:
     from sqlalchemy import text
 
@@ -765,8 +773,8 @@ def run_schedule(index: int, seed: int, shared: dict, work: Path, money: bool = 
             if (a.provider, a.instance_id) in stops and a.ended_at is not None:
                 when, rate = stops[(a.provider, a.instance_id)]
                 unseen += max(0.0, (a.ended_at - when).total_seconds()) * rate / 3600
-            elif a.instance_id in fake.ended_by_itself and a.ended_at is not None:
-                ended = fake.ended_by_itself[a.instance_id].replace(tzinfo=timezone.utc)
+            elif (instance := a.instance_id or own_instance(fake, a)) in fake.ended_by_itself and a.ended_at is not None:
+                ended = fake.ended_by_itself[instance].replace(tzinfo=timezone.utc)
                 unseen += attempt_cost(a, a.ended_at) - attempt_cost(a, ended)
         open_attempts = [a.number for a in attempts if a.outcome in ("launching", "running")]
         dump = "\n".join(str(r) for table in ("jobs", "attempts", "campaigns")
