@@ -26,7 +26,8 @@ Exactly one launch per attempt. Every attempt row is written before its instance
 a claim on the create: a lease on the database's clock that the launcher renews while the create is in
 flight, however slow, and a fence. A supervisor finding an attempt without an instance id recovers it
 only once the claim has lapsed (its launcher died): it takes the claim (bumps the fence), then adopts
-the instance by its label or records the launch as lost. The launcher records the create's answer only
+the instance by its label, ends the attempt as the report its box left says (a box that finished and deleted
+itself before the takeover; settled from the attempt's row), or records the launch as lost. The launcher records the create's answer only
 while its fence holds; a late answer finds it gone and ends its own instance. The reaper terminates
 this project's labelled instances that no live attempt owns (planner.run.reaper). An attempt costs
 what planner.plan.billing says; budgets count what live attempts accrue, every tick, up to the next tick plus,
