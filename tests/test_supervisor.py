@@ -163,8 +163,9 @@ def test_cancel_terminates_the_instance(world, tiny_model_dir, toy_corpus):
 
 
 def test_the_job_budget_stops_a_running_job_before_it_is_passed(world, tiny_model_dir, toy_corpus):
-    """A minute of (fake) time per tick at $3.60/h: the job is stopped before the next minute would pass $2.40
-    (a budget its worst-case estimate fits, so it launches, and which the fake clock then runs out)."""
+    """A minute of (fake) time per tick at $3.60/h: the job is stopped before the next minute and its stop's grace
+    would pass $2.40 (a budget its worst-case estimate fits, so it launches, and which the fake clock then runs
+    out). Seen once on a loaded machine: the job exited within one tick of its stop, at $2.34."""
     settings, sessions = world
     settings = settings.model_copy(update={"poll_interval_s": 60.0})
     spec = submit(world, tiny_model_dir, toy_corpus, options=JobOptions(backend="local", budget_usd=2.4), epochs=50)
@@ -180,7 +181,9 @@ def test_the_job_budget_stops_a_running_job_before_it_is_passed(world, tiny_mode
     with sessions() as session:
         [attempt] = attempts_of(session, spec.job_id)
         assert attempt.outcome == "stopped-by-budget"
-        assert 2.4 - 0.06 < attempt.dollars <= 2.4
+        # the stop starts at minute 38, when the next check plus the stop's grace (65 s) would pass $2.40; the job
+        # has saved and exited by the next tick (minute 39) or the one after (40), as fast as this machine is
+        assert 2.4 - 0.06 - 1e-9 <= attempt.dollars <= 2.4
         assert "over the job budget of $2.40" in session.get(Job, spec.job_id).error
     assert supervisor.backends["local"].list_labeled() == []
 
