@@ -26,9 +26,10 @@ Exactly one launch per attempt. Every attempt row is written before its instance
 a claim on the create: a lease on the database's clock that the launcher renews while the create is in
 flight, however slow, and a fence. A supervisor finding an attempt without an instance id recovers it
 only once the claim has lapsed (its launcher died): it takes the claim (bumps the fence), then adopts
-the instance by its label, ends the attempt as the report its box left says (a box that finished and deleted
-itself before the takeover; settled from the attempt's row), or records the launch as lost. The launcher records the create's answer only
-while its fence holds; a late answer finds it gone and ends its own instance. The reaper terminates
+the instance by its label, ends the attempt as the report its box left says (a box that finished and
+deleted itself before the takeover; settled from the attempt's row), or records the launch as lost. The
+launcher records the create's answer only while its fence holds; a late answer finds it gone and ends its
+own instance. The reaper terminates
 this project's labelled instances that no live attempt owns (planner.run.reaper). An attempt costs
 what planner.plan.billing says; budgets count what live attempts accrue, every tick, up to the next tick plus,
 for a checkpointing kind, the grace its stop may take, so the stop starts early enough that no budget is passed.
@@ -295,8 +296,9 @@ class Supervisor:
             return
         session.refresh(attempt)
         labels = {instance_label(job.id, attempt.number, self.project), instance_label(job.id, attempt.number)}
+        backend = self.backends[attempt.backend]
         try:
-            found = [h for h in self.backends[attempt.backend].list_labeled() if h.label in labels]
+            found = [h for h in backend.list_labeled() if h.label in labels]
         except (BackendError, ProviderError) as exc:  # provider weather: look again next tick, never guess "lost"
             log.warning("job %s attempt %d: cannot list %s instances to adopt a cut-off launch (%s); next tick",
                         job.id, attempt.number, attempt.backend, exc)
@@ -307,13 +309,14 @@ class Supervisor:
         spec = JobSpec.from_json(job.spec)
         reported = None if found else next(
             ((label, result) for label in sorted(labels)
-             if (result := self.backends[attempt.backend].reported(label, spec.output_uri)) is not None), None)
+             if (result := backend.reported(label, spec.output_uri)) is not None), None)
         if found:
             handle = _adopted(found[0], spec, attempt)
             recorded = self._record_create(session, attempt, instance_id=handle.instance_id, handle=handle.to_json(),
                                            outcome="running")
         elif reported is not None:  # its box ran, reported and deleted itself before anyone saw its id
-            handle = _adopted(Handle(backend=attempt.backend, instance_id="", label=reported[0], data={}), spec, attempt)
+            handle = _adopted(Handle(backend=backend.name, instance_id="", label=reported[0], data={}), spec,
+                              attempt)
             recorded = self._record_create(session, attempt, handle=handle.to_json(), outcome="running")
         else:
             recorded = self._record_create(session, attempt, outcome="lost", ended_at=self.clock(),
@@ -323,7 +326,7 @@ class Supervisor:
             job.lease_owner = job.lease_until = None
             session.commit()
         if recorded and reported is not None:  # settled from the attempt's row: the create came after it
-            self._act_on(session, job, attempt, self.backends[attempt.backend], handle, reported[1], report)
+            self._act_on(session, job, attempt, backend, handle, reported[1], report)
 
     def _record_create(self, session: Session, attempt: Attempt, **values) -> bool:
         """Write how the attempt's create ended, if this supervisor still holds its claim (the fence it saw)."""
